@@ -1,0 +1,42 @@
+// Element types of stored weights. Activations and recurrent state are always fp32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace rwkvpp {
+
+enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2 };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);          // "fp32", "fp16", "bf16"
+DType parse_dtype(std::string_view name);  // accepts fp32/f32/float32, fp16/f16/float16, bf16; throws Error
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Round to nearest even; NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);  // round to nearest even, overflow to inf
+
+// Converts n elements of type `from` at src into fp32 at dst.
+void to_f32(DType from, const void* src, float* dst, size_t n);
+// Converts n fp32 values into `to` at dst.
+void from_f32(DType to, const float* src, void* dst, size_t n);
+
+}  // namespace rwkvpp

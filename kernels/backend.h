@@ -1,0 +1,194 @@
+// The device seam: what a backend (kernels/cpu, kernels/cuda) must provide so that the
+// per-version block forward (kernels/rwkv*.cpp) can run on it. No device types appear here:
+// pointers are plain `float*`/`void*` into the backend's own memory space (host memory for the
+// CPU backend, device memory for CUDA); only the backend dereferences them.
+//
+// Conventions for every op:
+// - Activations are fp32, row-major: `x` of shape [n, d] holds n tokens of width d.
+// - A batch holds tokens of several sequences, grouped in segments (see Segment): the tokens of
+//   one segment are consecutive and in time order, and belong to one state slot.
+// - Recurrent state is fp32. A layer's state for all slots is one array [n_slots, state_floats];
+//   ops that touch state take that base pointer, the slot stride (in floats), and an offset.
+// - Ops are asynchronous with respect to the host on devices that queue work; download() and
+//   synchronize() are the points where results are visible to the host.
+// - Thread-safety: one backend object is driven by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/dtype.h"
+#include "common/tensor.h"
+
+namespace rwkvpp {
+
+// Tokens [start, start + len) of the batch belong to the sequence in state slot `slot`.
+struct Segment {
+  int32_t slot;
+  int32_t start;
+  int32_t len;
+};
+
+// The segments of one batch, as the host built them and as the device sees them.
+struct SegTable {
+  std::span<const Segment> host;     // host copy (always valid)
+  const Segment* device = nullptr;   // device copy (== host.data() on the CPU backend)
+  int64_t n_tokens = 0;              // sum of len
+  int32_t max_len = 0;               // longest segment
+};
+
+// A weight matrix W of shape [rows, cols] (rows = outputs, cols = inputs), row-major, in
+// backend memory. `scales` is reserved for int8 weights (one fp32 scale per row).
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+enum class Unary : uint8_t {
+  Sigmoid,     // 1 / (1 + exp(-x))
+  ReluSquare,  // max(x, 0)^2
+  Silu,        // x * sigmoid(x)
+  Tanh,
+  Exp,
+  NegExp,      // -exp(x)
+  ExpNegExp,   // exp(-exp(x))
+};
+
+enum class Binary : uint8_t {
+  Add,  // y = a + b
+  Mul,  // y = a * b
+  Sub,  // y = a - b
+};
+
+class Backend;
+
+// Owning handle of backend memory; move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend* be, size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return p_; }
+  float* f32() const { return static_cast<float*>(p_); }
+  size_t bytes() const { return n_; }
+
+ private:
+  Backend* be_ = nullptr;
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;       // "cpu", "cuda:0"
+  virtual bool host_memory() const = 0;       // true when pointers are host-addressable
+
+  // ---- memory -----------------------------------------------------------------------------
+  virtual void* alloc(size_t bytes) = 0;      // zero-filled; throws Error when out of memory
+  virtual void free(void* p) noexcept = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host; synchronous
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;      // backend -> backend
+  virtual void synchronize() = 0;
+  virtual size_t free_memory() const = 0;     // bytes available for weights and state
+
+  // Makes the segment table visible to the device; the returned table stays valid until the
+  // next call. `segs` must outlive the returned table (its host span points into it).
+  virtual SegTable stage_segments(std::span<const Segment> segs) = 0;
+
+  // Stores a weight matrix [rows, cols] (host tensor of any dtype) in backend memory as
+  // `want` (the backend may choose a different internal layout; only this backend reads it).
+  virtual WeightView load_weight(const HostTensor& t, DType want, std::unique_ptr<DeviceBuffer>& owner);
+
+  // ---- ops (see conventions above) ---------------------------------------------------------
+  // y[i, :] = (x[i, :] - mean) / sqrt(var + eps) * w + b, for i < n. y may alias x.
+  virtual void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n,
+                          int64_t d, float eps) = 0;
+
+  // Group norm over heads: for each token and head h, normalises x[i, h*hs:(h+1)*hs], then
+  // scales by w and shifts by b (w, b of width H*hs). y may alias x.
+  virtual void group_norm(const float* x, const float* w, const float* b, float* y, int64_t n,
+                          int64_t n_head, int64_t head_size, float eps) = 0;
+
+  // y[n, W.rows] = x[n, W.cols] * W^T, accumulated in fp32. y must not alias x.
+  virtual void matmul(const WeightView& W, const float* x, float* y, int64_t n) = 0;
+
+  // y[i, :] = E[ids[i], :] as fp32, for i < n; `ids` is host memory, each < E.rows.
+  virtual void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) = 0;
+
+  // y[j, :] = x[rows[j], :] for j < m; `rows` is host memory.
+  virtual void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y) = 0;
+
+  // Token shift. For each segment s and token t of it:
+  //   prev[t] = (t == s.start) ? state[s.slot * stride + off .. + d] : x[t - 1]
+  // then state[s.slot * stride + off ..] = x[s.start + s.len - 1]. prev must not alias x.
+  virtual void token_shift(const float* x, int64_t d, const SegTable& segs, float* state,
+                           int64_t stride, int64_t off, float* prev) = 0;
+
+  // y = x * mu + prev * (1 - mu), mu broadcast over the n rows (width d). y may alias x.
+  virtual void mix(const float* x, const float* prev, const float* mu, float* y, int64_t n,
+                   int64_t d) = 0;
+
+  virtual void unary(Unary op, const float* x, float* y, int64_t count) = 0;  // y may alias x
+  virtual void binary(Binary op, const float* a, const float* b, float* y, int64_t count) = 0;
+  // y[i, :] = op(a[i, :], v) with v of width d broadcast over the n rows.
+  virtual void binary_row(Binary op, const float* a, const float* v, float* y, int64_t n,
+                          int64_t d) = 0;
+
+  // RWKV-4 WKV over the batch, per segment in time order (DESIGN.md, Numerics).
+  //   k, v, out: [n_tokens, d]; w = -exp(time_decay), u = time_first: [d].
+  //   state: per slot, aa, bb, pp at offsets off_aa, off_aa + d, off_aa + 2d (stride floats apart).
+  virtual void wkv4(const float* k, const float* v, const float* w, const float* u,
+                    const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
+                    float* out, int64_t d) = 0;
+
+  // RWKV-5/6 WKV (per head h of size N; i = key channel, j = value channel):
+  //   out[t, h, j] = sum_i r[t,h,i] * (u[h,i] * k[t,h,i] * v[t,h,j] + S[h,i,j])
+  //   S[h,i,j]     = S[h,i,j] * w[h,i] + k[t,h,i] * v[t,h,j]
+  // w is the decay factor in (0, 1) already (exp(-exp(raw))): [H*N] when w_per_token is false,
+  // [n_tokens, H*N] when true (RWKV-6). u: [H*N]. S at state + slot*stride + off, [H, N, N].
+  virtual void wkv5(const float* r, const float* k, const float* v, const float* w,
+                    bool w_per_token, const float* u, const SegTable& segs, float* state,
+                    int64_t stride, int64_t off, float* out, int64_t n_head, int64_t head_size) = 0;
+
+  // RWKV-7 WKV, the generalised delta rule (per head; S[j, i], j = value row, i = key column):
+  //   S = S * diag(w_t) + (S a_t) b_t^T + v_t k_t^T;  out_t = S r_t
+  // r, w, k, v, a, b, out: [n_tokens, H*N]; w is the decay factor in (0, 1).
+  virtual void wkv7(const float* r, const float* w, const float* k, const float* v,
+                    const float* a, const float* b, const SegTable& segs, float* state,
+                    int64_t stride, int64_t off, float* out, int64_t n_head, int64_t head_size) = 0;
+};
+
+// Scratch activations for one forward pass, grown on demand and reused between steps.
+class Workspace {
+ public:
+  explicit Workspace(Backend& be) : be_(be) {}
+  // Buffer number `id` with room for at least `floats` fp32 values. Pointers stay valid until
+  // the same id is requested larger.
+  float* get(int id, size_t floats);
+
+ private:
+  Backend& be_;
+  std::vector<std::unique_ptr<DeviceBuffer>> bufs_;
+};
+
+// The CPU backend (always available). `threads` <= 0 means all cores.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+// The CUDA backend for device `device`; throws Error when CUDA was not built or no GPU exists.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+bool cuda_available();     // built with CUDA and at least one device present
+int cuda_device_count();   // 0 when not built with CUDA
+
+}  // namespace rwkvpp

@@ -1,0 +1,90 @@
+#include "kernels/block.h"
+
+#include "common/error.h"
+#include "kernels/versions.h"
+
+namespace rwkvpp {
+
+const HostTensor& require(const TensorMap& t, int layer, const std::string& name, int64_t numel) {
+  auto it = t.find(name);
+  if (it == t.end()) fail("layer {}: tensor '{}' is missing", layer, name);
+  if (it->second.numel() != numel)
+    fail("layer {}: tensor '{}' has shape {} ({} elements), expected {} elements", layer, name,
+         it->second.shape_str(), it->second.numel(), numel);
+  return it->second;
+}
+
+float* upload_f32(Backend& be, const std::vector<float>& v,
+                  std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+  keep.push_back(std::make_unique<DeviceBuffer>(&be, v.size() * 4));
+  be.upload(keep.back()->get(), v.data(), v.size() * 4);
+  return keep.back()->f32();
+}
+
+std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer,
+                                  const TensorMap& t, DType dtype) {
+  switch (cfg.version) {
+    case RwkvVersion::V4: return make_block_v4(be, cfg, layer, t, dtype);
+    case RwkvVersion::V5_1:
+    case RwkvVersion::V5_2: return make_block_v5(be, cfg, layer, t, dtype);
+    case RwkvVersion::V6: return make_block_v6(be, cfg, layer, t, dtype);
+    case RwkvVersion::V7: return make_block_v7(be, cfg, layer, t, dtype);
+  }
+  fail("unknown RWKV version");
+}
+
+static WeightView load_matrix(Backend& be, const HostTensor& t, int64_t rows, int64_t cols,
+                              const char* what, DType dtype, std::unique_ptr<DeviceBuffer>& own) {
+  if (t.numel() != rows * cols)
+    fail("tensor '{}' has shape {}, expected [{}, {}]", what, t.shape_str(), rows, cols);
+  HostTensor m = t;
+  m.shape = {rows, cols};
+  return be.load_weight(m, dtype, own);
+}
+
+static std::unique_ptr<DeviceBuffer> load_vec(Backend& be, const HostTensor& t, int64_t n,
+                                              const char* what) {
+  if (t.numel() != n) fail("tensor '{}' has shape {}, expected [{}]", what, t.shape_str(), n);
+  auto v = t.to_f32();
+  auto b = std::make_unique<DeviceBuffer>(&be, v.size() * 4);
+  be.upload(b->get(), v.data(), v.size() * 4);
+  return b;
+}
+
+Embedder::Embedder(Backend& be, const ModelConfig& cfg, const HostTensor& emb,
+                   const HostTensor& ln0_w, const HostTensor& ln0_b, DType dtype)
+    : cfg_(cfg) {
+  emb_ = load_matrix(be, emb, cfg.vocab_size, cfg.n_embd, "emb.weight", dtype, emb_buf_);
+  ln_w_ = load_vec(be, ln0_w, cfg.n_embd, "blocks.0.ln0.weight");
+  ln_b_ = load_vec(be, ln0_b, cfg.n_embd, "blocks.0.ln0.bias");
+}
+
+void Embedder::forward(Backend& be, const int32_t* ids, int64_t n, float* x) {
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      fail("token id {} is out of range (vocabulary size {})", ids[i], cfg_.vocab_size);
+  be.embedding(emb_, ids, n, x);
+  be.layer_norm(x, ln_w_->f32(), ln_b_->f32(), x, n, cfg_.n_embd, cfg_.layer_norm_eps);
+}
+
+size_t Embedder::weight_bytes() const { return emb_buf_->bytes() + ln_w_->bytes() * 2; }
+
+Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const HostTensor& ln_b,
+           const HostTensor& head, DType dtype)
+    : cfg_(cfg) {
+  ln_w_ = load_vec(be, ln_w, cfg.n_embd, "ln_out.weight");
+  ln_b_ = load_vec(be, ln_b, cfg.n_embd, "ln_out.bias");
+  head_ = load_matrix(be, head, cfg.vocab_size, cfg.n_embd, "head.weight", dtype, head_buf_);
+}
+
+void Head::forward(Backend& be, Workspace& ws, const float* x, const int32_t* rows, int64_t m,
+                   float* logits) {
+  float* sel = ws.get(20, size_t(m * cfg_.n_embd));
+  be.gather_rows(x, rows, m, cfg_.n_embd, sel);
+  be.layer_norm(sel, ln_w_->f32(), ln_b_->f32(), sel, m, cfg_.n_embd, cfg_.layer_norm_eps);
+  be.matmul(head_, sel, logits, m);
+}
+
+size_t Head::weight_bytes() const { return head_buf_->bytes() + ln_w_->bytes() * 2; }
+
+}  // namespace rwkvpp

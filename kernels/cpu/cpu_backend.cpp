@@ -1,0 +1,157 @@
+// The CPU backend: the reference every other backend is tested against. Matrix products go
+// through OpenBLAS (sgemm); fp16/bf16 weights stay in their stored dtype and are widened to fp32
+// a block of rows at a time, so memory matches the file. Everything else is plain loops in
+// the order DESIGN.md writes the math, chosen for clarity.
+#include <cblas.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
+
+namespace rwkvpp {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) {
+    if (threads > 0) openblas_set_num_threads(threads);
+  }
+  std::string name() const override { return "cpu"; }
+  bool host_memory() const override { return true; }
+
+  void* alloc(size_t bytes) override {
+    void* p = std::calloc(1, std::max<size_t>(bytes, 1));
+    if (!p) fail("out of host memory allocating {} bytes", bytes);
+    return p;
+  }
+  void free(void* p) noexcept override { std::free(p); }
+  void upload(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+  void download(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+  void copy(void* dst, const void* src, size_t n) override { std::memmove(dst, src, n); }
+  void synchronize() override {}
+  size_t free_memory() const override {
+    // MemAvailable from /proc/meminfo; falls back to physical pages.
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    size_t kb;
+    std::string unit;
+    while (f >> key >> kb >> unit)
+      if (key == "MemAvailable:") return kb * 1024;
+    return size_t(sysconf(_SC_AVPHYS_PAGES)) * size_t(sysconf(_SC_PAGESIZE));
+  }
+
+  SegTable stage_segments(std::span<const Segment> segs) override {
+    SegTable t;
+    t.host = segs;
+    t.device = segs.data();
+    for (const auto& s : segs) {
+      t.n_tokens += s.len;
+      t.max_len = std::max(t.max_len, s.len);
+    }
+    return t;
+  }
+
+  void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, int64_t d,
+                  float eps) override {
+    cpu::layer_norm(x, w, b, y, n, d, eps);
+  }
+  void group_norm(const float* x, const float* w, const float* b, float* y, int64_t n,
+                  int64_t H, int64_t N, float eps) override {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        int64_t o = i * H * N + h * N;
+        cpu::layer_norm(x + o, w + h * N, b + h * N, y + o, 1, N, eps);
+      }
+  }
+
+  void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
+    const int64_t R = W.rows, K = W.cols;
+    if (W.dtype == DType::F32) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(R), int(K), 1.0f, x, int(K),
+                  static_cast<const float*>(W.data), int(K), 0.0f, y, int(R));
+      return;
+    }
+    // Widen a block of rows to fp32, then one sgemm per block: y[:, r0:r1] = x * Wblk^T.
+    const int64_t block = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(K, 1));
+    scratch_.resize(size_t(std::min(block, R) * K));
+    const auto* w16 = static_cast<const uint16_t*>(W.data);
+    for (int64_t r0 = 0; r0 < R; r0 += block) {
+      int64_t rb = std::min(block, R - r0);
+      to_f32(W.dtype, w16 + r0 * K, scratch_.data(), size_t(rb * K));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rb), int(K), 1.0f, x,
+                  int(K), scratch_.data(), int(K), 0.0f, y + r0, int(R));
+    }
+  }
+
+  void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
+    const int64_t C = E.cols;
+    for (int64_t i = 0; i < n; ++i) {
+      RWKVPP_CHECK(ids[i] >= 0 && ids[i] < E.rows, "token id out of range");
+      const auto* row = static_cast<const uint8_t*>(E.data) + size_t(ids[i]) * C * dtype_size(E.dtype);
+      to_f32(E.dtype, row, y + i * C, size_t(C));
+    }
+  }
+
+  void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y) override {
+    for (int64_t j = 0; j < m; ++j) std::memcpy(y + j * d, x + int64_t(rows[j]) * d, d * 4);
+  }
+
+  void token_shift(const float* x, int64_t d, const SegTable& segs, float* state, int64_t stride,
+                   int64_t off, float* prev) override {
+    cpu::token_shift(x, d, segs.host, state, stride, off, prev);
+  }
+
+  void mix(const float* x, const float* prev, const float* mu, float* y, int64_t n,
+           int64_t d) override {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < d; ++c) {
+        int64_t o = i * d + c;
+        y[o] = x[o] * mu[c] + prev[o] * (1.0f - mu[c]);
+      }
+  }
+
+  void unary(Unary op, const float* x, float* y, int64_t count) override {
+    cpu::unary(op, x, y, count);
+  }
+  void binary(Binary op, const float* a, const float* b, float* y, int64_t count) override {
+    for (int64_t i = 0; i < count; ++i) y[i] = cpu::apply(op, a[i], b[i]);
+  }
+  void binary_row(Binary op, const float* a, const float* v, float* y, int64_t n,
+                  int64_t d) override {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < d; ++c) y[i * d + c] = cpu::apply(op, a[i * d + c], v[c]);
+  }
+
+  void wkv4(const float* k, const float* v, const float* w, const float* u, const SegTable& segs,
+            float* state, int64_t stride, int64_t off_aa, float* out, int64_t d) override {
+    cpu::wkv4(k, v, w, u, segs.host, state, stride, off_aa, out, d);
+  }
+  void wkv5(const float* r, const float* k, const float* v, const float* w, bool w_per_token,
+            const float* u, const SegTable& segs, float* state, int64_t stride, int64_t off,
+            float* out, int64_t H, int64_t N) override {
+    cpu::wkv5(r, k, v, w, w_per_token, u, segs.host, state, stride, off, out, H, N);
+  }
+  void wkv7(const float* r, const float* w, const float* k, const float* v, const float* a,
+            const float* b, const SegTable& segs, float* state, int64_t stride, int64_t off,
+            float* out, int64_t H, int64_t N) override {
+    cpu::wkv7(r, w, k, v, a, b, segs.host, state, stride, off, out, H, N);
+  }
+
+ private:
+  std::vector<float> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace rwkvpp

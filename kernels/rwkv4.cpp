@@ -1,0 +1,122 @@
+// RWKV-4 block forward on any backend (DESIGN.md, Numerics):
+//   x += att(ln1(x));  x += ffn(ln2(x))
+// State per slot, fp32, 5*C floats: [att token-shift x | aa | bb | pp | ffn token-shift x].
+#include <cmath>
+
+#include "common/error.h"
+#include "kernels/block.h"
+#include "kernels/versions.h"
+
+namespace rwkvpp {
+namespace {
+
+class BlockV4 final : public Block {
+ public:
+  BlockV4(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
+      : C_(cfg.n_embd), F_(cfg.ffn_dim), eps_(cfg.layer_norm_eps) {
+    auto vec = [&](const std::string& name) {
+      return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
+    };
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+      const HostTensor& h = require(t, layer, name, rows * cols);
+      if (h.shape.size() != 2 || h.shape[0] != rows || h.shape[1] != cols)
+        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
+             rows, cols);
+      keep_.emplace_back();
+      WeightView w = be.load_weight(h, dtype, keep_.back());
+      bytes_ += keep_.back()->bytes();
+      return w;
+    };
+    ln1_w_ = vec("ln1.weight");
+    ln1_b_ = vec("ln1.bias");
+    ln2_w_ = vec("ln2.weight");
+    ln2_b_ = vec("ln2.bias");
+    att_mix_k_ = vec("att.time_mix_k");
+    att_mix_v_ = vec("att.time_mix_v");
+    att_mix_r_ = vec("att.time_mix_r");
+    ffn_mix_k_ = vec("ffn.time_mix_k");
+    ffn_mix_r_ = vec("ffn.time_mix_r");
+    {
+      // The file keeps time_decay raw; the recurrence wants w = -exp(time_decay).
+      auto d = require(t, layer, "att.time_decay", C_).to_f32();
+      for (float& x : d) x = -std::exp(x);
+      decay_ = upload_f32(be, d, keep_);
+    }
+    first_ = vec("att.time_first");
+    att_k_ = mat("att.key.weight", C_, C_);
+    att_v_ = mat("att.value.weight", C_, C_);
+    att_r_ = mat("att.receptance.weight", C_, C_);
+    att_o_ = mat("att.output.weight", C_, C_);
+    ffn_k_ = mat("ffn.key.weight", F_, C_);
+    ffn_v_ = mat("ffn.value.weight", C_, F_);
+    ffn_r_ = mat("ffn.receptance.weight", C_, C_);
+    bytes_ += size_t(C_) * 4 * 11;
+  }
+
+  int64_t state_floats() const override { return 5 * C_; }
+  void init_state(float* s) const override {
+    for (int64_t i = 0; i < 5 * C_; ++i) s[i] = 0.0f;
+    for (int64_t i = 0; i < C_; ++i) s[3 * C_ + i] = -1e30f;  // pp: log of an empty sum
+  }
+  size_t weight_bytes() const override { return bytes_; }
+
+  void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
+    const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
+    float* x = h.x;
+    float* xln = ws.get(0, nc);
+    float* prev = ws.get(1, nc);
+    float* a = ws.get(2, nc);
+    float* b = ws.get(3, nc);
+    float* c = ws.get(4, nc);
+    float* k = ws.get(5, size_t(n * std::max(C, F_)));
+    float* v = ws.get(6, nc);
+    float* r = ws.get(7, nc);
+
+    // Time mix.
+    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, 0, prev);
+    be.mix(xln, prev, att_mix_k_, a, n, C);
+    be.mix(xln, prev, att_mix_v_, b, n, C);
+    be.mix(xln, prev, att_mix_r_, c, n, C);
+    be.matmul(att_k_, a, k, n);
+    be.matmul(att_v_, b, v, n);
+    be.matmul(att_r_, c, r, n);
+    be.unary(Unary::Sigmoid, r, r, nc);
+    be.wkv4(k, v, decay_, first_, segs, state, S, C, a, C);
+    be.binary(Binary::Mul, r, a, a, nc);
+    be.matmul(att_o_, a, b, n);
+    be.binary(Binary::Add, x, b, x, nc);
+
+    // Channel mix.
+    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, 4 * C, prev);
+    be.mix(xln, prev, ffn_mix_k_, a, n, C);
+    be.mix(xln, prev, ffn_mix_r_, c, n, C);
+    be.matmul(ffn_k_, a, k, n);
+    be.unary(Unary::ReluSquare, k, k, n * F_);
+    be.matmul(ffn_v_, k, v, n);
+    be.matmul(ffn_r_, c, r, n);
+    be.unary(Unary::Sigmoid, r, r, nc);
+    be.binary(Binary::Mul, r, v, v, nc);
+    be.binary(Binary::Add, x, v, x, nc);
+  }
+
+ private:
+  int64_t C_, F_;
+  float eps_;
+  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
+  size_t bytes_ = 0;
+  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_;
+  const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *ffn_mix_k_, *ffn_mix_r_;
+  const float *decay_, *first_;
+  WeightView att_k_, att_v_, att_r_, att_o_, ffn_k_, ffn_v_, ffn_r_;
+};
+
+}  // namespace
+
+std::unique_ptr<Block> make_block_v4(Backend& be, const ModelConfig& cfg, int layer,
+                                     const TensorMap& t, DType dtype) {
+  return std::make_unique<BlockV4>(be, cfg, layer, t, dtype);
+}
+
+}  // namespace rwkvpp
