@@ -1,1 +1,74 @@
-// placeholder
+#include "worker/stage.h"
+
+#include "common/error.h"
+
+namespace rwkvpp {
+
+Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
+    : be_(be), spec_(spec), cfg_(src.config()), ws_(be) {
+  if (spec.first < 0 || spec.last > cfg_.n_layer || spec.first > spec.last)
+    fail("stage layers [{}, {}) are outside the model's {} layers", spec.first, spec.last, cfg_.n_layer);
+  std::vector<const Block*> raw;
+  for (int i = spec.first; i < spec.last; ++i) {
+    auto t = src.layer(i);
+    if (spec.embed && i == 0) {
+      embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"),
+                                             require(t, 0, "ln0.weight", cfg_.n_embd),
+                                             require(t, 0, "ln0.bias", cfg_.n_embd), spec.dtype);
+    }
+    blocks_.push_back(make_block(be, cfg_, i, t, spec.dtype));
+    raw.push_back(blocks_.back().get());
+  }
+  if (spec.embed && !embedder_) {
+    auto t0 = src.layer(0);
+    embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"),
+                                           require(t0, 0, "ln0.weight", cfg_.n_embd),
+                                           require(t0, 0, "ln0.bias", cfg_.n_embd), spec.dtype);
+  }
+  if (spec.head)
+    head_ = std::make_unique<Head>(be, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
+                                   src.tensor("head.weight"), spec.dtype);
+  pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
+}
+
+size_t Stage::weight_bytes() const {
+  size_t n = 0;
+  for (auto& b : blocks_) n += b->weight_bytes();
+  if (embedder_) n += embedder_->weight_bytes();
+  if (head_) n += head_->weight_bytes();
+  return n;
+}
+
+Hidden Stage::hidden(int64_t n) {
+  size_t want = size_t(hidden_floats(n)) * 4;
+  if (!hidden_ || hidden_->bytes() < want)
+    hidden_ = std::make_unique<DeviceBuffer>(&be_, std::max<size_t>(want + want / 2, 64));
+  Hidden h;
+  h.n = n;
+  h.x = hidden_->f32();
+  h.v_first = cfg_.carried() > 1 ? h.x + n * cfg_.n_embd : nullptr;
+  return h;
+}
+
+void Stage::embed(const int32_t* ids, int64_t n, Hidden& h) {
+  RWKVPP_CHECK(embedder_, "this stage holds no embedding");
+  embedder_->forward(be_, ids, n, h.x);
+}
+
+void Stage::forward(std::span<const Segment> segs, Hidden& h) {
+  SegTable st = be_.stage_segments(segs);
+  RWKVPP_CHECK(st.n_tokens == h.n, "segments do not cover the batch");
+  for (const Segment& s : segs)
+    if (s.slot < 0 || s.slot >= spec_.max_slots)
+      fail("state slot {} is out of range (this stage has {} slots)", s.slot, spec_.max_slots);
+  for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i]->forward(be_, ws_, st, h, pool_->layer_state(i));
+}
+
+void Stage::logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out) {
+  RWKVPP_CHECK(head_, "this stage holds no head");
+  float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
+  head_->forward(be_, ws_, h.x, rows, m, out);
+  be_.download(host_out, out, size_t(m * cfg_.vocab_size) * 4);
+}
+
+}  // namespace rwkvpp
