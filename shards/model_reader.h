@@ -13,21 +13,24 @@
 #include "common/model_config.h"
 #include "common/tensor.h"
 #include "shards/model_format.h"
+#include "shards/tensor_source.h"
 
 namespace rwkvpp {
 
 using LayerTensors = std::map<std::string, HostTensor>;
 
-class ModelReader {
+class ModelReader final : public TensorSource {
  public:
   // `path` is a model directory or its model.h5. Throws Error naming the file when it is
   // not an rwkvpp model, has another format version, or its attributes are inconsistent.
   explicit ModelReader(const std::string& path);
-  ~ModelReader();
+  ~ModelReader() override;
   ModelReader(const ModelReader&) = delete;
   ModelReader& operator=(const ModelReader&) = delete;
 
-  const ModelConfig& config() const { return cfg_; }
+  const ModelConfig& config() const override { return cfg_; }
+  std::map<std::string, HostTensor> layer(int i) override { return read_layer(i); }
+  HostTensor tensor(const std::string& name) override { return read_tensor(name); }
   const std::string& dir() const { return dir_; }
   const std::string& file() const { return file_; }  // path of model.h5
   const std::vector<ShardInfo>& shards() const { return shards_; }

@@ -1,0 +1,80 @@
+// The transport seam: how ranks exchange byte messages. The step protocol (worker/, coordinator/)
+// is written once on top of this; MPI (net/mpi/) and an in-process loopback (net/local/) implement
+// it, and a TCP (net/asio/) or UCX (net/ucx/) one can follow.
+//
+// Contract, for every implementation:
+// - Every call is non-blocking ("must not block") except wait_any()/barrier(), which block up to
+//   their deadline.
+// - post_send/post_recv return a request id; the buffer must stay valid and untouched until
+//   test() has reported that request complete (or it was cancelled).
+// - Messages between one pair of ranks with the same tag arrive in the order they were posted.
+// - A rank may send to itself.
+// - Failure of a peer (process gone, connection closed, or no sign of life within the liveness
+//   timeout while a request to or from it is pending) is reported by test() throwing PeerLost,
+//   which names the peer; the transport then stays usable only for shutdown.
+// - One thread drives a transport object at a time.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/error.h"
+
+namespace rwkvpp {
+
+class PeerLost : public Error {
+ public:
+  PeerLost(int peer, const std::string& why)
+      : Error("rank " + std::to_string(peer) + " was lost: " + why), peer_(peer) {}
+  int peer() const { return peer_; }
+
+ private:
+  int peer_;
+};
+
+using RequestId = uint64_t;
+inline constexpr int kAnyPeer = -1;
+
+struct Completion {
+  int peer = -1;       // the sender (for receives) or receiver (for sends)
+  int tag = 0;
+  size_t bytes = 0;    // bytes received (for receives)
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;  // "mpi(ob1)", "mpi(ucx)", "local"
+  // True when buffers may be device (GPU) memory (a CUDA-aware MPI).
+  virtual bool device_memory() const = 0;
+
+  virtual RequestId post_send(int peer, int tag, const void* buf, size_t bytes) = 0;
+  // Receives a message of at most `capacity` bytes from `peer` (or kAnyPeer) with `tag`. A
+  // larger message is an error (the protocol sizes its buffers from negotiated limits).
+  virtual RequestId post_recv(int peer, int tag, void* buf, size_t capacity) = 0;
+  // True (and fills *c when given) when the request has completed; the id is then retired.
+  // Throws PeerLost when the peer is gone.
+  virtual bool test(RequestId id, Completion* c = nullptr) = 0;
+  // Cancels a pending receive (used at shutdown).
+  virtual void cancel(RequestId id) = 0;
+  // Drives progress and blocks until some request may have completed, or `timeout` passes.
+  virtual void wait_some(std::chrono::milliseconds timeout) = 0;
+  // Tells every other rank to stop (best effort) and ends the job with `code`: the way out of
+  // an unrecoverable error under mpirun, so that no rank hangs.
+  [[noreturn]] virtual void abort(int code) = 0;
+};
+
+// The transport for this process: MPI when launched under mpirun/srun (initialising MPI),
+// otherwise a single-rank local transport.
+std::unique_ptr<Transport> make_transport(int* argc, char*** argv);
+// A single-rank in-process transport (rank 0 of 1; sends go to itself).
+std::unique_ptr<Transport> make_local_transport();
+// True when the environment says we were started by mpirun or srun.
+bool launched_by_mpi();
+
+}  // namespace rwkvpp

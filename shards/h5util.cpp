@@ -1,0 +1,140 @@
+#include "shards/h5util.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "shards/model_format.h"
+
+namespace rwkvpp::h5 {
+
+void Id::reset() {
+  if (id_ < 0) return;
+  switch (H5Iget_type(id_)) {
+    case H5I_FILE: H5Fclose(id_); break;
+    case H5I_GROUP: H5Gclose(id_); break;
+    case H5I_DATASET: H5Dclose(id_); break;
+    case H5I_DATASPACE: H5Sclose(id_); break;
+    case H5I_DATATYPE: H5Tclose(id_); break;
+    case H5I_ATTR: H5Aclose(id_); break;
+    case H5I_GENPROP_LST: H5Pclose(id_); break;
+    default: break;
+  }
+  id_ = -1;
+}
+
+void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+static void put_attr(hid_t obj, const char* name, hid_t type, const void* v) {
+  if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
+  Id space(H5Screate(H5S_SCALAR));
+  Id a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
+  if (!a.valid() || H5Awrite(a, type, v) < 0) fail("cannot write HDF5 attribute '{}'", name);
+}
+
+void set_attr(hid_t obj, const char* name, const std::string& v) {
+  Id type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type, std::max<size_t>(v.size(), 1));
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  std::string buf = v.empty() ? std::string(1, '\0') : v;
+  put_attr(obj, name, type, buf.data());
+}
+void set_attr(hid_t obj, const char* name, int64_t v) { put_attr(obj, name, H5T_STD_I64LE, &v); }
+void set_attr_u64(hid_t obj, const char* name, uint64_t v) { put_attr(obj, name, H5T_STD_U64LE, &v); }
+void set_attr(hid_t obj, const char* name, double v) { put_attr(obj, name, H5T_IEEE_F64LE, &v); }
+
+bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }
+
+static Id open_attr(hid_t obj, const char* name, const std::string& where) {
+  if (H5Aexists(obj, name) <= 0) fail("{}: attribute '{}' is missing", where, name);
+  Id a(H5Aopen(obj, name, H5P_DEFAULT));
+  if (!a.valid()) fail("{}: cannot open attribute '{}'", where, name);
+  return a;
+}
+
+std::string get_attr_str(hid_t obj, const char* name, const std::string& where) {
+  Id a = open_attr(obj, name, where);
+  Id type(H5Aget_type(a));
+  if (H5Tget_class(type) != H5T_STRING) fail("{}: attribute '{}' is not a string", where, name);
+  if (H5Tis_variable_str(type) > 0) fail("{}: attribute '{}' is a variable-length string", where, name);
+  size_t n = H5Tget_size(type);
+  std::string s(n, '\0');
+  Id mem(H5Tcopy(H5T_C_S1));
+  H5Tset_size(mem, n);
+  if (H5Aread(a, mem, s.data()) < 0) fail("{}: cannot read attribute '{}'", where, name);
+  s.resize(std::strlen(s.c_str()));
+  return s;
+}
+
+template <typename T>
+static T get_num(hid_t obj, const char* name, const std::string& where, hid_t mem, H5T_class_t cls) {
+  Id a = open_attr(obj, name, where);
+  Id type(H5Aget_type(a));
+  Id space(H5Aget_space(a));
+  if (H5Tget_class(type) != cls || H5Sget_simple_extent_npoints(space) != 1)
+    fail("{}: attribute '{}' has the wrong type", where, name);
+  T v{};
+  if (H5Aread(a, mem, &v) < 0) fail("{}: cannot read attribute '{}'", where, name);
+  return v;
+}
+
+int64_t get_attr_i64(hid_t obj, const char* name, const std::string& where) {
+  return get_num<int64_t>(obj, name, where, H5T_NATIVE_INT64, H5T_INTEGER);
+}
+uint64_t get_attr_u64(hid_t obj, const char* name, const std::string& where) {
+  return get_num<uint64_t>(obj, name, where, H5T_NATIVE_UINT64, H5T_INTEGER);
+}
+double get_attr_f64(hid_t obj, const char* name, const std::string& where) {
+  return get_num<double>(obj, name, where, H5T_NATIVE_DOUBLE, H5T_FLOAT);
+}
+
+void write_tensor(hid_t file, const std::string& path, const HostTensor& t, const std::string& file_name) {
+  const int rank = int(t.shape.size());
+  std::vector<hsize_t> dims(t.shape.begin(), t.shape.end()), chunk(dims);
+  if (rank == 0) fail("'{}': tensor '{}' is a scalar", file_name, path);
+  // Chunks of about 1 MiB along the first axis (HDF5 limits a chunk to 4 GiB).
+  size_t row_bytes = size_t(t.numel() / std::max<int64_t>(t.shape[0], 1)) * dtype_size(t.dtype);
+  chunk[0] = std::clamp<hsize_t>((1u << 20) / std::max<size_t>(row_bytes, 1), 1, std::max<hsize_t>(dims[0], 1));
+  Id space(H5Screate_simple(rank, dims.data(), nullptr));
+  Id dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  H5Pset_chunk(dcpl, rank, chunk.data());
+  H5Pset_fletcher32(dcpl);
+  Id lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl, 1);
+  hid_t ftype = t.dtype == DType::F32 ? H5T_IEEE_F32LE : H5T_STD_U16LE;
+  hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
+  Id ds(H5Dcreate2(file, path.c_str(), ftype, space, lcpl, dcpl, H5P_DEFAULT));
+  if (!ds.valid()) fail("'{}': cannot create dataset '{}'", file_name, path);
+  if (H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)
+    fail("'{}': cannot write dataset '{}' (disk full?)", file_name, path);
+  set_attr(ds, "dtype", std::string(dtype_name(t.dtype)));
+  set_attr_u64(ds, "checksum", fnv1a64(t.data.data(), t.data.size()));
+}
+
+HostTensor read_tensor(hid_t file, const std::string& path, const std::string& file_name,
+                       uint64_t* bytes_read) {
+  Id ds(H5Dopen2(file, path.c_str(), H5P_DEFAULT));
+  if (!ds.valid()) fail("'{}': dataset '{}' is missing or unreadable", file_name, path);
+  std::string where = "'" + file_name + "' dataset '" + path + "'";
+  HostTensor t;
+  t.dtype = parse_dtype(get_attr_str(ds, "dtype", where));
+  Id space(H5Dget_space(ds));
+  int rank = H5Sget_simple_extent_ndims(space);
+  if (rank <= 0 || rank > 8) fail("{}: bad rank {}", where, rank);
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  t.shape.assign(dims.begin(), dims.end());
+  Id ftype(H5Dget_type(ds));
+  size_t esize = H5Tget_size(ftype);
+  if (esize != dtype_size(t.dtype)) fail("{}: element size {} does not match dtype {}", where, esize, dtype_name(t.dtype));
+  t.data.resize(size_t(t.numel()) * esize);
+  hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
+  if (H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)
+    fail("{}: read failed — the Fletcher32 checksum does not match or the file is corrupt", where);
+  uint64_t want = get_attr_u64(ds, "checksum", where);
+  uint64_t got = fnv1a64(t.data.data(), t.data.size());
+  if (want != got) fail("{}: checksum mismatch (stored {:016x}, computed {:016x}): the file is corrupt", where, want, got);
+  if (bytes_read) *bytes_read += t.data.size();
+  return t;
+}
+
+}  // namespace rwkvpp::h5
