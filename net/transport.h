@@ -3,15 +3,24 @@
 // it, and a TCP (net/asio/) or UCX (net/ucx/) one can follow.
 //
 // Contract, for every implementation:
-// - Every call is non-blocking ("must not block") except wait_any()/barrier(), which block up to
-//   their deadline.
+// - Every call is non-blocking ("must not block") except wait_some(), which blocks up to its
+//   timeout, and abort(), which does not return.
 // - post_send/post_recv return a request id; the buffer must stay valid and untouched until
 //   test() has reported that request complete (or it was cancelled).
 // - Messages between one pair of ranks with the same tag arrive in the order they were posted.
 // - A rank may send to itself.
 // - Failure of a peer (process gone, connection closed, or no sign of life within the liveness
 //   timeout while a request to or from it is pending) is reported by test() throwing PeerLost,
-//   which names the peer; the transport then stays usable only for shutdown.
+//   which names the peer; the transport then stays usable only for shutdown: report the error
+//   and call abort().
+// - Liveness (MPI): a message *received* from a peer is its sign of life; the clock runs only
+//   while this rank waits on the transport (inside wait_some(), or polling with test() at
+//   short intervals), so time spent computing is not held against a silent peer. The timeout
+//   is RWKVPP_PEER_TIMEOUT_S (default 20 s, 0 disables); see net/liveness.h. A protocol must
+//   therefore keep each peer talking: send MsgType::Heartbeat when idle (well within the
+//   timeout), and keep the compute between two messages from a rank below the timeout.
+// - A receive from kAnyPeer is never declared lost (there is no one to name): the caller
+//   keeps its own deadline for it and decides whom to blame.
 // - One thread drives a transport object at a time.
 #pragma once
 
@@ -41,7 +50,7 @@ inline constexpr int kAnyPeer = -1;
 struct Completion {
   int peer = -1;       // the sender (for receives) or receiver (for sends)
   int tag = 0;
-  size_t bytes = 0;    // bytes received (for receives)
+  size_t bytes = 0;    // bytes received (for receives); bytes sent (for sends)
 };
 
 class Transport {
@@ -54,15 +63,22 @@ class Transport {
   virtual bool device_memory() const = 0;
 
   virtual RequestId post_send(int peer, int tag, const void* buf, size_t bytes) = 0;
+  // Tags are 0..32767 (the least MPI guarantees). A message over 2 GiB is an error.
   // Receives a message of at most `capacity` bytes from `peer` (or kAnyPeer) with `tag`. A
-  // larger message is an error (the protocol sizes its buffers from negotiated limits).
+  // larger message is an error that test() throws as rwkvpp::Error (not PeerLost): the
+  // message is consumed (the protocol sizes its buffers from negotiated limits).
   virtual RequestId post_recv(int peer, int tag, void* buf, size_t capacity) = 0;
-  // True (and fills *c when given) when the request has completed; the id is then retired.
-  // Throws PeerLost when the peer is gone.
+  // True (and fills *c when given) when the request has completed; the id is then retired
+  // (also when it throws because the request failed). Throws PeerLost when the peer is gone.
+  // Testing an unknown or retired id is a programming error.
   virtual bool test(RequestId id, Completion* c = nullptr) = 0;
-  // Cancels a pending receive (used at shutdown).
+  // Cancels a pending receive (used at shutdown) and retires its id; the buffer is free on
+  // return. On a send it only retires the id: the send may still complete, so its buffer must
+  // stay valid until the transport is destroyed.
   virtual void cancel(RequestId id) = 0;
-  // Drives progress and blocks until some request may have completed, or `timeout` passes.
+  // Drives progress and blocks until some request may have completed, or `timeout` passes, or
+  // a pending request has outlived the liveness timeout (so that test() can report it).
+  // Returns at once when no request is pending. Does not spin a core at 100% while waiting.
   virtual void wait_some(std::chrono::milliseconds timeout) = 0;
   // Tells every other rank to stop (best effort) and ends the job with `code`: the way out of
   // an unrecoverable error under mpirun, so that no rank hangs.
