@@ -1,0 +1,60 @@
+// Sampling one token from a row of logits, on the host.
+//
+// Order of operations in sample_token():
+//   1. penalties for the ids already generated (PenaltyState::counts, count > 0):
+//        repetition (Hugging Face): logit > 0 ? logit / repetition_penalty
+//                                             : logit * repetition_penalty
+//        presence/frequency (ChatRWKV): logit -= presence_penalty + count * frequency_penalty
+//   2. temperature == 0: greedy argmax (lowest id among equal maxima); done.
+//   3. z = logit / temperature, p = softmax(z) over the whole vocabulary;
+//   4. filters, in Hugging Face's order: top_k keeps the k most probable; top_p keeps the
+//      smallest most-probable prefix of those whose mass (renormalised over the top_k survivors)
+//      reaches top_p; min_p keeps ids with p >= min_p * max(p). Ties are broken by lower id, so
+//      the kept set is always well defined;
+//   5. one draw from the kept ids in proportion to p, with a uniform number from a counter-based
+//      RNG keyed by (seed, position): the same request gives the same tokens however it was
+//      batched, partitioned, or spread over ranks.
+// Afterwards the penalty state decays and counts the chosen id (ChatRWKV's occurrence rule):
+//   counts[i] *= penalty_decay for all i; counts[chosen] += 1.
+//
+// Thread-safety: sample_token may run on several threads at once (each with its own
+// PenaltyState); it keeps a per-thread scratch buffer.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+
+namespace rwkvpp {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy argmax; > 0 divides the logits
+  int top_k = 0;             // 0 = off
+  float top_p = 1.0f;        // in (0, 1]; 1 = off
+  float min_p = 0.0f;        // in [0, 1); 0 = off
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;  // > 0; 1 = off
+  float penalty_decay = 0.996f;     // in [0, 1]
+  uint64_t seed = 0;
+};
+
+// Occurrence counts of the tokens a sequence has generated (decayed), one per sequence.
+struct PenaltyState {
+  std::unordered_map<int32_t, float> counts;
+};
+
+// Throws rwkvpp::Error naming the first bad field.
+void validate(const SamplingParams& p);
+
+// Samples one id from logits[vocab] (fp32, not modified), as described above. `position` is the
+// index of the token being generated within its request. When logprob is non-null it receives
+// the log-softmax of the chosen id after penalties and temperature, over the whole vocabulary
+// (before top_k/top_p/min_p; at temperature 1 for greedy). Throws Error when every logit is NaN
+// or -inf. Ids in `st` must be < vocab.
+int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
+                     PenaltyState& st, uint64_t position, float* logprob = nullptr);
+
+// The uniform number in [0, 1) that sample_token draws for (seed, position).
+double sampling_uniform(uint64_t seed, uint64_t position);
+
+}  // namespace rwkvpp

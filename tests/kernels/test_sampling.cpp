@@ -1,0 +1,213 @@
+// Host sampling: greedy, determinism by (seed, position), the filters, the sampled
+// distribution, the penalty formulas, and validate().
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "catch.h"
+#include "common/error.h"
+#include "kernels/sampling.h"
+
+using namespace rwkvpp;
+
+namespace {
+
+std::vector<float> random_logits(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+int32_t argmax(const std::vector<float>& v) {
+  return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+int32_t draw(const std::vector<float>& logits, const SamplingParams& p, uint64_t pos,
+             float* logprob = nullptr) {
+  PenaltyState st;
+  return sample_token(logits.data(), int64_t(logits.size()), p, st, pos, logprob);
+}
+
+// Frequencies of 20000 draws at positions 0..19999.
+std::vector<double> frequencies(const std::vector<float>& logits, const SamplingParams& p) {
+  const int n = 20000;
+  std::vector<double> f(logits.size(), 0.0);
+  for (int i = 0; i < n; ++i) f[size_t(draw(logits, p, uint64_t(i)))] += 1.0 / n;
+  return f;
+}
+
+// Statistical tolerance for a frequency over n = 20000 independent draws: its standard
+// deviation is sqrt(p(1-p)/n) <= 0.5/sqrt(20000) = 0.0035, so 0.02 is more than 5.6 sigma and a
+// correct sampler fails a check with probability below 1e-7 (and the draws are deterministic,
+// so a pass stays a pass).
+constexpr double kTol = 0.02;
+
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+std::string error_of(const SamplingParams& p) {
+  try {
+    validate(p);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("greedy picks the argmax and reports its log-softmax", "[sampling]") {
+  auto logits = random_logits(65536, 1);
+  float lp = 0;
+  SamplingParams p;  // temperature 0
+  int32_t id = draw(logits, p, 0, &lp);
+  CHECK(id == argmax(logits));
+  double s = 0;
+  for (float x : logits) s += std::exp(double(x) - logits[size_t(id)]);
+  CHECK(lp == Approx(-std::log(s)).margin(1e-5));
+  // Lowest id among equal maxima.
+  std::vector<float> tie{1.0f, 5.0f, 2.0f, 5.0f};
+  CHECK(draw(tie, p, 0) == 1);
+  std::vector<float> nan{NAN, 1.0f, NAN};
+  CHECK(draw(nan, p, 0) == 1);
+}
+
+TEST_CASE("a draw depends only on (seed, position), not on call order", "[sampling]") {
+  auto logits = random_logits(65536, 2);
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.95f;
+  p.seed = 1234;
+  std::vector<int32_t> forward, backward(100);
+  for (uint64_t pos = 0; pos < 100; ++pos) forward.push_back(draw(logits, p, pos));
+  for (uint64_t pos = 100; pos-- > 0;) backward[pos] = draw(logits, p, pos);
+  CHECK(forward == backward);
+  // Different positions and seeds give different draws.
+  CHECK(std::set<int32_t>(forward.begin(), forward.end()).size() > 10);
+  p.seed = 99;
+  std::vector<int32_t> other;
+  for (uint64_t pos = 0; pos < 100; ++pos) other.push_back(draw(logits, p, pos));
+  CHECK(other != forward);
+}
+
+TEST_CASE("top_k = 1 and a tiny top_p are greedy", "[sampling]") {
+  for (uint32_t seed = 0; seed < 5; ++seed) {
+    auto logits = random_logits(65536, 10 + seed);
+    SamplingParams p;
+    p.temperature = 1.3f;
+    p.top_k = 1;
+    CHECK(draw(logits, p, seed) == argmax(logits));
+    p.top_k = 0;
+    p.top_p = 1e-6f;
+    CHECK(draw(logits, p, seed) == argmax(logits));
+    p.top_k = 50;  // both filters at once
+    CHECK(draw(logits, p, seed) == argmax(logits));
+    p.top_p = 1.0f;
+    p.min_p = 0.999f;
+    CHECK(draw(logits, p, seed) == argmax(logits));
+  }
+}
+
+TEST_CASE("draws follow the softmax, and the filters keep the right ids", "[sampling]") {
+  const std::vector<double> probs{0.1, 0.2, 0.3, 0.4};
+  std::vector<float> logits;
+  for (double q : probs) logits.push_back(float(std::log(q)) + 7.0f);  // shift-invariant
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 42;
+  auto check_freq = [&](const std::vector<double>& want) {
+    auto f = frequencies(logits, p);
+    for (size_t i = 0; i < want.size(); ++i) {
+      INFO("id " << i << " freq " << f[i] << " want " << want[i]);
+      CHECK(std::abs(f[i] - want[i]) < kTol);
+    }
+  };
+  check_freq(probs);
+  p.temperature = 0.5f;  // p^2, renormalised
+  check_freq({0.01 / 0.30, 0.04 / 0.30, 0.09 / 0.30, 0.16 / 0.30});
+  p.temperature = 1.0f;
+  p.top_k = 2;  // {3, 2}
+  check_freq({0, 0, 3.0 / 7, 4.0 / 7});
+  p.top_k = 0;
+  p.top_p = 0.5f;  // 0.4 < 0.5, 0.4 + 0.3 >= 0.5: {3, 2}
+  check_freq({0, 0, 3.0 / 7, 4.0 / 7});
+  p.top_p = 0.75f;  // 0.4 + 0.3 < 0.75: {3, 2, 1}
+  check_freq({0, 2.0 / 9, 3.0 / 9, 4.0 / 9});
+  p.top_p = 1.0f;
+  p.min_p = 0.6f;  // p >= 0.24: {3, 2}
+  check_freq({0, 0, 3.0 / 7, 4.0 / 7});
+  p.min_p = 0.0f;
+  p.top_k = 3;  // top_p over the top-3 mass 0.9: 0.5 * 0.9 = 0.45 -> {3, 2}
+  p.top_p = 0.5f;
+  check_freq({0, 0, 3.0 / 7, 4.0 / 7});
+}
+
+TEST_CASE("a sampled token's logprob is its tempered log-softmax", "[sampling]") {
+  auto logits = random_logits(1000, 3);
+  SamplingParams p;
+  p.temperature = 0.7f;
+  p.top_k = 20;
+  p.seed = 5;
+  float lp = 0;
+  int32_t id = draw(logits, p, 17, &lp);
+  double m = *std::max_element(logits.begin(), logits.end()) / 0.7, s = 0;
+  for (float x : logits) s += std::exp(x / 0.7 - m);
+  CHECK(lp == Approx(logits[size_t(id)] / 0.7 - m - std::log(s)).margin(1e-4));
+}
+
+TEST_CASE("penalties change the logits as the formulas say", "[sampling]") {
+  std::vector<float> logits{2.0f, -2.0f, 1.0f, 0.5f};
+  SamplingParams p;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  p.repetition_penalty = 2.0f;
+  PenaltyState st;
+  st.counts = {{0, 2.0f}, {1, 1.0f}};
+  // id 0: 2 / 2 - (0.5 + 2 * 0.25) = 0;  id 1: -2 * 2 - (0.5 + 0.25) = -4.75.
+  const std::vector<double> want{0.0, -4.75, 1.0, 0.5};
+  double lse = 0;
+  for (double z : want) lse += std::exp(z);
+  lse = std::log(lse);
+  float lp = 0;
+  CHECK(sample_token(logits.data(), 4, p, st, 0, &lp) == 2);  // greedy after penalties
+  CHECK(lp == Approx(1.0 - lse).margin(1e-5));
+  // The state decays and counts the choice (ChatRWKV's rule).
+  CHECK(st.counts.at(0) == Approx(2.0 * 0.996));
+  CHECK(st.counts.at(1) == Approx(0.996));
+  CHECK(st.counts.at(2) == Approx(1.0));
+  // Sampling with temperature 1 sees the same penalised logits.
+  p.temperature = 1.0f;
+  st.counts = {{0, 2.0f}, {1, 1.0f}};
+  int32_t id = sample_token(logits.data(), 4, p, st, 3, &lp);
+  CHECK(lp == Approx(want[size_t(id)] - lse).margin(1e-5));
+  // Without penalties the logits are untouched, whatever the state holds.
+  SamplingParams plain;
+  PenaltyState st2;
+  st2.counts = {{0, 5.0f}};
+  CHECK(sample_token(logits.data(), 4, plain, st2, 0) == 0);
+}
+
+TEST_CASE("validate names the bad field", "[sampling]") {
+  CHECK(error_of(SamplingParams{}).empty());
+  auto bad = [](auto set) {
+    SamplingParams p;
+    set(p);
+    return error_of(p);
+  };
+  CHECK(has(bad([](SamplingParams& p) { p.temperature = -0.1f; }), "temperature"));
+  CHECK(has(bad([](SamplingParams& p) { p.temperature = NAN; }), "temperature"));
+  CHECK(has(bad([](SamplingParams& p) { p.top_k = -1; }), "top_k"));
+  CHECK(has(bad([](SamplingParams& p) { p.top_p = 0.0f; }), "top_p"));
+  CHECK(has(bad([](SamplingParams& p) { p.top_p = 1.5f; }), "top_p"));
+  CHECK(has(bad([](SamplingParams& p) { p.min_p = 1.0f; }), "min_p"));
+  CHECK(has(bad([](SamplingParams& p) { p.min_p = -0.5f; }), "min_p"));
+  CHECK(has(bad([](SamplingParams& p) { p.repetition_penalty = 0.0f; }), "repetition_penalty"));
+  CHECK(has(bad([](SamplingParams& p) { p.presence_penalty = INFINITY; }), "presence_penalty"));
+  CHECK(has(bad([](SamplingParams& p) { p.frequency_penalty = NAN; }), "frequency_penalty"));
+  CHECK(has(bad([](SamplingParams& p) { p.penalty_decay = 1.5f; }), "penalty_decay"));
+  std::vector<float> all_bad{-INFINITY, NAN};
+  PenaltyState st;
+  CHECK_THROWS_AS(sample_token(all_bad.data(), 2, SamplingParams{}, st, 0), Error);
+}
