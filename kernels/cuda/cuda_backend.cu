@@ -1,0 +1,294 @@
+// The CUDA backend: kernels/backend.h on one NVIDIA GPU. One backend owns one device, one
+// stream (every op, copy and upload is queued on it, in call order) and one cuBLAS handle.
+// Memory comes from cudaMalloc (never managed memory); ops are asynchronous, and download()
+// and synchronize() are the points where the host waits. Errors throw rwkvpp::Error carrying
+// the CUDA error string (cuda_check.h); errors of a kernel that already ran surface at the next
+// synchronising call.
+//
+// Host-side arguments that ops take (token ids, row indices, the segment table) are copied
+// into device scratch buffers on the stream; the stream orders those copies against the kernels
+// that read the previous contents, so a scratch buffer is reused only after its readers ran.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/head_ops.cuh"
+#include "kernels/cuda/layer_norm.cuh"
+#include "kernels/cuda/matmul.cuh"
+#include "kernels/cuda/token_shift.cuh"
+#include "kernels/cuda/wkv4.cuh"
+#include "kernels/cuda/wkv5.cuh"
+#include "kernels/cuda/wkv7.cuh"
+
+#define RWKVPP_CUBLAS_CHECK(call)                                                          \
+  do {                                                                                     \
+    cublasStatus_t st_ = (call);                                                           \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      ::rwkvpp::cuda::fail_cublas(int(st_), #call, __FILE__, __LINE__);                    \
+  } while (0)
+
+namespace rwkvpp {
+namespace {
+
+using cuda::fail_msg;
+
+// cuBLAS's workspace on Hopper (its documentation recommends 32 MiB there).
+constexpr size_t kCublasWorkspace = size_t(32) << 20;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    const int count = cuda_device_count();
+    if (device < 0 || device >= count)
+      fail_msg("CUDA device " + std::to_string(device) + " requested but " +
+               std::to_string(count) + " device(s) are present");
+    RWKVPP_CUDA_CHECK(cudaSetDevice(device_));
+    RWKVPP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    RWKVPP_CUBLAS_CHECK(cublasCreate(&blas_));
+    RWKVPP_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    // Plain fp32 GEMMs (no TF32): the fp32 path is held to the CPU reference at ~1e-5.
+    RWKVPP_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
+    blas_ws_ = alloc(kCublasWorkspace);
+    RWKVPP_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_ws_, kCublasWorkspace));
+    consts_ = static_cast<float*>(alloc(4 * sizeof(float)));
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p})
+      if (p) cudaFree(p);
+    if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(device_); }
+  bool host_memory() const override { return false; }
+
+  // ---- memory ---------------------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    use_device();
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error state of a failed allocation
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail_msg(name() + ": out of device memory allocating " + std::to_string(bytes) +
+               " bytes (" + std::to_string(free_b) + " of " + std::to_string(total_b) +
+               " free): " + cudaGetErrorString(e));
+    }
+    RWKVPP_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    return p;
+  }
+  void free(void* p) noexcept override {
+    if (!p) return;
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);  // queued work may still read it
+    cudaFree(p);
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    // From pageable memory the copy is staged before this returns, so src may be reused at once.
+    RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    use_device();
+    if (bytes) RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    RWKVPP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void synchronize() override {
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  size_t free_memory() const override {
+    use_device();
+    size_t free_b = 0, total_b = 0;
+    RWKVPP_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+  }
+
+  SegTable stage_segments(std::span<const Segment> segs) override {
+    SegTable t;
+    t.host = segs;
+    for (const Segment& s : segs) {
+      t.n_tokens += s.len;
+      t.max_len = std::max(t.max_len, s.len);
+    }
+    if (!segs.empty()) {
+      auto* d = static_cast<Segment*>(grow(segs_, segs.size_bytes()));
+      upload(d, segs.data(), segs.size_bytes());
+      t.device = d;
+    }
+    return t;
+  }
+
+  // ---- ops --------------------------------------------------------------------------------
+  void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, int64_t d,
+                  float eps) override {
+    use_device();
+    cuda::norm_rows(x, w, b, y, n, d, 1, eps, stream_);
+  }
+  void group_norm(const float* x, const float* w, const float* b, float* y, int64_t n,
+                  int64_t n_head, int64_t head_size, float eps) override {
+    use_device();
+    cuda::norm_rows(x, w, b, y, n * n_head, head_size, n_head, eps, stream_);
+  }
+
+  void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
+    use_device();
+    const size_t need = cuda::matmul_scratch_bytes(W, n);
+    void* scratch = need ? grow(scratch_, need) : nullptr;
+    cuda::matmul(blas_, W, x, y, n, scratch, consts_, stream_);
+  }
+
+  void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
+    if (n == 0) return;
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] < 0 || ids[i] >= E.rows)
+        fail_msg("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                 " is outside the vocabulary [0, " + std::to_string(E.rows) + ")");
+    const int32_t* d = upload_indices(ids, n);
+    cuda::embedding(E.data, E.dtype, E.cols, d, n, y, stream_);
+  }
+
+  void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y) override {
+    if (m == 0) return;
+    for (int64_t j = 0; j < m; ++j)
+      if (rows[j] < 0) fail_msg("gather_rows: negative row index " + std::to_string(rows[j]));
+    const int32_t* r = upload_indices(rows, m);
+    cuda::gather_rows(x, r, m, d, y, stream_);
+  }
+
+  void token_shift(const float* x, int64_t d, const SegTable& segs, float* state, int64_t stride,
+                   int64_t off, float* prev) override {
+    use_device();
+    cuda::token_shift(x, d, segs.device, int64_t(segs.host.size()), segs.max_len, state, stride,
+                      off, prev, stream_);
+  }
+
+  void mix(const float* x, const float* prev, const float* mu, float* y, int64_t n,
+           int64_t d) override {
+    use_device();
+    cuda::mix(x, prev, mu, y, n, d, stream_);
+  }
+  void unary(Unary op, const float* x, float* y, int64_t count) override {
+    use_device();
+    cuda::unary(op, x, y, count, stream_);
+  }
+  void binary(Binary op, const float* a, const float* b, float* y, int64_t count) override {
+    use_device();
+    cuda::binary(op, a, b, y, count, stream_);
+  }
+  void binary_row(Binary op, const float* a, const float* v, float* y, int64_t n,
+                  int64_t d) override {
+    use_device();
+    cuda::binary_row(op, a, v, y, n, d, stream_);
+  }
+
+  void wkv4(const float* k, const float* v, const float* w, const float* u, const SegTable& segs,
+            float* state, int64_t stride, int64_t off_aa, float* out, int64_t d) override {
+    use_device();
+    cuda::wkv4(k, v, w, u, segs.device, int64_t(segs.host.size()), state, stride, off_aa, out, d,
+               stream_);
+  }
+  void wkv5(const float* r, const float* k, const float* v, const float* w, bool w_per_token,
+            const float* u, const SegTable& segs, float* state, int64_t stride, int64_t off,
+            float* out, int64_t n_head, int64_t head_size) override {
+    use_device();
+    cuda::wkv5(r, k, v, w, w_per_token, u, segs.device, int64_t(segs.host.size()), state, stride,
+               off, out, n_head, head_size, stream_);
+  }
+  void wkv7(const float* r, const float* w, const float* k, const float* v, const float* a,
+            const float* b, const SegTable& segs, float* state, int64_t stride, int64_t off,
+            float* out, int64_t n_head, int64_t head_size) override {
+    use_device();
+    cuda::wkv7(r, w, k, v, a, b, segs.device, int64_t(segs.host.size()), state, stride, off, out,
+               n_head, head_size, stream_);
+  }
+
+  void lerp(const float* a, const float* b, const float* m, float* y, int64_t count) override {
+    use_device();
+    cuda::lerp(a, b, m, y, count, stream_);
+  }
+  void head_l2_normalize(const float* x, float* y, int64_t n, int64_t n_head, int64_t head_size,
+                         float eps) override {
+    use_device();
+    cuda::head_l2_normalize(x, y, n, n_head, head_size, eps, stream_);
+  }
+  void head_dot_add(const float* a, const float* b, const float* w, const float* c, float* y,
+                    int64_t n, int64_t n_head, int64_t head_size) override {
+    use_device();
+    cuda::head_dot_add(a, b, w, c, y, n, n_head, head_size, stream_);
+  }
+
+ private:
+  // A device buffer that only grows (by half again, to avoid reallocating every step).
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+
+  void* grow(Scratch& s, size_t bytes) {
+    if (s.bytes < bytes) {
+      if (s.p) free(s.p);  // waits for queued readers first
+      s.p = nullptr;
+      s.bytes = 0;
+      const size_t want = bytes + bytes / 2;
+      s.p = alloc(want);
+      s.bytes = want;
+    }
+    return s.p;
+  }
+
+  const int32_t* upload_indices(const int32_t* host, int64_t n) {
+    auto* d = static_cast<int32_t*>(grow(ids_, size_t(n) * sizeof(int32_t)));
+    upload(d, host, size_t(n) * sizeof(int32_t));
+    return d;
+  }
+
+  // Makes this backend's device current for the calling thread (several backends, one per
+  // GPU, may be driven from one thread in turn).
+  void use_device() const {
+    int cur = -1;
+    RWKVPP_CUDA_CHECK(cudaGetDevice(&cur));
+    if (cur != device_) RWKVPP_CUDA_CHECK(cudaSetDevice(device_));
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  void* blas_ws_ = nullptr;
+  float* consts_ = nullptr;  // [amax bits, alpha, 0, unused] for the fp16 GEMM path
+  Scratch segs_, ids_, scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: not an error for the caller
+    return 0;
+  }
+  return n;
+}
+
+bool cuda_available() { return cuda_device_count() > 0; }
+
+}  // namespace rwkvpp

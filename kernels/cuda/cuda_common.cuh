@@ -1,0 +1,65 @@
+// Shared pieces of the CUDA kernels: error-check macros, weight-element loads for the three
+// weight dtypes, warp/block reductions and grid sizing. Included by the .cu files only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+
+// Checks a CUDA runtime call; throws rwkvpp::Error with the CUDA error string on failure.
+#define RWKVPP_CUDA_CHECK(call)                                                        \
+  do {                                                                                 \
+    cudaError_t e_ = (call);                                                           \
+    if (e_ != cudaSuccess) ::rwkvpp::cuda::fail_cuda(int(e_), #call, __FILE__, __LINE__); \
+  } while (0)
+
+// Checks the launch that precedes it (bad configuration, missing kernel image); errors raised
+// while the kernel runs surface at the next synchronising call.
+#define RWKVPP_CUDA_LAUNCHED(name)                                                      \
+  do {                                                                                  \
+    cudaError_t e_ = cudaGetLastError();                                                \
+    if (e_ != cudaSuccess) ::rwkvpp::cuda::fail_cuda(int(e_), name, __FILE__, __LINE__); \
+  } while (0)
+
+namespace rwkvpp::cuda {
+
+// One weight element as fp32, for each stored dtype.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Sum over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+// `red` is shared scratch of 32 floats; the call ends with the block synchronised, so the same
+// scratch can be reused by the next call.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = lane < nwarps ? red[lane] : 0.0f;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+
+// Blocks for a grid-stride loop over `count` items with `threads` per block, capped so that
+// the grid stays a few waves deep on any current GPU.
+inline unsigned grid_for(int64_t count, int threads) {
+  int64_t b = (count + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 65536) b = 65536;
+  return unsigned(b);
+}
+
+}  // namespace rwkvpp::cuda

@@ -1,0 +1,183 @@
+// Matrix-vector products for few tokens (n <= 8): y[t, r] = sum_c W[r, c] * x[t, c] with W
+// [R, K] row-major in fp32, fp16 or bf16, x and y fp32, fp32 accumulation. Decoding is bound by
+// reading W once from memory, so these kernels aim at memory bandwidth: 16-byte weight loads
+// that bypass L1 (each weight is read once), x through the read-only cache (every warp reads
+// all of it), several rows per warp so that each x value fetched serves them all.
+// The kernels are templates in this header so that the kernel lab (kernels/cuda/dev/) can time
+// every variant; kernels/cuda/matmul.cu picks one per token count.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace rwkvpp::cuda {
+
+constexpr int kGemvWarps = 8;  // warps per block (256 threads)
+
+// 16 bytes of W as fp32 values: 8 for fp16/bf16, 4 for fp32.
+template <typename T>
+struct Pack16;
+template <>
+struct Pack16<float> {
+  static constexpr int n = 4;
+  __device__ __forceinline__ static void unpack(const uint4& u, float (&f)[4]) {
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+  }
+};
+template <>
+struct Pack16<__half> {
+  static constexpr int n = 8;
+  __device__ __forceinline__ static void unpack(const uint4& u, float (&f)[8]) {
+    const uint32_t p[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      __half2 h2;
+      memcpy(&h2, &p[q], 4);
+      const float2 v = __half22float2(h2);
+      f[2 * q] = v.x;
+      f[2 * q + 1] = v.y;
+    }
+  }
+};
+template <>
+struct Pack16<__nv_bfloat16> {
+  static constexpr int n = 8;
+  __device__ __forceinline__ static void unpack(const uint4& u, float (&f)[8]) {
+    const uint32_t p[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // bf16 is the top half of an fp32
+      f[2 * q] = __uint_as_float(p[q] << 16);
+      f[2 * q + 1] = __uint_as_float(p[q] & 0xffff0000u);
+    }
+  }
+};
+
+// A 16-byte load that does not allocate in L1 (the weights are streamed once; L1 is left to x).
+__device__ __forceinline__ uint4 load_stream16(const void* p) {
+  uint4 u;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+               : "l"(p));
+  return u;
+}
+
+// Vectorised GEMV. Requires K % Pack16<T>::n == 0 and 16-byte aligned W and x (then every row
+// of both is aligned too).
+//
+// Mapping: block b, warp w owns rows r0 .. r0 + RPW - 1 with r0 = (b * kGemvWarps + w) * RPW
+// (rows past R are clamped for loading and never written). Its 32 lanes walk K together in
+// 16-byte chunks: lane l takes chunks l, l + 32, ..., so each warp load covers 512 contiguous
+// bytes of one row; UNROLL chunks per lane are loaded before any is used, to keep enough bytes
+// in flight. For each chunk the lane reads the matching n values of x for each of the NT
+// tokens and accumulates RPW * NT fp32 partial sums; a shuffle butterfly reduces them at the
+// end and lane (row * NT + token) % 32 writes each result.
+template <typename T, int NT, int RPW, int UNROLL>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
+                    int R, int K) {
+  constexpr int V = Pack16<T>::n;
+  const int lane = threadIdx.x & 31;
+  const int r0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * RPW;
+  if (r0 >= R) return;
+  const int nchunk = K / V;
+  const T* rows[RPW];
+#pragma unroll
+  for (int q = 0; q < RPW; ++q) rows[q] = W + int64_t(min(r0 + q, R - 1)) * K;
+  float acc[RPW][NT];
+#pragma unroll
+  for (int q = 0; q < RPW; ++q)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
+
+  for (int c0 = lane; c0 < nchunk; c0 += 32 * UNROLL) {
+    uint4 wv[UNROLL][RPW];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * 32;
+#pragma unroll
+      for (int q = 0; q < RPW; ++q)
+        wv[u][q] = c < nchunk ? load_stream16(rows[q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * 32;
+      if (c >= nchunk) break;
+      float wf[RPW][V];
+#pragma unroll
+      for (int q = 0; q < RPW; ++q) Pack16<T>::unpack(wv[u][q], wf[q]);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float4* xp = reinterpret_cast<const float4*>(x + int64_t(t) * K + int64_t(c) * V);
+        float xv[V];
+#pragma unroll
+        for (int e = 0; e < V / 4; ++e) {
+          const float4 f = __ldg(xp + e);
+          xv[4 * e] = f.x;
+          xv[4 * e + 1] = f.y;
+          xv[4 * e + 2] = f.z;
+          xv[4 * e + 3] = f.w;
+        }
+#pragma unroll
+        for (int q = 0; q < RPW; ++q)
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[q][t] = fmaf(wf[q][e], xv[e], acc[q][t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < RPW; ++q)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float s = warp_sum(acc[q][t]);
+      if (lane == (q * NT + t) % 32 && r0 + q < R) y[int64_t(t) * R + r0 + q] = s;
+    }
+}
+
+// Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
+// unaligned pointers): one warp per row, lanes striding over K one element at a time.
+template <typename T, int NT>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_scalar_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
+                       int R, int K) {
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  if (r >= R) return;
+  const T* row = W + int64_t(r) * K;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+  for (int c = lane; c < K; c += 32) {
+    const float wc = to_float(row[c]);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = fmaf(wc, __ldg(x + int64_t(t) * K + c), acc[t]);
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float s = warp_sum(acc[t]);
+    if (lane == t) y[int64_t(t) * R + r] = s;
+  }
+}
+
+template <typename T, int NT, int RPW, int UNROLL>
+inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s) {
+  const int rows_per_block = kGemvWarps * RPW;
+  gemv_vec_kernel<T, NT, RPW, UNROLL>
+      <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(W, x, y, R, K);
+}
+
+template <typename T, int NT>
+inline void launch_gemv_scalar(const T* W, const float* x, float* y, int R, int K,
+                               cudaStream_t s) {
+  gemv_scalar_kernel<T, NT>
+      <<<unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, s>>>(W, x, y, R, K);
+}
+
+}  // namespace rwkvpp::cuda

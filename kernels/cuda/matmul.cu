@@ -1,0 +1,160 @@
+// Matrix products (see matmul.cuh): GEMV dispatch for few tokens, cuBLAS for more, and the
+// activation conversion kernels the 16-bit cuBLAS path needs.
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/matmul.cuh"
+
+#define RWKVPP_CUBLAS_CHECK(call)                                                          \
+  do {                                                                                     \
+    cublasStatus_t st_ = (call);                                                           \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      ::rwkvpp::cuda::fail_cublas(int(st_), #call, __FILE__, __LINE__);                    \
+  } while (0)
+
+namespace rwkvpp::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Rows per warp of the vector GEMV for NT tokens. More rows let each x value fetched from L1
+// serve more weights (x traffic per weight byte ~ 2 * NT / RPW for 16-bit W), at the price of
+// registers and of fewer, larger work units. Chosen from the kernel lab (docs/perf.md).
+constexpr int gemv_rows_per_warp(int nt) { return nt <= 2 ? 2 : 4; }
+constexpr int kGemvUnroll = 2;
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T, int NT>
+void gemv_nt(const T* W, const float* x, float* y, int R, int K, cudaStream_t s) {
+  if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x))
+    launch_gemv_vec<T, NT, gemv_rows_per_warp(NT), kGemvUnroll>(W, x, y, R, K, s);
+  else
+    launch_gemv_scalar<T, NT>(W, x, y, R, K, s);
+}
+
+template <typename T>
+void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_t s) {
+  switch (n) {
+    case 1: gemv_nt<T, 1>(W, x, y, R, K, s); break;
+    case 2: gemv_nt<T, 2>(W, x, y, R, K, s); break;
+    case 3: gemv_nt<T, 3>(W, x, y, R, K, s); break;
+    case 4: gemv_nt<T, 4>(W, x, y, R, K, s); break;
+    case 5: gemv_nt<T, 5>(W, x, y, R, K, s); break;
+    case 6: gemv_nt<T, 6>(W, x, y, R, K, s); break;
+    case 7: gemv_nt<T, 7>(W, x, y, R, K, s); break;
+    case 8: gemv_nt<T, 8>(W, x, y, R, K, s); break;
+    default: fail_msg("gemv: " + std::to_string(n) + " tokens is more than it handles");
+  }
+  RWKVPP_CUDA_LAUNCHED("gemv_kernel");
+}
+
+// Largest |x| over count values, as the bits of a non-negative float (which order like
+// unsigned integers) into *out, which must start at 0. Grid-stride, warp max, one atomic per
+// warp. NaNs are skipped (fmaxf), so they pass through the conversion unscaled.
+__global__ void amax_kernel(const float* __restrict__ x, int64_t count, unsigned* out) {
+  float m = 0.0f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x)
+    m = fmaxf(m, fabsf(x[i]));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(out, __float_as_uint(m));
+}
+
+__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// out[i] = x[i] / scale in T, one thread per element (grid-stride). With SCALED, scale is
+// 2^(e - 14) for e = floor(log2(amax)) (amax from amax_kernel), exact in binary, and block 0's
+// first thread stores it to *alpha for the GEMM to multiply back; otherwise scale is 1.
+template <typename T, bool SCALED>
+__global__ void convert_kernel(const float* __restrict__ x, T* __restrict__ out, int64_t count,
+                               const unsigned* amax_bits, float* alpha) {
+  float inv = 1.0f;
+  if constexpr (SCALED) {
+    const float amax = __uint_as_float(*amax_bits);
+    float scale = 1.0f;
+    if (amax > 0.0f && isfinite(amax)) {
+      const int e = max(-100, min(100, ilogbf(amax)));
+      scale = ldexpf(1.0f, e - 14);
+      inv = ldexpf(1.0f, 14 - e);
+    }
+    if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = scale;
+  }
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x)
+    store_as(out + i, x[i] * inv);
+}
+
+}  // namespace
+
+size_t matmul_scratch_bytes(const WeightView& W, int64_t n) {
+  if (n <= kGemvMaxTokens || W.dtype == DType::F32) return 0;
+  return size_t(n) * size_t(W.cols) * 2;
+}
+
+void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
+            void* scratch, float* consts, cudaStream_t s) {
+  const int64_t R = W.rows, K = W.cols;
+  if (n == 0 || R == 0) return;
+  if (R > INT32_MAX || K > INT32_MAX || n > INT32_MAX)
+    fail_msg("matmul: shape [" + std::to_string(R) + ", " + std::to_string(K) + "] x " +
+             std::to_string(n) + " tokens is too large");
+  if (K == 0) {
+    RWKVPP_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(n * R) * sizeof(float), s));
+    return;
+  }
+  if (n <= kGemvMaxTokens) {
+    switch (W.dtype) {
+      case DType::F32: gemv(static_cast<const float*>(W.data), x, y, int(R), int(K), int(n), s); break;
+      case DType::F16: gemv(static_cast<const __half*>(W.data), x, y, int(R), int(K), int(n), s); break;
+      case DType::BF16:
+        gemv(static_cast<const __nv_bfloat16*>(W.data), x, y, int(R), int(K), int(n), s);
+        break;
+    }
+    return;
+  }
+  RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
+  const float one = 1.0f, zero = 0.0f;
+  if (W.dtype == DType::F32) {
+    // y^T [R, n] (column-major, ld R) = W^T (W row-major [R, K] is column-major [K, R]) * x^T.
+    RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), &one,
+                                     W.data, CUDA_R_32F, int(K), x, CUDA_R_32F, int(K), &zero, y,
+                                     CUDA_R_32F, int(R), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  const int64_t count = n * K;
+  const unsigned g = grid_for(count, kThreads);
+  if (W.dtype == DType::BF16) {
+    auto* xb = static_cast<__nv_bfloat16*>(scratch);
+    convert_kernel<__nv_bfloat16, false><<<g, kThreads, 0, s>>>(x, xb, count, nullptr, nullptr);
+    RWKVPP_CUDA_LAUNCHED("convert_kernel<bf16>");
+    RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), &one,
+                                     W.data, CUDA_R_16BF, int(K), xb, CUDA_R_16BF, int(K), &zero,
+                                     y, CUDA_R_32F, int(R), CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  // fp16: scale into range on the device, GEMM with alpha = scale from device memory.
+  auto* xh = static_cast<__half*>(scratch);
+  auto* amax = reinterpret_cast<unsigned*>(consts);
+  float* alpha = consts + 1;
+  const float* beta = consts + 2;
+  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
+  amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x, count, amax);
+  RWKVPP_CUDA_LAUNCHED("amax_kernel");
+  convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x, xh, count, amax, alpha);
+  RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+  const cublasStatus_t st =
+      cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), alpha, W.data, CUDA_R_16F,
+                   int(K), xh, CUDA_R_16F, int(K), beta, y, CUDA_R_32F, int(R),
+                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  RWKVPP_CUBLAS_CHECK(st);
+}
+
+}  // namespace rwkvpp::cuda

@@ -1,0 +1,33 @@
+// Matrix products of the CUDA backend: y[n, R] = x[n, K] * W[R, K]^T, fp32 activations, W in
+// fp32, fp16 or bf16, fp32 accumulation.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace rwkvpp::cuda {
+
+// Tokens up to which the hand-written GEMV (gemv.cuh) runs; above, cuBLAS.
+constexpr int64_t kGemvMaxTokens = 8;
+
+// Bytes of device scratch that matmul() needs for n tokens (0 when none).
+size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
+
+// y = x W^T. `scratch` holds at least matmul_scratch_bytes(W, n) bytes; `consts` is 4 device
+// floats owned by the caller, consts[2] zero (cuBLAS reads alpha and beta from there on the
+// fp16 path). Paths:
+// - n <= kGemvMaxTokens: the GEMV kernels, W read once, x in fp32.
+// - fp32 W: cublasGemmEx in fp32 (no TF32).
+// - bf16 W: x rounded to bf16 into scratch, then cublasGemmEx (bf16 x bf16 -> fp32 accumulate).
+// - fp16 W: x scaled by a power of two so that its largest magnitude lands in [2^14, 2^15)
+//   (fp16 overflows at 65504; activations of deep layers exceed that), rounded to fp16, then
+//   cublasGemmEx with alpha = the scale, read from device memory, so nothing waits on the host.
+void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
+            void* scratch, float* consts, cudaStream_t s);
+
+}  // namespace rwkvpp::cuda

@@ -1,0 +1,19 @@
+// RWKV-7 WKV recurrence (generalised delta rule) for the CUDA backend (contract in
+// kernels/backend.h).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace rwkvpp::cuda {
+
+// r, w, k, v, a, b, out: [n_tokens, H*N]; w is the decay factor in (0, 1). State per slot at
+// state + slot * stride + off: S [H, N, N], value row j before key column i.
+void wkv7(const float* r, const float* w, const float* k, const float* v, const float* a,
+          const float* b, const Segment* segs, int64_t n_segs, float* state, int64_t stride,
+          int64_t off, float* out, int64_t n_head, int64_t head_size, cudaStream_t s);
+
+}  // namespace rwkvpp::cuda
