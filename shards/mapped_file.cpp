@@ -44,10 +44,13 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
-std::span<const uint8_t> MappedFile::bytes(uint64_t offset, uint64_t n, std::string_view what) const {
+std::span<const uint8_t> MappedFile::bytes(uint64_t offset, uint64_t n,
+                                           std::string_view what) const {
   if (!contains(offset, n))
-    fail("'{}': {} at offset {} ({} bytes) runs past the end of the file ({} bytes); truncated or corrupt?",
-         path_, what, offset, n, size_);
+    fail(
+        "'{}': {} at offset {} ({} bytes) runs past the end of the file ({} bytes); "
+        "truncated or corrupt?",
+        path_, what, offset, n, size_);
   return {data_ + offset, size_t(n)};
 }
 

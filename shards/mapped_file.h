@@ -26,7 +26,9 @@ class MappedFile {
   // [offset, offset + n) of the file; throws Error naming the file and `what` when the range
   // runs past the end (a truncated or corrupt file).
   std::span<const uint8_t> bytes(uint64_t offset, uint64_t n, std::string_view what) const;
-  bool contains(uint64_t offset, uint64_t n) const { return offset <= size_ && n <= size_ - offset; }
+  bool contains(uint64_t offset, uint64_t n) const {
+    return offset <= size_ && n <= size_ - offset;
+  }
 
   // Tells the kernel the range will not be read again through this mapping (drops it from
   // this process's resident set after a tensor has been copied out). A hint; never fails.
@@ -43,6 +45,8 @@ inline uint16_t load_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8))
 inline uint32_t load_u32(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
 }
-inline uint64_t load_u64(const uint8_t* p) { return uint64_t(load_u32(p)) | (uint64_t(load_u32(p + 4)) << 32); }
+inline uint64_t load_u64(const uint8_t* p) {
+  return uint64_t(load_u32(p)) | (uint64_t(load_u32(p + 4)) << 32);
+}
 
 }  // namespace rwkvpp

@@ -43,14 +43,16 @@ struct Importer {
   std::string path;
   std::map<std::string, HostTensor> tensors;  // as stored, shapes in C order
 
-  [[noreturn]] void bad_shape(const std::string& name, const HostTensor& t, const char* want) const {
-    fail("'{}': tensor '{}' has shape {}, expected {} in an rwkv.cpp file", path, name, t.shape_str(), want);
+  [[noreturn]] void bad_shape(const std::string& name, const HostTensor& t,
+                              const char* want) const {
+    fail("'{}': tensor '{}' has shape {}, expected {} in an rwkv.cpp file", path, name,
+         t.shape_str(), want);
   }
 
   void reshape(const std::string& name, HostTensor& t, std::vector<int64_t> shape) const {
     if (shape_numel(shape) != t.numel())
-      fail("'{}': tensor '{}' has shape {}, which cannot be reshaped to {}", path, name, t.shape_str(),
-           shape_to_string(shape));
+      fail("'{}': tensor '{}' has shape {}, which cannot be reshaped to {}", path, name,
+           t.shape_str(), shape_to_string(shape));
     t.shape = std::move(shape);
   }
 
@@ -66,8 +68,8 @@ struct Importer {
     std::vector<float> v = t.to_f32();
     for (float& x : v) {
       if (!ok(double(x)))
-        fail("'{}': tensor '{}' holds {}, outside {} (what rwkv.cpp's converter stores); corrupt file?",
-             path, name, x, domain);
+        fail("'{}': tensor '{}' holds {}, outside {} (what rwkv.cpp's converter stores)", path,
+             name, x, domain);
       x = float(f(double(x)));
     }
     t = HostTensor::from_f32(v, t.shape);
@@ -76,13 +78,15 @@ struct Importer {
   // [a, b, c] -> [a, c, b] (a == 1 for a plain matrix transpose), any dtype.
   void transpose_last2(const std::string& name, HostTensor& t) const {
     if (t.shape.size() != 2 && t.shape.size() != 3) bad_shape(name, t, "a 2-D or 3-D tensor");
-    const int64_t b = t.shape[t.shape.size() - 2], c = t.shape.back(), a = t.numel() / std::max<int64_t>(b * c, 1);
+    const int64_t b = t.shape[t.shape.size() - 2], c = t.shape.back(),
+                  a = t.numel() / std::max<int64_t>(b * c, 1);
     const size_t es = dtype_size(t.dtype);
     std::vector<uint8_t> out(t.data.size());
     for (int64_t i = 0; i < a; ++i)
       for (int64_t j = 0; j < b; ++j)
         for (int64_t k = 0; k < c; ++k)
-          std::memcpy(&out[size_t((i * c + k) * b + j) * es], &t.data[size_t((i * b + j) * c + k) * es], es);
+          std::memcpy(&out[size_t((i * c + k) * b + j) * es],
+                      &t.data[size_t((i * b + j) * c + k) * es], es);
     t.data = std::move(out);
     std::swap(t.shape[t.shape.size() - 2], t.shape.back());
   }
@@ -96,15 +100,18 @@ void Importer::read(const MappedFile& f) {
   auto h = f.bytes(0, 24, "the rwkv.cpp header");
   uint32_t magic = load_u32(h.data());
   if (magic != kMagic)
-    fail("'{}': bad magic 0x{:08x}, expected 0x{:08x}: not an rwkv.cpp model file", path, magic, kMagic);
+    fail("'{}': bad magic 0x{:08x}, expected 0x{:08x}: not an rwkv.cpp model file", path, magic,
+         kMagic);
   int32_t version = int32_t(load_u32(h.data() + 4)), n_vocab = int32_t(load_u32(h.data() + 8)),
           n_embed = int32_t(load_u32(h.data() + 12)), n_layer = int32_t(load_u32(h.data() + 16)),
           file_type = int32_t(load_u32(h.data() + 20));
   if (version != 100 && version != 101)
     fail("'{}': unsupported rwkv.cpp file version {} (supported: 100, 101)", path, version);
   if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0)
-    fail("'{}': corrupt rwkv.cpp header (n_vocab {}, n_embed {}, n_layer {})", path, n_vocab, n_embed, n_layer);
-  if (file_type < 0 || file_type > 9) fail("'{}': unknown rwkv.cpp data type {} in the header", path, file_type);
+    fail("'{}': corrupt rwkv.cpp header (n_vocab {}, n_embed {}, n_layer {})", path, n_vocab,
+         n_embed, n_layer);
+  if (file_type < 0 || file_type > 9)
+    fail("'{}': unknown rwkv.cpp data type {} in the header", path, file_type);
 
   uint64_t pos = 24;
   for (int index = 0; pos < f.size(); ++index) {
@@ -112,22 +119,27 @@ void Importer::read(const MappedFile& f) {
     int32_t dims = int32_t(load_u32(ph.data())), key_len = int32_t(load_u32(ph.data() + 4)),
             type = int32_t(load_u32(ph.data() + 8));
     pos += 12;
-    if (dims < 1 || dims > 4) fail("'{}': parameter #{} has {} dimensions (corrupt file?)", path, index, dims);
+    if (dims < 1 || dims > 4)
+      fail("'{}': parameter #{} has {} dimensions (corrupt file?)", path, index, dims);
     if (key_len < 1 || key_len > 4096)
       fail("'{}': parameter #{} has a name of {} bytes (corrupt file?)", path, index, key_len);
-    auto dim_bytes = f.bytes(pos, uint64_t(dims) * 4, fmt::format("the shape of parameter #{}", index));
+    auto dim_bytes =
+        f.bytes(pos, uint64_t(dims) * 4, fmt::format("the shape of parameter #{}", index));
     pos += uint64_t(dims) * 4;
     auto key = f.bytes(pos, uint64_t(key_len), fmt::format("the name of parameter #{}", index));
     pos += uint64_t(key_len);
     std::string name(reinterpret_cast<const char*>(key.data()), key.size());
 
     HostTensor t;
-    if (type == 0) t.dtype = DType::F32;
-    else if (type == 1) t.dtype = DType::F16;
+    if (type == 0)
+      t.dtype = DType::F32;
+    else if (type == 1)
+      t.dtype = DType::F16;
     else
-      fail("'{}': tensor '{}' is stored as {} (data type {}); only FP32 and FP16 rwkv.cpp files can be "
-           "imported (convert the original .pth instead)",
-           path, name, rwkvcpp_type_name(type), type);
+      fail(
+          "'{}': tensor '{}' is stored as {} (data type {}); only FP32 and FP16 "
+          "rwkv.cpp files can be imported (convert the original .pth instead)",
+          path, name, rwkvcpp_type_name(type), type);
     uint64_t numel = 1;
     for (int d = dims - 1; d >= 0; --d) {  // ggml order is innermost first
       int32_t n = int32_t(load_u32(dim_bytes.data() + 4 * d));
@@ -141,15 +153,16 @@ void Importer::read(const MappedFile& f) {
     t.data.assign(data.begin(), data.end());
     f.release(pos, nbytes);
     pos += nbytes;
-    if (!tensors.emplace(name, std::move(t)).second) fail("'{}': tensor '{}' appears twice", path, name);
+    if (!tensors.emplace(name, std::move(t)).second)
+      fail("'{}': tensor '{}' appears twice", path, name);
   }
   if (tensors.empty()) fail("'{}': rwkv.cpp file has no tensors", path);
 
   auto it = tensors.find("emb.weight");
   if (it == tensors.end()) fail("'{}': tensor 'emb.weight' is missing", path);
   if (it->second.shape != std::vector<int64_t>{n_vocab, n_embed})
-    fail("'{}': tensor 'emb.weight' has shape {}, but the header says n_vocab {} and n_embed {}", path,
-         it->second.shape_str(), n_vocab, n_embed);
+    fail("'{}': tensor 'emb.weight' has shape {}, but the header says n_vocab {} and n_embed {}",
+         path, it->second.shape_str(), n_vocab, n_embed);
 }
 
 Arch Importer::detect_arch() const {
@@ -177,7 +190,9 @@ void Importer::undo_transforms(Arch arch) {
     switch (arch) {
       case Arch::V4:
         if (s == "att.time_decay") {  // -exp(raw) -> raw
-          map_values(name, t, [](double x) { return std::log(-x); }, [](double x) { return x <= 0; }, "(-inf, 0]");
+          map_values(
+              name, t, [](double x) { return std::log(-x); }, [](double x) { return x <= 0; },
+              "(-inf, 0]");
           reshape(name, t, {n});
         } else if (s == "att.time_first") {
           reshape(name, t, {n});
@@ -192,11 +207,14 @@ void Importer::undo_transforms(Arch arch) {
         // training code creates them; dropping the converter's trailing unit axes gives
         // exactly that.
         if (s == "att.time_decay") {  // exp(-exp(raw)) -> raw
-          map_values(name, t, [](double x) { return std::log(-std::log(x)); },
-                     [](double x) { return x >= 0 && x <= 1; }, "[0, 1]");
+          map_values(
+              name, t, [](double x) { return std::log(-std::log(x)); },
+              [](double x) { return x >= 0 && x <= 1; }, "[0, 1]");
           drop_trailing_units(t);
         } else if (s == "att.time_first") {  // exp(raw) -> raw
-          map_values(name, t, [](double x) { return std::log(x); }, [](double x) { return x >= 0; }, "[0, inf)");
+          map_values(
+              name, t, [](double x) { return std::log(x); }, [](double x) { return x >= 0; },
+              "[0, inf)");
           drop_trailing_units(t);
         } else if (s == "att.time_faaaa") {
           drop_trailing_units(t);
@@ -222,13 +240,15 @@ void Importer::undo_transforms(Arch arch) {
         if (s == "att.x_rwkvag") {  // [6, 1, C] -> x_r, x_w, x_k, x_v, x_a, x_g as [1, 1, C]
           if (n % 6 != 0) bad_shape(name, t, "[6, 1, C]");
           static const char* const kParts[] = {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g"};
-          const std::string prefix = name.substr(0, name.size() - std::string_view("x_rwkvag").size());
+          const std::string prefix =
+              name.substr(0, name.size() - std::string_view("x_rwkvag").size());
           const size_t part = t.data.size() / 6;
           for (int i = 0; i < 6; ++i) {
             HostTensor p;
             p.dtype = t.dtype;
             p.shape = {1, 1, n / 6};
-            p.data.assign(t.data.begin() + int64_t(part * i), t.data.begin() + int64_t(part * (i + 1)));
+            p.data.assign(t.data.begin() + int64_t(part * i),
+                          t.data.begin() + int64_t(part * (i + 1)));
             if (!out.emplace(prefix + kParts[i], std::move(p)).second)
               fail("'{}': tensor '{}' appears twice", path, prefix + kParts[i]);
           }
@@ -241,7 +261,8 @@ void Importer::undo_transforms(Arch arch) {
         }
         break;
     }
-    if (!out.emplace(name, std::move(t)).second) fail("'{}': tensor '{}' appears twice", path, name);
+    if (!out.emplace(name, std::move(t)).second)
+      fail("'{}': tensor '{}' appears twice", path, name);
   }
   tensors = std::move(out);
 }

@@ -15,7 +15,9 @@ using namespace rwkvpp::test;
 
 namespace {
 
-std::string tiny(const std::string& v) { return fixture("rwkv-cpp-tiny/tiny-rwkv-" + v + "-FP32.bin"); }
+std::string tiny(const std::string& v) {
+  return fixture("rwkv-cpp-tiny/tiny-rwkv-" + v + "-FP32.bin");
+}
 
 // The message of the Error that `f` throws ("" when it throws none).
 template <typename F>
@@ -105,7 +107,9 @@ void write_like_rwkvcpp(const Checkpoint& ck, int version, const std::string& pa
   while (ck.tensors.count("blocks." + std::to_string(n_layer) + ".ln1.weight")) ++n_layer;
   std::string out;
   auto put = [&](int32_t x) { out.append(reinterpret_cast<const char*>(&x), 4); };
-  for (int32_t x : {int32_t(0x67676d66), 101, int32_t(emb.shape[0]), int32_t(emb.shape[1]), int32_t(n_layer), 0}) put(x);
+  for (int32_t x : {int32_t(0x67676d66), 101, int32_t(emb.shape[0]), int32_t(emb.shape[1]),
+                    int32_t(n_layer), 0})
+    put(x);
   for (auto& p : params) {
     put(int32_t(p.shape.size()));
     put(int32_t(p.name.size()));
@@ -131,7 +135,8 @@ void check_same(const Checkpoint& got, const Checkpoint& want, double tol) {
 
 }  // namespace
 
-TEST_CASE("rwkv.cpp RWKV-4 tiny model reproduces rwkv.cpp's expected logits", "[shards][rwkvcpp][v4]") {
+TEST_CASE("rwkv.cpp RWKV-4 tiny model reproduces rwkv.cpp's expected logits",
+          "[shards][rwkvcpp][v4]") {
   Checkpoint ck = read_checkpoint(tiny("4v0-660K"));
   CHECK(ck.format == "rwkv.cpp");
   ModelConfig c = infer_config(ck);
@@ -158,7 +163,8 @@ TEST_CASE("rwkv.cpp RWKV-4 tiny model reproduces rwkv.cpp's expected logits", "[
   CHECK(max_abs_diff(last, ref) < 1e-4);
 }
 
-TEST_CASE("rwkv.cpp RWKV-5.1 tiny model gets the official names and shapes", "[shards][rwkvcpp][v5]") {
+TEST_CASE("rwkv.cpp RWKV-5.1 tiny model gets the official names and shapes",
+          "[shards][rwkvcpp][v5]") {
   Checkpoint ck = read_rwkvcpp(tiny("5v1-730K"));
   ModelConfig c = infer_config(ck);
   CHECK(c.version == RwkvVersion::V5_1);
@@ -179,7 +185,8 @@ TEST_CASE("rwkv.cpp RWKV-5.1 tiny model gets the official names and shapes", "[s
   CHECK(ck.tensors.count("blocks.0.att.gate.weight") == 0);
 }
 
-TEST_CASE("rwkv.cpp RWKV-5.2 tiny model gets the official names and shapes", "[shards][rwkvcpp][v5]") {
+TEST_CASE("rwkv.cpp RWKV-5.2 tiny model gets the official names and shapes",
+          "[shards][rwkvcpp][v5]") {
   Checkpoint ck = read_rwkvcpp(tiny("5v2-730K"));
   ModelConfig c = infer_config(ck);
   CHECK(c.version == RwkvVersion::V5_2);
@@ -197,7 +204,8 @@ TEST_CASE("rwkv.cpp RWKV-5.2 tiny model gets the official names and shapes", "[s
   CHECK(get(ck, "blocks.0.att.gate.weight").shape == Shape{64, 64});
 }
 
-TEST_CASE("rwkv.cpp RWKV-7 tiny model gets the official names and shapes", "[shards][rwkvcpp][v7]") {
+TEST_CASE("rwkv.cpp RWKV-7 tiny model gets the official names and shapes",
+          "[shards][rwkvcpp][v7]") {
   Checkpoint ck = read_rwkvcpp(tiny("7v0-834K"));
   ModelConfig c = infer_config(ck);
   CHECK(c.version == RwkvVersion::V7);
@@ -226,7 +234,8 @@ TEST_CASE("rwkv.cpp RWKV-7 tiny model gets the official names and shapes", "[sha
   CHECK(get(ck, "blocks.0.ffn.x_k").shape == Shape{1, 1, 64});
 }
 
-TEST_CASE("rwkv.cpp import undoes the converter's transforms exactly (v4, v6, v7)", "[shards][rwkvcpp]") {
+TEST_CASE("rwkv.cpp import undoes the converter's transforms exactly (v4, v6, v7)",
+          "[shards][rwkvcpp]") {
   TempDir dir;
   struct Case {
     const char* file;
