@@ -1,1 +1,31 @@
-int main() { return 0; }
+// rwkvpp: entry point. Parses the command line and runs one subcommand; every user-facing
+// error ends here as one line on stderr and a non-zero exit code.
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "coordinator/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "rwkvpp: run RWKV language models as a pipeline across GPUs and machines.\n"
+      "Models are converted once to sharded HDF5 (`rwkvpp convert`); every command that runs a\n"
+      "model works alone or under `mpirun -np K` (K pipeline stages, rank 0 coordinates)."};
+  app.require_subcommand(1, 1);
+  app.set_version_flag("--version", "rwkvpp 0.1 (model format 1, protocol 1)");
+  rwkvpp::Action run;
+  rwkvpp::add_convert_command(app, run);
+  rwkvpp::add_inspect_command(app, run);
+  rwkvpp::add_synth_command(app, run);
+  rwkvpp::add_model_commands(app, run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return run ? run() : 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "rwkvpp: error: {}\n", e.what());
+    return 1;
+  }
+}

@@ -60,6 +60,7 @@ std::string get_attr_str(hid_t obj, const char* name, const std::string& where) 
   std::string s(n, '\0');
   Id mem(H5Tcopy(H5T_C_S1));
   H5Tset_size(mem, n);
+  H5Tset_cset(mem, H5Tget_cset(type));
   if (H5Aread(a, mem, s.data()) < 0) fail("{}: cannot read attribute '{}'", where, name);
   s.resize(std::strlen(s.c_str()));
   return s;

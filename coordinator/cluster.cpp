@@ -1,0 +1,277 @@
+#include "coordinator/cluster.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "kernels/backend.h"
+#include "shards/model_reader.h"
+#include "worker/stage.h"
+#include "worker/step_loop.h"
+
+namespace rwkvpp {
+
+using Clock = std::chrono::steady_clock;
+
+void add_cluster_options(CLI::App* c, ClusterOptions& o) {
+  c->add_option("--model,-m", o.model, "converted model: its directory or model.h5")->required();
+  c->add_option("--layers", o.layers,
+                "layer ranges per stage: 'auto' (balance compute and memory) or e.g. 0-2,3-3,4-5")
+      ->capture_default_str();
+  c->add_flag("--coordinator-only", o.coordinator_only, "rank 0 holds no layers (K ranks give K-1 stages)");
+  c->add_option("--device", o.device, "auto (a GPU per rank when present), cpu or cuda")->capture_default_str();
+  c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16 or bf16 (default: as stored)");
+  c->add_option("--threads", o.threads, "CPU threads per rank (0: the host's cores shared among its ranks)");
+  c->add_option("--max-batch", o.limits.max_batch, "most sequences in one step")->capture_default_str();
+  c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: one per stage)")->capture_default_str();
+  c->add_option("--chunk", o.limits.chunk, "prompt tokens per sequence per step")->capture_default_str();
+  c->add_flag("--stats", o.stats, "print per-stage statistics at the end (stderr)");
+}
+
+namespace {
+
+int env_int(std::initializer_list<const char*> names, int dflt) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
+  return dflt;
+}
+
+std::unique_ptr<Backend> choose_backend(const ClusterOptions& o, int threads) {
+  int local = env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}, 0);
+  if (o.device == "cuda" || (o.device == "auto" && cuda_available())) {
+    int n = cuda_device_count();
+    if (n == 0) fail("--device cuda: no CUDA device is available on this host");
+    return make_cuda_backend(local % n);
+  }
+  if (o.device != "cpu" && o.device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", o.device);
+  return make_cpu_backend(threads);
+}
+
+std::vector<uint8_t> recv_ctrl(Transport& t, int peer, size_t cap, int timeout_s, const std::string& waiting_for,
+                               Completion* c = nullptr) {
+  std::vector<uint8_t> buf(cap);
+  RequestId r = t.post_recv(peer, kTagCtrl, buf.data(), buf.size());
+  auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+  Completion cc;
+  while (!t.test(r, &cc)) {
+    if (Clock::now() > deadline) {
+      t.cancel(r);
+      throw PeerLost(peer, "no answer while waiting for " + waiting_for);
+    }
+    t.wait_some(std::chrono::milliseconds(2));
+  }
+  buf.resize(cc.bytes);
+  if (c) *c = cc;
+  return buf;
+}
+
+void send_blocking(Transport& t, int peer, int tag, const std::vector<uint8_t>& m) {
+  RequestId r = t.post_send(peer, tag, m.data(), m.size());
+  while (!t.test(r)) t.wait_some(std::chrono::milliseconds(1));
+}
+
+constexpr size_t kCtrlCap = 1 << 20;
+
+// A worker's life after the handshake: run steps until Shutdown arrives.
+void serve_steps(Transport& t, StepLoop& loop, int coord) {
+  std::vector<uint8_t> buf(kCtrlCap);
+  RequestId r = t.post_recv(coord, kTagCtrl, buf.data(), buf.size());
+  Completion c;
+  for (;;) {
+    bool busy = loop.poll();
+    if (t.test(r, &c)) {
+      Message m = decode_message({buf.data(), c.bytes}, kCtrlCap);
+      if (m.header.msg_type() == MsgType::Shutdown) break;
+      r = t.post_recv(coord, kTagCtrl, buf.data(), buf.size());
+    }
+    if (!busy) t.wait_some(std::chrono::milliseconds(1));
+  }
+  loop.drain();
+  send_blocking(t, coord, kTagCtrl, encode_stats(loop.stats()));
+}
+
+}  // namespace
+
+int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body) {
+  auto tp = make_transport(nullptr, nullptr);
+  Transport& t = *tp;
+  const int rank = t.rank(), size = t.size(), coord = 0;
+  try {
+    if (opt.coordinator_only && size < 2) fail("--coordinator-only needs at least 2 ranks (mpirun -np K with K >= 2)");
+    std::vector<int> stage_ranks;
+    for (int r = opt.coordinator_only ? 1 : 0; r < size; ++r) stage_ranks.push_back(r);
+    const bool is_stage = !(opt.coordinator_only && rank == coord);
+    const int ranks_here = env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"}, 1);
+    int threads = opt.threads > 0 ? opt.threads
+                                  : std::max(1, int(std::thread::hardware_concurrency()) / std::max(1, ranks_here));
+
+    ModelReader reader(opt.model);  // attributes only; layers are read after the assignment
+    const ModelConfig& cfg = reader.config();
+    DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
+    EngineLimits lim = opt.limits;
+    if (lim.microbatches <= 0) lim.microbatches = int(stage_ranks.size());
+    lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches);
+    lim.max_tokens = std::max(lim.max_tokens, lim.chunk);
+    lim.max_logit_rows = max_logit_rows(cfg);
+
+    std::unique_ptr<Backend> be;
+    if (is_stage) {
+      be = choose_backend(opt, threads);
+      char host[256] = {};
+      gethostname(host, sizeof host - 1);
+      HelloMsg h{kProtocolVersion, reader.fingerprint(), uint64_t(be->free_memory()), be->name(), host};
+      send_blocking(t, coord, kTagCtrl, encode_hello(h));
+    }
+
+    std::vector<StagePlan> plan;
+    if (rank == coord) {
+      PlanInputs in;
+      in.cfg = cfg;
+      in.dtype = dtype;
+      in.max_slots = lim.max_slots;
+      in.ranks = stage_ranks;
+      for (int r : stage_ranks) {
+        Completion c;
+        auto b = recv_ctrl(t, r, kCtrlCap, 120, "its Hello", &c);
+        std::string what = fmt::format("Hello from rank {}", r);
+        Message m = decode_message(b, kCtrlCap);
+        if (m.header.msg_type() == MsgType::Error) fail("rank {}: {}", r, decode_error(m, what));
+        HelloMsg h = decode_hello(m, what);
+        if (h.fingerprint != reader.fingerprint())
+          fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
+               "see the same model files", r, h.host, h.fingerprint, reader.fingerprint());
+        in.free_memory.push_back(h.free_memory);
+      }
+      plan = plan_partition(in, opt.layers);
+      for (size_t s = 0; s < stage_ranks.size(); ++s) {
+        AssignMsg a;
+        a.stage = int(s);
+        a.n_stages = int(stage_ranks.size());
+        a.first = plan[s].first;
+        a.last = plan[s].last;
+        a.embed = plan[s].embed;
+        a.head = plan[s].head;
+        a.prev_rank = s == 0 ? coord : stage_ranks[s - 1];
+        a.next_rank = s + 1 < stage_ranks.size() ? stage_ranks[s + 1] : coord;
+        a.coord_rank = coord;
+        a.max_slots = lim.max_slots;
+        a.max_tokens = lim.max_tokens;
+        a.dtype = dtype;
+        send_blocking(t, stage_ranks[s], kTagCtrl, encode_assign(a));
+      }
+    }
+
+    std::unique_ptr<Stage> stage;
+    std::unique_ptr<StepLoop> loop;
+    if (is_stage) {
+      auto b = recv_ctrl(t, coord, kCtrlCap, 600, "the stage assignment");
+      Message m = decode_message(b, kCtrlCap);
+      if (m.header.msg_type() == MsgType::Shutdown) return 1;  // the coordinator gave up
+      AssignMsg a = decode_assign(m, "Assign from rank 0");
+      auto t0 = Clock::now();
+      ReadyMsg ready;
+      try {
+        StageSpec spec{a.first, a.last, a.embed != 0, a.head != 0, a.dtype, a.max_slots};
+        stage = std::make_unique<Stage>(*be, reader, spec);
+      } catch (const std::exception& e) {
+        send_blocking(t, coord, kTagCtrl, encode_error(e.what()));
+        if (rank != coord) {
+          // Wait to be told to stop (or be aborted); never exit on our own and leave rank 0 hanging.
+          recv_ctrl(t, coord, kCtrlCap, 3600, "shutdown after an error");
+          return 1;
+        }
+      }
+      if (stage) {
+        ready.weight_bytes = stage->weight_bytes();
+        ready.state_bytes = stage->state().bytes();
+        ready.bytes_read = reader.bytes_read();
+        ready.files.assign(reader.files_opened().begin(), reader.files_opened().end());
+        ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+        send_blocking(t, coord, kTagCtrl, encode_ready(ready));
+        loop = std::make_unique<StepLoop>(t, *stage, a);
+      }
+    }
+
+    if (rank != coord) {
+      serve_steps(t, *loop, coord);
+      return 0;
+    }
+
+    // Coordinator: wait for every stage to be ready.
+    std::vector<ReadyMsg> readies;
+    std::string load_error;
+    for (int r : stage_ranks) {
+      auto b = recv_ctrl(t, r, kCtrlCap, 3600, "its Ready (loading layers)");
+      Message m = decode_message(b, kCtrlCap);
+      std::string what = fmt::format("Ready from rank {}", r);
+      if (m.header.msg_type() == MsgType::Error) {
+        if (load_error.empty()) load_error = fmt::format("rank {}: {}", r, decode_error(m, what));
+        readies.emplace_back();
+        continue;
+      }
+      readies.push_back(decode_ready(m, what));
+    }
+    if (!load_error.empty()) {
+      for (int r : stage_ranks)
+        if (r != coord) send_blocking(t, r, kTagCtrl, encode_shutdown());
+      fail("{}", load_error);
+    }
+    if (opt.stats)
+      for (size_t s = 0; s < stage_ranks.size(); ++s)
+        fmt::print(stderr, "[stats] rank {} stage {} layers {}-{}{}{}: read {} bytes from {} file(s) in {:.2f} s\n",
+                   stage_ranks[s], s, plan[s].first, plan[s].last - 1, plan[s].embed ? " +emb" : "",
+                   plan[s].head ? " +head" : "", readies[s].bytes_read, readies[s].files.size(), readies[s].load_seconds);
+    if (opt.stats)
+      for (size_t s = 0; s < stage_ranks.size(); ++s)
+        for (auto& f : readies[s].files) fmt::print(stderr, "[stats] rank {} opened {}\n", stage_ranks[s], f);
+
+    int code;
+    {
+      Engine engine(t, cfg, stage_ranks, plan, lim, loop ? std::function<bool()>([&] { return loop->poll(); }) : nullptr);
+      code = body(engine);
+      // Shut down: every stage reports its statistics.
+      for (int r : stage_ranks)
+        if (r != coord) send_blocking(t, r, kTagCtrl, encode_shutdown());
+      std::vector<StatsMsg> stats;
+      for (int r : stage_ranks) {
+        if (r == coord) {
+          loop->drain();
+          stats.push_back(loop->stats());
+          continue;
+        }
+        auto b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
+        stats.push_back(decode_stats(decode_message(b, kCtrlCap), fmt::format("Stats from rank {}", r)));
+      }
+      if (opt.stats) {
+        double wall = std::max(engine.run_seconds(), 1e-9);
+        fmt::print(stderr, "[stats] {} stage(s), {} tokens in {:.3f} s ({:.1f} tokens/s), {} generated\n",
+                   stats.size(), engine.tokens_processed(), wall, double(engine.tokens_processed()) / wall,
+                   engine.tokens_generated());
+        for (size_t s = 0; s < stats.size(); ++s) {
+          auto& st = stats[s];
+          fmt::print(stderr,
+                     "[stats] stage {} rank {} ({}) layers {}-{}: compute {:.3f} s, wait {:.3f} s, sent {} B, "
+                     "received {} B, {} tokens in {} steps, {:.1f} tokens/s\n",
+                     st.stage, stage_ranks[s], st.backend, st.first, st.last - 1, st.compute_s, st.wait_s,
+                     st.bytes_sent, st.bytes_received, st.tokens, st.steps,
+                     double(st.tokens) / std::max(st.compute_s, 1e-9));
+        }
+      }
+    }
+    return code;
+  } catch (const PeerLost& e) {
+    fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());
+    std::fflush(stderr);
+    t.abort(1);
+  } catch (const std::exception& e) {
+    if (size == 1) throw;
+    fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());
+    std::fflush(stderr);
+    t.abort(1);
+  }
+  return 1;  // not reached: abort() does not return
+}
+
+}  // namespace rwkvpp

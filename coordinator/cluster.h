@@ -1,0 +1,32 @@
+// Starting and stopping the pipeline: every rank calls run_cluster() with the same options.
+// Rank 0 coordinates (and holds stage 0 unless --coordinator-only); the other ranks become stage
+// workers and return when the coordinator shuts the pipeline down. `body` runs on rank 0 only,
+// with an Engine ready to take requests.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+#include "coordinator/engine.h"
+
+namespace rwkvpp {
+
+struct ClusterOptions {
+  std::string model;
+  std::string layers = "auto";
+  bool coordinator_only = false;
+  std::string device = "auto";  // auto, cpu, cuda
+  std::string dtype;            // matrix dtype on the devices; default: as stored
+  int threads = 0;              // CPU threads per rank; 0 = cores / ranks on this host
+  EngineLimits limits;
+  bool stats = false;
+};
+
+// Registers the options above on a CLI11 subcommand (shared by every command that runs a model).
+void add_cluster_options(CLI::App* cmd, ClusterOptions& o);
+
+// Runs the pipeline; returns the exit code (body's on rank 0, 0 on workers).
+int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body);
+
+}  // namespace rwkvpp

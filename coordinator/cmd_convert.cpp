@@ -1,0 +1,141 @@
+// `rwkvpp convert` and `rwkvpp inspect`.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/commands.h"
+#include "shards/checkpoint.h"
+#include "shards/model_format.h"
+#include "shards/model_reader.h"
+#include "shards/synthetic.h"
+
+namespace rwkvpp {
+
+namespace {
+
+struct ConvertArgs {
+  std::string input, outdir, dtype, tokenizer;
+  int shards = 1;
+};
+
+}  // namespace
+
+void add_convert_command(CLI::App& app, Action& run) {
+  auto a = std::make_shared<ConvertArgs>();
+  auto* c = app.add_subcommand(
+      "convert",
+      "Convert a checkpoint into the sharded HDF5 model format.\n"
+      "INPUT may be safetensors (official or Hugging Face transformers names), a PyTorch .pth\n"
+      "checkpoint, or an rwkv.cpp .bin (FP32/FP16); the kind is detected from the file itself.");
+  c->add_option("INPUT", a->input, "checkpoint file")->required()->check(CLI::ExistingFile);
+  c->add_option("-o,--output", a->outdir, "output directory (must not exist)")->required();
+  c->add_option("--shards", a->shards, "number of shard files (contiguous layer ranges)")->capture_default_str();
+  c->add_option("--dtype", a->dtype, "storage dtype of the weight matrices: fp32, fp16 or bf16 (default: as in INPUT)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "vocabulary to embed: a World vocab .txt, a 20B tokenizer.json, or 'bytes'");
+  c->callback([a, &run] {
+    run = [a] {
+      Checkpoint ck = read_checkpoint(a->input);
+      ModelConfig cfg = infer_config(ck);
+      WriteOptions opt;
+      opt.shards = a->shards;
+      if (!a->dtype.empty()) {
+        opt.dtype = parse_dtype(a->dtype);
+        opt.dtype_from_source = false;
+      }
+      if (!a->tokenizer.empty()) opt.tokenizer = load_tokenizer_blob(a->tokenizer);
+      write_model(ck, cfg, a->outdir, opt);
+      ModelReader r(a->outdir);
+      fmt::print("converted {} ({}) -> {}: RWKV-{}, {} layers, n_embd {}, vocab {}, {} matrices, {} shard(s)\n",
+                 a->input, ck.format, a->outdir, version_name(cfg.version), cfg.n_layer, cfg.n_embd,
+                 cfg.vocab_size, dtype_name(r.config().dtype), r.shards().size());
+      return 0;
+    };
+  });
+}
+
+void add_synth_command(CLI::App& app, Action& run) {
+  struct Args {
+    std::string shape, outdir, dtype = "fp16";
+    int shards = 1;
+    uint64_t seed = 1;
+  };
+  auto a = std::make_shared<Args>();
+  auto* c = app.add_subcommand("synth",
+                               "Write a model with RANDOM weights and the official RWKV-4 shapes (load tests, "
+                               "benchmarks, the quickstart). Its output is noise.");
+  std::string shapes;
+  for (auto& s : synthetic_shapes()) shapes += (shapes.empty() ? "" : ", ") + s;
+  c->add_option("--shape", a->shape, "one of: " + shapes)->required();
+  c->add_option("-o,--output", a->outdir, "output directory (must not exist)")->required();
+  c->add_option("--shards", a->shards, "number of shard files")->capture_default_str();
+  c->add_option("--dtype", a->dtype, "fp32, fp16 or bf16")->capture_default_str();
+  c->add_option("--seed", a->seed, "random seed")->capture_default_str();
+  c->callback([a, &run] {
+    run = [a] {
+      ModelConfig cfg = synthetic_config(a->shape, parse_dtype(a->dtype));
+      Checkpoint ck = synthetic_checkpoint(cfg, a->seed);
+      WriteOptions opt;
+      opt.shards = a->shards;
+      opt.tokenizer = {"bytes", ""};
+      if (cfg.vocab_size != 256) opt.tokenizer = {};
+      write_model(ck, cfg, a->outdir, opt);
+      fmt::print("wrote a RANDOM-weight RWKV-4 model, shape {} ({} layers, n_embd {}, vocab {}), to {}\n", a->shape,
+                 cfg.n_layer, cfg.n_embd, cfg.vocab_size, a->outdir);
+      return 0;
+    };
+  });
+}
+
+void add_inspect_command(CLI::App& app, Action& run) {
+  auto model = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto* c = app.add_subcommand("inspect", "Show a converted model's configuration, size and shards.");
+  c->add_option("MODEL", *model, "model directory or its model.h5")->required();
+  c->add_flag("--json", *json, "print JSON instead of text");
+  c->callback([model, json, &run] {
+    run = [model, json] {
+      ModelReader r(*model);
+      const ModelConfig& m = r.config();
+      auto tok = r.read_tokenizer();
+      nlohmann::json j = {
+          {"model", r.file()},
+          {"rwkv_version", version_name(m.version)},
+          {"n_layer", m.n_layer},
+          {"n_embd", m.n_embd},
+          {"n_head", m.n_head},
+          {"head_size", m.head_size},
+          {"ffn_dim", m.ffn_dim},
+          {"vocab_size", m.vocab_size},
+          {"dtype", dtype_name(m.dtype)},
+          {"param_count", r.param_count()},
+          {"bytes", r.weight_bytes()},
+          {"tokenizer", tok.kind.empty() ? "none" : tok.kind},
+          {"fingerprint", fmt::format("{:016x}", r.fingerprint())},
+      };
+      j["shards"] = nlohmann::json::array();
+      for (auto& s : r.shards())
+        j["shards"].push_back({{"file", s.file}, {"first_layer", s.first}, {"last_layer", s.last - 1}});
+      if (*json) {
+        fmt::print("{}\n", j.dump(2));
+        return 0;
+      }
+      fmt::print("model        {}\n", r.file());
+      fmt::print("RWKV version {}\n", version_name(m.version));
+      fmt::print("layers       {}\n", m.n_layer);
+      fmt::print("n_embd       {}\n", m.n_embd);
+      if (m.n_head) fmt::print("heads        {} x {}\n", m.n_head, m.head_size);
+      fmt::print("ffn size     {}\n", m.ffn_dim);
+      fmt::print("vocab size   {}\n", m.vocab_size);
+      fmt::print("dtype        {}\n", dtype_name(m.dtype));
+      fmt::print("parameters   {}\n", r.param_count());
+      fmt::print("bytes        {}\n", r.weight_bytes());
+      fmt::print("tokenizer    {}\n", tok.kind.empty() ? "none" : tok.kind);
+      for (auto& s : r.shards()) fmt::print("shard        {}  layers {}-{}\n", s.file, s.first, s.last - 1);
+      return 0;
+    };
+  });
+}
+
+}  // namespace rwkvpp

@@ -1,0 +1,149 @@
+// `rwkvpp logits` and `rwkvpp generate`: the commands that run a model, alone or under mpirun.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/npy.h"
+#include "coordinator/cluster.h"
+#include "coordinator/commands.h"
+
+namespace rwkvpp {
+
+std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
+  std::vector<int32_t> ids;
+  std::string tok;
+  std::stringstream ss(s);
+  while (ss >> tok) {
+    std::stringstream parts(tok);
+    std::string p;
+    while (std::getline(parts, p, ',')) {
+      if (p.empty()) continue;
+      size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(p, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != p.size() || v < 0 || v > INT32_MAX) fail("{}: '{}' is not a token id", what, p);
+      ids.push_back(int32_t(v));
+    }
+  }
+  return ids;
+}
+
+namespace {
+
+struct LogitsArgs {
+  ClusterOptions cluster;
+  std::vector<std::string> tokens;
+  std::string tokens_file, out;
+};
+
+struct GenerateArgs {
+  ClusterOptions cluster;
+  std::string prompt_tokens;
+  int n = 32;
+  SamplingParams sp;
+  std::vector<int32_t> stop_ids;
+};
+
+}  // namespace
+
+void add_sampling_options(CLI::App* c, SamplingParams& sp, int& n) {
+  c->add_option("-n,--max-tokens", n, "tokens to generate")->capture_default_str();
+  c->add_option("--temperature", sp.temperature, "0 = greedy (argmax)")->capture_default_str();
+  c->add_option("--top-k", sp.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str();
+  c->add_option("--top-p", sp.top_p, "nucleus sampling mass")->capture_default_str();
+  c->add_option("--min-p", sp.min_p, "drop tokens below min-p times the top probability")->capture_default_str();
+  c->add_option("--presence-penalty", sp.presence_penalty, "subtracted once for every token seen")->capture_default_str();
+  c->add_option("--frequency-penalty", sp.frequency_penalty, "subtracted per (decayed) occurrence")->capture_default_str();
+  c->add_option("--repetition-penalty", sp.repetition_penalty, "divides logits of seen tokens (1 = off)")->capture_default_str();
+  c->add_option("--seed", sp.seed, "random seed (same seed, same output, whatever the batch or ranks)");
+}
+
+void add_model_commands(CLI::App& app, Action& run) {
+  {
+    auto a = std::make_shared<LogitsArgs>();
+    auto* c = app.add_subcommand("logits", "Write the logits after every input token as a NumPy .npy [T, vocab].");
+    add_cluster_options(c, a->cluster);
+    c->add_option("--tokens", a->tokens,
+                  "token ids, comma or space separated; repeat for several sequences (run as one batch; "
+                  "their rows are concatenated in order)");
+    c->add_option("--tokens-file", a->tokens_file, "file of token ids (whitespace or comma separated)");
+    c->add_option("--out,-o", a->out, "output .npy file")->required();
+    c->callback([a, &run] {
+      run = [a] {
+        std::vector<std::vector<int32_t>> seqs;
+        for (auto& t : a->tokens) seqs.push_back(parse_ids(t, "--tokens"));
+        if (!a->tokens_file.empty()) {
+          std::ifstream f(a->tokens_file);
+          if (!f) fail("cannot open --tokens-file '{}'", a->tokens_file);
+          std::stringstream ss;
+          ss << f.rdbuf();
+          seqs.push_back(parse_ids(ss.str(), a->tokens_file));
+        }
+        if (seqs.empty()) fail("give the input with --tokens or --tokens-file");
+        for (auto& s : seqs)
+          if (s.empty()) fail("an input sequence is empty");
+        return run_cluster(a->cluster, [&](Engine& e) {
+          const int64_t V = e.config().vocab_size;
+          std::vector<std::vector<float>> out(seqs.size());
+          for (size_t i = 0; i < seqs.size(); ++i) {
+            Request r;
+            r.prompt = seqs[i];
+            r.logits_all = true;
+            r.on_logits = [&out, i, V](int64_t, const float* l) { out[i].insert(out[i].end(), l, l + V); };
+            e.submit(std::move(r));
+          }
+          e.run();
+          std::vector<float> all;
+          int64_t rows = 0;
+          for (size_t i = 0; i < seqs.size(); ++i) {
+            if (out[i].size() != seqs[i].size() * size_t(V)) fail("internal error: sequence {} got {} logit rows", i, out[i].size() / size_t(V));
+            all.insert(all.end(), out[i].begin(), out[i].end());
+            rows += int64_t(seqs[i].size());
+          }
+          write_npy_f32(a->out, all.data(), {rows, V});
+          return 0;
+        });
+      };
+    });
+  }
+  {
+    auto a = std::make_shared<GenerateArgs>();
+    auto* c = app.add_subcommand("generate", "Generate tokens after a prompt (greedy unless --temperature > 0).");
+    add_cluster_options(c, a->cluster);
+    c->add_option("--prompt-tokens", a->prompt_tokens, "prompt as token ids, comma or space separated")->required();
+    add_sampling_options(c, a->sp, a->n);
+    c->add_option("--stop-id", a->stop_ids, "stop after generating this token id (repeatable)");
+    c->callback([a, &run] {
+      run = [a] {
+        validate(a->sp);
+        auto prompt = parse_ids(a->prompt_tokens, "--prompt-tokens");
+        if (prompt.empty()) fail("--prompt-tokens is empty");
+        return run_cluster(a->cluster, [&](Engine& e) {
+          Request r;
+          r.prompt = prompt;
+          r.sampling = a->sp;
+          r.max_tokens = a->n;
+          r.stop_ids = a->stop_ids;
+          bool first = true;
+          r.on_token = [&first](int32_t id, float) {
+            fmt::print("{}{}", first ? "" : " ", id);
+            std::fflush(stdout);
+            first = false;
+            return true;
+          };
+          e.submit(std::move(r));
+          e.run();
+          fmt::print("\n");
+          return 0;
+        });
+      };
+    });
+  }
+}
+
+}  // namespace rwkvpp

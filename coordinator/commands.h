@@ -1,0 +1,33 @@
+// The subcommands of the rwkvpp executable. Each registers itself on the CLI11 app and sets
+// `run` to the action that main() executes after parsing (so errors are reported in one place).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace rwkvpp {
+
+using Action = std::function<int()>;
+
+void add_convert_command(CLI::App& app, Action& run);
+void add_inspect_command(CLI::App& app, Action& run);
+void add_synth_command(CLI::App& app, Action& run);
+void add_model_commands(CLI::App& app, Action& run);  // logits, generate
+
+}  // namespace rwkvpp
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/sampling.h"
+#include "shards/model_format.h"
+
+namespace rwkvpp {
+// Parses token ids separated by commas and/or whitespace; `what` names the source in errors.
+std::vector<int32_t> parse_ids(const std::string& s, const std::string& what);
+// The sampling flags shared by every command that samples.
+void add_sampling_options(CLI::App* c, SamplingParams& sp, int& max_tokens);
+// Reads a tokenizer file (or the word "bytes") for embedding into a converted model.
+TokenizerBlob load_tokenizer_blob(const std::string& path_or_bytes);
+}  // namespace rwkvpp

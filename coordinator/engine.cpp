@@ -1,0 +1,209 @@
+#include "coordinator/engine.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <deque>
+
+#include "worker/step_loop.h"
+
+namespace rwkvpp {
+
+using Clock = std::chrono::steady_clock;
+
+const char* finish_name(Finish f) {
+  switch (f) {
+    case Finish::Length: return "length";
+    case Finish::Stop: return "stop";
+    case Finish::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+struct Engine::Seq {
+  int id = 0;
+  Request req;
+  int slot = -1;
+  size_t fed = 0;                 // prompt tokens already sent
+  std::vector<int32_t> pending;   // tokens to feed next (prompt remainder or last sample)
+  int generated = 0;
+  bool in_flight = false, admitted = false, done = false;
+  int64_t logits_pos = 0;
+};
+
+Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_ranks,
+               std::vector<StagePlan> plan, EngineLimits lim, std::function<bool()> local_poll)
+    : t_(t), cfg_(cfg), stage_ranks_(std::move(stage_ranks)), plan_(std::move(plan)), lim_(lim),
+      local_poll_(std::move(local_poll)) {
+  for (int s = lim_.max_slots - 1; s >= 0; --s) free_slots_.push_back(s);
+  rbuf_.resize(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
+  rspare_.resize(rbuf_.size());
+  rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
+  hbuf_.resize(kHeaderBytes + 64);
+  hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
+  int timeout = 10;
+  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && std::atoi(e) > 0) timeout = std::atoi(e);
+  peer_timeout_ = std::chrono::seconds(timeout);
+}
+
+Engine::~Engine() {
+  if (rreq_) t_.cancel(rreq_);
+  if (hreq_) t_.cancel(hreq_);
+}
+
+int Engine::submit(Request r) {
+  if (r.prompt.empty()) fail("a request needs at least one prompt token");
+  for (int32_t id : r.prompt)
+    if (id < 0 || id >= cfg_.vocab_size) fail("token id {} is out of range (vocabulary size {})", id, cfg_.vocab_size);
+  if (r.max_tokens < 0) fail("max tokens must not be negative");
+  auto s = std::make_unique<Seq>();
+  s->id = next_id_++;
+  s->pending = r.prompt;
+  s->req = std::move(r);
+  int id = s->id;
+  seqs_.emplace(id, std::move(s));
+  return id;
+}
+
+void Engine::finish(Seq& s, Finish why) {
+  s.done = true;
+  if (s.slot >= 0) free_slots_.push_back(s.slot);
+  s.slot = -1;
+  if (s.req.on_finish) s.req.on_finish(why);
+}
+
+bool Engine::schedule() {
+  if (int(inflight_.size()) >= lim_.microbatches) return false;
+  StepMsg m;
+  m.step = next_step_;
+  InFlight f;
+  int tokens = 0, logit_rows = 0;
+  for (auto& [id, sp] : seqs_) {
+    Seq& s = *sp;
+    if (s.done || s.in_flight || s.pending.empty()) continue;
+    if (int(m.segs.size()) >= lim_.max_batch || tokens >= lim_.max_tokens) break;
+    if (!s.admitted) {
+      if (free_slots_.empty()) continue;
+      s.slot = free_slots_.back();
+      free_slots_.pop_back();
+      s.admitted = true;
+      m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
+      m.ops.push_back({SlotOpKind::SetSampling, s.slot, 0, s.req.sampling});
+    }
+    int take = std::min<int>(int(s.pending.size()), std::min(lim_.chunk, lim_.max_tokens - tokens));
+    if (s.req.logits_all) {
+      take = std::min(take, lim_.max_logit_rows - logit_rows);
+      if (take <= 0) continue;
+      logit_rows += take;
+    }
+    bool last_of_input = take == int(s.pending.size());
+    uint8_t want = kWantNothing;
+    if (s.req.logits_all && s.fed < s.req.prompt.size()) want |= kWantLogitsAll;
+    if (last_of_input && s.generated < s.req.max_tokens) want |= kWantSample;
+    m.segs.push_back({s.slot, int32_t(tokens), int32_t(take)});
+    m.want.push_back(want);
+    m.position.push_back(uint32_t(s.generated));
+    m.tokens.insert(m.tokens.end(), s.pending.begin(), s.pending.begin() + take);
+    s.pending.erase(s.pending.begin(), s.pending.begin() + take);
+    s.fed += size_t(take);
+    s.in_flight = true;
+    f.seq_ids.push_back(s.id);
+    tokens += take;
+  }
+  if (m.segs.empty()) return false;
+  ++next_step_;
+  tokens_ += uint64_t(tokens);
+  f.keep.push_back(encode_step(m, nullptr, 0));
+  f.send = t_.post_send(stage_ranks_.front(), kTagStep, f.keep.back().data(), f.keep.back().size());
+  inflight_.emplace(m.step, std::move(f));
+  return true;
+}
+
+void Engine::handle_result(const ResultMsg& r) {
+  auto it = inflight_.find(r.step);
+  if (it == inflight_.end()) fail("result for unknown step {} from rank {}", r.step, stage_ranks_.back());
+  InFlight f = std::move(it->second);
+  inflight_.erase(it);
+  while (!t_.test(f.send)) t_.wait_some(std::chrono::milliseconds(1));
+  if (r.segs.size() != f.seq_ids.size())
+    fail("result for step {} has {} segments, the step had {}", r.step, r.segs.size(), f.seq_ids.size());
+  for (size_t i = 0; i < r.segs.size(); ++i) {
+    Seq& s = *seqs_.at(f.seq_ids[i]);
+    s.in_flight = false;
+    const SegmentResult& g = r.segs[i];
+    if (s.req.logits_all && !g.logits.empty()) {
+      int64_t rows = int64_t(g.logits.size()) / cfg_.vocab_size;
+      for (int64_t k = 0; k < rows; ++k)
+        if (s.req.on_logits) s.req.on_logits(s.logits_pos++, g.logits.data() + k * cfg_.vocab_size);
+    }
+    if (g.token >= 0) {
+      ++s.generated;
+      ++generated_;
+      bool go_on = s.req.on_token ? s.req.on_token(g.token, g.logprob) : true;
+      bool stop = std::find(s.req.stop_ids.begin(), s.req.stop_ids.end(), g.token) != s.req.stop_ids.end();
+      if (stop || !go_on) {
+        finish(s, Finish::Stop);
+      } else if (s.generated >= s.req.max_tokens) {
+        finish(s, Finish::Length);
+      } else {
+        s.pending.push_back(g.token);
+      }
+    } else if (s.pending.empty()) {
+      finish(s, Finish::Length);  // prompt read, nothing (more) to generate
+    }
+  }
+}
+
+bool Engine::poll_results() {
+  Completion c;
+  if (!t_.test(rreq_, &c)) return false;
+  // Double buffering: the next result lands in the spare buffer while this one is handled.
+  std::swap(rbuf_, rspare_);
+  rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
+  const std::vector<uint8_t>& cur = rspare_;
+  last_seen_[c.peer] = Clock::now();
+  std::string what = fmt::format("Result from rank {}", c.peer);
+  Message msg = decode_message({cur.data(), c.bytes}, rbuf_.size());
+  handle_result(decode_result(msg, what));
+  return true;
+}
+
+void Engine::poll_heartbeats() {
+  Completion c;
+  while (t_.test(hreq_, &c)) {
+    last_seen_[c.peer] = Clock::now();
+    hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
+  }
+  auto now = Clock::now();
+  for (size_t s = 0; s < stage_ranks_.size(); ++s) {
+    int r = stage_ranks_[s];
+    if (r == t_.rank()) continue;
+    auto it = last_seen_.find(r);
+    if (it == last_seen_.end()) {
+      last_seen_[r] = now;
+      continue;
+    }
+    if (now - it->second > peer_timeout_)
+      throw PeerLost(r, fmt::format("stage {} (layers {}-{}) sent nothing for {} s", s, plan_[s].first,
+                                    plan_[s].last - 1, peer_timeout_.count()));
+  }
+}
+
+void Engine::run() {
+  auto t0 = Clock::now();
+  for (auto& [r, when] : last_seen_) when = t0;  // time spent outside run() does not count
+  for (;;) {
+    bool busy = false;
+    while (schedule()) busy = true;
+    if (local_poll_ && local_poll_()) busy = true;
+    if (poll_results()) busy = true;
+    poll_heartbeats();
+    bool all_done = inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
+    if (all_done) break;
+    if (!busy) t_.wait_some(std::chrono::milliseconds(1));
+  }
+  // Finished sequences are forgotten; their slots are free again.
+  for (auto it = seqs_.begin(); it != seqs_.end();) it = it->second->done ? seqs_.erase(it) : std::next(it);
+  run_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace rwkvpp

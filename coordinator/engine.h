@@ -1,0 +1,95 @@
+// The coordinator's scheduler: turns requests (prompt tokens + sampling) into Steps, keeps
+// several micro-batches in flight down the pipeline, and hands results back through callbacks.
+// Sequences join and leave between steps (continuous batching): each step takes up to
+// --max-batch sequences that are not already in flight, a prompt chunk or one decode token each.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "coordinator/partition.h"
+#include "net/transport.h"
+#include "worker/protocol.h"
+
+namespace rwkvpp {
+
+enum class Finish { Length, Stop, Cancelled };
+const char* finish_name(Finish f);  // "length", "stop", "cancelled"
+
+struct Request {
+  std::vector<int32_t> prompt;  // must not be empty
+  SamplingParams sampling;
+  int max_tokens = 0;           // tokens to generate after the prompt
+  std::vector<int32_t> stop_ids;
+  bool logits_all = false;      // deliver logits after every prompt token
+  // Called with each generated token; return false to stop the sequence (e.g. a stop string).
+  std::function<bool(int32_t id, float logprob)> on_token;
+  // Called with the logits after prompt token `pos` ([vocab] floats), when logits_all.
+  std::function<void(int64_t pos, const float* logits)> on_logits;
+  std::function<void(Finish)> on_finish;
+};
+
+struct EngineLimits {
+  int max_slots = 64;      // sequences resident at once (state slots on every stage)
+  int max_batch = 64;      // sequences per step
+  int max_tokens = 512;    // tokens per step
+  int chunk = 128;         // prompt tokens per sequence per step
+  int microbatches = 1;    // steps in flight
+  int max_logit_rows = 1;  // logit rows per step (message size bound)
+};
+
+class Engine {
+ public:
+  // `stage_ranks`: rank of every stage in order; `local_poll` runs the coordinator rank's own
+  // stage (when it holds one) and is called from the progress loop.
+  Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_ranks,
+         std::vector<StagePlan> plan, EngineLimits lim, std::function<bool()> local_poll);
+  ~Engine();
+
+  // Queues a request; returns its id. Token ids are checked against the vocabulary here.
+  int submit(Request r);
+  // Runs until every submitted request has finished.
+  void run();
+  // Tokens processed (prompt + generated) and wall time spent in run().
+  uint64_t tokens_processed() const { return tokens_; }
+  uint64_t tokens_generated() const { return generated_; }
+  double run_seconds() const { return run_s_; }
+  const ModelConfig& config() const { return cfg_; }
+
+ private:
+  struct Seq;
+  bool schedule();
+  bool poll_results();
+  void poll_heartbeats();
+  void handle_result(const ResultMsg& r);
+  void finish(Seq& s, Finish why);
+
+  Transport& t_;
+  ModelConfig cfg_;
+  std::vector<int> stage_ranks_;
+  std::vector<StagePlan> plan_;
+  EngineLimits lim_;
+  std::function<bool()> local_poll_;
+  std::map<int, std::unique_ptr<Seq>> seqs_;
+  std::vector<int> free_slots_;
+  int next_id_ = 0;
+  uint64_t next_step_ = 1;
+  struct InFlight {
+    std::vector<int> seq_ids;
+    std::vector<std::vector<uint8_t>> keep;  // send buffer
+    RequestId send = 0;
+  };
+  std::map<uint64_t, InFlight> inflight_;
+  std::vector<uint8_t> rbuf_, rspare_, hbuf_;
+  RequestId rreq_ = 0, hreq_ = 0;
+  std::map<int, std::chrono::steady_clock::time_point> last_seen_;
+  std::chrono::seconds peer_timeout_;
+  uint64_t tokens_ = 0, generated_ = 0;
+  double run_s_ = 0;
+};
+
+}  // namespace rwkvpp

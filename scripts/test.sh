@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: the unit suites, then the end-to-end
+# suites under mpirun. The reference data is read from $RWKVPP_SHARED (default ../shared).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh --slurm
+./scripts/build.sh
+build=${RWKVPP_BUILD_DIR:-build}
+export RWKVPP_SHARED=${RWKVPP_SHARED:-$(cd .. && pwd)/shared}
+if [[ ! -d "$RWKVPP_SHARED/fixtures" ]]; then
+  echo "test.sh: no reference data at $RWKVPP_SHARED (set RWKVPP_SHARED)" >&2
+  exit 1
+fi
+# Open MPI as root inside CI containers.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+cd "$build"
+ctest --output-on-failure --timeout 3000

@@ -1,0 +1,259 @@
+// Encoding and decoding of the step protocol's messages (worker/protocol.h).
+#include "worker/protocol.h"
+
+namespace rwkvpp {
+
+namespace {
+
+MessageWriter ctrl(Ctrl kind, MsgType type = MsgType::Hello) {
+  MessageWriter w(type, 0);
+  w.put_u8(uint8_t(kind));
+  return w;
+}
+
+ByteReader ctrl_reader(const Message& msg, Ctrl want, const std::string& what) {
+  ByteReader r(msg.payload, what);
+  uint8_t k = r.get_u8();
+  if (k != uint8_t(want)) fail("{}: expected control message {}, got {}", what, int(want), int(k));
+  return r;
+}
+
+void put_sampling(ByteWriter& w, const SamplingParams& p) {
+  w.put_f32(p.temperature);
+  w.put_i32(p.top_k);
+  w.put_f32(p.top_p);
+  w.put_f32(p.min_p);
+  w.put_f32(p.presence_penalty);
+  w.put_f32(p.frequency_penalty);
+  w.put_f32(p.repetition_penalty);
+  w.put_f32(p.penalty_decay);
+  w.put_u64(p.seed);
+}
+
+SamplingParams get_sampling(ByteReader& r) {
+  SamplingParams p;
+  p.temperature = r.get_f32();
+  p.top_k = r.get_i32();
+  p.top_p = r.get_f32();
+  p.min_p = r.get_f32();
+  p.presence_penalty = r.get_f32();
+  p.frequency_penalty = r.get_f32();
+  p.repetition_penalty = r.get_f32();
+  p.penalty_decay = r.get_f32();
+  p.seed = r.get_u64();
+  return p;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_hello(const HelloMsg& m) {
+  auto w = ctrl(Ctrl::Hello);
+  w.put_u16(m.protocol);
+  w.put_u64(m.fingerprint);
+  w.put_u64(m.free_memory);
+  w.put_string(m.backend);
+  w.put_string(m.host);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_assign(const AssignMsg& m) {
+  auto w = ctrl(Ctrl::Assign);
+  for (int32_t v : {m.stage, m.n_stages, m.first, m.last}) w.put_i32(v);
+  w.put_u8(m.embed);
+  w.put_u8(m.head);
+  for (int32_t v : {m.prev_rank, m.next_rank, m.coord_rank, m.max_slots, m.max_tokens}) w.put_i32(v);
+  w.put_u8(uint8_t(m.dtype));
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
+  auto w = ctrl(Ctrl::Ready);
+  w.put_u64(m.weight_bytes);
+  w.put_u64(m.state_bytes);
+  w.put_u64(m.bytes_read);
+  w.put_u64(m.files.size());
+  for (auto& f : m.files) w.put_string(f);
+  w.put_raw(&m.load_seconds, 8);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_stats(const StatsMsg& m) {
+  auto w = ctrl(Ctrl::Stats);
+  for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
+  w.put_raw(&m.compute_s, 8);
+  w.put_raw(&m.wait_s, 8);
+  for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps}) w.put_u64(v);
+  w.put_string(m.backend);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_shutdown() { return ctrl(Ctrl::Shutdown, MsgType::Shutdown).finish(); }
+
+std::vector<uint8_t> encode_error(const std::string& what) {
+  auto w = ctrl(Ctrl::Error, MsgType::Error);
+  w.put_string(what);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_heartbeat(uint64_t seq) { return MessageWriter(MsgType::Heartbeat, seq).finish(); }
+
+std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats) {
+  MessageWriter w(MsgType::Step, m.step);
+  w.put_u64(m.step);
+  w.put_u32(uint32_t(m.ops.size()));
+  for (auto& op : m.ops) {
+    w.put_u8(uint8_t(op.kind));
+    w.put_i32(op.slot);
+    w.put_i32(op.src);
+    if (op.kind == SlotOpKind::SetSampling) put_sampling(w, op.sampling);
+  }
+  w.put_span(m.segs);
+  w.put_span(m.want);
+  w.put_span(m.position);
+  w.put_span(m.tokens);
+  w.put_u64(hidden_floats);
+  if (hidden_floats) w.put_raw(hidden, hidden_floats * 4);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_result(const ResultMsg& m) {
+  MessageWriter w(MsgType::Result, m.step);
+  w.put_u64(m.step);
+  w.put_u32(uint32_t(m.segs.size()));
+  for (auto& s : m.segs) {
+    w.put_i32(s.token);
+    w.put_f32(s.logprob);
+    w.put_span(s.logits);
+  }
+  return w.finish();
+}
+
+Ctrl peek_ctrl(const Message& msg, const std::string& what) {
+  if (msg.payload.empty()) fail("{}: empty control message", what);
+  uint8_t k = msg.payload[0];
+  if (k < 1 || k > 6) fail("{}: unknown control message {}", what, int(k));
+  return Ctrl(k);
+}
+
+HelloMsg decode_hello(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Hello, what);
+  HelloMsg m;
+  m.protocol = r.get_u16();
+  m.fingerprint = r.get_u64();
+  m.free_memory = r.get_u64();
+  m.backend = r.get_string(256);
+  m.host = r.get_string(256);
+  r.expect_end();
+  return m;
+}
+
+AssignMsg decode_assign(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Assign, what);
+  AssignMsg m;
+  m.stage = r.get_i32();
+  m.n_stages = r.get_i32();
+  m.first = r.get_i32();
+  m.last = r.get_i32();
+  m.embed = r.get_u8();
+  m.head = r.get_u8();
+  m.prev_rank = r.get_i32();
+  m.next_rank = r.get_i32();
+  m.coord_rank = r.get_i32();
+  m.max_slots = r.get_i32();
+  m.max_tokens = r.get_i32();
+  uint8_t d = r.get_u8();
+  if (d > 2) fail("{}: bad dtype {}", what, int(d));
+  m.dtype = DType(d);
+  r.expect_end();
+  return m;
+}
+
+ReadyMsg decode_ready(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Ready, what);
+  ReadyMsg m;
+  m.weight_bytes = r.get_u64();
+  m.state_bytes = r.get_u64();
+  m.bytes_read = r.get_u64();
+  uint64_t n = r.get_u64();
+  if (n > 4096) fail("{}: too many files ({})", what, n);
+  for (uint64_t i = 0; i < n; ++i) m.files.push_back(r.get_string(4096));
+  r.get_raw(&m.load_seconds, 8);
+  r.expect_end();
+  return m;
+}
+
+StatsMsg decode_stats(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Stats, what);
+  StatsMsg m;
+  m.stage = r.get_i32();
+  m.first = r.get_i32();
+  m.last = r.get_i32();
+  r.get_raw(&m.compute_s, 8);
+  r.get_raw(&m.wait_s, 8);
+  m.bytes_sent = r.get_u64();
+  m.bytes_received = r.get_u64();
+  m.tokens = r.get_u64();
+  m.steps = r.get_u64();
+  m.backend = r.get_string(256);
+  r.expect_end();
+  return m;
+}
+
+std::string decode_error(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Error, what);
+  return r.get_string();
+}
+
+StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden) {
+  ByteReader r(msg.payload, what);
+  StepMsg m;
+  m.step = r.get_u64();
+  uint32_t nops = r.get_u32();
+  if (nops > r.remaining()) fail("{}: {} slot operations cannot fit the message", what, nops);
+  for (uint32_t i = 0; i < nops; ++i) {
+    SlotOp op;
+    uint8_t k = r.get_u8();
+    if (k < 1 || k > 3) fail("{}: unknown slot operation {}", what, int(k));
+    op.kind = SlotOpKind(k);
+    op.slot = r.get_i32();
+    op.src = r.get_i32();
+    if (op.kind == SlotOpKind::SetSampling) op.sampling = get_sampling(r);
+    m.ops.push_back(op);
+  }
+  m.segs = r.get_vector<Segment>();
+  m.want = r.get_vector<uint8_t>();
+  m.position = r.get_vector<uint32_t>();
+  m.tokens = r.get_vector<int32_t>();
+  uint64_t hf = r.get_u64();
+  if (hf > r.remaining() / 4) fail("{}: hidden payload of {} floats exceeds the message", what, hf);
+  *hidden = r.get_bytes(size_t(hf) * 4, "hidden");
+  r.expect_end();
+  // Structural checks: segments consecutive and covering the tokens.
+  if (m.want.size() != m.segs.size() || m.position.size() != m.segs.size())
+    fail("{}: {} segments but {} want flags and {} positions", what, m.segs.size(), m.want.size(), m.position.size());
+  int64_t at = 0;
+  for (auto& s : m.segs) {
+    if (s.start != at || s.len <= 0) fail("{}: segments are not consecutive (segment at {} of length {})", what, s.start, s.len);
+    at += s.len;
+  }
+  if (at != m.n_tokens()) fail("{}: segments cover {} tokens, the step has {}", what, at, m.n_tokens());
+  return m;
+}
+
+ResultMsg decode_result(const Message& msg, const std::string& what) {
+  ByteReader r(msg.payload, what);
+  ResultMsg m;
+  m.step = r.get_u64();
+  uint32_t n = r.get_u32();
+  if (n > r.remaining()) fail("{}: {} segment results cannot fit the message", what, n);
+  m.segs.resize(n);
+  for (auto& s : m.segs) {
+    s.token = r.get_i32();
+    s.logprob = r.get_f32();
+    s.logits = r.get_vector<float>();
+  }
+  r.expect_end();
+  return m;
+}
+
+}  // namespace rwkvpp

@@ -1,0 +1,131 @@
+// The step protocol between the coordinator and the stages (DESIGN.md, "Processes and data
+// flow"), framed by net/wire.h. Message flow:
+//
+//   start:  every stage rank --Hello--> coordinator          (version, model fingerprint, memory)
+//           coordinator --Assign--> every stage rank          (its layers and neighbours)
+//           every stage rank --Ready--> coordinator           (loaded; bytes read, files opened)
+//   steps:  coordinator --Step(ops, segments, token ids)--> stage 0
+//           stage i --Step(ops, segments, hidden [carried, n, C])--> stage i+1
+//           last stage --Result(sampled ids, logprobs, requested logits)--> coordinator
+//   stop:   coordinator --Shutdown--> every stage rank; each answers with its Stats.
+//   always: every stage rank --Heartbeat--> coordinator about once a second, so that a rank that
+//           stops answering is named within the liveness timeout.
+//
+// Slot operations ride in the Step ahead of its tokens; since a Step visits every stage in
+// order, all stages apply them at the same point of the stream.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/backend.h"
+#include "kernels/sampling.h"
+#include "net/wire.h"
+
+namespace rwkvpp {
+
+// Transport tags: one per stream, so that control never queues behind hidden vectors.
+inline constexpr int kTagCtrl = 1;       // Hello, Assign, Ready, Shutdown, Stats, Error
+inline constexpr int kTagStep = 2;       // Step messages down the pipeline
+inline constexpr int kTagResult = 3;     // Result messages to the coordinator
+inline constexpr int kTagHeartbeat = 4;  // liveness
+
+// Control message kinds inside MsgType::Hello / Shutdown / Error payloads.
+enum class Ctrl : uint8_t { Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6 };
+
+struct HelloMsg {
+  uint16_t protocol = kProtocolVersion;
+  uint64_t fingerprint = 0;   // of the model this rank opened
+  uint64_t free_memory = 0;   // bytes the rank can give to weights and state
+  std::string backend;        // "cpu", "cuda:0"
+  std::string host;
+};
+
+struct AssignMsg {
+  int32_t stage = 0, n_stages = 1;
+  int32_t first = 0, last = 0;  // layers [first, last)
+  uint8_t embed = 0, head = 0;
+  int32_t prev_rank = 0, next_rank = 0, coord_rank = 0;
+  int32_t max_slots = 1;
+  int32_t max_tokens = 1;       // most tokens one Step carries
+  DType dtype = DType::F32;
+};
+
+struct ReadyMsg {
+  uint64_t weight_bytes = 0, state_bytes = 0, bytes_read = 0;
+  std::vector<std::string> files;  // files the rank opened to load its layers
+  double load_seconds = 0;
+};
+
+struct StatsMsg {
+  int32_t stage = 0, first = 0, last = 0;
+  double compute_s = 0, wait_s = 0;
+  uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
+  std::string backend;
+};
+
+enum class SlotOpKind : uint8_t { Reset = 1, Clone = 2, SetSampling = 3 };
+
+struct SlotOp {
+  SlotOpKind kind = SlotOpKind::Reset;
+  int32_t slot = 0;
+  int32_t src = 0;          // Clone: copy state (and penalties) of `src` into `slot`
+  SamplingParams sampling;  // SetSampling
+};
+
+// What the last stage returns for a segment.
+enum Want : uint8_t {
+  kWantNothing = 0,     // prompt tokens whose outputs nobody needs
+  kWantSample = 1,      // sample one token after the segment's last token
+  kWantLogitsAll = 2,   // logits after every token of the segment (`rwkvpp logits`)
+  kWantLogitsLast = 4,  // logits after the last token
+};
+
+struct StepMsg {
+  uint64_t step = 0;
+  std::vector<SlotOp> ops;
+  std::vector<Segment> segs;      // consecutive, covering n tokens
+  std::vector<uint8_t> want;      // per segment, Want bits
+  std::vector<uint32_t> position; // per segment: index of the token to sample (RNG counter)
+  std::vector<int32_t> tokens;    // [n] token ids (all stages: penalties use none, the first
+                                  // stage embeds them; kept so that every stage can validate)
+  int64_t n_tokens() const { return int64_t(tokens.size()); }
+};
+
+struct SegmentResult {
+  int32_t token = -1;     // sampled id, or -1
+  float logprob = 0;
+  std::vector<float> logits;  // [rows, vocab] when requested
+};
+
+struct ResultMsg {
+  uint64_t step = 0;
+  std::vector<SegmentResult> segs;
+};
+
+// Encoding: each returns a complete framed message (header + payload).
+std::vector<uint8_t> encode_hello(const HelloMsg& m);
+std::vector<uint8_t> encode_assign(const AssignMsg& m);
+std::vector<uint8_t> encode_ready(const ReadyMsg& m);
+std::vector<uint8_t> encode_stats(const StatsMsg& m);
+std::vector<uint8_t> encode_shutdown();
+std::vector<uint8_t> encode_error(const std::string& what);
+std::vector<uint8_t> encode_heartbeat(uint64_t seq);
+// A Step with the hidden vectors appended (floats, possibly none for stage 0).
+std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats);
+std::vector<uint8_t> encode_result(const ResultMsg& m);
+
+// Decoding: `what` names the sender in errors ("Step from rank 2").
+Ctrl peek_ctrl(const Message& msg, const std::string& what);
+HelloMsg decode_hello(const Message& msg, const std::string& what);
+AssignMsg decode_assign(const Message& msg, const std::string& what);
+ReadyMsg decode_ready(const Message& msg, const std::string& what);
+StatsMsg decode_stats(const Message& msg, const std::string& what);
+std::string decode_error(const Message& msg, const std::string& what);
+// Decodes the step; the hidden payload is returned as a view into the message.
+StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden);
+ResultMsg decode_result(const Message& msg, const std::string& what);
+
+}  // namespace rwkvpp
