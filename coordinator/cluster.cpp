@@ -139,6 +139,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         Message m = decode_message(b, kCtrlCap);
         if (m.header.msg_type() == MsgType::Error) fail("rank {}: {}", r, decode_error(m, what));
         HelloMsg h = decode_hello(m, what);
+        if (h.protocol != kProtocolVersion)
+          fail("rank {} (host {}) speaks protocol version {}, rank 0 speaks {}: run the same rwkvpp on every rank", r,
+               h.host, h.protocol, kProtocolVersion);
         if (h.fingerprint != reader.fingerprint())
           fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
                "see the same model files", r, h.host, h.fingerprint, reader.fingerprint());
