@@ -168,6 +168,28 @@ class Backend {
   virtual void wkv7(const float* r, const float* w, const float* k, const float* v,
                     const float* a, const float* b, const SegTable& segs, float* state,
                     int64_t stride, int64_t off, float* out, int64_t n_head, int64_t head_size) = 0;
+
+  // ---- ops added for RWKV-5/6/7 (kernels/rwkv5.cpp, rwkv6.cpp, rwkv7.cpp) ------------------
+  // Elementwise interpolation with a per-element weight, for i < count:
+  //   y[i] = a[i] + (b[i] - a[i]) * m[i]
+  // y may alias a, b or m. (RWKV-6's data-dependent token shift: a = x, b = prev,
+  // m = maa + lora(x); RWKV-7's value residual: a = v, b = v_first, m = sigmoid(...).)
+  virtual void lerp(const float* a, const float* b, const float* m, float* y, int64_t count) = 0;
+
+  // Per-head L2 normalisation, for each token i < n and head h < n_head (N = head_size):
+  //   y[i, h*N + j] = x[i, h*N + j] / max(sqrt(sum_l x[i, h*N + l]^2), eps)
+  // x, y: [n, n_head*N]. y may alias x. (torch.nn.functional.normalize; RWKV-7's
+  // kk = normalize(k * k_k) per head with eps = 1e-12.)
+  virtual void head_l2_normalize(const float* x, float* y, int64_t n, int64_t n_head,
+                                 int64_t head_size, float eps) = 0;
+
+  // Per-head weighted dot product scaling a vector, accumulated into y, for each token i < n,
+  // head h < n_head and j < N (N = head_size):
+  //   y[i, h*N + j] += (sum_l a[i, h*N + l] * b[i, h*N + l] * w[h*N + l]) * c[i, h*N + j]
+  // a, b, c, y: [n, n_head*N]; w: [n_head*N], broadcast over the n rows. y must not alias a,
+  // b or c. (RWKV-7's bonus term: a = r, b = k, w = r_k, c = v.)
+  virtual void head_dot_add(const float* a, const float* b, const float* w, const float* c,
+                            float* y, int64_t n, int64_t n_head, int64_t head_size) = 0;
 };
 
 // Scratch activations for one forward pass, grown on demand and reused between steps.

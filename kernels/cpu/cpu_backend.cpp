@@ -145,6 +145,17 @@ class CpuBackend final : public Backend {
             float* out, int64_t H, int64_t N) override {
     cpu::wkv7(r, w, k, v, a, b, segs.host, state, stride, off, out, H, N);
   }
+  void lerp(const float* a, const float* b, const float* m, float* y, int64_t count) override {
+    cpu::lerp(a, b, m, y, count);
+  }
+  void head_l2_normalize(const float* x, float* y, int64_t n, int64_t H, int64_t N,
+                         float eps) override {
+    cpu::head_l2_normalize(x, y, n, H, N, eps);
+  }
+  void head_dot_add(const float* a, const float* b, const float* w, const float* c, float* y,
+                    int64_t n, int64_t H, int64_t N) override {
+    cpu::head_dot_add(a, b, w, c, y, n, H, N);
+  }
 
  private:
   std::vector<float> scratch_;

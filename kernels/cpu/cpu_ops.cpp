@@ -146,4 +146,31 @@ void wkv7(const float* r, const float* w, const float* k, const float* v, const 
   }
 }
 
+void lerp(const float* a, const float* b, const float* m, float* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = a[i] + (b[i] - a[i]) * m[i];
+}
+
+void head_l2_normalize(const float* x, float* y, int64_t n, int64_t H, int64_t N, float eps) {
+  for (int64_t g = 0; g < n * H; ++g) {
+    const float* xg = x + g * N;
+    double ss = 0;
+    for (int64_t j = 0; j < N; ++j) ss += double(xg[j]) * xg[j];
+    const float inv = float(1.0 / std::max(std::sqrt(ss), double(eps)));
+    float* yg = y + g * N;
+    for (int64_t j = 0; j < N; ++j) yg[j] = xg[j] * inv;
+  }
+}
+
+void head_dot_add(const float* a, const float* b, const float* w, const float* c, float* y,
+                  int64_t n, int64_t H, int64_t N) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t o = (i * H + h) * N;
+      double dot = 0;
+      for (int64_t l = 0; l < N; ++l) dot += double(a[o + l]) * b[o + l] * w[h * N + l];
+      const float s = float(dot);
+      for (int64_t j = 0; j < N; ++j) y[o + j] += s * c[o + j];
+    }
+}
+
 }  // namespace rwkvpp::cpu

@@ -33,5 +33,10 @@ void wkv5(const float* r, const float* k, const float* v, const float* w, bool w
 void wkv7(const float* r, const float* w, const float* k, const float* v, const float* a,
           const float* b, std::span<const Segment> segs, float* state, int64_t stride, int64_t off,
           float* out, int64_t H, int64_t N);
+// Backend::lerp, head_l2_normalize and head_dot_add (contracts in kernels/backend.h).
+void lerp(const float* a, const float* b, const float* m, float* y, int64_t count);
+void head_l2_normalize(const float* x, float* y, int64_t n, int64_t H, int64_t N, float eps);
+void head_dot_add(const float* a, const float* b, const float* w, const float* c, float* y,
+                  int64_t n, int64_t H, int64_t N);
 
 }  // namespace rwkvpp::cpu
