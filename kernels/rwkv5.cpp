@@ -1,16 +1,178 @@
+// RWKV-5.1 and 5.2 block forward on any backend (ChatRWKV rwkv/model.py att_*_v5*, rwkv.cpp):
+//   x += att(ln1(x));  x += ffn(ln2(x))
+// Time mix: xk = mix(x, prev, time_mix_k) (same for v, r and, when the layer has a gate, g);
+//   r, k, v = R xr, K xk, V xv; per head h of N channels, with matrix state S[h, i, j]:
+//     out[h, j] = sum_i r[h,i] * (u[h,i] k[h,i] v[h,j] + S[h,i,j]);  S = S * w[h,i] + k v^T
+//   w = exp(-exp(time_decay)), u = time_faaaa (or exp(time_first) in checkpoints that name it
+//   so); both per head (5.1: one value per head) or per channel (5.2).
+//   out = group_norm(out) per head [* silu(G xg) when gated]; x += O out.
+// Channel mix as RWKV-4: r = sigmoid(Wr xr), k = relu(Wk xk)^2, x += r * (Wv k).
+//
+// State per slot, fp32, 2*C + H*N*N floats:
+//   [att token-shift x (C) | ffn token-shift x (C) | S (H, N, N), key index i before value j]
+// A fresh sequence starts from all zeros.
+#include <cmath>
+
 #include "common/error.h"
+#include "kernels/block.h"
 #include "kernels/versions.h"
 
 namespace rwkvpp {
+namespace {
 
-std::unique_ptr<Block> make_block_v5(Backend&, const ModelConfig& cfg, int, const TensorMap&, DType) {
-  fail("RWKV-{} is not supported yet", version_name(cfg.version));
-}
-std::unique_ptr<Block> make_block_v6(Backend&, const ModelConfig&, int, const TensorMap&, DType) {
-  fail("RWKV-6 is not supported yet");
-}
-std::unique_ptr<Block> make_block_v7(Backend&, const ModelConfig&, int, const TensorMap&, DType) {
-  fail("RWKV-7 is not supported yet");
+// Group norm eps of ln_x. RWKV-LM trains RWKV-5 with GroupNorm(eps = 1e-5 * head_size_divisor^2)
+// on the undivided output (head_size_divisor = 8), and ChatRWKV's rwkv package runs it with 64e-5.
+constexpr float kGroupNormEps = 64e-5f;
+
+class BlockV5 final : public Block {
+ public:
+  BlockV5(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
+      : C_(cfg.n_embd),
+        F_(cfg.ffn_dim),
+        H_(cfg.n_head),
+        N_(cfg.head_size),
+        eps_(cfg.layer_norm_eps),
+        gated_(t.count("att.gate.weight") > 0) {
+    if (H_ <= 0 || N_ <= 0 || H_ * N_ != C_)
+      fail("layer {}: RWKV-5 needs n_head * head_size == n_embd (got {} * {} vs {})", layer, H_,
+           N_, C_);
+    auto vec = [&](const std::string& name) {
+      return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
+    };
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+      const HostTensor& h = require(t, layer, name, rows * cols);
+      if (h.shape.size() != 2 || h.shape[0] != rows || h.shape[1] != cols)
+        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
+             rows, cols);
+      keep_.emplace_back();
+      WeightView w = be.load_weight(h, dtype, keep_.back());
+      bytes_ += keep_.back()->bytes();
+      return w;
+    };
+    // A per-head ([H]) or per-channel ([H, N]) vector, widened to one value per channel.
+    auto per_channel = [&](const std::string& name) {
+      auto it = t.find(name);
+      if (it == t.end()) fail("layer {}: tensor '{}' is missing", layer, name);
+      std::vector<float> v = it->second.to_f32();
+      if (int64_t(v.size()) == C_) return v;
+      if (int64_t(v.size()) != H_)
+        fail("layer {}: tensor '{}' has shape {}, expected {} (per head) or {} (per channel) "
+             "elements",
+             layer, name, it->second.shape_str(), H_, C_);
+      std::vector<float> w(static_cast<size_t>(C_));
+      for (int64_t c = 0; c < C_; ++c) w[size_t(c)] = v[size_t(c / N_)];
+      return w;
+    };
+    ln1_w_ = vec("ln1.weight");
+    ln1_b_ = vec("ln1.bias");
+    ln2_w_ = vec("ln2.weight");
+    ln2_b_ = vec("ln2.bias");
+    lnx_w_ = vec("att.ln_x.weight");
+    lnx_b_ = vec("att.ln_x.bias");
+    att_mix_k_ = vec("att.time_mix_k");
+    att_mix_v_ = vec("att.time_mix_v");
+    att_mix_r_ = vec("att.time_mix_r");
+    ffn_mix_k_ = vec("ffn.time_mix_k");
+    ffn_mix_r_ = vec("ffn.time_mix_r");
+    {
+      // The checkpoint keeps time_decay raw; the recurrence wants the factor exp(-exp(raw)).
+      auto d = per_channel("att.time_decay");
+      for (float& x : d) x = float(std::exp(-std::exp(double(x))));
+      decay_ = upload_f32(be, d, keep_);
+    }
+    if (t.count("att.time_faaaa")) {
+      first_ = upload_f32(be, per_channel("att.time_faaaa"), keep_);
+    } else {
+      // Early RWKV-5 checkpoints store the bonus as its logarithm, named time_first.
+      auto u = per_channel("att.time_first");
+      for (float& x : u) x = float(std::exp(double(x)));
+      first_ = upload_f32(be, u, keep_);
+    }
+    att_k_ = mat("att.key.weight", C_, C_);
+    att_v_ = mat("att.value.weight", C_, C_);
+    att_r_ = mat("att.receptance.weight", C_, C_);
+    att_o_ = mat("att.output.weight", C_, C_);
+    if (gated_) {
+      att_mix_g_ = vec("att.time_mix_g");
+      att_g_ = mat("att.gate.weight", C_, C_);
+    }
+    ffn_k_ = mat("ffn.key.weight", F_, C_);
+    ffn_v_ = mat("ffn.value.weight", C_, F_);
+    ffn_r_ = mat("ffn.receptance.weight", C_, C_);
+    bytes_ += size_t(C_) * 4 * (gated_ ? 14 : 13);
+  }
+
+  int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
+  void init_state(float* s) const override {
+    for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
+  }
+  size_t weight_bytes() const override { return bytes_; }
+
+  void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
+    const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
+    float* x = h.x;
+    float* xln = ws.get(0, nc);
+    float* prev = ws.get(1, nc);
+    float* a = ws.get(2, nc);
+    float* b = ws.get(3, nc);
+    float* c = ws.get(4, nc);
+    float* g = ws.get(5, nc);
+    float* k = ws.get(6, size_t(n * std::max(C, F_)));
+    float* v = ws.get(7, nc);
+    float* r = ws.get(8, nc);
+
+    // Time mix.
+    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, 0, prev);
+    be.mix(xln, prev, att_mix_k_, a, n, C);
+    be.mix(xln, prev, att_mix_v_, b, n, C);
+    be.mix(xln, prev, att_mix_r_, c, n, C);
+    be.matmul(att_k_, a, k, n);
+    be.matmul(att_v_, b, v, n);
+    be.matmul(att_r_, c, r, n);
+    if (gated_) {
+      be.mix(xln, prev, att_mix_g_, a, n, C);
+      be.matmul(att_g_, a, g, n);
+      be.unary(Unary::Silu, g, g, nc);
+    }
+    be.wkv5(r, k, v, decay_, false, first_, segs, state, S, 2 * C, a, H_, N_);
+    be.group_norm(a, lnx_w_, lnx_b_, a, n, H_, N_, kGroupNormEps);
+    if (gated_) be.binary(Binary::Mul, a, g, a, nc);
+    be.matmul(att_o_, a, b, n);
+    be.binary(Binary::Add, x, b, x, nc);
+
+    // Channel mix.
+    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, C, prev);
+    be.mix(xln, prev, ffn_mix_k_, a, n, C);
+    be.mix(xln, prev, ffn_mix_r_, c, n, C);
+    be.matmul(ffn_k_, a, k, n);
+    be.unary(Unary::ReluSquare, k, k, n * F_);
+    be.matmul(ffn_v_, k, v, n);
+    be.matmul(ffn_r_, c, r, n);
+    be.unary(Unary::Sigmoid, r, r, nc);
+    be.binary(Binary::Mul, r, v, v, nc);
+    be.binary(Binary::Add, x, v, x, nc);
+  }
+
+ private:
+  int64_t C_, F_, H_, N_;
+  float eps_;
+  bool gated_;
+  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
+  size_t bytes_ = 0;
+  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
+  const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *att_mix_g_ = nullptr;
+  const float *ffn_mix_k_, *ffn_mix_r_;
+  const float *decay_, *first_;  // [C]: exp(-exp(time_decay)), bonus u
+  WeightView att_k_, att_v_, att_r_, att_o_, att_g_, ffn_k_, ffn_v_, ffn_r_;
+};
+
+}  // namespace
+
+std::unique_ptr<Block> make_block_v5(Backend& be, const ModelConfig& cfg, int layer,
+                                     const TensorMap& t, DType dtype) {
+  return std::make_unique<BlockV5>(be, cfg, layer, t, dtype);
 }
 
 }  // namespace rwkvpp

@@ -1,0 +1,239 @@
+// RWKV-7 ("Goose") block forward on any backend (ChatRWKV rwkv/model.py RWKV_x070, RWKV-LM
+// RWKV-v7 demo, rwkv.cpp):
+//   x += att(ln1(x));  x += ffn(ln2(x))
+// Time mix, with lerp(x, prev, m) = x + (prev - x) * m and low-rank maps x @ A1 @ A2:
+//   xr, xw, xk, xv, xa, xg = lerp(x, prev, x_r), ... , lerp(x, prev, x_g)
+//   r = R xr;  k = K xk;  v = V xv
+//   w = exp(-exp(-0.5) * sigmoid(w0 + tanh(xw @ w1) @ w2))        decay factor in (0, 1)
+//   a = sigmoid(a0 + xa @ a1 @ a2);  g = sigmoid(xg @ g1) @ g2
+//   kk = normalize(k * k_k) per head;  k = k * (1 + (a - 1) * k_a)
+//   layer 0: v_first = v;  other layers: v = lerp(v, v_first, sigmoid(v0 + xv @ v1 @ v2))
+//   per head, matrix state S[h, j, i] (value row j, key column i):
+//     S = S * diag(w) + (S (-kk)) (kk * a)^T + v k^T;  out = S r
+//   out = group_norm(out) + (sum_i r k r_k per head) * v;  x += O (out * g)
+// Channel mix: xk = lerp(x, prev, x_k); x += Wv relu(Wk xk)^2.
+// v_first travels in Hidden::v_first, so it crosses stage boundaries with x. The low-rank
+// matrices (x @ W in the checkpoint) are transposed at load into the [rows = out, cols = in]
+// convention of Backend::matmul; a static lerp runs as Backend::mix with mu = 1 - x_*.
+//
+// State per slot, fp32, 2*C + H*N*N floats:
+//   [att token-shift x (C) | ffn token-shift x (C) | S (H, N, N), value index j before key i]
+// A fresh sequence starts from all zeros.
+#include <cmath>
+
+#include "common/error.h"
+#include "kernels/block.h"
+#include "kernels/versions.h"
+
+namespace rwkvpp {
+namespace {
+
+// Group norm eps of ln_x (RWKV-LM, ChatRWKV and rwkv.cpp: 64e-5 = 1e-5 * head_size_divisor^2).
+constexpr float kGroupNormEps = 64e-5f;
+// torch.nn.functional.normalize's default eps, used for kk.
+constexpr float kL2Eps = 1e-12f;
+
+class BlockV7 final : public Block {
+ public:
+  BlockV7(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
+      : C_(cfg.n_embd), F_(cfg.ffn_dim), H_(cfg.n_head), N_(cfg.head_size),
+        eps_(cfg.layer_norm_eps), first_layer_(layer == 0) {
+    if (H_ <= 0 || N_ <= 0 || H_ * N_ != C_)
+      fail("layer {}: RWKV-7 needs n_head * head_size == n_embd (got {} * {} vs {})", layer, H_,
+           N_, C_);
+    auto vec_f32 = [&](const std::vector<float>& v) { return upload_f32(be, v, keep_); };
+    auto vec = [&](const std::string& name) {
+      return vec_f32(require(t, layer, name, C_).to_f32());
+    };
+    // 1 - x_*: turns x + (prev - x) * m into Backend::mix's x * mu + prev * (1 - mu).
+    auto one_minus = [&](const std::string& name) {
+      auto v = require(t, layer, name, C_).to_f32();
+      for (float& e : v) e = 1.0f - e;
+      return vec_f32(v);
+    };
+    auto load = [&](const HostTensor& h) {
+      keep_.emplace_back();
+      WeightView w = be.load_weight(h, dtype, keep_.back());
+      bytes_ += keep_.back()->bytes();
+      return w;
+    };
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+      const HostTensor& h = require(t, layer, name, rows * cols);
+      if (h.shape != std::vector<int64_t>{rows, cols})
+        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
+             rows, cols);
+      return load(h);
+    };
+    // A low-rank pair p1 [C, D], p2 [D, C] (applied as x @ p1 @ p2), transposed for matmul.
+    auto low_rank = [&](const std::string& p, WeightView& m1, WeightView& m2) {
+      auto it = t.find(p + "1");
+      if (it == t.end()) fail("layer {}: tensor '{}1' is missing", layer, p);
+      const auto& sh = it->second.shape;
+      if (sh.size() != 2 || sh[0] != C_ || sh[1] <= 0)
+        fail("layer {}: tensor '{}1' has shape {}, expected [{}, D]", layer, p,
+             it->second.shape_str(), C_);
+      const int64_t D = sh[1];
+      auto it2 = t.find(p + "2");
+      if (it2 == t.end()) fail("layer {}: tensor '{}2' is missing", layer, p);
+      if (it2->second.shape != std::vector<int64_t>{D, C_})
+        fail("layer {}: tensor '{}2' has shape {}, expected [{}, {}]", layer, p,
+             it2->second.shape_str(), D, C_);
+      m1 = load(transposed(it->second.to_f32(), C_, D));
+      m2 = load(transposed(it2->second.to_f32(), D, C_));
+      max_low_ = std::max(max_low_, D);
+    };
+
+    ln1_w_ = vec("ln1.weight");
+    ln1_b_ = vec("ln1.bias");
+    ln2_w_ = vec("ln2.weight");
+    ln2_b_ = vec("ln2.bias");
+    lnx_w_ = vec("att.ln_x.weight");
+    lnx_b_ = vec("att.ln_x.bias");
+    static const char* kMix[6] = {"att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g"};
+    for (int s = 0; s < 6; ++s) mu_[s] = one_minus(kMix[s]);
+    ffn_mu_k_ = one_minus("ffn.x_k");
+    w0_ = vec("att.w0");
+    a0_ = vec("att.a0");
+    k_k_ = vec("att.k_k");
+    k_a_ = vec("att.k_a");
+    r_k_ = vec_f32(require(t, layer, "att.r_k", C_).to_f32());
+    neg_decay_scale_ = vec_f32(std::vector<float>(size_t(C_), -float(std::exp(-0.5))));
+    neg_one_ = vec_f32(std::vector<float>(size_t(C_), -1.0f));
+    low_rank("att.w", w1_, w2_);
+    low_rank("att.a", a1_, a2_);
+    low_rank("att.g", g1_, g2_);
+    if (!first_layer_) {  // layer 0 defines v_first and has no value residual
+      v0_ = vec("att.v0");
+      low_rank("att.v", v1_, v2_);
+    }
+    att_r_ = mat("att.receptance.weight", C_, C_);
+    att_k_ = mat("att.key.weight", C_, C_);
+    att_v_ = mat("att.value.weight", C_, C_);
+    att_o_ = mat("att.output.weight", C_, C_);
+    ffn_k_ = mat("ffn.key.weight", F_, C_);
+    ffn_v_ = mat("ffn.value.weight", C_, F_);
+    bytes_ += size_t(C_) * 4 * (first_layer_ ? 20 : 21);
+  }
+
+  int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
+  void init_state(float* s) const override {
+    for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
+  }
+  size_t weight_bytes() const override { return bytes_; }
+
+  void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
+    if (!h.v_first) fail("RWKV-7 layer needs the v_first buffer in Hidden (none was passed)");
+    const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
+    float* x = h.x;
+    float* xln = ws.get(0, nc);
+    float* prev = ws.get(1, nc);
+    float* xs[6];  // xr, xw, xk, xv, xa, xg
+    for (int s = 0; s < 6; ++s) xs[s] = ws.get(2 + s, nc);
+    float* low = ws.get(8, size_t(n * max_low_));
+    float* r = ws.get(9, nc);
+    float* w = ws.get(10, nc);
+    float* k = ws.get(11, size_t(n * std::max(C, F_)));
+    float* v = ws.get(12, nc);
+    float* a = ws.get(13, nc);
+    float* g = ws.get(14, nc);
+    float* kk = ws.get(15, nc);
+    float* tmp = ws.get(16, nc);
+    float* out = ws.get(17, nc);
+    float *xr = xs[0], *xw = xs[1], *xk = xs[2], *xv = xs[3], *xa = xs[4], *xg = xs[5];
+
+    // Time mix.
+    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, 0, prev);
+    for (int s = 0; s < 6; ++s) be.mix(xln, prev, mu_[s], xs[s], n, C);
+
+    be.matmul(att_r_, xr, r, n);
+    // w = exp(-e^-0.5 * sigmoid(w0 + tanh(xw @ w1) @ w2))
+    be.matmul(w1_, xw, low, n);
+    be.unary(Unary::Tanh, low, low, n * w1_.rows);
+    be.matmul(w2_, low, w, n);
+    be.binary_row(Binary::Add, w, w0_, w, n, C);
+    be.unary(Unary::Sigmoid, w, w, nc);
+    be.binary_row(Binary::Mul, w, neg_decay_scale_, w, n, C);
+    be.unary(Unary::Exp, w, w, nc);
+    be.matmul(att_k_, xk, tmp, n);  // raw k
+    be.matmul(att_v_, xv, v, n);
+    // a = sigmoid(a0 + xa @ a1 @ a2)
+    be.matmul(a1_, xa, low, n);
+    be.matmul(a2_, low, a, n);
+    be.binary_row(Binary::Add, a, a0_, a, n, C);
+    be.unary(Unary::Sigmoid, a, a, nc);
+    // g = sigmoid(xg @ g1) @ g2
+    be.matmul(g1_, xg, low, n);
+    be.unary(Unary::Sigmoid, low, low, n * g1_.rows);
+    be.matmul(g2_, low, g, n);
+
+    // kk = normalize(k * k_k); k = k * (1 + (a - 1) * k_a) = mix(k * a, k, k_a)
+    be.binary_row(Binary::Mul, tmp, k_k_, kk, n, C);
+    be.head_l2_normalize(kk, kk, n, H_, N_, kL2Eps);
+    be.binary(Binary::Mul, tmp, a, k, nc);
+    be.mix(k, tmp, k_a_, k, n, C);
+
+    // Value residual: layer 0 defines v_first, later layers pull v towards it.
+    if (first_layer_) {
+      be.copy(h.v_first, v, size_t(nc) * sizeof(float));
+    } else {
+      be.matmul(v1_, xv, low, n);
+      be.matmul(v2_, low, tmp, n);
+      be.binary_row(Binary::Add, tmp, v0_, tmp, n, C);
+      be.unary(Unary::Sigmoid, tmp, tmp, nc);
+      be.lerp(v, h.v_first, tmp, v, nc);
+    }
+
+    // Delta-rule recurrence with a = -kk, b = kk * a.
+    be.binary(Binary::Mul, kk, a, a, nc);
+    be.binary_row(Binary::Mul, kk, neg_one_, kk, n, C);
+    be.wkv7(r, w, k, v, kk, a, segs, state, S, 2 * C, out, H_, N_);
+    be.group_norm(out, lnx_w_, lnx_b_, out, n, H_, N_, kGroupNormEps);
+    be.head_dot_add(r, k, r_k_, v, out, n, H_, N_);
+    be.binary(Binary::Mul, out, g, out, nc);
+    be.matmul(att_o_, out, tmp, n);
+    be.binary(Binary::Add, x, tmp, x, nc);
+
+    // Channel mix.
+    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
+    be.token_shift(xln, C, segs, state, S, C, prev);
+    be.mix(xln, prev, ffn_mu_k_, xk, n, C);
+    be.matmul(ffn_k_, xk, k, n);
+    be.unary(Unary::ReluSquare, k, k, n * F_);
+    be.matmul(ffn_v_, k, v, n);
+    be.binary(Binary::Add, x, v, x, nc);
+  }
+
+ private:
+  // [rows, cols] row-major -> its transpose [cols, rows] as an fp32 host tensor.
+  static HostTensor transposed(const std::vector<float>& src, int64_t rows, int64_t cols) {
+    std::vector<float> out(src.size());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) out[size_t(j * rows + i)] = src[size_t(i * cols + j)];
+    return HostTensor::from_f32(out, {cols, rows});
+  }
+
+  int64_t C_, F_, H_, N_;
+  float eps_;
+  bool first_layer_;
+  int64_t max_low_ = 0;  // widest low-rank dimension
+  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
+  size_t bytes_ = 0;
+  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
+  const float* mu_[6];                      // [C] 1 - x_{r,w,k,v,a,g}
+  const float* ffn_mu_k_;                   // [C] 1 - ffn.x_k
+  const float *w0_, *a0_, *v0_ = nullptr;   // [C]
+  const float *k_k_, *k_a_, *r_k_;          // [C]
+  const float *neg_decay_scale_, *neg_one_; // [C] constants -exp(-0.5), -1
+  WeightView w1_, w2_, a1_, a2_, g1_, g2_, v1_, v2_;  // [D, C] and [C, D]
+  WeightView att_r_, att_k_, att_v_, att_o_, ffn_k_, ffn_v_;
+};
+
+}  // namespace
+
+std::unique_ptr<Block> make_block_v7(Backend& be, const ModelConfig& cfg, int layer,
+                                     const TensorMap& t, DType dtype) {
+  return std::make_unique<BlockV7>(be, cfg, layer, t, dtype);
+}
+
+}  // namespace rwkvpp
