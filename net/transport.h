@@ -48,9 +48,9 @@ using RequestId = uint64_t;
 inline constexpr int kAnyPeer = -1;
 
 struct Completion {
-  int peer = -1;       // the sender (for receives) or receiver (for sends)
+  int peer = -1;  // the sender (for receives) or receiver (for sends)
   int tag = 0;
-  size_t bytes = 0;    // bytes received (for receives); bytes sent (for sends)
+  size_t bytes = 0;  // bytes received (for receives); bytes sent (for sends)
 };
 
 class Transport {

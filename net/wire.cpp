@@ -37,13 +37,20 @@ void store_le(uint8_t* p, T v) {
 
 std::string msg_type_name(uint16_t type) {
   switch (type) {
-    case uint16_t(MsgType::Hello): return "Hello";
-    case uint16_t(MsgType::Step): return "Step";
-    case uint16_t(MsgType::Result): return "Result";
-    case uint16_t(MsgType::Shutdown): return "Shutdown";
-    case uint16_t(MsgType::Error): return "Error";
-    case uint16_t(MsgType::Heartbeat): return "Heartbeat";
-    default: return "type " + std::to_string(type);
+    case uint16_t(MsgType::Hello):
+      return "Hello";
+    case uint16_t(MsgType::Step):
+      return "Step";
+    case uint16_t(MsgType::Result):
+      return "Result";
+    case uint16_t(MsgType::Shutdown):
+      return "Shutdown";
+    case uint16_t(MsgType::Error):
+      return "Error";
+    case uint16_t(MsgType::Heartbeat):
+      return "Heartbeat";
+    default:
+      return "type " + std::to_string(type);
   }
 }
 
@@ -78,17 +85,18 @@ WireHeader decode_header(std::span<const uint8_t> in, uint64_t max_payload) {
   if (magic != kMagic)
     fail("not an rwkvpp message: magic is 0x{:08x}, expected 0x{:08x} ('RWKP')", magic, kMagic);
   if (version != kProtocolVersion)
-    fail("protocol version mismatch: the peer speaks rwkvpp protocol version {}, this build "
-         "speaks version {}; run the same rwkvpp build on every rank",
-         version, kProtocolVersion);
+    fail(
+        "protocol version mismatch: the peer speaks rwkvpp protocol version {}, this build "
+        "speaks version {}; run the same rwkvpp build on every rank",
+        version, kProtocolVersion);
   const uint32_t want = crc32(in.first(kChecksumOffset));
   if (checksum != want)
     fail("corrupt message header: checksum 0x{:08x}, computed 0x{:08x}", checksum, want);
   if (type < kMinMsgType || type > kMaxMsgType)
     fail("unknown message type {} (valid types are {}..{})", type, kMinMsgType, kMaxMsgType);
   if (length > max_payload)
-    fail("{} message announces a {}-byte payload, over the limit of {} bytes",
-         msg_type_name(type), length, max_payload);
+    fail("{} message announces a {}-byte payload, over the limit of {} bytes", msg_type_name(type),
+         length, max_payload);
   WireHeader h;
   h.magic = magic;
   h.version = version;
@@ -165,9 +173,10 @@ uint64_t ByteReader::get_count(size_t elem_bytes, const char* field) {
   size_t at = pos_;
   uint64_t n = get_u64();
   if (n > remaining() / elem_bytes)
-    fail("truncated message: {} at offset {} of a {}-byte {} announces {} elements of {} bytes, "
-         "only {} bytes are left",
-         field, at, bytes_.size(), what_, n, elem_bytes, remaining());
+    fail(
+        "truncated message: {} at offset {} of a {}-byte {} announces {} elements of {} bytes, "
+        "only {} bytes are left",
+        field, at, bytes_.size(), what_, n, elem_bytes, remaining());
   return n;
 }
 
