@@ -1,0 +1,89 @@
+// rwkvpp_mpi_contract: runs the transport contract on every rank of an mpirun job, so that the
+// MPI transport (with whichever PML mpirun selects) is held to the same checks as the local
+// one. Started by tests/net/test_mpi_transport.cpp; MPI is initialised here, never inside the
+// Catch2 process.
+//
+//   mpirun -np 3 rwkvpp_mpi_contract                  contract checks; exit 0 when all pass
+//   mpirun -np 3 rwkvpp_mpi_contract --stall-rank 2   liveness: rank 2 stops itself (SIGSTOP)
+//                                                     instead of answering; rank 0 must report
+//                                                     PeerLost naming it and abort the job
+#include <signal.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <vector>
+
+#include "net/transport.h"
+#include "transport_contract.h"
+
+using namespace rwkvpp;
+
+namespace {
+
+// Every rank but `stall` sends a hello to rank 0; `stall` stops. Rank 0 waits for them all
+// and must see PeerLost naming `stall`; it then aborts the job (exit code 3). The other ranks
+// wait for a reply that never comes, until the abort ends them.
+int stall_check(Transport& t, int stall) {
+  const int me = t.rank();
+  uint64_t hello = uint64_t(me);
+  if (me == stall) {
+    std::cout << "rank " << me << ": stopping myself (SIGSTOP)" << std::endl;
+    raise(SIGSTOP);
+    return 0;
+  }
+  RequestId w = t.post_send(0, 7, &hello, sizeof(hello));
+  if (me == 0) {
+    std::vector<uint64_t> got(size_t(t.size()));
+    std::vector<RequestId> rs;
+    for (int i = 0; i < t.size(); ++i) rs.push_back(t.post_recv(i, 7, &got[size_t(i)], 8));
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      for (RequestId id : rs) test::wait_for(t, id, "a hello", 120);
+      std::cout << "rank 0: every rank answered; expected rank " << stall << " to be lost"
+                << std::endl;
+      return 1;
+    } catch (const PeerLost& e) {
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::cout << "rank 0: PeerLost after " << s << " s: peer " << e.peer() << ": " << e.what()
+                << std::endl;
+      t.abort(3);
+    }
+  }
+  uint64_t reply = 0;
+  RequestId r = t.post_recv(0, 8, &reply, 8);
+  test::wait_for(t, r, "a reply from rank 0", 120);
+  test::wait_for(t, w, "the hello");
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::unique_ptr<Transport> t;
+  try {
+    t = make_transport(&argc, &argv);
+    int stall = -1;
+    for (int i = 1; i < argc; ++i) {
+      if (std::strcmp(argv[i], "--stall-rank") == 0 && i + 1 < argc) {
+        stall = std::atoi(argv[++i]);
+      } else {
+        std::cerr << "usage: rwkvpp_mpi_contract [--stall-rank R]\n";
+        return 2;
+      }
+    }
+    if (stall >= 0) {
+      if (stall == 0 || stall >= t->size()) {
+        std::cerr << "--stall-rank must name a rank in 1.." << t->size() - 1 << "\n";
+        return 2;
+      }
+      return stall_check(*t, stall);
+    }
+    int failed = test::run_transport_contract(*t, std::cout);
+    return failed == 0 ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "rank " << (t ? t->rank() : -1) << ": " << e.what() << std::endl;
+    if (t) t->abort(4);
+    return 4;
+  }
+}
