@@ -51,7 +51,6 @@ class BlockV5 final : public Block {
              rows, cols);
       keep_.emplace_back();
       WeightView w = be.load_weight(h, dtype, keep_.back());
-      bytes_ += keep_.back()->bytes();
       return w;
     };
     // A per-head ([H]) or per-channel ([H, N]) vector, widened to one value per channel.
@@ -104,14 +103,17 @@ class BlockV5 final : public Block {
     ffn_k_ = mat("ffn.key.weight", F_, C_);
     ffn_v_ = mat("ffn.value.weight", C_, F_);
     ffn_r_ = mat("ffn.receptance.weight", C_, C_);
-    bytes_ += size_t(C_) * 4 * (gated_ ? 14 : 13);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
   }
-  size_t weight_bytes() const override { return bytes_; }
+  size_t weight_bytes() const override {
+    size_t n = 0;
+    for (const auto& b : keep_) n += b->bytes();
+    return n;
+  }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
@@ -165,7 +167,6 @@ class BlockV5 final : public Block {
   float eps_;
   bool gated_;
   std::vector<std::unique_ptr<DeviceBuffer>> keep_;
-  size_t bytes_ = 0;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *att_mix_g_ = nullptr;
   const float *ffn_mix_k_, *ffn_mix_r_;

@@ -59,7 +59,6 @@ class BlockV6 final : public Block {
     auto load = [&](const HostTensor& h) {
       keep_.emplace_back();
       WeightView w = be.load_weight(h, dtype, keep_.back());
-      bytes_ += keep_.back()->bytes();
       return w;
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -126,14 +125,17 @@ class BlockV6 final : public Block {
     ffn_k_ = mat("ffn.key.weight", F_, C_);
     ffn_v_ = mat("ffn.value.weight", C_, F_);
     ffn_r_ = mat("ffn.receptance.weight", C_, C_);
-    bytes_ += size_t(C_) * 4 * 16;
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
   }
-  size_t weight_bytes() const override { return bytes_; }
+  size_t weight_bytes() const override {
+    size_t n = 0;
+    for (const auto& b : keep_) n += b->bytes();
+    return n;
+  }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
@@ -201,7 +203,6 @@ class BlockV6 final : public Block {
   int64_t D_mix_ = 0, D_decay_ = 0;  // low-rank widths (32 and 64 in released models)
   float eps_;
   std::vector<std::unique_ptr<DeviceBuffer>> keep_;
-  size_t bytes_ = 0;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float* mu_x_;           // [C] 1 - time_maa_x
   const float* maa_[kMixes];    // [C] time_maa_{w,k,v,r,g}

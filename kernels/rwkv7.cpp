@@ -54,7 +54,6 @@ class BlockV7 final : public Block {
     auto load = [&](const HostTensor& h) {
       keep_.emplace_back();
       WeightView w = be.load_weight(h, dtype, keep_.back());
-      bytes_ += keep_.back()->bytes();
       return w;
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -112,14 +111,17 @@ class BlockV7 final : public Block {
     att_o_ = mat("att.output.weight", C_, C_);
     ffn_k_ = mat("ffn.key.weight", F_, C_);
     ffn_v_ = mat("ffn.value.weight", C_, F_);
-    bytes_ += size_t(C_) * 4 * (first_layer_ ? 20 : 21);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
   }
-  size_t weight_bytes() const override { return bytes_; }
+  size_t weight_bytes() const override {
+    size_t n = 0;
+    for (const auto& b : keep_) n += b->bytes();
+    return n;
+  }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     if (!h.v_first) fail("RWKV-7 layer needs the v_first buffer in Hidden (none was passed)");
@@ -218,7 +220,6 @@ class BlockV7 final : public Block {
   bool first_layer_;
   int64_t max_low_ = 0;  // widest low-rank dimension
   std::vector<std::unique_ptr<DeviceBuffer>> keep_;
-  size_t bytes_ = 0;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float* mu_[6];                      // [C] 1 - x_{r,w,k,v,a,g}
   const float* ffn_mu_k_;                   // [C] 1 - ffn.x_k
