@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "catch.h"
+#include "common/error.h"
 #include "helpers.h"
 #include "shards/checkpoint.h"
 #include "test_support.h"
@@ -111,4 +112,20 @@ TEST_CASE("RWKV-6 batch of sequences of different lengths equals each run alone"
     INFO("sequence " << i);
     CHECK(max_abs_diff(got, want) < 2e-5);
   }
+}
+
+TEST_CASE("RWKV-6 block errors name the layer and the tensor", "[kernels][v6]") {
+  CheckpointSource src = pip_source();
+  auto be = make_cpu_backend(1);
+  TensorMap t = src.layer(3);
+  t["att.time_maa_w2"].shape = {5, 16, 256};  // same element count, wrong shape
+  std::string m = "(no error)";
+  try {
+    make_block(*be, src.config(), 3, t, DType::F32);
+  } catch (const Error& e) {
+    m = e.what();
+  }
+  INFO(m);
+  CHECK(m.find("layer 3") != std::string::npos);
+  CHECK(m.find("att.time_maa_w2") != std::string::npos);
 }

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "catch.h"
+#include "common/error.h"
 #include "helpers.h"
 #include "shards/checkpoint.h"
 #include "test_support.h"
@@ -187,4 +188,30 @@ TEST_CASE("RWKV-7 reproduces rwkv.cpp's tiny 7v0 model", "[kernels][v7]") {
       CHECK(max_abs_diff(last, want) < 1e-4);
     }
   }
+}
+
+TEST_CASE("RWKV-7 block errors name the layer and the tensor", "[kernels][v7]") {
+  CheckpointSource src = pip_source();
+  auto be = make_cpu_backend(1);
+  auto message = [&](const TensorMap& t, int layer) -> std::string {
+    try {
+      make_block(*be, src.config(), layer, t, DType::F32);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  TensorMap t = src.layer(2);
+  t.erase("att.k_k");
+  std::string m = message(t, 2);
+  INFO(m);
+  CHECK(m.find("layer 2") != std::string::npos);
+  CHECK(m.find("att.k_k") != std::string::npos);
+  // Layer 0 has no value residual; any other layer needs it.
+  t = src.layer(1);
+  t.erase("att.v2");
+  m = message(t, 1);
+  CHECK(m.find("att.v2") != std::string::npos);
+  t = src.layer(0);
+  CHECK(message(t, 0) == "(no error)");
 }
