@@ -2,7 +2,9 @@
 // through OpenBLAS (sgemm); fp16/bf16 weights stay in their stored dtype and are widened to fp32
 // a block of rows at a time, so memory matches the file. Everything else is plain loops in
 // the order DESIGN.md writes the math, chosen for clarity.
+#ifdef RWKVPP_HAVE_OPENBLAS
 #include <cblas.h>
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -20,10 +23,28 @@
 namespace rwkvpp {
 namespace {
 
+#ifndef RWKVPP_HAVE_OPENBLAS
+// Fallback for builds without OpenBLAS: y[n, R] = x[n, K] * W[R, K]^T (row-major, ldy = ldy).
+void sgemm_nt(int n, int R, int K, const float* x, const float* W, float* y, int ldy) {
+  for (int i = 0; i < n; ++i)
+    for (int r = 0; r < R; ++r) {
+      float acc = 0;
+      for (int k = 0; k < K; ++k) acc += x[size_t(i) * K + k] * W[size_t(r) * K + k];
+      y[size_t(i) * ldy + r] = acc;
+    }
+}
+#else
+void sgemm_nt(int n, int R, int K, const float* x, const float* W, float* y, int ldy) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, K, 1.0f, x, K, W, K, 0.0f, y, ldy);
+}
+#endif
+
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) {
-    if (threads > 0) openblas_set_num_threads(threads);
+  explicit CpuBackend(int threads) : threads_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
+#ifdef RWKVPP_HAVE_OPENBLAS
+    openblas_set_num_threads(1);  // we split the work ourselves (see matmul)
+#endif
   }
   std::string name() const override { return "cpu"; }
   bool host_memory() const override { return true; }
@@ -73,24 +94,33 @@ class CpuBackend final : public Backend {
       }
   }
 
+  // The output rows are cut into fixed blocks of kRowBlock rows, each computed by one
+  // single-threaded sgemm, and the blocks are shared among threads. The blocking does not depend
+  // on the thread count, so results are bit-identical for any --threads and any number of ranks
+  // (a multi-threaded sgemm changes its summation order with the thread count). fp16/bf16 rows
+  // are widened to fp32 a block at a time, so weights stay in their stored dtype.
   void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
     const int64_t R = W.rows, K = W.cols;
-    if (W.dtype == DType::F32) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(R), int(K), 1.0f, x, int(K),
-                  static_cast<const float*>(W.data), int(K), 0.0f, y, int(R));
-      return;
-    }
-    // Widen a block of rows to fp32, then one sgemm per block: y[:, r0:r1] = x * Wblk^T.
-    const int64_t block = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(K, 1));
-    scratch_.resize(size_t(std::min(block, R) * K));
-    const auto* w16 = static_cast<const uint16_t*>(W.data);
-    for (int64_t r0 = 0; r0 < R; r0 += block) {
-      int64_t rb = std::min(block, R - r0);
-      to_f32(W.dtype, w16 + r0 * K, scratch_.data(), size_t(rb * K));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rb), int(K), 1.0f, x,
-                  int(K), scratch_.data(), int(K), 0.0f, y + r0, int(R));
+    const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
+    const bool wide = W.dtype == DType::F32;
+#pragma omp parallel num_threads(threads_) if (threads_ > 1 && R * K * std::max<int64_t>(n, 1) > (1 << 18))
+    {
+      std::vector<float> scratch(wide ? 0 : size_t(kRowBlock * K));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t r0 = b * kRowBlock, rb = std::min(kRowBlock, R - r0);
+        const float* wb;
+        if (wide) {
+          wb = static_cast<const float*>(W.data) + r0 * K;
+        } else {
+          to_f32(W.dtype, static_cast<const uint16_t*>(W.data) + r0 * K, scratch.data(), size_t(rb * K));
+          wb = scratch.data();
+        }
+        sgemm_nt(int(n), int(rb), int(K), x, wb, y + r0, int(R));
+      }
     }
   }
+
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
     const int64_t C = E.cols;
@@ -158,7 +188,8 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  std::vector<float> scratch_;
+  static constexpr int64_t kRowBlock = 128;
+  int threads_;
 };
 
 }  // namespace

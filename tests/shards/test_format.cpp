@@ -68,14 +68,21 @@ TEST_CASE("converted hf-rwkv4-small reproduces the reference logits and final st
     LocalModel m(r, DType::F32);
     auto logits = m.run(0, tokens, 1);
     CHECK(max_abs_diff(logits, ref) < 5e-5);
-    // Final state, in transformers' layout [5, n_embd, n_layer].
+    // Final state in transformers' layout [5, n_embd, n_layer]. The data holds transformers'
+    // own order (its feed-forward reads state[0], attention state[1..4]): ffn token-shift x, att
+    // token-shift x, aa, bb, pp; fixtures/README.md lists the same five in another order. Ours per
+    // layer is [att x | aa | bb | pp | ffn x].
     auto st = m.stage->state().read(0);
     const int64_t C = 64, L = 4;
-    std::vector<float> ours(size_t(5 * C * L));
-    for (int64_t l = 0; l < L; ++l)
-      for (int64_t k = 0; k < 5; ++k)
-        for (int64_t c = 0; c < C; ++c) ours[size_t((k * C + c) * L + l)] = st[size_t(l * 5 * C + k * C + c)];
-    CHECK(max_abs_diff(ours, ref_state) < 5e-5);
+    const int64_t ours_part[5] = {4, 0, 1, 2, 3};  // reference part k is our part ours_part[k]
+    for (int64_t k = 0; k < 5; ++k) {
+      std::vector<float> a(size_t(C * L));
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t c = 0; c < C; ++c) a[size_t(c * L + l)] = st[size_t(l * 5 * C + ours_part[k] * C + c)];
+      std::vector<double> b(ref_state.begin() + k * C * L, ref_state.begin() + (k + 1) * C * L);
+      INFO("state part " << k);
+      CHECK(max_abs_diff(a, b) < 5e-5);
+    }
   }
 }
 
@@ -113,7 +120,7 @@ TEST_CASE("the reader opens only the shard files of the layers it reads", "[shar
   REQUIRE(r.bytes_read() == 0);
   r.read_layer(2);
   REQUIRE(r.files_opened().size() == 2);
-  CHECK(contains(*std::next(r.files_opened().begin(), 1), "model-00003-of-00004.h5"));
+  CHECK(r.files_opened().count(r.dir() + "/model-00003-of-00004.h5") == 1);
   CHECK(r.bytes_read() > 64 * 64 * 4 * 4);
 }
 
@@ -179,8 +186,8 @@ TEST_CASE("a flipped byte inside a shard is caught and named", "[shards][format]
     hid_t f = H5Fopen(shard.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     hid_t ds = H5Dopen2(f, "/blocks/1/att/value/weight", H5P_DEFAULT);
     unsigned mask = 0;
-    hsize_t off[2];
-    REQUIRE(H5Dget_chunk_info(ds, H5S_ALL, 0, off, &mask, &addr, &size) >= 0);
+    hsize_t off[2] = {0, 0};
+    REQUIRE(H5Dget_chunk_info_by_coord(ds, off, &mask, &addr, &size) >= 0);
     H5Dclose(ds);
     H5Fclose(f);
   }

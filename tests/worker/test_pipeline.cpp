@@ -1,9 +1,12 @@
 // End-to-end pipeline tests under mpirun: several stages must reproduce the single-process run
 // (to float rounding) and the outside reference, for automatic, uneven and coordinator-only
 // partitions, with both of Open MPI's point-to-point layers; a rank that dies or stops is named.
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "catch.h"
 #include "common/npy.h"
