@@ -27,6 +27,7 @@ struct Engine::Seq {
   std::vector<int32_t> pending;   // tokens to feed next (prompt remainder or last sample)
   int generated = 0;
   bool in_flight = false, admitted = false, done = false;
+  bool is_prefix = false;  // a shared prefix: keeps its slot when done, until released
   int64_t logits_pos = 0;
 };
 
@@ -55,6 +56,10 @@ int Engine::submit(Request r) {
   for (int32_t id : r.prompt)
     if (id < 0 || id >= cfg_.vocab_size) fail("token id {} is out of range (vocabulary size {})", id, cfg_.vocab_size);
   if (r.max_tokens < 0) fail("max tokens must not be negative");
+  if (r.prefix >= 0) {
+    auto p = seqs_.find(r.prefix);
+    if (p == seqs_.end() || !p->second->is_prefix) fail("request names prefix {}, which is not a live prefix", r.prefix);
+  }
   auto s = std::make_unique<Seq>();
   s->id = next_id_++;
   s->pending = r.prompt;
@@ -64,8 +69,26 @@ int Engine::submit(Request r) {
   return id;
 }
 
+int Engine::add_prefix(std::vector<int32_t> tokens) {
+  Request r;
+  r.prompt = std::move(tokens);
+  int id = submit(std::move(r));
+  seqs_.at(id)->is_prefix = true;
+  return id;
+}
+
+void Engine::release_prefix(int id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end() || !it->second->is_prefix) fail("release_prefix: {} is not a live prefix", id);
+  for (auto& [k, s] : seqs_)
+    if (!s->done && s->req.prefix == id) fail("release_prefix: prefix {} is still used by request {}", id, k);
+  if (it->second->slot >= 0) free_slots_.push_back(it->second->slot);
+  seqs_.erase(it);
+}
+
 void Engine::finish(Seq& s, Finish why) {
   s.done = true;
+  if (s.is_prefix) return;  // keeps its slot until release_prefix()
   if (s.slot >= 0) free_slots_.push_back(s.slot);
   s.slot = -1;
   if (s.req.on_finish) s.req.on_finish(why);
@@ -82,11 +105,19 @@ bool Engine::schedule() {
     if (s.done || s.in_flight || s.pending.empty()) continue;
     if (int(m.segs.size()) >= lim_.max_batch || tokens >= lim_.max_tokens) break;
     if (!s.admitted) {
+      const Seq* prefix = nullptr;
+      if (s.req.prefix >= 0) {
+        prefix = seqs_.at(s.req.prefix).get();
+        if (!prefix->done) continue;  // the prefix is still being read
+      }
       if (free_slots_.empty()) continue;
       s.slot = free_slots_.back();
       free_slots_.pop_back();
       s.admitted = true;
-      m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
+      if (prefix)
+        m.ops.push_back({SlotOpKind::Clone, s.slot, prefix->slot, {}});
+      else
+        m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
       m.ops.push_back({SlotOpKind::SetSampling, s.slot, 0, s.req.sampling});
     }
     int take = std::min<int>(int(s.pending.size()), std::min(lim_.chunk, lim_.max_tokens - tokens));
@@ -199,10 +230,14 @@ void Engine::run() {
     poll_heartbeats();
     bool all_done = inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
     if (all_done) break;
+    if (!busy && inflight_.empty() && free_slots_.empty())
+      fail("every state slot is held (by {} sequences and shared prefixes) and nothing can proceed: raise --max-batch "
+           "or release prefixes", seqs_.size());
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
   }
   // Finished sequences are forgotten; their slots are free again.
-  for (auto it = seqs_.begin(); it != seqs_.end();) it = it->second->done ? seqs_.erase(it) : std::next(it);
+  for (auto it = seqs_.begin(); it != seqs_.end();)
+    it = it->second->done && !it->second->is_prefix ? seqs_.erase(it) : std::next(it);
   run_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 

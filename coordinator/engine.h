@@ -26,6 +26,9 @@ struct Request {
   int max_tokens = 0;           // tokens to generate after the prompt
   std::vector<int32_t> stop_ids;
   bool logits_all = false;      // deliver logits after every prompt token
+  // A prefix from add_prefix(): the sequence starts from the prefix's state (cloned on every
+  // stage, nothing re-read) and `prompt` continues after it. -1: start from a fresh state.
+  int prefix = -1;
   // Called with each generated token; return false to stop the sequence (e.g. a stop string).
   std::function<bool(int32_t id, float logprob)> on_token;
   // Called with the logits after prompt token `pos` ([vocab] floats), when logits_all.
@@ -52,6 +55,11 @@ class Engine {
 
   // Queues a request; returns its id. Token ids are checked against the vocabulary here.
   int submit(Request r);
+  // Reads `tokens` once into a state slot that stays resident until release_prefix(), so that
+  // any number of requests (n samples of one prompt, prompts sharing a preamble) start from it.
+  // Returns the prefix id for Request::prefix.
+  int add_prefix(std::vector<int32_t> tokens);
+  void release_prefix(int id);
   // Runs until every submitted request has finished.
   void run();
   // Tokens processed (prompt + generated) and wall time spent in run().
