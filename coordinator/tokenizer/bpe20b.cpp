@@ -374,7 +374,9 @@ class Bpe20bTokenizer final : public Tokenizer {
   void pre_tokenize(std::string_view piece, pcre2_match_data* md, std::vector<int32_t>& out) const {
     std::string prefixed;
     if (add_prefix_space_ && piece[0] != ' ') {
-      prefixed = " " + std::string(piece);
+      prefixed.reserve(piece.size() + 1);
+      prefixed.push_back(' ');
+      prefixed.append(piece);
       piece = prefixed;
     }
     if (!use_regex_) return bpe(piece, out);

@@ -4,9 +4,11 @@
 // end-of-text marker and has no bytes.
 //
 // The trie is flat: nodes with a sorted run of (byte, child) edges, and a dense 256-entry table
-// for the root and for nodes with many children, so that a step is a table load near the root
-// (where most of the work is) and a short scan deeper down.
+// for the root and for nodes with many children, plus one 65536-entry table for the first two
+// bytes, so that the steps near the root (where most of the work is) are single table loads
+// and deeper steps a short scan.
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "common/error.h"
@@ -161,18 +163,24 @@ class WorldTokenizer final : public Tokenizer {
     ids.reserve(n / 3 + 1);
     size_t i = 0;
     while (i < n) {
-      uint32_t node = 0;
-      int32_t best = -1;
-      size_t best_end = i;
-      for (size_t j = i; j < n; ++j) {
-        node = child(node, p[j]);
-        if (node == 0) break;
+      // Every byte is a token (checked at load); the first two steps use the dense tables.
+      int32_t best = byte_token_[p[i]];
+      size_t best_end = i + 1;
+      uint32_t node = i + 1 < n ? root2_[size_t(p[i]) << 8 | p[i + 1]] : 0;
+      if (node != 0) {
         if (int32_t t = nodes_[node].token; t >= 0) {
           best = t;
-          best_end = j + 1;
+          best_end = i + 2;
+        }
+        for (size_t j = i + 2; j < n; ++j) {
+          node = child(node, p[j]);
+          if (node == 0) break;
+          if (int32_t t = nodes_[node].token; t >= 0) {
+            best = t;
+            best_end = j + 1;
+          }
         }
       }
-      RWKVPP_CHECK(best >= 0, "every byte has a token (checked at load)");
       ids.push_back(best);
       i = best_end;
     }
@@ -290,10 +298,14 @@ class WorldTokenizer final : public Tokenizer {
     }
     nodes_.emplace_back();
     build_node(0, order, 0, order.size(), 0);
+    root2_.assign(65536, 0);
     for (int b = 0; b < 256; ++b) {
       uint32_t c = child(0, static_cast<unsigned char>(b));
       if (c == 0 || nodes_[c].token < 0)
         fail("world tokenizer {}: byte {:#04x} has no token of its own", source_, b);
+      byte_token_[size_t(b)] = nodes_[c].token;
+      for (int b2 = 0; b2 < 256; ++b2)
+        root2_[size_t(b) << 8 | size_t(b2)] = child(c, static_cast<unsigned char>(b2));
     }
   }
 
@@ -354,6 +366,8 @@ class WorldTokenizer final : public Tokenizer {
   std::vector<unsigned char> labels_;  // edge bytes, sorted within a node
   std::vector<uint32_t> children_;   // edge targets
   std::vector<uint32_t> dense_;      // [rows, 256] children of dense nodes (0 = none)
+  std::array<int32_t, 256> byte_token_{};  // the token of each single byte
+  std::vector<uint32_t> root2_;      // [65536]: node reached by two bytes b0 b1 (0 = none)
 };
 
 }  // namespace
