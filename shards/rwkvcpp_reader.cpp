@@ -158,8 +158,14 @@ void Importer::read(const MappedFile& f) {
   }
   if (tensors.empty()) fail("'{}': rwkv.cpp file has no tensors", path);
 
+  // The format has no tensor count, so a file cut at a tensor boundary parses; the converter
+  // writes emb first and head last, and the header knows the layer count.
+  const std::string last_layer = "blocks." + std::to_string(n_layer - 1) + ".ln1.weight";
+  for (const std::string& n : {std::string("emb.weight"), std::string("head.weight"), last_layer})
+    if (!tensors.count(n))
+      fail("'{}': tensor '{}' is missing (the header says {} layers); truncated file?", path, n,
+           n_layer);
   auto it = tensors.find("emb.weight");
-  if (it == tensors.end()) fail("'{}': tensor 'emb.weight' is missing", path);
   if (it->second.shape != std::vector<int64_t>{n_vocab, n_embed})
     fail("'{}': tensor 'emb.weight' has shape {}, but the header says n_vocab {} and n_embed {}",
          path, it->second.shape_str(), n_vocab, n_embed);

@@ -3,6 +3,7 @@
 // transforms (RWKV-5.1, 5.2, 7), and corrupt files.
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "catch.h"
 #include "common/error.h"
@@ -253,6 +254,50 @@ TEST_CASE("rwkv.cpp import undoes the converter's transforms exactly (v4, v6, v7
     check_same(back, official, c.tol);
     CHECK(infer_config(back) == infer_config(official));
   }
+}
+
+TEST_CASE("rwkv.cpp reader survives every truncation and single-byte corruption",
+          "[shards][rwkvcpp]") {
+  // A tiny RWKV-4-shaped checkpoint, written as rwkv.cpp would.
+  Checkpoint ck;
+  auto put = [&](const std::string& name, Shape shape, float scale) {
+    std::vector<float> v(size_t(shape_numel(shape)));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = scale * float(i % 7) - 0.5f;
+    ck.tensors[name] = HostTensor::from_f32(v, shape);
+  };
+  put("emb.weight", {4, 8}, 0.1f);
+  put("blocks.0.ln1.weight", {8}, 1);
+  put("blocks.0.att.time_decay", {8}, 0.3f);
+  put("blocks.0.att.time_mix_k", {1, 1, 8}, 0.1f);
+  put("head.weight", {4, 8}, 0.2f);
+  TempDir dir;
+  const std::string good_path = dir / "good.bin";
+  write_like_rwkvcpp(ck, 4, good_path);
+  const std::string good = read_file(good_path);
+  check_same(read_rwkvcpp(good_path), ck, 1e-6);
+
+  int threw = 0;
+  auto attempt = [&](const std::string& bytes) {
+    const std::string p = dir / ("bad" + std::to_string(threw) + ".bin");
+    write_file(p, bytes);
+    try {
+      read_rwkvcpp(p);
+    } catch (const Error& e) {
+      ++threw;
+      if (std::string(e.what()).find(p) == std::string::npos)
+        FAIL("message without the file name: " << e.what());
+    }
+    std::filesystem::remove(p);
+  };
+  for (size_t n = 0; n < good.size(); ++n) attempt(good.substr(0, n));
+  CHECK(threw == int(good.size()));  // every truncation is detected
+  for (size_t i = 0; i < good.size(); ++i)
+    for (unsigned char x : {0x01, 0x80, 0xff}) {
+      std::string b = good;
+      b[i] = char(b[i] ^ x);
+      attempt(b);
+    }
+  CHECK(threw > int(good.size()));
 }
 
 TEST_CASE("rwkv.cpp reader rejects corrupt files with the file's name", "[shards][rwkvcpp]") {
