@@ -11,9 +11,13 @@
 //      smallest most-probable prefix of those whose mass (renormalised over the top_k survivors)
 //      reaches top_p; min_p keeps ids with p >= min_p * max(p). Ties are broken by lower id, so
 //      the kept set is always well defined;
-//   5. one draw from the kept ids in proportion to p, with a uniform number from a counter-based
-//      RNG keyed by (seed, position): the same request gives the same tokens however it was
-//      batched, partitioned, or spread over ranks.
+//   5. one draw from the kept ids in proportion to p: with u = sampling_uniform(seed, position),
+//      a counter-based RNG, the first kept id (in increasing id order) at which the running sum
+//      of p exceeds u times the kept mass. The same request gives the same tokens however it
+//      was batched, partitioned, or spread over ranks.
+// Cost for vocab 65536: O(vocab) (one exp per id) with no full sort; top_k and top_p first
+// narrow the ids with a histogram of the logits, then select (nth_element / a quickselect on
+// probability mass) among the few that remain.
 // Afterwards the penalty state decays and counts the chosen id (ChatRWKV's occurrence rule):
 //   counts[i] *= penalty_decay for all i; counts[chosen] += 1.
 //
@@ -23,6 +27,7 @@
 
 #include <cstdint>
 #include <unordered_map>
+#include <vector>
 
 namespace rwkvpp {
 
@@ -53,6 +58,12 @@ void validate(const SamplingParams& p);
 // or -inf. Ids in `st` must be < vocab.
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
                      PenaltyState& st, uint64_t position, float* logprob = nullptr);
+
+// The ids sample_token could return for these logits, parameters and state (those that survive
+// the filters with a non-zero probability), in increasing order; {argmax} for greedy. For tests
+// and debugging.
+std::vector<int32_t> sampling_candidates(const float* logits, int64_t vocab,
+                                         const SamplingParams& p, const PenaltyState& st);
 
 // The uniform number in [0, 1) that sample_token draws for (seed, position).
 double sampling_uniform(uint64_t seed, uint64_t position);

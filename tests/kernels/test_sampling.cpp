@@ -144,6 +144,58 @@ TEST_CASE("draws follow the softmax, and the filters keep the right ids", "[samp
   check_freq({0, 0, 3.0 / 7, 4.0 / 7});
 }
 
+// The kept set by definition: sort everything, cut prefixes (top_k, then top_p over the top_k
+// mass, and min_p), drop zero probabilities.
+std::vector<int32_t> reference_candidates(const std::vector<float>& z, const SamplingParams& p) {
+  const float m = *std::max_element(z.begin(), z.end()), inv_t = 1.0f / p.temperature;
+  std::vector<int32_t> order(z.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return z[size_t(a)] != z[size_t(b)] ? z[size_t(a)] > z[size_t(b)] : a < b;
+  });
+  auto q = [&](int32_t i) {
+    float d = z[size_t(i)] - m;
+    return d == 0 ? 1.0f : std::exp(d * inv_t);
+  };
+  size_t len = p.top_k > 0 ? std::min(order.size(), size_t(p.top_k)) : order.size();
+  double mass = 0;
+  for (size_t i = 0; i < len; ++i) mass += q(order[i]);
+  if (p.top_p < 1.0f) {
+    double cum = 0;
+    size_t keep = 0;
+    while (keep < len && cum < double(p.top_p) * mass) cum += q(order[keep++]);
+    len = keep;
+  }
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < len; ++i)
+    if (q(order[i]) > 0 && q(order[i]) >= p.min_p) ids.push_back(order[i]);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+TEST_CASE("the kept set equals the one a full sort defines", "[sampling]") {
+  PenaltyState none;
+  for (float scale : {0.3f, 1.0f, 3.0f}) {
+    auto logits = random_logits(65536, 77);
+    for (float& x : logits) x *= scale;
+    logits[5] = logits[6] = logits[7];  // ties are broken by id
+    for (int top_k : {0, 1, 7, 1000}) {
+      for (float top_p : {1.0f, 0.999f, 0.9f, 0.5f, 0.01f}) {
+        for (float min_p : {0.0f, 0.05f}) {
+          SamplingParams p;
+          p.temperature = 0.8f;
+          p.top_k = top_k;
+          p.top_p = top_p;
+          p.min_p = min_p;
+          INFO("scale " << scale << " top_k " << top_k << " top_p " << top_p << " min_p " << min_p);
+          auto got = sampling_candidates(logits.data(), int64_t(logits.size()), p, none);
+          CHECK(got == reference_candidates(logits, p));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("a sampled token's logprob is its tempered log-softmax", "[sampling]") {
   auto logits = random_logits(1000, 3);
   SamplingParams p;
