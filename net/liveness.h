@@ -4,6 +4,8 @@
 //
 // The rule: a request to or from peer p is declared lost when, for longer than the timeout,
 // this rank has been *waiting* while nothing was heard from p since the request was posted.
+// "Heard" means a message or a transport heartbeat from p arrived (the MPI transport makes
+// every rank beat to every other while it drives its transport).
 // Only waiting counts: the time inside wait_some(), and short gaps (< kBusyGap) between
 // consecutive test()/wait_some() calls, as in a polling loop. A long gap means this rank was
 // busy computing, and a peer that is silent meanwhile may simply be waiting for us, so that

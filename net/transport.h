@@ -13,12 +13,15 @@
 //   timeout while a request to or from it is pending) is reported by test() throwing PeerLost,
 //   which names the peer; the transport then stays usable only for shutdown: report the error
 //   and call abort().
-// - Liveness (MPI): a message *received* from a peer is its sign of life; the clock runs only
-//   while this rank waits on the transport (inside wait_some(), or polling with test() at
-//   short intervals), so time spent computing is not held against a silent peer. The timeout
-//   is RWKVPP_PEER_TIMEOUT_S (default 20 s, 0 disables); see net/liveness.h. A protocol must
-//   therefore keep each peer talking: send MsgType::Heartbeat when idle (well within the
-//   timeout), and keep the compute between two messages from a rank below the timeout.
+// - Liveness (MPI): a message or a transport heartbeat received from a peer is its sign of
+//   life. Every rank sends heartbeats to every other rank while it drives its transport
+//   (test(), wait_some()), every timeout/4, so a peer that is alive but has nothing to say is
+//   not taken for lost; a stopped or stuck one is. The clock runs only while this rank waits
+//   on the transport (inside wait_some(), or polling with test() at short intervals), so time
+//   spent computing is not held against a silent peer. The timeout is RWKVPP_PEER_TIMEOUT_S
+//   (default 20 s, 0 disables); see net/liveness.h. A rank that computes for longer than the
+//   timeout without calling the transport looks stuck to peers waiting for it: keep each
+//   step's compute below the timeout, or raise it.
 // - A receive from kAnyPeer is never declared lost (there is no one to name): the caller
 //   keeps its own deadline for it and decides whom to blame.
 // - One thread drives a transport object at a time.

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "net/liveness.h"
 #include "net/loopback.h"
@@ -140,6 +141,7 @@ class MpiTransport final : public Transport {
     MPI_Comm_get_attr(comm_, MPI_TAG_UB, &ub, &flag);
     tag_ub_ = (flag && ub) ? *static_cast<int*>(ub) : 32767;
     liveness_ = Liveness(size_, peer_timeout_from_env(), Clock::now());
+    start_heartbeats();
     std::string pml = selected_pml();
     name_ = pml.empty() ? "mpi" : "mpi(" + pml + ")";
     device_memory_ = query_device_memory();
@@ -159,6 +161,7 @@ class MpiTransport final : public Transport {
       MPI_Request_free(&r.req);
     }
     requests_.clear();
+    stop_heartbeats();
     if (lost_) {
       // MPI_Comm_free and MPI_Finalize synchronise with every rank and would wait for the
       // lost one forever; leaving without them makes mpirun end the job (the caller should
@@ -167,6 +170,7 @@ class MpiTransport final : public Transport {
                    rank_);
       return;
     }
+    MPI_Comm_free(&hb_comm_);
     MPI_Comm_free(&comm_);
     if (owns_mpi_) MPI_Finalize();
   }
@@ -224,7 +228,9 @@ class MpiTransport final : public Transport {
   }
 
   bool test(RequestId id, Completion* c) override {
-    liveness_.advance(Clock::now(), false);
+    Clock::time_point now = Clock::now();
+    liveness_.advance(now, false);
+    send_heartbeats(now);
     auto it = requests_.find(id);
     RWKVPP_CHECK(it != requests_.end(), "test() on an unknown or retired request");
     Request& r = it->second;
@@ -269,6 +275,7 @@ class MpiTransport final : public Transport {
   void wait_some(std::chrono::milliseconds timeout) override {
     Clock::time_point start = Clock::now();
     liveness_.advance(start, false);
+    send_heartbeats(start);
     Clock::time_point deadline = start + timeout;
     // Poll MPI; yield the core for the first ~200 us (short latency for a step that is about
     // to arrive), then sleep with a growing interval up to 1 ms so an idle rank does not hog a
@@ -279,6 +286,7 @@ class MpiTransport final : public Transport {
       if (announce_completions() || !any_pending()) break;
       Clock::time_point now = Clock::now();
       liveness_.advance(now, true);
+      send_heartbeats(now);
       if (now >= deadline || any_expired()) break;
       if (now - start < std::chrono::microseconds(200)) {
         std::this_thread::yield();
@@ -389,8 +397,69 @@ class MpiTransport final : public Transport {
   }
 
   void poll_all() {
+    harvest_heartbeats();
     for (auto& [id, r] : requests_)
       if (!r.done) poll(id, r);
+  }
+
+  // Transport heartbeats: while a rank drives its transport (test(), wait_some()) it sends a
+  // tiny message to every other rank every heartbeat interval, on a communicator of its own,
+  // so that a peer that is alive but has nothing to say (a stage waiting for a Shutdown that
+  // comes after an hour of steps on other links) is not taken for lost. A stopped or stuck
+  // process stops beating. Heartbeats go out even with the check disabled here, so that a
+  // peer configured differently is still fed.
+  void start_heartbeats() {
+    mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &hb_comm_), "MPI_Comm_dup");
+    MPI_Comm_set_errhandler(hb_comm_, MPI_ERRORS_RETURN);
+    if (size_ == 1) return;
+    auto t = liveness_.timeout().count() > 0 ? liveness_.timeout() / 4 : kMaxHeartbeat;
+    hb_interval_ = std::clamp<std::chrono::milliseconds>(t, kMinHeartbeat, kMaxHeartbeat);
+    hb_sends_.assign(size_t(size_), MPI_REQUEST_NULL);
+    hb_next_ = Clock::now();
+    mpi_check(MPI_Irecv(&hb_in_, 1, MPI_UINT64_T, MPI_ANY_SOURCE, 0, hb_comm_, &hb_recv_),
+              "MPI_Irecv (heartbeat)");
+  }
+
+  void send_heartbeats(Clock::time_point now) {
+    if (hb_sends_.empty() || now < hb_next_) return;
+    hb_next_ = now + hb_interval_;
+    for (int p = 0; p < size_; ++p) {
+      if (p == rank_) continue;
+      MPI_Request& q = hb_sends_[size_t(p)];
+      int flag = 1;
+      if (q != MPI_REQUEST_NULL && MPI_Test(&q, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        q = MPI_REQUEST_NULL;  // a failure shows up on the caller's own requests
+        continue;
+      }
+      if (!flag) continue;  // the last beat to p is still in flight: do not pile up more
+      MPI_Isend(&kBeat, 1, MPI_UINT64_T, p, 0, hb_comm_, &q);
+    }
+  }
+
+  void harvest_heartbeats() {
+    while (hb_recv_ != MPI_REQUEST_NULL) {
+      int flag = 0;
+      MPI_Status st{};
+      if (MPI_Test(&hb_recv_, &flag, &st) != MPI_SUCCESS) {
+        hb_recv_ = MPI_REQUEST_NULL;
+        return;
+      }
+      if (!flag) return;
+      if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < size_) liveness_.heard_from(st.MPI_SOURCE);
+      if (MPI_Irecv(&hb_in_, 1, MPI_UINT64_T, MPI_ANY_SOURCE, 0, hb_comm_, &hb_recv_) !=
+          MPI_SUCCESS)
+        hb_recv_ = MPI_REQUEST_NULL;
+    }
+  }
+
+  void stop_heartbeats() {
+    if (hb_recv_ != MPI_REQUEST_NULL) {
+      MPI_Cancel(&hb_recv_);
+      MPI_Request_free(&hb_recv_);
+    }
+    for (MPI_Request& q : hb_sends_)
+      if (q != MPI_REQUEST_NULL) MPI_Request_free(&q);
+    hb_sends_.clear();
   }
 
   // True when some request completed that no earlier wait_some() has returned for; those are
@@ -424,7 +493,8 @@ class MpiTransport final : public Transport {
   std::string lost_reason(const Request& r) const {
     double silent = std::chrono::duration<double>(liveness_.silence(r.peer, r.posted)).count();
     return fmt::format(
-        "no message from it for {:.1f} s of waiting while a {} (tag {}, {} bytes) was pending; "
+        "no message or heartbeat from it for {:.1f} s of waiting while a {} (tag {}, {} bytes) "
+        "was pending; "
         "it may be stopped or stuck (liveness timeout {:.1f} s, set by RWKVPP_PEER_TIMEOUT_S)",
         silent, r.is_recv ? "receive from it" : "send to it", r.tag, r.size,
         std::chrono::duration<double>(liveness_.timeout()).count());
@@ -442,7 +512,16 @@ class MpiTransport final : public Transport {
     throw PeerLost(r.peer, why);
   }
 
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  static constexpr std::chrono::milliseconds kMinHeartbeat{50}, kMaxHeartbeat{5000};
+  static inline const uint64_t kBeat = 0x54414542504B5752ull;  // never written: sends read it
+
+  MPI_Comm comm_ = MPI_COMM_NULL;     // the caller's messages
+  MPI_Comm hb_comm_ = MPI_COMM_NULL;  // heartbeats only
+  MPI_Request hb_recv_ = MPI_REQUEST_NULL;
+  uint64_t hb_in_ = 0;
+  std::vector<MPI_Request> hb_sends_;  // per peer: the last beat sent to it
+  std::chrono::milliseconds hb_interval_{kMaxHeartbeat};
+  Clock::time_point hb_next_;
   bool owns_mpi_ = false;
   int rank_ = 0;
   int size_ = 1;

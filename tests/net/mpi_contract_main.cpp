@@ -7,6 +7,9 @@
 //   mpirun -np 3 rwkvpp_mpi_contract --stall-rank 2   liveness: rank 2 stops itself (SIGSTOP)
 //                                                     instead of answering; rank 0 must report
 //                                                     PeerLost naming it and abort the job
+//   mpirun -np 3 rwkvpp_mpi_contract --quiet-s 3      rank 0 says nothing to the others for
+//                                                     3 s; with a shorter liveness timeout
+//                                                     they must not take it for lost
 #include <signal.h>
 
 #include <cstdlib>
@@ -57,6 +60,40 @@ int stall_check(Transport& t, int stall) {
   return 1;
 }
 
+// Rank 0 stays silent towards the others for `quiet_s` seconds while it drives its transport
+// (waiting on something else); the others wait for a message from it meanwhile. With a
+// liveness timeout shorter than the silence, they must still not take it for lost: the
+// transport's own heartbeats show that it is alive.
+int quiet_check(Transport& t, double quiet_s) {
+  const int me = t.rank();
+  uint64_t go = 1;
+  if (me == 0) {
+    uint64_t never = 0;
+    RequestId idle = t.post_recv(0, 10, &never, 8);  // something to wait on
+    auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(quiet_s);
+    while (std::chrono::steady_clock::now() < until) {
+      if (t.test(idle)) return 1;
+      t.wait_some(std::chrono::milliseconds(100));
+    }
+    t.cancel(idle);
+    std::vector<RequestId> ws;
+    for (int p = 1; p < t.size(); ++p) ws.push_back(t.post_send(p, 9, &go, 8));
+    for (RequestId w : ws) test::wait_for(t, w, "a go message");
+  } else {
+    uint64_t got = 0;
+    RequestId r = t.post_recv(0, 9, &got, 8);
+    test::wait_for(t, r, "the go message from rank 0", 60);
+  }
+  // Every rank reports to rank 0, so that none finalises while another still needs it.
+  uint64_t done = 1, in = 0;
+  RequestId w = t.post_send(0, 11, &done, 8);
+  if (me == 0)
+    for (int p = 0; p < t.size(); ++p) test::wait_for(t, t.post_recv(p, 11, &in, 8), "done");
+  test::wait_for(t, w, "the done message");
+  std::cout << "quiet peer: rank " << me << " ok" << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -64,14 +101,18 @@ int main(int argc, char** argv) {
   try {
     t = make_transport(&argc, &argv);
     int stall = -1;
+    double quiet_s = 0;
     for (int i = 1; i < argc; ++i) {
       if (std::strcmp(argv[i], "--stall-rank") == 0 && i + 1 < argc) {
         stall = std::atoi(argv[++i]);
+      } else if (std::strcmp(argv[i], "--quiet-s") == 0 && i + 1 < argc) {
+        quiet_s = std::atof(argv[++i]);
       } else {
-        std::cerr << "usage: rwkvpp_mpi_contract [--stall-rank R]\n";
+        std::cerr << "usage: rwkvpp_mpi_contract [--stall-rank R | --quiet-s SECONDS]\n";
         return 2;
       }
     }
+    if (quiet_s > 0) return quiet_check(*t, quiet_s);
     if (stall >= 0) {
       if (stall == 0 || stall >= t->size()) {
         std::cerr << "--stall-rank must name a rank in 1.." << t->size() - 1 << "\n";

@@ -76,9 +76,23 @@ TEST_CASE("MPI transport reports a peer that stops answering as PeerLost", "[mpi
                 << r.err);
   REQUIRE(contains(r.out, "rank 2: stopping myself"));
   REQUIRE(contains(r.out, "rank 0: PeerLost after"));
-  REQUIRE(contains(r.out, "peer 2: rank 2 was lost: no message from it"));
+  REQUIRE(contains(r.out, "peer 2: rank 2 was lost: no message or heartbeat from it"));
+  // Ranks 0 and 1 keep beating, so nobody blames them.
+  REQUIRE_FALSE(contains(r.out + r.err, "rank 0 was lost"));
+  REQUIRE_FALSE(contains(r.out + r.err, "rank 1 was lost"));
   REQUIRE(contains(r.out, "RWKVPP_PEER_TIMEOUT_S"));
   REQUIRE(r.exit_code != 0);
   REQUIRE(secs >= 4.5);  // the timeout was honoured...
   REQUIRE(secs < 30);    // ...and the abort ended the whole job, the stopped rank included
+}
+
+TEST_CASE("MPI transport does not take a quiet but live peer for lost", "[mpi]") {
+  if (!have_mpirun()) MPI_TEST_SKIP("mpirun is not installed");
+  // Rank 0 sends nothing to ranks 1 and 2 for 3 s while they wait for it, with a 1 s timeout.
+  auto r = run(
+      kMpirun + " -x RWKVPP_PEER_TIMEOUT_S=1 -np 3 " + RWKVPP_MPI_CONTRACT + " --quiet-s 3", 60);
+  INFO("exit " << r.exit_code << "\nstdout:\n" << r.out << "\nstderr:\n" << r.err);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(count(r.out, "quiet peer: rank") == 3);
+  REQUIRE_FALSE(contains(r.out + r.err, "was lost"));
 }
