@@ -1,6 +1,7 @@
 #include "common/dtype.h"
 
 #include <cmath>
+#include <vector>
 
 #include "common/error.h"
 
@@ -73,12 +74,27 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(sign | h);
 }
 
+namespace {
+
+// All 65536 halves as floats (256 KiB): widening fp16 weights is a table lookup.
+const float* f16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = f16_to_f32(uint16_t(h));
+    return t;
+  }();
+  return table.data();
+}
+
+}  // namespace
+
 void to_f32(DType from, const void* src, float* dst, size_t n) {
   switch (from) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::F16: {
       auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      const float* t = f16_table();
+      for (size_t i = 0; i < n; ++i) dst[i] = t[s[i]];
       return;
     }
     case DType::BF16: {

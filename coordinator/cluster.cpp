@@ -3,11 +3,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <thread>
 
 #include "kernels/backend.h"
 #include "shards/model_reader.h"
+#include "shards/synthetic.h"
 #include "worker/stage.h"
 #include "worker/step_loop.h"
 
@@ -17,6 +19,10 @@ using Clock = std::chrono::steady_clock;
 
 void add_cluster_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--model,-m", o.model, "converted model: its directory or model.h5")->required();
+  add_cluster_tuning_options(c, o);
+}
+
+void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--layers", o.layers,
                 "layer ranges per stage: 'auto' (balance compute and memory) or e.g. 0-2,3-3,4-5")
       ->capture_default_str();
@@ -98,6 +104,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
   auto tp = make_transport(nullptr, nullptr);
   Transport& t = *tp;
   const int rank = t.rank(), size = t.size(), coord = 0;
+  // mpirun and Slurm pass SIGTERM to every rank: a worker must keep serving steps until the
+  // coordinator, which may be finishing a job gracefully (rwkvpp batch), sends Shutdown.
+  if (rank != coord) std::signal(SIGTERM, SIG_IGN);
   try {
     if (opt.coordinator_only && size < 2) fail("--coordinator-only needs at least 2 ranks (mpirun -np K with K >= 2)");
     std::vector<int> stage_ranks;
@@ -107,8 +116,21 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     int threads = opt.threads > 0 ? opt.threads
                                   : std::max(1, int(std::thread::hardware_concurrency()) / std::max(1, ranks_here));
 
-    ModelReader reader(opt.model);  // attributes only; layers are read after the assignment
-    const ModelConfig& cfg = reader.config();
+    // The weights: a converted model (only its attributes now; layers after the assignment), or
+    // random weights generated on each rank.
+    std::unique_ptr<ModelReader> reader;
+    std::unique_ptr<TensorSource> synth;
+    uint64_t fingerprint;
+    if (!opt.synthetic.empty()) {
+      DType d = opt.dtype.empty() ? DType::F16 : parse_dtype(opt.dtype);
+      synth = std::make_unique<SyntheticSource>(synthetic_config(opt.synthetic, d), opt.synthetic_seed);
+      fingerprint = fnv1a64(opt.synthetic.data(), opt.synthetic.size(), opt.synthetic_seed);
+    } else {
+      reader = std::make_unique<ModelReader>(opt.model);
+      fingerprint = reader->fingerprint();
+    }
+    TensorSource& source = reader ? static_cast<TensorSource&>(*reader) : *synth;
+    const ModelConfig cfg = source.config();
     DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
     EngineLimits lim = opt.limits;
     if (lim.microbatches <= 0) lim.microbatches = int(stage_ranks.size());
@@ -121,7 +143,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       be = choose_backend(opt, threads);
       char host[256] = {};
       gethostname(host, sizeof host - 1);
-      HelloMsg h{kProtocolVersion, reader.fingerprint(), uint64_t(be->free_memory()), be->name(), host};
+      HelloMsg h{kProtocolVersion, fingerprint, uint64_t(be->free_memory()), be->name(), host};
       send_blocking(t, coord, kTagCtrl, encode_hello(h));
     }
 
@@ -142,9 +164,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         if (h.protocol != kProtocolVersion)
           fail("rank {} (host {}) speaks protocol version {}, rank 0 speaks {}: run the same rwkvpp on every rank", r,
                h.host, h.protocol, kProtocolVersion);
-        if (h.fingerprint != reader.fingerprint())
+        if (h.fingerprint != fingerprint)
           fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
-               "see the same model files", r, h.host, h.fingerprint, reader.fingerprint());
+               "see the same model files", r, h.host, h.fingerprint, fingerprint);
         in.free_memory.push_back(h.free_memory);
       }
       plan = plan_partition(in, opt.layers);
@@ -177,7 +199,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       ReadyMsg ready;
       try {
         StageSpec spec{a.first, a.last, a.embed != 0, a.head != 0, a.dtype, a.max_slots};
-        stage = std::make_unique<Stage>(*be, reader, spec);
+        stage = std::make_unique<Stage>(*be, source, spec);
       } catch (const std::exception& e) {
         send_blocking(t, coord, kTagCtrl, encode_error(e.what()));
         if (rank != coord) {
@@ -189,9 +211,16 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       if (stage) {
         ready.weight_bytes = stage->weight_bytes();
         ready.state_bytes = stage->state().bytes();
-        ready.bytes_read = reader.bytes_read();
-        ready.files.assign(reader.files_opened().begin(), reader.files_opened().end());
+        if (reader) {
+          ready.bytes_read = reader->bytes_read();
+          ready.files.assign(reader->files_opened().begin(), reader->files_opened().end());
+        }
         ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+        ready.backend = be->name();
+        if (opt.measure_floors) {
+          ready.copy_GBps = be->measure_copy_GBps();
+          ready.gemm_TFLOPs = be->measure_gemm_TFLOPs(DType::F16);
+        }
         send_blocking(t, coord, kTagCtrl, encode_ready(ready));
         loop = std::make_unique<StepLoop>(t, *stage, a);
       }
@@ -247,6 +276,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         auto b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
         stats.push_back(decode_stats(decode_message(b, kCtrlCap), fmt::format("Stats from rank {}", r)));
       }
+      if (opt.on_report) opt.on_report(ClusterReport{stage_ranks, plan, readies, stats});
       if (opt.stats) {
         double wall = std::max(engine.run_seconds(), 1e-9);
         fmt::print(stderr, "[stats] {} stage(s), {} tokens in {:.3f} s ({:.1f} tokens/s), {} generated\n",

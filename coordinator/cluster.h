@@ -12,8 +12,20 @@
 
 namespace rwkvpp {
 
+// What the coordinator knows about the stages at the end of a run (benchmarks, --stats).
+struct ClusterReport {
+  std::vector<int> stage_ranks;
+  std::vector<StagePlan> plan;
+  std::vector<ReadyMsg> ready;  // per stage: bytes, files, floors
+  std::vector<StatsMsg> stats;  // per stage: compute, wait, traffic
+};
+
 struct ClusterOptions {
   std::string model;
+  std::string synthetic;         // instead of a model: random weights of this shape (no file)
+  uint64_t synthetic_seed = 1;
+  bool measure_floors = false;   // every stage measures its device's copy and GEMM rates
+  std::function<void(const ClusterReport&)> on_report;  // rank 0, after shutdown
   std::string layers = "auto";
   bool coordinator_only = false;
   std::string device = "auto";  // auto, cpu, cuda
@@ -25,6 +37,8 @@ struct ClusterOptions {
 
 // Registers the options above on a CLI11 subcommand (shared by every command that runs a model).
 void add_cluster_options(CLI::App* cmd, ClusterOptions& o);
+// The same without --model (for commands that may run without a model file, e.g. bench).
+void add_cluster_tuning_options(CLI::App* cmd, ClusterOptions& o);
 
 // Runs the pipeline; returns the exit code (body's on rank 0, 0 on workers).
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body);

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   rwkvpp::add_inspect_command(app, run);
   rwkvpp::add_synth_command(app, run);
   rwkvpp::add_model_commands(app, run);
+  rwkvpp::add_bench_command(app, run);
+  rwkvpp::add_text_commands(app, run);
+  rwkvpp::add_batch_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

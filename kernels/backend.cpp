@@ -1,6 +1,9 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
+#include <vector>
 
 #include "common/error.h"
 
@@ -29,6 +32,56 @@ WeightView Backend::load_weight(const HostTensor& t, DType want,
   owner = std::make_unique<DeviceBuffer>(this, c.nbytes());
   upload(owner->get(), c.data.data(), c.nbytes());
   return WeightView{owner->get(), want, t.shape[0], t.shape[1]};
+}
+
+namespace {
+
+// Median of `reps` timings of f() in seconds, after one warm-up run.
+template <typename F>
+double median_seconds(Backend& be, int reps, F&& f) {
+  f();
+  be.synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    be.synchronize();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+double Backend::measure_copy_GBps() {
+  // Large enough to leave every cache: 1 GiB on a device with room, else an eighth of free.
+  size_t bytes = std::min<size_t>(size_t(1) << 30, free_memory() / 8);
+  bytes = std::max<size_t>(bytes, size_t(64) << 20) & ~size_t(4095);
+  DeviceBuffer a(this, bytes), b(this, bytes);
+  std::vector<uint8_t> init(1 << 20);
+  for (size_t i = 0; i < init.size(); ++i) init[i] = uint8_t(i * 131 + 7);  // not zeros
+  for (size_t o = 0; o < bytes; o += init.size()) upload(static_cast<uint8_t*>(a.get()) + o, init.data(), std::min(init.size(), bytes - o));
+  double s = median_seconds(*this, 5, [&] { copy(b.get(), a.get(), bytes); });
+  return 2.0 * double(bytes) / s / 1e9;
+}
+
+double Backend::measure_gemm_TFLOPs(DType dtype) {
+  const int64_t R = 4096, K = 4096, n = host_memory() ? 256 : 4096;
+  HostTensor w;
+  w.dtype = DType::F32;
+  w.shape = {R, K};
+  std::vector<float> v(size_t(R * K));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(int(i * 2654435761u % 2001) - 1000) * 1e-3f;
+  w = HostTensor::from_f32(v, {R, K});
+  std::unique_ptr<DeviceBuffer> own;
+  WeightView W = load_weight(w, dtype, own);
+  DeviceBuffer x(this, size_t(n * K) * 4), y(this, size_t(n * R) * 4);
+  std::vector<float> xs(size_t(n * K));
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = float(int(i * 40503u % 997) - 498) * 1e-3f;
+  upload(x.get(), xs.data(), xs.size() * 4);
+  double s = median_seconds(*this, 3, [&] { matmul(W, x.f32(), y.f32(), n); });
+  return 2.0 * double(n) * double(R) * double(K) / s / 1e12;
 }
 
 float* Workspace::get(int id, size_t floats) {

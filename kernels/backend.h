@@ -111,6 +111,13 @@ class Backend {
   // `want` (the backend may choose a different internal layout; only this backend reads it).
   virtual WeightView load_weight(const HostTensor& t, DType want, std::unique_ptr<DeviceBuffer>& owner);
 
+  // ---- floors, measured on this device for benchmarks (never datasheet numbers) ------------
+  // Copy bandwidth in GB/s, counting bytes read plus bytes written, from a large copy().
+  virtual double measure_copy_GBps();
+  // Dense matrix-product rate in TFLOP/s with `dtype` weights, at a size that fills the device,
+  // through the backend's fastest GEMM (the default times matmul()).
+  virtual double measure_gemm_TFLOPs(DType dtype);
+
   // ---- ops (see conventions above) ---------------------------------------------------------
   // y[i, :] = (x[i, :] - mean) / sqrt(var + eps) * w + b, for i < n. y may alias x.
   virtual void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n,

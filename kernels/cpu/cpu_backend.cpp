@@ -19,9 +19,12 @@
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace rwkvpp {
 namespace {
+
+using cpu::ThreadPool;
 
 #ifndef RWKVPP_HAVE_OPENBLAS
 // Fallback for builds without OpenBLAS: y[n, R] = x[n, K] * W[R, K]^T (row-major, ldy = ldy).
@@ -41,7 +44,7 @@ void sgemm_nt(int n, int R, int K, const float* x, const float* W, float* y, int
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
+  explicit CpuBackend(int threads) : pool_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
 #ifdef RWKVPP_HAVE_OPENBLAS
     openblas_set_num_threads(1);  // we split the work ourselves (see matmul)
 #endif
@@ -103,23 +106,28 @@ class CpuBackend final : public Backend {
     const int64_t R = W.rows, K = W.cols;
     const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
     const bool wide = W.dtype == DType::F32;
-#pragma omp parallel num_threads(threads_) if (threads_ > 1 && R * K * std::max<int64_t>(n, 1) > (1 << 18))
-    {
-      std::vector<float> scratch(wide ? 0 : size_t(kRowBlock * K));
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t r0 = b * kRowBlock, rb = std::min(kRowBlock, R - r0);
-        const float* wb;
-        if (wide) {
-          wb = static_cast<const float*>(W.data) + r0 * K;
-        } else {
-          to_f32(W.dtype, static_cast<const uint16_t*>(W.data) + r0 * K, scratch.data(), size_t(rb * K));
-          wb = scratch.data();
-        }
-        sgemm_nt(int(n), int(rb), int(K), x, wb, y + r0, int(R));
+    auto block = [&](int64_t b) {
+      // One widening buffer per thread, kept between calls (a fresh 100+ KiB allocation per
+      // call costs page faults on every step).
+      thread_local std::vector<float> scratch;
+      const int64_t r0 = b * kRowBlock, rb = std::min(kRowBlock, R - r0);
+      const float* wb;
+      if (wide) {
+        wb = static_cast<const float*>(W.data) + r0 * K;
+      } else {
+        if (scratch.size() < size_t(kRowBlock * K)) scratch.resize(size_t(kRowBlock * K));
+        to_f32(W.dtype, static_cast<const uint16_t*>(W.data) + r0 * K, scratch.data(), size_t(rb * K));
+        wb = scratch.data();
       }
+      sgemm_nt(int(n), int(rb), int(K), x, wb, y + r0, int(R));
+    };
+    if (R * K * std::max<int64_t>(n, 1) < (int64_t(1) << 20)) {
+      for (int64_t b = 0; b < blocks; ++b) block(b);  // too small to be worth waking threads
+    } else {
+      pool_.parallel_for(blocks, block);
     }
   }
+
 
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
@@ -189,7 +197,7 @@ class CpuBackend final : public Backend {
 
  private:
   static constexpr int64_t kRowBlock = 128;
-  int threads_;
+  ThreadPool pool_;
 };
 
 }  // namespace

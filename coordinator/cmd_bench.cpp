@@ -1,0 +1,189 @@
+// `rwkvpp bench`: decode and prefill speed of a model (or random weights of an official shape)
+// on whatever backends and ranks it runs on, printed as JSON together with the floors measured
+// in the same run (each stage device's copy bandwidth and GEMM rate), so that every speed is
+// read as a ratio to what the hardware allows. Method: docs/perf.md.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/cluster.h"
+#include "coordinator/commands.h"
+#include "coordinator/partition.h"
+
+namespace rwkvpp {
+
+namespace {
+
+struct BenchArgs {
+  ClusterOptions cluster;
+  std::string batches = "1,32,256", prompts = "1024,4096", contexts, out;
+  int gen = 128;
+};
+
+std::vector<int> parse_list(const std::string& s, const char* flag) {
+  std::vector<int> v;
+  for (int32_t x : parse_ids(s, flag)) {
+    if (x <= 0) fail("{}: sizes must be positive", flag);
+    v.push_back(x);
+  }
+  return v;
+}
+
+std::vector<int32_t> random_tokens(int n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    x = int32_t((seed >> 33) % uint64_t(vocab));
+  }
+  return t;
+}
+
+// Timed decode: `batch` sequences, each from a 1-token prompt (or `context` tokens first),
+// generating `gen` tokens greedily. Returns seconds per step of the generation phase.
+double time_decode(Engine& e, int batch, int gen, int context) {
+  const int64_t V = e.config().vocab_size;
+  std::vector<int> prefixes;
+  if (context > 1)
+    for (int b = 0; b < batch; ++b) prefixes.push_back(e.add_prefix(random_tokens(context - 1, V, 7 + uint64_t(b))));
+  if (!prefixes.empty()) e.run();  // read the contexts first; not timed
+  for (int b = 0; b < batch; ++b) {
+    Request r;
+    r.prompt = random_tokens(1, V, 1000 + uint64_t(b));
+    r.max_tokens = gen;
+    r.prefix = prefixes.empty() ? -1 : prefixes[size_t(b)];
+    e.submit(std::move(r));
+  }
+  double before = e.run_seconds();
+  e.run();
+  for (int p : prefixes) e.release_prefix(p);
+  return (e.run_seconds() - before) / gen;
+}
+
+double time_prefill(Engine& e, int prompt) {
+  Request r;
+  r.prompt = random_tokens(prompt, e.config().vocab_size, 99);
+  r.max_tokens = 1;
+  e.submit(std::move(r));
+  double before = e.run_seconds();
+  e.run();
+  return e.run_seconds() - before;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& run) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* c = app.add_subcommand(
+      "bench",
+      "Measure decode and prefill speed against floors measured in the same run; prints JSON.\n"
+      "Runs alone or under mpirun (the pipeline's aggregate plus every stage's figures).");
+  auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
+  std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
+  auto* s = c->add_option("--synthetic", a->cluster.synthetic,
+                          "random weights with an official RWKV-4 shape, generated on each rank (" + shapes + ")");
+  m->excludes(s);
+  c->add_option("--batch", a->batches, "decode batch sizes")->capture_default_str();
+  c->add_option("--prompt", a->prompts, "prefill prompt lengths")->capture_default_str();
+  c->add_option("--gen", a->gen, "tokens generated per decode measurement")->capture_default_str();
+  c->add_option("--context", a->contexts, "also decode at batch 1 after contexts of these lengths (e.g. 1024,65536)");
+  c->add_option("--out,-o", a->out, "also write the JSON to this file");
+  add_cluster_tuning_options(c, a->cluster);
+  c->callback([a, &run] {
+    run = [a] {
+      if (a->cluster.model.empty() && a->cluster.synthetic.empty()) fail("bench needs --model or --synthetic");
+      auto batches = parse_list(a->batches, "--batch");
+      auto prompts = parse_list(a->prompts, "--prompt");
+      auto contexts = a->contexts.empty() ? std::vector<int>{} : parse_list(a->contexts, "--context");
+      ClusterOptions opt = a->cluster;
+      opt.measure_floors = true;
+      int max_b = *std::max_element(batches.begin(), batches.end());
+      opt.limits.max_batch = std::max(opt.limits.max_batch, max_b);
+      opt.limits.max_tokens = std::max({opt.limits.max_tokens, max_b, 2048});
+      opt.limits.chunk = std::max(opt.limits.chunk, 2048);
+      // Every context needs its own resident prefix slot plus the decoding sequence.
+      opt.limits.max_slots = std::max<int>(opt.limits.max_slots, int(contexts.size()) + max_b + 2);
+      nlohmann::json out;
+      ClusterReport report;
+      bool coordinator = false;
+      opt.on_report = [&](const ClusterReport& r) {
+        report = r;
+        coordinator = true;
+      };
+      ModelConfig cfg;
+      int code = run_cluster(opt, [&](Engine& e) {
+        cfg = e.config();
+        time_decode(e, 1, 4, 0);  // warm-up: first-touch allocations, workspaces, graphs
+        for (int b : batches) {
+          double step = time_decode(e, b, a->gen, 0);
+          out["decode"].push_back({{"batch", b}, {"ms_per_step", step * 1e3}, {"tokens_per_s", b / step}});
+        }
+        for (int p : prompts) {
+          double t = time_prefill(e, p);
+          out["prefill"].push_back({{"prompt", p}, {"tokens_per_s", p / t}});
+        }
+        for (int ctx : contexts) {
+          double step = time_decode(e, 1, a->gen, ctx);
+          out["context"].push_back({{"context", ctx}, {"ms_per_token", step * 1e3}});
+        }
+        return 0;
+      });
+      if (!coordinator) return code;
+      // Floors: the batch-1 decode must read every weight once per token (the embedding only one
+      // row), at each stage's copy bandwidth; stages run one after another for one sequence.
+      double floor_s = 0, gemm_min = 1e30, copy_min = 1e30;
+      uint64_t mem_total = 0;
+      const uint64_t emb_bytes = uint64_t(cfg.vocab_size * cfg.n_embd) * dtype_size(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
+      nlohmann::json stages = nlohmann::json::array();
+      for (size_t i = 0; i < report.ready.size(); ++i) {
+        const auto& rd = report.ready[i];
+        const auto& st = report.stats[i];
+        uint64_t read_per_token = rd.weight_bytes - (report.plan[i].embed ? std::min(emb_bytes, rd.weight_bytes) : 0);
+        floor_s += double(read_per_token) / (rd.copy_GBps * 1e9);
+        gemm_min = std::min(gemm_min, rd.gemm_TFLOPs);
+        copy_min = std::min(copy_min, rd.copy_GBps);
+        uint64_t mem = rd.weight_bytes + rd.state_bytes;
+        mem_total += mem;
+        stages.push_back({{"rank", report.stage_ranks[i]},
+                          {"backend", rd.backend},
+                          {"layers", {report.plan[i].first, report.plan[i].last - 1}},
+                          {"memory_bytes", mem},
+                          {"weight_bytes", rd.weight_bytes},
+                          {"state_bytes", rd.state_bytes},
+                          {"copy_GBps", rd.copy_GBps},
+                          {"gemm_TFLOPs", rd.gemm_TFLOPs},
+                          {"compute_s", st.compute_s},
+                          {"wait_s", st.wait_s},
+                          {"bytes_sent", st.bytes_sent},
+                          {"bytes_received", st.bytes_received},
+                          {"tokens", st.tokens},
+                          {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
+      }
+      out["model"] = opt.synthetic.empty() ? opt.model : "synthetic:" + opt.synthetic;
+      out["n_layer"] = cfg.n_layer;
+      out["n_embd"] = cfg.n_embd;
+      out["dtype"] = dtype_name(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
+      out["floors"] = {{"copy_GBps", copy_min}, {"gemm_TFLOPs", gemm_min}, {"decode_b1_floor_ms", floor_s * 1e3}};
+      out["memory_bytes"] = mem_total;
+      out["stages"] = stages;
+      // Ratios against the floors. Matrix FLOPs per token: 2 x matrix parameters.
+      double flops_per_token = 2.0 * double(cfg.n_layer) * double(layer_weight_bytes(cfg, DType::F32) / 4) +
+                               2.0 * double(cfg.vocab_size * cfg.n_embd);
+      for (auto& d : out["decode"]) {
+        if (d["batch"] == 1) out["ratios"]["decode_b1_over_floor"] = d["ms_per_step"].get<double>() / (floor_s * 1e3);
+        d["gemm_fraction"] = d["tokens_per_s"].get<double>() * flops_per_token / (gemm_min * 1e12);
+      }
+      for (auto& p : out["prefill"]) p["gemm_fraction"] = p["tokens_per_s"].get<double>() * flops_per_token / (gemm_min * 1e12);
+      std::string text = out.dump(2);
+      fmt::print("{}\n", text);
+      if (!a->out.empty()) {
+        std::ofstream f(a->out);
+        f << text << "\n";
+        if (!f) fail("cannot write '{}'", a->out);
+      }
+      return code;
+    };
+  });
+}
+
+}  // namespace rwkvpp
