@@ -188,9 +188,16 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
     }
   }
   // Argmax, lowest id among equals; also the max for a stable softmax.
-  for (size_t i = 1; i < n; ++i)
-    if (z[i] > z[r.best]) r.best = i;
-  r.m = z[r.best];
+  size_t best = 0;
+  float top = z[0];
+  for (size_t i = 1; i < n; ++i) {
+    if (z[i] > top) {
+      top = z[i];
+      best = i;
+    }
+  }
+  r.best = best;
+  r.m = top;
   if (!(r.m > kNegInf)) fail("sampling: every logit is NaN or -inf");
   cand.clear();
   if (p.temperature == 0.0f) return r;  // 2. greedy: nothing more to prepare
@@ -223,10 +230,13 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
   const uint32_t floor = top_k ? top_k_floor(z, size_t(p.top_k))
                          : p.top_p < 1.0f ? top_p_floor(z, q, double(p.top_p) * r.total)
                                           : 0;
+  cand.resize(n);  // filled by index, then cut: cheaper than push_back in this hot loop
+  size_t count = 0;
   for (size_t i = 0; i < n; ++i) {
     if (bucket(z[i]) < floor) continue;
-    if (top_k || (q[i] > 0 && q[i] >= thr)) cand.push_back({z[i], q[i], int32_t(i)});
+    if (top_k || (q[i] > 0 && q[i] >= thr)) cand[count++] = {z[i], q[i], int32_t(i)};
   }
+  cand.resize(count);
 
   // 4. Filters.
   double mass = r.total;  // the mass top_p is relative to
@@ -248,11 +258,13 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
   } else if (top_k || p.top_p < 1.0f) {  // (min_p alone collected them in id order already)
     const Cand worst = *std::min_element(cand.begin(), cand.end(),
                                          [](const Cand& a, const Cand& b) { return better(b, a); });
-    cand.clear();
+    cand.resize(n);
+    size_t count = 0;
     for (size_t i = 0; i < n; ++i) {
       Cand c{z[i], q[i], int32_t(i)};
-      if (q[i] > 0 && q[i] >= thr && !better(worst, c)) cand.push_back(c);
+      if (q[i] > 0 && q[i] >= thr && !better(worst, c)) cand[count++] = c;
     }
+    cand.resize(count);
   }
   return r;
 }

@@ -413,6 +413,7 @@ class Bpe20bTokenizer final : public Tokenizer {
     }
     std::vector<int32_t> ids = bpe_uncached(word);
     out.insert(out.end(), ids.begin(), ids.end());
+    if (word.size() > kCacheWordMax) return;  // long runs (base64, minified code) rarely repeat
     std::lock_guard<std::mutex> lock(cache_mu_);
     if (cache_.size() >= kCacheMax) cache_.clear();
     cache_.emplace(std::string(word), std::move(ids));
@@ -463,6 +464,7 @@ class Bpe20bTokenizer final : public Tokenizer {
   }
 
   static constexpr size_t kCacheMax = 1 << 18;  // words; the cache is emptied when full
+  static constexpr size_t kCacheWordMax = 256;   // bytes; longer words are not cached
 
   std::string source_;
   std::vector<std::string> tokens_;  // [vocab]: raw bytes of each id
