@@ -8,6 +8,10 @@
 //
 // Threading: MPI is initialised with MPI_THREAD_FUNNELED; only the thread that created the
 // transport may call it (the contract's "one thread drives a transport").
+//
+// A peer that dies makes mpirun end the whole job; one that is stopped or stuck is found by
+// the liveness timeout, and the caller then calls abort() so that no rank hangs.
+
 // The C API only: keep mpi.h from pulling in the deprecated C++ bindings.
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
