@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/matmul.cuh"
 
@@ -19,18 +20,25 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Rows per warp of the vector GEMV for NT tokens. More rows let each x value fetched from L1
-// serve more weights (x traffic per weight byte ~ 2 * NT / RPW for 16-bit W), at the price of
-// registers and of fewer, larger work units. Chosen from the kernel lab (docs/perf.md).
-constexpr int gemv_rows_per_warp(int nt) { return nt <= 2 ? 2 : 4; }
-constexpr int kGemvUnroll = 2;
+// Rows per warp (RPW) and chunks in flight per lane (UNROLL) of the vector GEMV for NT tokens.
+// More rows let each x value fetched from L1 serve more weights (x bytes per weight byte ~
+// 2 * NT / RPW for 16-bit W), at the price of registers and of fewer, larger work units.
+// Chosen from the kernel lab's measurements on an H100 (docs/perf.md, GEMV).
+// Best per token count on W [20480, 5120], [5120, 20480] and [5120, 5120] (fp16 and bf16):
+//   n:    1  2  3  4  5  6  7  8
+//   RPW:  1  2  2  4  4  8  4  8
+//   UNROLL 2 for n = 1, else 1.
+constexpr int gemv_rows_per_warp(int nt) {
+  return nt == 1 ? 1 : nt <= 3 ? 2 : (nt == 6 || nt == 8) ? 8 : 4;
+}
+constexpr int gemv_unroll(int nt) { return nt == 1 ? 2 : 1; }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T, int NT>
 void gemv_nt(const T* W, const float* x, float* y, int R, int K, cudaStream_t s) {
   if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x))
-    launch_gemv_vec<T, NT, gemv_rows_per_warp(NT), kGemvUnroll>(W, x, y, R, K, s);
+    launch_gemv_vec<T, NT, gemv_rows_per_warp(NT), gemv_unroll(NT)>(W, x, y, R, K, s);
   else
     launch_gemv_scalar<T, NT>(W, x, y, R, K, s);
 }
@@ -89,10 +97,27 @@ __global__ void convert_kernel(const float* __restrict__ x, T* __restrict__ out,
     store_as(out + i, x[i] * inv);
 }
 
+// x = hi + lo in bf16: hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]); out holds hi for the
+// count values, then lo. One thread per element (grid-stride).
+__global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ out,
+                                  int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    out[i] = hi;
+    out[count + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
+  }
+}
+
+size_t round256(size_t b) { return (b + 255) / 256 * 256; }
+
 }  // namespace
 
 size_t matmul_scratch_bytes(const WeightView& W, int64_t n) {
   if (n <= kGemvMaxTokens || W.dtype == DType::F32) return 0;
+  if (W.dtype == DType::BF16 && n <= kBf16SplitMaxTokens)  // [hi; lo] in bf16, then y_hi, y_lo
+    return round256(size_t(2 * n) * size_t(W.cols) * 2) + size_t(2 * n) * size_t(W.rows) * 4;
   return size_t(n) * size_t(W.cols) * 2;
 }
 
@@ -128,6 +153,19 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   }
   const int64_t count = n * K;
   const unsigned g = grid_for(count, kThreads);
+  if (W.dtype == DType::BF16 && n <= kBf16SplitMaxTokens) {
+    auto* xs = static_cast<__nv_bfloat16*>(scratch);
+    float* ys = reinterpret_cast<float*>(static_cast<char*>(scratch) +
+                                         round256(size_t(2 * count) * 2));
+    split_bf16_kernel<<<g, kThreads, 0, s>>>(x, xs, count);
+    RWKVPP_CUDA_LAUNCHED("split_bf16_kernel");
+    RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(2 * n), int(K), &one,
+                                     W.data, CUDA_R_16BF, int(K), xs, CUDA_R_16BF, int(K), &zero,
+                                     ys, CUDA_R_32F, int(R), CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    binary(Binary::Add, ys, ys + n * R, y, n * R, s);
+    return;
+  }
   if (W.dtype == DType::BF16) {
     auto* xb = static_cast<__nv_bfloat16*>(scratch);
     convert_kernel<__nv_bfloat16, false><<<g, kThreads, 0, s>>>(x, xb, count, nullptr, nullptr);

@@ -14,6 +14,8 @@ namespace rwkvpp::cuda {
 
 // Tokens up to which the hand-written GEMV (gemv.cuh) runs; above, cuBLAS.
 constexpr int64_t kGemvMaxTokens = 8;
+// Tokens up to which the bf16 cuBLAS path splits x into two bf16 terms (see matmul()).
+constexpr int64_t kBf16SplitMaxTokens = 128;
 
 // Bytes of device scratch that matmul() needs for n tokens (0 when none).
 size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
@@ -23,7 +25,11 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 // fp16 path). Paths:
 // - n <= kGemvMaxTokens: the GEMV kernels, W read once, x in fp32.
 // - fp32 W: cublasGemmEx in fp32 (no TF32).
-// - bf16 W: x rounded to bf16 into scratch, then cublasGemmEx (bf16 x bf16 -> fp32 accumulate).
+// - bf16 W, n <= kBf16SplitMaxTokens: x = hi + lo with hi = bf16(x), lo = bf16(x - hi) (exact to
+//   ~2^-17 relative), one cublasGemmEx over the 2n columns [hi; lo], then y = y_hi + y_lo. Up to
+//   there the GEMM is bound by reading W, which it reads once, so the split costs little, and
+//   chunked prompts then agree with token-by-token decoding to ~1e-5 instead of ~1e-1.
+// - bf16 W, larger n (compute-bound): x rounded to bf16, one cublasGemmEx.
 // - fp16 W: x scaled by a power of two so that its largest magnitude lands in [2^14, 2^15)
 //   (fp16 overflows at 65504; activations of deep layers exceed that), rounded to fp16, then
 //   cublasGemmEx with alpha = the scale, read from device memory, so nothing waits on the host.

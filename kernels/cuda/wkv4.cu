@@ -28,8 +28,13 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
   float* st = state + int64_t(sg.slot) * stride + off_aa;
   float aa = st[c], bb = st[d + c], pp = st[2 * d + c];
   const float wc = w[c], uc = u[c];
-  for (int64_t t = sg.start; t < int64_t(sg.start) + sg.len; ++t) {
-    const float kt = k[t * d + c], vt = v[t * d + c];
+  // Token t + 1's k and v are loaded while token t computes, hiding the load latency.
+  const int64_t t_end = int64_t(sg.start) + sg.len;
+  float nk = 0, nv = 0;
+  if (sg.len > 0) nk = k[int64_t(sg.start) * d + c], nv = v[int64_t(sg.start) * d + c];
+  for (int64_t t = sg.start; t < t_end; ++t) {
+    const float kt = nk, vt = nv;
+    if (t + 1 < t_end) nk = k[(t + 1) * d + c], nv = v[(t + 1) * d + c];
     float ww = uc + kt;
     float p = fmaxf(pp, ww);
     float e1 = expf(pp - p), e2 = expf(ww - p);

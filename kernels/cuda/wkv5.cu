@@ -9,7 +9,8 @@
 // order. State layout per slot: S [H, N, N] row-major (i before j) at off, fp32; thread j's
 // loads and stores S[h, i, j] are coalesced across j.
 //
-// wkv5_reg<N>: the column lives in registers (N a compile-time size: 32 or 64).
+// wkv5_reg<N>: the column lives in registers (N a compile-time size: 32 or 64); the next
+// token's inputs are prefetched during the current one, and the sum uses two partial sums.
 // wkv5_any: any N; the column stays in global memory (L1/L2-resident), for odd head sizes.
 #include <algorithm>
 #include <string>
@@ -37,22 +38,37 @@ __global__ void __launch_bounds__(N) wkv5_reg(const float* __restrict__ r, const
   for (int i = 0; i < N; ++i) col[i] = S[i * N + j];
   su[j] = u[h * N + j];
   if (!w_per_token) sw[j] = w[h * N + j];
-  for (int64_t t = sg.start; t < int64_t(sg.start) + sg.len; ++t) {
+  // Token t + 1's inputs are loaded into registers while token t computes (see wkv7.cu).
+  const int64_t t_end = int64_t(sg.start) + sg.len;
+  float nr = 0, nk = 0, nw = 0, nv = 0;
+  if (sg.len > 0) {
+    const int64_t o = int64_t(sg.start) * C + h * N + j;
+    nr = r[o], nk = k[o], nv = v[o];
+    if (w_per_token) nw = w[o];
+  }
+  for (int64_t t = sg.start; t < t_end; ++t) {
     const int64_t o = t * C + h * N;
     __syncthreads();  // everyone is done with the previous token's staging
-    sr[j] = r[o + j];
-    sk[j] = k[o + j];
-    if (w_per_token) sw[j] = w[o + j];
-    const float vj = v[o + j];
+    sr[j] = nr;
+    sk[j] = nk;
+    if (w_per_token) sw[j] = nw;
+    const float vj = nv;
     __syncthreads();
-    float y = 0.0f;
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      const float kv = sk[i] * vj;
-      y += sr[i] * (su[i] * kv + col[i]);
-      col[i] = col[i] * sw[i] + kv;
+    if (t + 1 < t_end) {
+      const int64_t q = o + C + j;
+      nr = r[q], nk = k[q], nv = v[q];
+      if (w_per_token) nw = w[q];
     }
-    out[o + j] = y;
+    float y0 = 0, y1 = 0;  // two partial sums: a shorter dependency chain
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const float kv0 = sk[i] * vj, kv1 = sk[i + 1] * vj;
+      y0 += sr[i] * (su[i] * kv0 + col[i]);
+      y1 += sr[i + 1] * (su[i + 1] * kv1 + col[i + 1]);
+      col[i] = col[i] * sw[i] + kv0;
+      col[i + 1] = col[i + 1] * sw[i + 1] + kv1;
+    }
+    out[o + j] = y0 + y1;
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) S[i * N + j] = col[i];

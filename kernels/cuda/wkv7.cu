@@ -10,7 +10,9 @@
 // shared memory. State layout per slot: S [H, N, N] row-major (row j = value channel) at off.
 //
 // wkv7_reg<N>: the row lives in registers; the head's N x N state moves between global and
-// registers through a padded shared tile so that the global accesses coalesce.
+// registers through a padded shared tile so that the global accesses coalesce. The next token's
+// inputs are prefetched into registers during the current token, and the dot products use four
+// partial sums (so their rounding differs from the CPU's sequential order by ~1e-7).
 // wkv7_any: any N; the row stays in global memory (L1/L2-resident), for odd head sizes.
 #include <algorithm>
 #include <string>
@@ -41,26 +43,51 @@ __global__ void __launch_bounds__(N) wkv7_reg(const float* __restrict__ r, const
   float row[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) row[i] = tile[j][i];
-  for (int64_t t = sg.start; t < int64_t(sg.start) + sg.len; ++t) {
+  // Token t + 1's inputs are loaded into registers while token t computes, so the global
+  // load latency is paid once per segment rather than once per token.
+  const int64_t t_end = int64_t(sg.start) + sg.len;
+  float nr = 0, nw = 0, nk = 0, na = 0, nb = 0, nv = 0;
+  if (sg.len > 0) {
+    const int64_t o = int64_t(sg.start) * C + h * N + j;
+    nr = r[o], nw = w[o], nk = k[o], na = a[o], nb = b[o], nv = v[o];
+  }
+  for (int64_t t = sg.start; t < t_end; ++t) {
     const int64_t o = t * C + h * N;
+    __syncthreads();  // everyone is done with the previous token's staging
+    sr[j] = nr;
+    sw[j] = nw;
+    sk[j] = nk;
+    sa[j] = na;
+    sb[j] = nb;
+    const float vj = nv;
     __syncthreads();
-    sr[j] = r[o + j];
-    sw[j] = w[o + j];
-    sk[j] = k[o + j];
-    sa[j] = a[o + j];
-    sb[j] = b[o + j];
-    const float vj = v[o + j];
-    __syncthreads();
-    float s_a = 0.0f;
-#pragma unroll
-    for (int i = 0; i < N; ++i) s_a += row[i] * sa[i];
-    float y = 0.0f;
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      row[i] = row[i] * sw[i] + s_a * sb[i] + vj * sk[i];
-      y += row[i] * sr[i];
+    if (t + 1 < t_end) {
+      const int64_t q = o + C + j;
+      nr = r[q], nw = w[q], nk = k[q], na = a[q], nb = b[q], nv = v[q];
     }
-    out[o + j] = y;
+    // Four partial sums break the dependency chain of the two dot products.
+    float p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      p0 += row[i] * sa[i];
+      p1 += row[i + 1] * sa[i + 1];
+      p2 += row[i + 2] * sa[i + 2];
+      p3 += row[i + 3] * sa[i + 3];
+    }
+    const float s_a = (p0 + p1) + (p2 + p3);
+    float y0 = 0, y1 = 0, y2 = 0, y3 = 0;
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      row[i] = row[i] * sw[i] + s_a * sb[i] + vj * sk[i];
+      row[i + 1] = row[i + 1] * sw[i + 1] + s_a * sb[i + 1] + vj * sk[i + 1];
+      row[i + 2] = row[i + 2] * sw[i + 2] + s_a * sb[i + 2] + vj * sk[i + 2];
+      row[i + 3] = row[i + 3] * sw[i + 3] + s_a * sb[i + 3] + vj * sk[i + 3];
+      y0 += row[i] * sr[i];
+      y1 += row[i + 1] * sr[i + 1];
+      y2 += row[i + 2] * sr[i + 2];
+      y3 += row[i + 3] * sr[i + 3];
+    }
+    out[o + j] = (y0 + y1) + (y2 + y3);
   }
   __syncthreads();  // the tile is free again (other threads finished reading their rows)
 #pragma unroll
