@@ -100,7 +100,20 @@ void serve_steps(Transport& t, StepLoop& loop, int coord) {
 
 }  // namespace
 
+// Stage ranks wait 1.5x longer than the coordinator before declaring a silent peer lost, so that
+// when a rank stops answering, the coordinator (which knows every stage) is the one that names
+// it. The transport reads RWKVPP_PEER_TIMEOUT_S when it is made, so this runs before.
+static void stretch_worker_timeout() {
+  int rank = env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
+  if (rank == 0) return;
+  double base = 20;
+  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && *e) base = std::atof(e);
+  if (base <= 0) return;  // disabled
+  setenv("RWKVPP_PEER_TIMEOUT_S", fmt::format("{:.3f}", base * 1.5).c_str(), 1);
+}
+
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body) {
+  stretch_worker_timeout();
   auto tp = make_transport(nullptr, nullptr);
   Transport& t = *tp;
   const int rank = t.rank(), size = t.size(), coord = 0;

@@ -41,9 +41,11 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
   hbuf_.resize(kHeaderBytes + 64);
   hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
-  int timeout = 10;
-  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && std::atoi(e) > 0) timeout = std::atoi(e);
-  peer_timeout_ = std::chrono::seconds(timeout);
+  // The same liveness timeout as the transport's (net/liveness.h): a stage that sent nothing,
+  // not even a heartbeat, for this long while steps are in flight is named as lost.
+  double timeout = 20;
+  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && std::atof(e) > 0) timeout = std::atof(e);
+  peer_timeout_ = std::chrono::milliseconds(int64_t(timeout * 1000));
 }
 
 Engine::~Engine() {
@@ -88,9 +90,12 @@ void Engine::release_prefix(int id) {
 
 void Engine::finish(Seq& s, Finish why) {
   s.done = true;
-  if (s.is_prefix) return;  // keeps its slot until release_prefix()
-  if (s.slot >= 0) free_slots_.push_back(s.slot);
-  s.slot = -1;
+  if (s.req.keep_state) s.is_prefix = true;
+  if (!s.is_prefix) {  // a prefix keeps its slot until release_prefix()
+    if (s.slot >= 0) free_slots_.push_back(s.slot);
+    s.slot = -1;
+    reap_.push_back(s.id);
+  }
   if (s.req.on_finish) s.req.on_finish(why);
 }
 
@@ -214,8 +219,9 @@ void Engine::poll_heartbeats() {
       continue;
     }
     if (now - it->second > peer_timeout_)
-      throw PeerLost(r, fmt::format("stage {} (layers {}-{}) sent nothing for {} s", s, plan_[s].first,
-                                    plan_[s].last - 1, peer_timeout_.count()));
+      throw PeerLost(r, fmt::format("stage {} (layers {}-{}) sent nothing for {:.1f} s (liveness timeout, "
+                                    "RWKVPP_PEER_TIMEOUT_S)", s, plan_[s].first, plan_[s].last - 1,
+                                    std::chrono::duration<double>(peer_timeout_).count()));
   }
 }
 
@@ -223,6 +229,11 @@ void Engine::run() {
   auto t0 = Clock::now();
   for (auto& [r, when] : last_seen_) when = t0;  // time spent outside run() does not count
   for (;;) {
+    if (stop_requested())  // cancel whatever is not in flight; what is comes back, then stops
+      for (auto& [id, s] : seqs_)
+        if (!s->done && !s->in_flight) finish(*s, Finish::Cancelled);
+    for (int id : reap_) seqs_.erase(id);
+    reap_.clear();
     bool busy = false;
     while (schedule()) busy = true;
     if (local_poll_ && local_poll_()) busy = true;
@@ -238,6 +249,7 @@ void Engine::run() {
   // Finished sequences are forgotten; their slots are free again.
   for (auto it = seqs_.begin(); it != seqs_.end();)
     it = it->second->done && !it->second->is_prefix ? seqs_.erase(it) : std::next(it);
+  reap_.clear();
   run_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 

@@ -4,6 +4,7 @@
 // --max-batch sequences that are not already in flight, a prompt chunk or one decode token each.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -29,6 +30,12 @@ struct Request {
   // A prefix from add_prefix(): the sequence starts from the prefix's state (cloned on every
   // stage, nothing re-read) and `prompt` continues after it. -1: start from a fresh state.
   int prefix = -1;
+  // Keep the state when the request finishes: its slot stays resident as a prefix whose id is
+  // the one submit() returned, until release_prefix(). The state then holds the prompt and
+  // every generated token but the last (a sampled token is fed only when generation goes on),
+  // so a request continuing it starts its prompt with that last token. Turns of a chat chain
+  // this way (each turn continues the previous turn's kept state) and never re-read the past.
+  bool keep_state = false;
   // Called with each generated token; return false to stop the sequence (e.g. a stop string).
   std::function<bool(int32_t id, float logprob)> on_token;
   // Called with the logits after prompt token `pos` ([vocab] floats), when logits_all.
@@ -60,8 +67,17 @@ class Engine {
   // Returns the prefix id for Request::prefix.
   int add_prefix(std::vector<int32_t> tokens);
   void release_prefix(int id);
-  // Runs until every submitted request has finished.
+  // Runs until every submitted request has finished. Callbacks may call submit(), add_prefix()
+  // and release_prefix() (of another sequence) to feed run() as it goes; a finished sequence is
+  // forgotten as soon as its on_finish returns, so a run() of millions of requests stays small.
   void run();
+  // Asks run() to return soon: nothing new is admitted or scheduled, the steps in flight are
+  // awaited, and every unfinished request ends with Finish::Cancelled (kept states stay until
+  // release_prefix()). Only sets an atomic flag: safe from any thread and from a signal
+  // handler. The request stands: later run() calls cancel at once.
+  void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
+  bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
+  const EngineLimits& limits() const { return lim_; }
   // Tokens processed (prompt + generated) and wall time spent in run().
   uint64_t tokens_processed() const { return tokens_; }
   uint64_t tokens_generated() const { return generated_; }
@@ -95,9 +111,11 @@ class Engine {
   std::vector<uint8_t> rbuf_, rspare_, hbuf_;
   RequestId rreq_ = 0, hreq_ = 0;
   std::map<int, std::chrono::steady_clock::time_point> last_seen_;
-  std::chrono::seconds peer_timeout_;
+  std::chrono::milliseconds peer_timeout_;
   uint64_t tokens_ = 0, generated_ = 0;
   double run_s_ = 0;
+  std::atomic<bool> stop_{false};
+  std::vector<int> reap_;  // finished sequences to forget
 };
 
 }  // namespace rwkvpp
