@@ -1,6 +1,6 @@
 // Random-weight models with the official RWKV-4 shapes, for load tests, benchmarks and the
 // quickstart (there is no network to fetch real weights). Values follow the ranges of trained
-// models closely enough to keep activations finite: matrices ~ N(0, 1/fan_in), layer-norm
+// models closely enough to keep activations finite: matrices with standard deviation 1/sqrt(fan_in), layer-norm
 // weights around 1, mixes in [0, 1], decay in [-5, 1], bonus in [-1, 1].
 #pragma once
 
