@@ -9,9 +9,11 @@ ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 BUILD=${1:-$ROOT/build-cuda}
 SHARED=${RWKVPP_SHARED:-$ROOT/../shared}
 D=$ROOT/.devshared
-rm -rf "$D/bin" "$D/lib" "$D/fixtures" "$D/lib.tar.xz"
+rm -rf "$D/lib" "$D/fixtures" "$D/lib.tar.xz"
+[ "${KEEP_BENCH:-0}" = 1 ] || rm -rf "$D/bin"
 mkdir -p "$D/bin" "$D/lib" "$D/fixtures/hf-rwkv4" "$D/fixtures/pip-rwkv"
 strip -o "$D/bin/rwkvpp_tests" "$BUILD/tests/rwkvpp_tests"
+[ "${KEEP_BENCH:-0}" = 1 ] && [ -x "$D/bin/bench" ] ||  # KEEP_BENCH=1: reuse the last build
 (cd "$ROOT/kernels/cuda/dev" &&
   /usr/local/cuda/bin/nvcc -std=c++20 -O3 -arch=sm_90 -I../../.. bench.cu ../wkv4.cu ../wkv5.cu \
     ../wkv7.cu -lcublas -o "$D/bin/bench")
