@@ -1,5 +1,7 @@
 // `rwkvpp logits` and `rwkvpp generate`: the commands that run a model, alone or under mpirun.
+// generate takes a prompt as ids (prints ids) or as text (streams text, through textgen.h).
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -7,6 +9,8 @@
 #include "common/npy.h"
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
+#include "coordinator/textgen.h"
+#include "shards/model_reader.h"
 
 namespace rwkvpp {
 
@@ -43,11 +47,18 @@ struct LogitsArgs {
 
 struct GenerateArgs {
   ClusterOptions cluster;
-  std::string prompt_tokens;
+  std::string prompt_tokens, prompt, tokenizer;
   int n = 32;
   SamplingParams sp;
   std::vector<int32_t> stop_ids;
+  std::vector<std::string> stop;
+  bool logprobs = false;
 };
+
+void write_stdout(std::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
 
 }  // namespace
 
@@ -113,32 +124,83 @@ void add_model_commands(CLI::App& app, Action& run) {
   }
   {
     auto a = std::make_shared<GenerateArgs>();
-    auto* c = app.add_subcommand("generate", "Generate tokens after a prompt (greedy unless --temperature > 0).");
+    auto* c = app.add_subcommand(
+        "generate",
+        "Generate after a prompt (greedy unless --temperature > 0). With --prompt, exactly the generated text is "
+        "streamed to stdout (no newline added); with --prompt-tokens, the generated ids are printed.");
     add_cluster_options(c, a->cluster);
-    c->add_option("--prompt-tokens", a->prompt_tokens, "prompt as token ids, comma or space separated")->required();
+    auto* pt = c->add_option("--prompt-tokens", a->prompt_tokens, "prompt as token ids, comma or space separated");
+    auto* pr = c->add_option("--prompt", a->prompt, "prompt as text, encoded with the model's tokenizer (or --tokenizer)");
+    pt->excludes(pr);
+    c->add_option("--tokenizer", a->tokenizer, "tokenizer file or 'bytes' (default: the model's embedded one)");
     add_sampling_options(c, a->sp, a->n);
+    c->add_option("--stop", a->stop, "stop at this string, which is not printed (repeatable; needs a tokenizer)");
     c->add_option("--stop-id", a->stop_ids, "stop after generating this token id (repeatable)");
-    c->callback([a, &run] {
-      run = [a] {
+    c->add_flag("--logprobs", a->logprobs, "print the chosen tokens' log-probabilities to stderr at the end");
+    c->callback([a, pt, pr, &run] {
+      run = [a, pt, pr] {
         validate(a->sp);
-        auto prompt = parse_ids(a->prompt_tokens, "--prompt-tokens");
-        if (prompt.empty()) fail("--prompt-tokens is empty");
+        if (a->n < 0) fail("--max-tokens must not be negative (got {})", a->n);
+        const bool text = pr->count() > 0;
+        if (!text && pt->count() == 0) fail("give the prompt with --prompt TEXT or --prompt-tokens IDS");
+        const int64_t vocab = ModelReader(a->cluster.model).config().vocab_size;
+        // Every rank resolves the tokenizer and the prompt, so that they all fail alike.
+        std::unique_ptr<Tokenizer> tok;
+        if (text || !a->stop.empty() || !a->tokenizer.empty()) tok = tokenizer_for(a->cluster.model, a->tokenizer);
+        std::vector<int32_t> prompt;
+        if (text) {
+          prompt = tok->encode(a->prompt);
+          if (prompt.empty()) fail("--prompt is empty");
+        } else {
+          prompt = parse_ids(a->prompt_tokens, "--prompt-tokens");
+          if (prompt.empty()) fail("--prompt-tokens is empty");
+          for (int32_t id : prompt)
+            if (id >= vocab) fail("--prompt-tokens: token id {} is out of range (the model's vocabulary has {} ids)", id, vocab);
+        }
+        TextOptions o;
+        o.max_tokens = a->n;
+        o.sampling = a->sp;
+        o.stop = a->stop;
+        o.stop_ids = a->stop_ids;
+        o.logprobs = true;
         return run_cluster(a->cluster, [&](Engine& e) {
+          TextResult res;
           Request r;
-          r.prompt = prompt;
-          r.sampling = a->sp;
-          r.max_tokens = a->n;
-          r.stop_ids = a->stop_ids;
-          bool first = true;
-          r.on_token = [&first](int32_t id, float) {
-            fmt::print("{}{}", first ? "" : " ", id);
-            std::fflush(stdout);
-            first = false;
-            return true;
-          };
+          if (tok) {
+            r = make_text_request(*tok, prompt, o, text ? write_stdout : nullptr, [&res](TextResult t) { res = std::move(t); });
+          } else {
+            r.prompt = prompt;
+            r.sampling = o.sampling;
+            r.max_tokens = o.max_tokens;
+            r.stop_ids = o.stop_ids;
+            r.on_token = [&res](int32_t id, float lp) {
+              res.ids.push_back(id);
+              res.logprobs.push_back(lp);
+              return true;
+            };
+          }
+          if (!text) {  // print the ids as they come
+            r.on_token = [inner = std::move(r.on_token), first = true](int32_t id, float lp) mutable {
+              fmt::print("{}{}", first ? "" : " ", id);
+              std::fflush(stdout);
+              first = false;
+              return inner(id, lp);
+            };
+          }
           e.submit(std::move(r));
           e.run();
-          fmt::print("\n");
+          if (!text)
+            write_stdout("\n");
+          else if (isatty(STDOUT_FILENO))  // end the line on a terminal; stdout keeps the exact text
+            fmt::print(stderr, "\n");
+          if (a->logprobs) {
+            double sum = 0;
+            for (size_t i = 0; i < res.ids.size() && i < res.logprobs.size(); ++i) {
+              fmt::print(stderr, "[logprob] {} {:.6f}\n", res.ids[i], res.logprobs[i]);
+              sum += double(res.logprobs[i]);
+            }
+            fmt::print(stderr, "[logprobs] {} tokens, total {:.6f}\n", res.ids.size(), sum);
+          }
           return 0;
         });
       };
