@@ -1,0 +1,184 @@
+// Reading and validating the prompts of a batch job; see batch_input.h.
+#include "coordinator/batch/batch_input.h"
+
+#include <cmath>
+#include <limits>
+#include <unordered_map>
+
+#include "common/error.h"
+#include "shards/model_format.h"
+
+namespace rwkvpp {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int kMaxSamples = 100000;
+constexpr int kMaxTokens = 1 << 24;
+
+int get_int(const json& j, const char* field, int lo, int hi) {
+  const json& v = j.at(field);
+  if (!v.is_number_integer()) fail("field '{}' must be an integer, got {}", field, v.dump());
+  // Non-negative numbers parse as unsigned: compare in the type they came in.
+  bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t(hi) && int64_t(v.get<uint64_t>()) >= lo
+                                         : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+  if (!in_range) fail("field '{}' must be in [{}, {}], got {}", field, lo, hi, v.dump());
+  return int(v.get<int64_t>());
+}
+
+float get_float(const json& j, const char* field) {
+  const json& v = j.at(field);
+  if (!v.is_number()) fail("field '{}' must be a number, got {}", field, v.dump());
+  double d = v.get<double>();
+  if (!std::isfinite(d) || std::fabs(d) > 1e30) fail("field '{}' must be a finite number, got {}", field, v.dump());
+  return float(d);
+}
+
+}  // namespace
+
+BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDefaults& d) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // nlohmann's message starts with "[json.exception.parse_error.101] "; keep what follows.
+    std::string m = e.what();
+    if (auto k = m.find("] "); k != std::string::npos) m = m.substr(k + 2);
+    fail("invalid JSON: {}", m);
+  }
+  if (!j.is_object()) fail("a line must be a JSON object, got {}", j.type_name());
+  BatchItem it;
+  it.line = line;
+  it.n = d.n;
+  it.max_tokens = d.max_tokens;
+  it.sampling = d.sampling;
+  it.stop = d.stop;
+
+  if (!j.contains("id")) fail("field 'id' is missing");
+  it.id = j["id"];
+  if (!(it.id.is_string() || it.id.is_number_integer()))
+    fail("field 'id' must be a string or an integer, got {}", it.id.dump());
+  if (it.id.is_string() && it.id.get_ref<const std::string&>().empty()) fail("field 'id' is an empty string");
+  it.key = it.id.dump();
+
+  if (!j.contains("prompt")) fail("field 'prompt' is missing");
+  const json& p = j["prompt"];
+  if (!p.is_string()) fail("field 'prompt' must be a string, got {}", p.type_name());
+  it.prompt = p.get<std::string>();
+  if (it.prompt.empty()) fail("field 'prompt' is empty");
+
+  if (j.contains("n")) it.n = get_int(j, "n", 1, kMaxSamples);
+  if (j.contains("max_tokens")) it.max_tokens = get_int(j, "max_tokens", 0, kMaxTokens);
+  if (j.contains("top_k")) it.sampling.top_k = get_int(j, "top_k", 0, std::numeric_limits<int>::max());
+  if (j.contains("temperature")) {
+    it.sampling.temperature = get_float(j, "temperature");
+    if (it.sampling.temperature < 0) fail("field 'temperature' must be >= 0, got {}", j["temperature"].dump());
+  }
+  if (j.contains("top_p")) {
+    it.sampling.top_p = get_float(j, "top_p");
+    if (!(it.sampling.top_p > 0 && it.sampling.top_p <= 1)) fail("field 'top_p' must be in (0, 1], got {}", j["top_p"].dump());
+  }
+  if (j.contains("seed")) {
+    const json& s = j["seed"];
+    if (!s.is_number_integer() || (!s.is_number_unsigned() && s.get<int64_t>() < 0))
+      fail("field 'seed' must be a non-negative integer, got {}", s.dump());
+    it.sampling.seed = s.get<uint64_t>();
+    it.has_seed = true;
+  }
+  if (j.contains("stop")) {
+    const json& s = j["stop"];
+    it.stop.clear();
+    if (s.is_string()) {
+      it.stop.push_back(s.get<std::string>());
+    } else if (s.is_array()) {
+      for (const json& e : s) {
+        if (!e.is_string()) fail("field 'stop' must hold strings, got {}", e.dump());
+        it.stop.push_back(e.get<std::string>());
+      }
+    } else {
+      fail("field 'stop' must be a string or an array of strings, got {}", s.type_name());
+    }
+    for (const auto& x : it.stop)
+      if (x.empty()) fail("field 'stop' holds an empty string");
+  }
+  try {
+    validate(it.sampling);
+  } catch (const Error& e) {
+    fail("bad sampling values: {}", e.what());
+  }
+  return it;
+}
+
+InputScan scan_input(const std::string& path, const BatchDefaults& d, const std::function<void(const Reject&)>& on_reject,
+                     const std::function<bool()>& should_stop) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot open --input '{}'", path);
+  InputScan s;
+  s.hash = fnv1a64(nullptr, 0);
+  std::unordered_map<std::string, int64_t> first_line;  // id key -> line that holds it
+  std::vector<char> buf(static_cast<size_t>(1) << 20);
+  std::string line;
+  uint64_t line_start = 0, pos = 0;
+  int64_t line_no = 0;
+
+  auto handle = [&](std::string& text) {
+    ++line_no;
+    if (!text.empty() && text.back() == '\r') text.pop_back();  // CRLF files
+    if (text.find_first_not_of(" \t\r") == std::string::npos) return;  // blank line
+    try {
+      if (text.size() > std::numeric_limits<uint32_t>::max()) fail("the line is longer than 4 GiB");
+      BatchItem it = parse_batch_line(text, line_no, d);
+      auto [at, fresh] = first_line.emplace(it.key, line_no);
+      if (!fresh) fail("duplicate id {} (first on line {})", it.key, at->second);
+      s.lines.push_back({line_start, uint32_t(text.size()), line_no, it.n, it.key});
+      s.samples += uint64_t(it.n);
+    } catch (const Error& e) {
+      ++s.rejected;
+      if (on_reject) on_reject(Reject{line_no, e.what(), text});
+    }
+  };
+
+  while (f) {
+    f.read(buf.data(), std::streamsize(buf.size()));
+    size_t got = size_t(f.gcount());
+    if (got == 0) break;
+    s.hash = fnv1a64(buf.data(), got, s.hash);
+    size_t from = 0;
+    for (size_t i = 0; i < got; ++i) {
+      if (buf[i] != '\n') continue;
+      line.append(buf.data() + from, i - from);
+      handle(line);
+      line.clear();
+      from = i + 1;
+      line_start = pos + from;
+    }
+    line.append(buf.data() + from, got - from);
+    pos += got;
+    if (should_stop && should_stop()) return s;
+  }
+  if (f.bad()) fail("cannot read --input '{}'", path);
+  if (!line.empty()) handle(line);  // a last line without a newline
+  s.bytes = pos;
+  return s;
+}
+
+InputReader::InputReader(const std::string& path) : path_(path), f_(path, std::ios::binary) {
+  if (!f_) fail("cannot open --input '{}'", path);
+}
+
+BatchItem InputReader::read(const LineRef& ref, const BatchDefaults& d) {
+  std::string text(ref.length, '\0');
+  f_.clear();
+  f_.seekg(std::streamoff(ref.offset));
+  f_.read(text.data(), std::streamsize(text.size()));
+  if (!f_ || size_t(f_.gcount()) != text.size())
+    fail("--input '{}' line {}: cannot read it again (did the file change while the job ran?)", path_, ref.line);
+  try {
+    return parse_batch_line(text, ref.line, d);
+  } catch (const Error& e) {
+    fail("--input '{}' line {}: {} (the file changed while the job ran?)", path_, ref.line, e.what());
+  }
+}
+
+}  // namespace rwkvpp

@@ -1,0 +1,49 @@
+// Progress of a batch job on stderr: on a terminal a bar redrawn in place (done/total records,
+// generated tokens/s, ETA); otherwise (a log file, Slurm's output) one line every few seconds;
+// and a summary at the end. Not thread-safe: called from the coordinator's loop only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace rwkvpp {
+
+enum class ProgressMode { Auto, Bar, Log, None };
+ProgressMode parse_progress_mode(const std::string& s);  // "auto", "bar", "log", "none"
+
+class Progress {
+ public:
+  // `total`: records the job has in all; `done_before`: those already in the output.
+  Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s, FILE* out = stderr);
+
+  // A record was written with `tokens` generated tokens.
+  void record(uint64_t tokens);
+  // Called often (every generated piece); redraws or logs when it is time.
+  void tick();
+  // Clears the bar (before printing other lines, and at the end).
+  void clear();
+  // One line: what this run did, and where the job stands.
+  std::string summary() const;
+
+  uint64_t done() const { return done_before_ + done_now_; }
+  uint64_t total() const { return total_; }
+  double elapsed_s() const;
+
+ private:
+  std::string status_line() const;
+  void draw();
+
+  bool bar_ = false, log_ = false;
+  FILE* out_;
+  uint64_t total_, done_before_, done_now_ = 0, tokens_ = 0;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  std::chrono::duration<double> log_interval_;
+  bool drawn_ = false;
+};
+
+// "1h02m", "3m05s", "12s"
+std::string format_duration(double seconds);
+
+}  // namespace rwkvpp
