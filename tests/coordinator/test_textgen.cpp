@@ -2,6 +2,7 @@
 // UTF-8-safe streaming, tokenizer resolution, and the engine's kept state that chat turns chain
 // (checked against re-reading the whole conversation).
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "catch.h"
 #include "common/error.h"
@@ -192,6 +193,39 @@ TEST_CASE("streamed text never splits a UTF-8 character; invalid bytes pass thro
   TextStream ts({});
   CHECK(ts.push("ok\xe4") == "ok");
   CHECK(ts.finish() == "\xe4");
+}
+
+TEST_CASE("random token splits: the released text is always a prefix of the answer", "[text]") {
+  // Texts from pieces that share bytes with the stop strings, cut into tokens at random byte
+  // positions (also inside characters); the answer is the text up to the first stop string.
+  const std::vector<std::string> alphabet = {"a", "b", "\n", "\xc3\xa9", "\xe4\xb8\x96", " "};
+  const std::vector<std::string> stops = {"\n\n", "ab", "\xc3\xa9\n", "b\xe4\xb8\x96"};
+  std::mt19937 rng(1234);
+  for (int iter = 0; iter < 2000; ++iter) {
+    std::string full;
+    for (int k = int(rng() % 24); k >= 0; --k) full += alphabet[rng() % alphabet.size()];
+    std::vector<std::string> stop;
+    for (const auto& st : stops)
+      if (rng() % 2) stop.push_back(st);
+    size_t first = std::string::npos;
+    for (const auto& st : stop) first = std::min(first, full.find(st));
+    const std::string want = first == std::string::npos ? full : full.substr(0, first);
+    TextStream ts(stop);
+    std::string got;
+    for (size_t pos = 0; pos < full.size();) {
+      size_t len = 1 + rng() % 4;
+      std::string piece = ts.push(full.substr(pos, len));
+      CHECK(valid_utf8(piece));
+      got += piece;
+      REQUIRE(want.compare(0, got.size(), got) == 0);  // never beyond the answer
+      pos += len;
+    }
+    got += ts.finish();
+    INFO(iter);
+    REQUIRE(got == want);
+    REQUIRE(ts.text() == want);
+    REQUIRE(ts.stopped() == (first != std::string::npos));
+  }
 }
 
 TEST_CASE("stop ids end the text without their bytes; unknown ids decode to nothing", "[text]") {
