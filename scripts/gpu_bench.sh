@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On a GPU machine, from the repository root, over binaries staged by scripts/gpu_stage.sh:
+# runs `rwkvpp bench` on synthetic RWKV-4 shapes (fp16) and writes JSON to $OUT.
+# Usage: scripts/gpu_bench.sh SHAPE[:ARGS] ...   e.g. 1.5b 14b ":--context 1024,65536"
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+D=$PWD/.devshared
+mkdir -p /tmp/rwkvpp-rlib && xz -dc "$D/rlib.tar.xz" | tar -C /tmp/rwkvpp-rlib -xf -
+CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null ||
+  find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH=/tmp/rwkvpp-rlib:$CUBLAS_DIR:${LD_LIBRARY_PATH:-}
+chmod +x "$D/bin/rwkvpp"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+ldd "$D/bin/rwkvpp" | grep "not found" && echo "MISSING LIBRARIES"
+for spec in "$@"; do
+  shape=${spec%%:*}
+  args=""
+  [[ "$spec" == *:* ]] && args=${spec#*:}
+  echo "== bench $shape $args"
+  # shellcheck disable=SC2086
+  timeout 400 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args -o "$OUT/bench-$shape.json" \
+    > "$OUT/bench-$shape.log" 2>&1
+  echo "rc=$?"
+  python3 - "$OUT/bench-$shape.json" <<'PY' || tail -5 "$OUT/bench-$shape.log"
+import json, sys
+d = json.load(open(sys.argv[1]))
+f = d["floors"]
+print(f"floors: copy {f['copy_GBps']:.0f} GB/s, gemm {f['gemm_TFLOPs']:.1f} TFLOP/s, b1 floor {f['decode_b1_floor_ms']:.3f} ms")
+for x in d.get("decode", []):
+    print(f"decode b{x['batch']}: {x['ms_per_step']:.3f} ms/step, {x['tokens_per_s']:.0f} tok/s, gemm {x['gemm_fraction']:.2f}")
+for x in d.get("prefill", []):
+    print(f"prefill {x['prompt']}: {x['tokens_per_s']:.0f} tok/s, gemm {x['gemm_fraction']:.2f}")
+for x in d.get("context", []):
+    print(f"context {x['context']}: {x['ms_per_token']:.3f} ms/token")
+print("ratios", d.get("ratios"), "memory", d["memory_bytes"])
+PY
+done
