@@ -33,8 +33,10 @@ void on_signal(int sig) {
     return;
   }
   if (Engine* e = g_engine.load()) e->request_stop();
-  say(sig == SIGTERM ? "rwkvpp: SIGTERM: stopping (writing what is complete; rerun the same command to resume)\n"
-                     : "rwkvpp: SIGINT: stopping (writing what is complete; Ctrl-C again to kill at once)\n");
+  say(sig == SIGTERM
+          ? "rwkvpp: SIGTERM: stopping (writing what is complete; rerun the same command to "
+            "resume)\n"
+          : "rwkvpp: SIGINT: stopping (writing what is complete; Ctrl-C again to kill at once)\n");
 }
 
 }  // namespace
@@ -54,9 +56,12 @@ int stop_signal() noexcept { return g_signal.load(); }
 
 const char* stop_signal_name(int sig) noexcept {
   switch (sig) {
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
-    default: return "a signal";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    default:
+      return "a signal";
   }
 }
 

@@ -21,8 +21,9 @@ int get_int(const json& j, const char* field, int lo, int hi) {
   const json& v = j.at(field);
   if (!v.is_number_integer()) fail("field '{}' must be an integer, got {}", field, v.dump());
   // Non-negative numbers parse as unsigned: compare in the type they came in.
-  bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t(hi) && int64_t(v.get<uint64_t>()) >= lo
-                                         : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+  bool in_range = v.is_number_unsigned()
+                      ? v.get<uint64_t>() <= uint64_t(hi) && int64_t(v.get<uint64_t>()) >= lo
+                      : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
   if (!in_range) fail("field '{}' must be in [{}, {}], got {}", field, lo, hi, v.dump());
   return int(v.get<int64_t>());
 }
@@ -31,7 +32,8 @@ float get_float(const json& j, const char* field) {
   const json& v = j.at(field);
   if (!v.is_number()) fail("field '{}' must be a number, got {}", field, v.dump());
   double d = v.get<double>();
-  if (!std::isfinite(d) || std::fabs(d) > 1e30) fail("field '{}' must be a finite number, got {}", field, v.dump());
+  if (!std::isfinite(d) || std::fabs(d) > 1e30)
+    fail("field '{}' must be a finite number, got {}", field, v.dump());
   return float(d);
 }
 
@@ -59,7 +61,8 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
   it.id = j["id"];
   if (!(it.id.is_string() || it.id.is_number_integer()))
     fail("field 'id' must be a string or an integer, got {}", it.id.dump());
-  if (it.id.is_string() && it.id.get_ref<const std::string&>().empty()) fail("field 'id' is an empty string");
+  if (it.id.is_string() && it.id.get_ref<const std::string&>().empty())
+    fail("field 'id' is an empty string");
   it.key = it.id.dump();
 
   if (!j.contains("prompt")) fail("field 'prompt' is missing");
@@ -70,14 +73,17 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
 
   if (j.contains("n")) it.n = get_int(j, "n", 1, kMaxSamples);
   if (j.contains("max_tokens")) it.max_tokens = get_int(j, "max_tokens", 0, kMaxTokens);
-  if (j.contains("top_k")) it.sampling.top_k = get_int(j, "top_k", 0, std::numeric_limits<int>::max());
+  if (j.contains("top_k"))
+    it.sampling.top_k = get_int(j, "top_k", 0, std::numeric_limits<int>::max());
   if (j.contains("temperature")) {
     it.sampling.temperature = get_float(j, "temperature");
-    if (it.sampling.temperature < 0) fail("field 'temperature' must be >= 0, got {}", j["temperature"].dump());
+    if (it.sampling.temperature < 0)
+      fail("field 'temperature' must be >= 0, got {}", j["temperature"].dump());
   }
   if (j.contains("top_p")) {
     it.sampling.top_p = get_float(j, "top_p");
-    if (!(it.sampling.top_p > 0 && it.sampling.top_p <= 1)) fail("field 'top_p' must be in (0, 1], got {}", j["top_p"].dump());
+    if (!(it.sampling.top_p > 0 && it.sampling.top_p <= 1))
+      fail("field 'top_p' must be in (0, 1], got {}", j["top_p"].dump());
   }
   if (j.contains("seed")) {
     const json& s = j["seed"];
@@ -110,7 +116,8 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
   return it;
 }
 
-InputScan scan_input(const std::string& path, const BatchDefaults& d, const std::function<void(const Reject&)>& on_reject,
+InputScan scan_input(const std::string& path, const BatchDefaults& d,
+                     const std::function<void(const Reject&)>& on_reject,
                      const std::function<bool()>& should_stop) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open --input '{}'", path);
@@ -124,7 +131,7 @@ InputScan scan_input(const std::string& path, const BatchDefaults& d, const std:
 
   auto handle = [&](std::string& text) {
     ++line_no;
-    if (!text.empty() && text.back() == '\r') text.pop_back();  // CRLF files
+    if (!text.empty() && text.back() == '\r') text.pop_back();         // CRLF files
     if (text.find_first_not_of(" \t\r") == std::string::npos) return;  // blank line
     try {
       if (text.size() > std::numeric_limits<uint32_t>::max()) fail("the line is longer than 4 GiB");
@@ -173,11 +180,13 @@ BatchItem InputReader::read(const LineRef& ref, const BatchDefaults& d) {
   f_.seekg(std::streamoff(ref.offset));
   f_.read(text.data(), std::streamsize(text.size()));
   if (!f_ || size_t(f_.gcount()) != text.size())
-    fail("--input '{}' line {}: cannot read it again (did the file change while the job ran?)", path_, ref.line);
+    fail("--input '{}' line {}: cannot read it again (did the file change while the job ran?)",
+         path_, ref.line);
   try {
     return parse_batch_line(text, ref.line, d);
   } catch (const Error& e) {
-    fail("--input '{}' line {}: {} (the file changed while the job ran?)", path_, ref.line, e.what());
+    fail("--input '{}' line {}: {} (the file changed while the job ran?)", path_, ref.line,
+         e.what());
   }
 }
 

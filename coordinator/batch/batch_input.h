@@ -32,13 +32,13 @@ struct BatchDefaults {
 
 // One valid input line, parsed.
 struct BatchItem {
-  int64_t line = 0;          // 1-based line number in the input
-  nlohmann::json id;         // as given (string or integer)
-  std::string key;           // id.dump(): the id as the journal matches it
+  int64_t line = 0;   // 1-based line number in the input
+  nlohmann::json id;  // as given (string or integer)
+  std::string key;    // id.dump(): the id as the journal matches it
   std::string prompt;
   int n = 1;
   int max_tokens = 32;
-  SamplingParams sampling;   // seed: the job's seed, or the line's when has_seed
+  SamplingParams sampling;  // seed: the job's seed, or the line's when has_seed
   bool has_seed = false;
   std::vector<std::string> stop;
 };
@@ -59,9 +59,9 @@ struct LineRef {
 struct InputScan {
   std::vector<LineRef> lines;  // valid lines in file order
   uint64_t bytes = 0;
-  uint64_t hash = 0;           // FNV-1a 64 of every byte of the file
+  uint64_t hash = 0;  // FNV-1a 64 of every byte of the file
   int64_t rejected = 0;
-  uint64_t samples = 0;        // sum of n over the valid lines
+  uint64_t samples = 0;  // sum of n over the valid lines
 };
 
 // A rejected line: its number, the reason and the text as read.
@@ -75,7 +75,8 @@ struct Reject {
 // missing or bad field, an id seen before). `should_stop` is polled now and then; when it
 // returns true the scan ends early and its result must not be used. Throws Error naming the
 // file when it cannot be read.
-InputScan scan_input(const std::string& path, const BatchDefaults& d, const std::function<void(const Reject&)>& on_reject,
+InputScan scan_input(const std::string& path, const BatchDefaults& d,
+                     const std::function<void(const Reject&)>& on_reject,
                      const std::function<bool()>& should_stop = nullptr);
 
 // Reads the lines of a scan again, by position.

@@ -72,14 +72,21 @@ struct Group {
   int waiting = 0;           // samples whose result has not come back
   int prefix = -1;           // engine prefix holding the prompt's tokens but the last; -1: none
   bool prefix_ready = false;
-  int prompt_tokens = 0;     // shared prefix + prompt
+  int prompt_tokens = 0;  // shared prefix + prompt
 };
 
 class BatchRunner {
  public:
-  BatchRunner(Engine& e, const Tokenizer& tok, const BatchOptions& o, const InputScan& scan, Journal& j,
-              Progress& p, std::vector<int32_t> shared_ids)
-      : e_(e), tok_(tok), o_(o), scan_(scan), reader_(o.input), j_(j), p_(p), shared_ids_(std::move(shared_ids)) {
+  BatchRunner(Engine& e, const Tokenizer& tok, const BatchOptions& o, const InputScan& scan,
+              Journal& j, Progress& p, std::vector<int32_t> shared_ids)
+      : e_(e),
+        tok_(tok),
+        o_(o),
+        scan_(scan),
+        reader_(o.input),
+        j_(j),
+        p_(p),
+        shared_ids_(std::move(shared_ids)) {
     budget_ = std::max(1, e_.limits().max_slots - (shared_ids_.empty() ? 0 : 1));
   }
 
@@ -188,7 +195,8 @@ class BatchRunner {
       TextOptions t;
       t.max_tokens = g.item.max_tokens;
       t.sampling = g.item.sampling;
-      t.sampling.seed = g.item.has_seed ? g.item.sampling.seed + uint64_t(index) : record_seed(o_.defaults.sampling.seed, g.item.key, index);
+      t.sampling.seed = g.item.has_seed ? g.item.sampling.seed + uint64_t(index)
+                                        : record_seed(o_.defaults.sampling.seed, g.item.key, index);
       t.stop = g.item.stop;
       t.stop_ids = o_.stop_ids;
       t.logprobs = o_.logprobs;
@@ -215,7 +223,8 @@ class BatchRunner {
         rec["prompt_tokens"] = g.prompt_tokens;
         rec["completion_tokens"] = res.completion_tokens;
         if (o_.logprobs) rec["logprobs"] = res.logprobs;
-        // Text that is not valid UTF-8 (a sample may end inside a character) is written with U+FFFD.
+        // Text that is not valid UTF-8 (a sample may end inside a character) is written with
+        // U+FFFD.
         j_.append(rec.dump(-1, ' ', false, ordered_json::error_handler_t::replace));
         p_.record(uint64_t(res.completion_tokens));
       }
@@ -244,7 +253,7 @@ class BatchRunner {
   int shared_ = -1;
   int budget_ = 1;  // state slots the job keeps busy (prefixes + samples)
   int live_ = 0;
-  size_t next_ = 0;  // next line of the scan to start
+  size_t next_ = 0;                                   // next line of the scan to start
   std::map<int64_t, std::unique_ptr<Group>> groups_;  // by input line
   std::vector<int> to_release_;
   uint64_t abandoned_ = 0;
@@ -261,7 +270,9 @@ int batch_body(Engine& e, const BatchOptions& o) {
   if (!o.prefix_file.empty()) {
     std::string text = read_text_file(o.prefix_file, "--prefix-file");
     shared_ids = tok->encode(text);
-    prefix_meta = {{"path", o.prefix_file}, {"bytes", text.size()}, {"fnv1a64", hex64(fnv1a64(text.data(), text.size()))},
+    prefix_meta = {{"path", o.prefix_file},
+                   {"bytes", text.size()},
+                   {"fnv1a64", hex64(fnv1a64(text.data(), text.size()))},
                    {"tokens", shared_ids.size()}};
   }
 
@@ -287,8 +298,9 @@ int batch_body(Engine& e, const BatchOptions& o) {
     return kBatchStopped;
   }
   if (scan.rejected > 0)
-    fmt::print(stderr, "batch: {} bad line(s) skipped; each is in '{}' with its line number and reason\n", scan.rejected,
-               rejects_path);
+    fmt::print(stderr,
+               "batch: {} bad line(s) skipped; each is in '{}' with its line number and reason\n",
+               scan.rejected, rejects_path);
 
   ordered_json meta;
   meta["format"] = "rwkvpp-batch";
@@ -313,8 +325,11 @@ int batch_body(Engine& e, const BatchOptions& o) {
   for (const LineRef& ref : scan.lines)
     for (int i = 0; i < ref.n; ++i) done += journal.has(ref.key, i) ? 1 : 0;
   if (journal.resumed())
-    fmt::print(stderr, "batch: resuming '{}': {} of {} records done{}\n", o.output, done, scan.samples,
-               journal.torn_bytes() ? fmt::format(" (dropped a torn last line of {} bytes)", journal.torn_bytes()) : "");
+    fmt::print(stderr, "batch: resuming '{}': {} of {} records done{}\n", o.output, done,
+               scan.samples,
+               journal.torn_bytes()
+                   ? fmt::format(" (dropped a torn last line of {} bytes)", journal.torn_bytes())
+                   : "");
   if (done != journal.records_found())
     fmt::print(stderr, "batch: warning: {} record(s) in '{}' match no (id, index) of the input\n",
                journal.records_found() - done, o.output);
@@ -334,13 +349,17 @@ int batch_body(Engine& e, const BatchOptions& o) {
   progress.clear();
   fmt::print(stderr, "batch: {}\n", progress.summary());
   if (progress.done() < progress.total()) {
-    fmt::print(stderr, "batch: stopped by {}: {} of {} records are in '{}'; run the same command again to resume\n",
-               stop_requested() ? stop_signal_name(stop_signal()) : "a stop request", progress.done(), progress.total(),
-               o.output);
+    fmt::print(stderr,
+               "batch: stopped by {}: {} of {} records are in '{}'; run the same command again to "
+               "resume\n",
+               stop_requested() ? stop_signal_name(stop_signal()) : "a stop request",
+               progress.done(), progress.total(), o.output);
     return kBatchStopped;
   }
   fmt::print(stderr, "batch: complete: {} records in '{}'{}\n", progress.total(), o.output,
-             scan.rejected ? fmt::format(", {} line(s) rejected (see '{}')", scan.rejected, rejects_path) : "");
+             scan.rejected
+                 ? fmt::format(", {} line(s) rejected (see '{}')", scan.rejected, rejects_path)
+                 : "");
   return 0;
 }
 
@@ -353,7 +372,8 @@ uint64_t record_seed(uint64_t job_seed, const std::string& id_key, int index) {
 int run_batch(const BatchOptions& o) {
   if (o.input.empty() || o.output.empty()) fail("give --input and --output");
   if (o.defaults.n < 1) fail("--n must be at least 1 (got {})", o.defaults.n);
-  if (o.defaults.max_tokens < 0) fail("--max-tokens must not be negative (got {})", o.defaults.max_tokens);
+  if (o.defaults.max_tokens < 0)
+    fail("--max-tokens must not be negative (got {})", o.defaults.max_tokens);
   validate(o.defaults.sampling);
   for (const auto& s : o.defaults.stop)
     if (s.empty()) fail("--stop must not be empty");

@@ -1,39 +1,53 @@
 // `rwkvpp batch`: the command line of the resumable dataset-generation job (batch_job.h).
+#include <memory>
+
 #include "coordinator/batch/batch_job.h"
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
-
-#include <memory>
 
 namespace rwkvpp {
 
 void add_batch_command(CLI::App& app, Action& run) {
   auto a = std::make_shared<BatchOptions>();
-  auto* c = app.add_subcommand(
-      "batch",
-      "Generate samples for every prompt of a JSON Lines file, resumably: rerun the same command after a kill, a crash\n"
-      "or SIGTERM (exit code 75) and it completes the job without repeating a record. Input lines:\n"
-      "  {\"id\": \"q1\", \"prompt\": \"...\"} with optional max_tokens, temperature, top_p, top_k, seed, n, stop.\n"
-      "Output lines: {\"id\", \"index\", \"text\", \"finish_reason\", \"prompt_tokens\", \"completion_tokens\"[, \"logprobs\"]}.\n"
-      "Bad input lines go to the rejects file with their line number and the reason. See docs/batch.md.");
+  auto* c = app.add_subcommand("batch",
+                               "Generate samples for every prompt of a JSON Lines file, resumably: "
+                               "rerun the same command after a kill, a crash\n"
+                               "or SIGTERM (exit code 75) and it completes the job without "
+                               "repeating a record. Input lines:\n"
+                               "  {\"id\": \"q1\", \"prompt\": \"...\"} with optional max_tokens, "
+                               "temperature, top_p, top_k, seed, n, stop.\n"
+                               "Output lines: {\"id\", \"index\", \"text\", \"finish_reason\", "
+                               "\"prompt_tokens\", \"completion_tokens\"[, \"logprobs\"]}.\n"
+                               "Bad input lines go to the rejects file with their line number and "
+                               "the reason. See docs/batch.md.");
   add_cluster_options(c, a->cluster);
   c->add_option("--input,-i", a->input, "prompts, one JSON object per line")->required();
-  c->add_option("--output,-o", a->output, "records, one JSON object per line (appended to when resuming)")->required();
-  c->add_option("--n,--samples", a->defaults.n, "samples per prompt (a line's \"n\" overrides)")->capture_default_str();
+  c->add_option("--output,-o", a->output,
+                "records, one JSON object per line (appended to when resuming)")
+      ->required();
+  c->add_option("--n,--samples", a->defaults.n, "samples per prompt (a line's \"n\" overrides)")
+      ->capture_default_str();
   add_sampling_options(c, a->defaults.sampling, a->defaults.max_tokens);
-  c->add_option("--stop", a->defaults.stop, "stop at this string (repeatable; a line's \"stop\" replaces these)");
+  c->add_option("--stop", a->defaults.stop,
+                "stop at this string (repeatable; a line's \"stop\" replaces these)");
   c->add_option("--stop-id", a->stop_ids, "stop after generating this token id (repeatable)");
   c->add_option("--prefix-file", a->prefix_file,
-                "text put before every prompt, read once for the whole job (tokenized on its own: see docs/batch.md)");
-  c->add_option("--rejects", a->rejects, "where bad input lines go (default: OUTPUT.rejects.jsonl)");
+                "text put before every prompt, read once for the whole job (tokenized on its own: "
+                "see docs/batch.md)");
+  c->add_option("--rejects", a->rejects,
+                "where bad input lines go (default: OUTPUT.rejects.jsonl)");
   c->add_flag("--logprobs", a->logprobs, "add each sample's per-token log-probabilities");
-  c->add_option("--tokenizer", a->tokenizer, "tokenizer file or 'bytes' (default: the model's embedded one)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "tokenizer file or 'bytes' (default: the model's embedded one)");
   c->add_option("--fsync-interval", a->fsync_interval_s,
-                "sync the output at most every this many seconds (bounds what a machine crash loses; 0 = every record)")
+                "sync the output at most every this many seconds (bounds what a machine crash "
+                "loses; 0 = every record)")
       ->capture_default_str();
-  c->add_option("--progress", a->progress, "auto (a bar on a terminal, else log lines), bar, log or none")
+  c->add_option("--progress", a->progress,
+                "auto (a bar on a terminal, else log lines), bar, log or none")
       ->capture_default_str();
-  c->add_option("--log-interval", a->log_interval_s, "seconds between progress lines when not on a terminal")
+  c->add_option("--log-interval", a->log_interval_s,
+                "seconds between progress lines when not on a terminal")
       ->capture_default_str();
   c->callback([a, &run] { run = [a] { return run_batch(*a); }; });
 }

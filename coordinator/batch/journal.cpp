@@ -53,11 +53,14 @@ void write_atomically(const std::string& path, const std::string& text) {
   write_all(fd, text.data(), text.size(), tmp);
   ::fsync(fd);
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename '{}' to '{}': {}", tmp, path, errno_text());
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    fail("cannot rename '{}' to '{}': {}", tmp, path, errno_text());
   fsync_dir_of(path);
 }
 
-std::string describe(const ordered_json& j) { return j.is_string() ? j.get<std::string>() : j.dump(); }
+std::string describe(const ordered_json& j) {
+  return j.is_string() ? j.get<std::string>() : j.dump();
+}
 
 }  // namespace
 
@@ -68,33 +71,43 @@ std::string meta_mismatch(const ordered_json& old, const ordered_json& now) {
     if (!j.contains(a) || !j[a].is_object() || !j[a].contains(b)) return nullptr;
     return j[a][b];
   };
-  if (old.value("format", "") != now.value("format", "") || old.value("version", 0) != now.value("version", 0))
-    return fmt::format("it was written by another tool or format version ({} {})", describe(old.value("format", ordered_json())),
-                       old.value("version", 0));
-  if (field(old, "input", "fnv1a64") != field(now, "input", "fnv1a64") || field(old, "input", "bytes") != field(now, "input", "bytes"))
-    return fmt::format("the input has changed since this output was started: '{}' now has {} bytes with hash {}, the "
-                       "output was made from {} bytes with hash {} ('{}')",
-                       describe(field(now, "input", "path")), describe(field(now, "input", "bytes")),
-                       describe(field(now, "input", "fnv1a64")), describe(field(old, "input", "bytes")),
-                       describe(field(old, "input", "fnv1a64")), describe(field(old, "input", "path")));
+  if (old.value("format", "") != now.value("format", "") ||
+      old.value("version", 0) != now.value("version", 0))
+    return fmt::format("it was written by another tool or format version ({} {})",
+                       describe(old.value("format", ordered_json())), old.value("version", 0));
+  if (field(old, "input", "fnv1a64") != field(now, "input", "fnv1a64") ||
+      field(old, "input", "bytes") != field(now, "input", "bytes"))
+    return fmt::format(
+        "the input has changed since this output was started: '{}' now has {} bytes with hash {}, "
+        "the "
+        "output was made from {} bytes with hash {} ('{}')",
+        describe(field(now, "input", "path")), describe(field(now, "input", "bytes")),
+        describe(field(now, "input", "fnv1a64")), describe(field(old, "input", "bytes")),
+        describe(field(old, "input", "fnv1a64")), describe(field(old, "input", "path")));
   if (field(old, "model", "fingerprint") != field(now, "model", "fingerprint"))
-    return fmt::format("the model is not the one this output was started with: '{}' has fingerprint {}, the output was "
-                       "made with fingerprint {} ('{}')",
-                       describe(field(now, "model", "path")), describe(field(now, "model", "fingerprint")),
-                       describe(field(old, "model", "fingerprint")), describe(field(old, "model", "path")));
+    return fmt::format(
+        "the model is not the one this output was started with: '{}' has fingerprint {}, the "
+        "output was "
+        "made with fingerprint {} ('{}')",
+        describe(field(now, "model", "path")), describe(field(now, "model", "fingerprint")),
+        describe(field(old, "model", "fingerprint")), describe(field(old, "model", "path")));
   if (old.value("tokenizer", ordered_json()) != now.value("tokenizer", ordered_json()))
-    return fmt::format("the tokenizer differs: now {}, the output was made with {}", now.value("tokenizer", ordered_json()).dump(),
+    return fmt::format("the tokenizer differs: now {}, the output was made with {}",
+                       now.value("tokenizer", ordered_json()).dump(),
                        old.value("tokenizer", ordered_json()).dump());
   if (old.value("prefix", ordered_json()) != now.value("prefix", ordered_json()))
-    return fmt::format("the --prefix-file differs: now {}, the output was made with {}", now.value("prefix", ordered_json()).dump(),
+    return fmt::format("the --prefix-file differs: now {}, the output was made with {}",
+                       now.value("prefix", ordered_json()).dump(),
                        old.value("prefix", ordered_json()).dump());
-  ordered_json od = old.value("defaults", ordered_json::object()), nd = now.value("defaults", ordered_json::object());
+  ordered_json od = old.value("defaults", ordered_json::object()),
+               nd = now.value("defaults", ordered_json::object());
   for (auto& [k, v] : nd.items())
     if (!od.contains(k) || od[k] != v)
-      return fmt::format("the default '{}' differs: now {}, the output was made with {}", k, v.dump(),
-                         od.contains(k) ? od[k].dump() : "nothing");
+      return fmt::format("the default '{}' differs: now {}, the output was made with {}", k,
+                         v.dump(), od.contains(k) ? od[k].dump() : "nothing");
   for (auto& [k, v] : od.items())
-    if (!nd.contains(k)) return fmt::format("the default '{}' ({}) is unknown to this version", k, v.dump());
+    if (!nd.contains(k))
+      return fmt::format("the default '{}' ({}) is unknown to this version", k, v.dump());
   return {};
 }
 
@@ -105,7 +118,10 @@ Journal::Journal(const std::string& output, const ordered_json& meta, double fsy
   try {
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK)
-        fail("--output '{}' is locked by another running batch job: wait for it to end, or choose another --output", output);
+        fail(
+            "--output '{}' is locked by another running batch job: wait for it to end, or choose "
+            "another --output",
+            output);
       // Some network file systems have no flock; carry on without the guard.
     }
     struct stat st {};
@@ -114,20 +130,26 @@ Journal::Journal(const std::string& output, const ordered_json& meta, double fsy
     if (st.st_size > 0) {
       std::ifstream mf(mp);
       if (!mf)
-        fail("--output '{}' already has content but no '{}': it was not written by rwkvpp batch (or its meta file was "
-             "removed); choose another --output, or remove the file to start over", output, mp);
+        fail(
+            "--output '{}' already has content but no '{}': it was not written by rwkvpp batch (or "
+            "its meta file was "
+            "removed); choose another --output, or remove the file to start over",
+            output, mp);
       std::stringstream ss;
       ss << mf.rdbuf();
       ordered_json old;
       try {
         old = ordered_json::parse(ss.str());
       } catch (const std::exception& e) {
-        fail("'{}' is not valid JSON ({}); restore it, or remove it and '{}' to start over", mp, e.what(), output);
+        fail("'{}' is not valid JSON ({}); restore it, or remove it and '{}' to start over", mp,
+             e.what(), output);
       }
       std::string why = meta_mismatch(old, meta);
       if (!why.empty())
-        fail("refusing to continue '{}': {}. Use another --output, or remove '{}' and '{}' to start over", output, why,
-             output, mp);
+        fail(
+            "refusing to continue '{}': {}. Use another --output, or remove '{}' and '{}' to start "
+            "over",
+            output, why, output, mp);
       resumed_ = true;
       read_existing();
     } else {
@@ -163,17 +185,24 @@ void Journal::read_existing() {
     ++line_no;
     uint64_t next = off + line.size() + (complete ? 1 : 0);
     if (!bad.empty())
-      fail("--output '{}' line {} is damaged ({}) and records follow it: the journal cannot be resumed safely; remove "
-           "that line (every record is one line) and run again", path_, bad_line, bad);
+      fail(
+          "--output '{}' line {} is damaged ({}) and records follow it: the journal cannot be "
+          "resumed safely; remove "
+          "that line (every record is one line) and run again",
+          path_, bad_line, bad);
     if (!complete) break;  // a torn last line: dropped below
     std::string why;
     try {
       json j = json::parse(line);
-      if (!j.is_object() || !j.contains("id") || !j.contains("index") || !j["index"].is_number_integer())
+      if (!j.is_object() || !j.contains("id") || !j.contains("index") ||
+          !j["index"].is_number_integer())
         why = "not a record with an id and an index";
       else if (!done_.insert(done_key(j["id"].dump(), j["index"].get<int>())).second)
-        fail("--output '{}' line {}: the record (id {}, index {}) appears twice: the file was not written by a single "
-             "job; remove the duplicate and run again", path_, line_no, j["id"].dump(), j["index"].get<int>());
+        fail(
+            "--output '{}' line {}: the record (id {}, index {}) appears twice: the file was not "
+            "written by a single "
+            "job; remove the duplicate and run again",
+            path_, line_no, j["id"].dump(), j["index"].get<int>());
     } catch (const json::exception& e) {
       why = e.what();
     }
@@ -190,7 +219,8 @@ void Journal::read_existing() {
   if (uint64_t(st.st_size) > good) {
     // A torn (or unparsable) last line, from a write cut short by a kill or a crash.
     torn_bytes_ = uint64_t(st.st_size) - good;
-    if (::ftruncate(fd_, off_t(good)) != 0) fail("cannot truncate the torn last line of '{}': {}", path_, errno_text());
+    if (::ftruncate(fd_, off_t(good)) != 0)
+      fail("cannot truncate the torn last line of '{}': {}", path_, errno_text());
     ::fsync(fd_);
   }
 }
@@ -212,7 +242,8 @@ void Journal::append(const std::string& record) {
 }
 
 void Journal::sync() {
-  if (fd_ >= 0 && dirty_ && ::fdatasync(fd_) != 0) fail("cannot sync '{}': {}", path_, errno_text());
+  if (fd_ >= 0 && dirty_ && ::fdatasync(fd_) != 0)
+    fail("cannot sync '{}': {}", path_, errno_text());
   dirty_ = false;
   last_sync_ = std::chrono::steady_clock::now();
 }

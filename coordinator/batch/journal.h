@@ -42,9 +42,11 @@ class Journal {
   Journal& operator=(const Journal&) = delete;
 
   // Whether the record (key, index) is already in the output; key = the id's JSON text.
-  bool has(const std::string& key, int index) const { return done_.count(done_key(key, index)) != 0; }
+  bool has(const std::string& key, int index) const {
+    return done_.count(done_key(key, index)) != 0;
+  }
   size_t records_found() const { return done_.size(); }  // complete records found at open
-  uint64_t torn_bytes() const { return torn_bytes_; }      // bytes of a torn last line dropped
+  uint64_t torn_bytes() const { return torn_bytes_; }    // bytes of a torn last line dropped
   bool resumed() const { return resumed_; }
 
   // Appends one record (a JSON object on one line, without the newline); syncs per the policy.
@@ -53,7 +55,9 @@ class Journal {
   void sync();
   uint64_t appended() const { return appended_; }
 
-  static std::string done_key(const std::string& key, int index) { return key + '\n' + std::to_string(index); }
+  static std::string done_key(const std::string& key, int index) {
+    return key + '\n' + std::to_string(index);
+  }
 
  private:
   void read_existing();

@@ -29,15 +29,19 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-Progress::Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s, FILE* out)
+Progress::Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s,
+                   FILE* out)
     : out_(out), total_(total), done_before_(done_before), log_interval_(log_interval_s) {
-  if (mode == ProgressMode::Auto) mode = isatty(fileno(out)) ? ProgressMode::Bar : ProgressMode::Log;
+  if (mode == ProgressMode::Auto)
+    mode = isatty(fileno(out)) ? ProgressMode::Bar : ProgressMode::Log;
   bar_ = mode == ProgressMode::Bar;
   log_ = mode == ProgressMode::Log;
   start_ = last_draw_ = Clock::now();
 }
 
-double Progress::elapsed_s() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+double Progress::elapsed_s() const {
+  return std::chrono::duration<double>(Clock::now() - start_).count();
+}
 
 void Progress::record(uint64_t tokens) {
   ++done_now_;
@@ -60,8 +64,8 @@ std::string Progress::status_line() const {
   double rate = double(done_now_) / t;  // records/s in this run
   std::string eta = done_now_ ? format_duration(double(left) / rate) : "?";
   double pct = total_ ? 100.0 * double(done()) / double(total_) : 100.0;
-  return fmt::format("{}/{} records ({:.1f}%), {:.1f} tokens/s, {:.2f} records/s, ETA {}", done(), total_, pct,
-                     double(tokens_) / t, rate, eta);
+  return fmt::format("{}/{} records ({:.1f}%), {:.1f} tokens/s, {:.2f} records/s, ETA {}", done(),
+                     total_, pct, double(tokens_) / t, rate, eta);
 }
 
 void Progress::draw() {
@@ -69,8 +73,8 @@ void Progress::draw() {
     constexpr int kWidth = 30;
     int fill = total_ ? int(double(kWidth) * double(done()) / double(total_)) : kWidth;
     fill = std::clamp(fill, 0, kWidth);
-    fmt::print(out_, "\r\033[K[{}{}] {}", std::string(size_t(fill), '#'), std::string(size_t(kWidth - fill), '.'),
-               status_line());
+    fmt::print(out_, "\r\033[K[{}{}] {}", std::string(size_t(fill), '#'),
+               std::string(size_t(kWidth - fill), '.'), status_line());
     drawn_ = true;
   } else {
     fmt::print(out_, "batch: {}\n", status_line());
@@ -88,8 +92,9 @@ void Progress::clear() {
 
 std::string Progress::summary() const {
   double t = elapsed_s();
-  return fmt::format("{} records written in {} ({} tokens, {:.1f} tokens/s); {} of {} done", done_now_,
-                     format_duration(t), tokens_, double(tokens_) / std::max(t, 1e-9), done(), total_);
+  return fmt::format("{} records written in {} ({} tokens, {:.1f} tokens/s); {} of {} done",
+                     done_now_, format_duration(t), tokens_, double(tokens_) / std::max(t, 1e-9),
+                     done(), total_);
 }
 
 }  // namespace rwkvpp

@@ -16,7 +16,8 @@ ProgressMode parse_progress_mode(const std::string& s);  // "auto", "bar", "log"
 class Progress {
  public:
   // `total`: records the job has in all; `done_before`: those already in the output.
-  Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s, FILE* out = stderr);
+  Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s,
+           FILE* out = stderr);
 
   // A record was written with `tokens` generated tokens.
   void record(uint64_t tokens);
