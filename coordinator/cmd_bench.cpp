@@ -10,6 +10,9 @@
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "coordinator/partition.h"
+#include "coordinator/tokenizer/tokenizer_bench.h"
+
+#include <iostream>
 
 namespace rwkvpp {
 
@@ -182,6 +185,21 @@ void add_bench_command(CLI::App& app, Action& run) {
         if (!f) fail("cannot write '{}'", a->out);
       }
       return code;
+    };
+  });
+}
+
+void add_tokenizer_bench_command(CLI::App& app, Action& run) {
+  auto tok = std::make_shared<std::string>();
+  auto text = std::make_shared<std::string>();
+  auto* c = app.add_subcommand("bench-tokenizer",
+                               "Encode/decode speed of a tokenizer on one thread, as JSON (docs/perf-tokenizer.md).");
+  c->add_option("--tokenizer", *tok, "a World vocab .txt, a 20B tokenizer.json, or 'bytes'")->required();
+  c->add_option("--text", *text, "English text file (default: a few MB of generated English-like text)");
+  c->callback([tok, text, &run] {
+    run = [tok, text] {
+      run_tokenizer_bench(*tok, *text, std::cout);
+      return 0;
     };
   });
 }

@@ -14,6 +14,7 @@ void add_inspect_command(CLI::App& app, Action& run);
 void add_synth_command(CLI::App& app, Action& run);
 void add_model_commands(CLI::App& app, Action& run);  // logits, generate
 void add_bench_command(CLI::App& app, Action& run);
+void add_tokenizer_bench_command(CLI::App& app, Action& run);
 void add_text_commands(CLI::App& app, Action& run);   // tokenize, detokenize, chat
 void add_batch_command(CLI::App& app, Action& run);  // batch (coordinator/batch/)
 

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   rwkvpp::add_synth_command(app, run);
   rwkvpp::add_model_commands(app, run);
   rwkvpp::add_bench_command(app, run);
+  rwkvpp::add_tokenizer_bench_command(app, run);
   rwkvpp::add_text_commands(app, run);
   rwkvpp::add_batch_command(app, run);
   try {
