@@ -33,6 +33,29 @@ std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer
   fail("unknown RWKV version");
 }
 
+void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h,
+                            float* state, int64_t stride, int64_t off) const {
+  const int64_t n = h.n, C = receptance.rows, F = key.rows, nc = n * C;
+  float* xln = ws.get(10, size_t(nc));
+  float* prev = ws.get(11, size_t(nc));
+  float* xk = ws.get(12, size_t(nc));
+  float* xr = ws.get(13, size_t(nc));
+  float* k = ws.get(14, size_t(n * F));
+  be.layer_norm(h.x, ln_w, ln_b, xln, n, C, eps);
+  be.token_shift(xln, C, segs, state, stride, off, prev);
+  be.mix(xln, prev, mix_k, xk, n, C);
+  be.mix(xln, prev, mix_r, xr, n, C);
+  be.matmul(key, xk, k, n);
+  be.unary(Unary::ReluSquare, k, k, n * F);
+  float* v = xln;   // free again
+  float* r = prev;  // free again
+  be.matmul(value, k, v, n);
+  be.matmul(receptance, xr, r, n);
+  be.unary(Unary::Sigmoid, r, r, nc);
+  be.binary(Binary::Mul, r, v, v, nc);
+  be.binary(Binary::Add, h.x, v, h.x, nc);
+}
+
 static WeightView load_matrix(Backend& be, const HostTensor& t, int64_t rows, int64_t cols,
                               const char* what, DType dtype, std::unique_ptr<DeviceBuffer>& own) {
   if (t.numel() != rows * cols)

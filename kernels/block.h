@@ -41,6 +41,18 @@ class Block {
   virtual size_t weight_bytes() const = 0;
 };
 
+// The channel mix shared by RWKV-4, 5 and 6 (DESIGN.md, Numerics): with xk and xr the
+// token-shift mixes of ln2(x),  x += sigmoid(Wr xr) * (Wv relu(Wk xk)^2). The token-shift vector
+// lives in each slot's state at `off` (stride `stride`). Uses workspace buffers 10..14.
+struct ReluSquareFfn {
+  const float *ln_w = nullptr, *ln_b = nullptr;   // ln2, [C]
+  const float *mix_k = nullptr, *mix_r = nullptr;  // [C], weight of the current token in mix()
+  WeightView key, value, receptance;               // [F, C], [C, F], [C, C]
+  float eps = 1e-5f;
+  void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state,
+               int64_t stride, int64_t off) const;
+};
+
 // Builds layer `layer` from its tensors, uploading them to `be` with matrices stored as
 // `dtype`. Throws Error naming the tensor when one is missing or has the wrong shape.
 std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer,

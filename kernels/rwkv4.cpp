@@ -50,6 +50,7 @@ class BlockV4 final : public Block {
     ffn_k_ = mat("ffn.key.weight", F_, C_);
     ffn_v_ = mat("ffn.value.weight", C_, F_);
     ffn_r_ = mat("ffn.receptance.weight", C_, C_);
+    ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
     bytes_ += size_t(C_) * 4 * 11;
   }
 
@@ -87,21 +88,11 @@ class BlockV4 final : public Block {
     be.matmul(att_o_, a, b, n);
     be.binary(Binary::Add, x, b, x, nc);
 
-    // Channel mix.
-    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
-    be.token_shift(xln, C, segs, state, S, 4 * C, prev);
-    be.mix(xln, prev, ffn_mix_k_, a, n, C);
-    be.mix(xln, prev, ffn_mix_r_, c, n, C);
-    be.matmul(ffn_k_, a, k, n);
-    be.unary(Unary::ReluSquare, k, k, n * F_);
-    be.matmul(ffn_v_, k, v, n);
-    be.matmul(ffn_r_, c, r, n);
-    be.unary(Unary::Sigmoid, r, r, nc);
-    be.binary(Binary::Mul, r, v, v, nc);
-    be.binary(Binary::Add, x, v, x, nc);
+    ffn_.forward(be, ws, segs, h, state, S, 4 * C);
   }
 
  private:
+  ReluSquareFfn ffn_;
   int64_t C_, F_;
   float eps_;
   std::vector<std::unique_ptr<DeviceBuffer>> keep_;

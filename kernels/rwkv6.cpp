@@ -125,6 +125,7 @@ class BlockV6 final : public Block {
     ffn_k_ = mat("ffn.key.weight", F_, C_);
     ffn_v_ = mat("ffn.value.weight", C_, F_);
     ffn_r_ = mat("ffn.receptance.weight", C_, C_);
+    ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mu_k_, ffn_mu_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
@@ -182,23 +183,11 @@ class BlockV6 final : public Block {
     be.matmul(att_o_, out, v, n);
     be.binary(Binary::Add, x, v, x, nc);
 
-    // Channel mix.
-    float* xk = xs[1];
-    float* xr = xs[3];
-    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
-    be.token_shift(xln, C, segs, state, S, C, prev);
-    be.mix(xln, prev, ffn_mu_k_, xk, n, C);
-    be.mix(xln, prev, ffn_mu_r_, xr, n, C);
-    be.matmul(ffn_k_, xk, k, n);
-    be.unary(Unary::ReluSquare, k, k, n * F_);
-    be.matmul(ffn_v_, k, v, n);
-    be.matmul(ffn_r_, xr, r, n);
-    be.unary(Unary::Sigmoid, r, r, nc);
-    be.binary(Binary::Mul, r, v, v, nc);
-    be.binary(Binary::Add, x, v, x, nc);
+    ffn_.forward(be, ws, segs, h, state, S, C);
   }
 
  private:
+  ReluSquareFfn ffn_;
   int64_t C_, F_, H_, N_;
   int64_t D_mix_ = 0, D_decay_ = 0;  // low-rank widths (32 and 64 in released models)
   float eps_;
