@@ -347,7 +347,8 @@ int batch_body(Engine& e, const BatchOptions& o) {
   }
   journal.sync();
   progress.clear();
-  fmt::print(stderr, "batch: {}\n", progress.summary());
+  fmt::print(stderr, "batch: {}; {} tokens fed to the model\n", progress.summary(),
+             e.tokens_processed());
   if (progress.done() < progress.total()) {
     fmt::print(stderr,
                "batch: stopped by {}: {} of {} records are in '{}'; run the same command again to "

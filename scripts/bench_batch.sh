@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# What rwkvpp batch gains by reading shared prompt text once, measured by timing pairs of batch
+# runs that write the same records:
+#   1. n=8 samples per prompt (the prompt is read once, its state forked for every sample)
+#      against the same samples as 8 separate input lines per prompt (each reads the prompt);
+#   2. a 500-token --prefix-file read once for the job against the same text pasted in front
+#      of every prompt.
+# Usage: scripts/bench_batch.sh [MODEL]   (default: a RANDOM-weight `rwkvpp synth --shape tiny`)
+# Environment: RWKVPP (binary, default build/coordinator/rwkvpp), LAUNCH (e.g. "mpirun -np 3"),
+# PROMPTS (default 32), PROMPT_BYTES (500), MAX_TOKENS (16), FLAGS (more batch flags),
+# REPEAT (runs per case, the best is kept; default 2). The bytes tokenizer is used, so a byte
+# of prompt text is one token.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${RWKVPP:-build/coordinator/rwkvpp}
+launch=${LAUNCH:-}
+prompts=${PROMPTS:-32}
+plen=${PROMPT_BYTES:-500}
+gen=${MAX_TOKENS:-16}
+repeat=${REPEAT:-2}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+model=${1:-}
+if [[ -z $model ]]; then
+  "$bin" synth --shape tiny -o "$work/model" >/dev/null
+  model=$work/model
+fi
+
+# Deterministic text of N bytes made of words (a-z and spaces), different for each seed.
+text() {
+  awk -v n="$1" -v seed="$2" 'BEGIN { srand(seed); s = "";
+    while (length(s) < n) { w = int(2 + rand() * 7); for (i = 0; i < w; i++) s = s sprintf("%c", 97 + int(rand() * 26)); s = s " " }
+    printf "%s", substr(s, 1, n) }'
+}
+
+# Case 1: forked samples vs separate lines.
+: >"$work/forked.jsonl"
+: >"$work/lines.jsonl"
+for ((i = 0; i < prompts; i++)); do
+  t=$(text "$plen" "$i")
+  printf '{"id": "p%d", "prompt": "%s", "n": 8}\n' "$i" "$t" >>"$work/forked.jsonl"
+  for ((k = 0; k < 8; k++)); do printf '{"id": "p%d-%d", "prompt": "%s"}\n' "$i" "$k" "$t" >>"$work/lines.jsonl"; done
+done
+# Case 2: a shared 500-token prefix, read once vs pasted into every prompt.
+text 500 999 >"$work/prefix.txt"
+prefix=$(cat "$work/prefix.txt")
+: >"$work/short.jsonl"
+: >"$work/joined.jsonl"
+for ((i = 0; i < prompts * 8; i++)); do
+  q=$(text 40 "$((i + 5000))")
+  printf '{"id": "q%d", "prompt": "%s"}\n' "$i" "$q" >>"$work/short.jsonl"
+  printf '{"id": "q%d", "prompt": "%s%s"}\n' "$i" "$prefix" "$q" >>"$work/joined.jsonl"
+done
+
+# Runs one case REPEAT times (fresh output each time); prints "seconds tokens_fed".
+time_case() {
+  local input=$1 extra=$2 best="" fed=""
+  for ((r = 0; r < repeat; r++)); do
+    rm -f "$work/out.jsonl" "$work/out.jsonl.meta.json"
+    local t0 t1 s
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    $launch "$bin" batch -m "$model" --tokenizer bytes -i "$input" -o "$work/out.jsonl" -n "$gen" \
+      --temperature 1 --seed 1 --progress none $extra ${FLAGS:-} 2>"$work/err"
+    t1=$(date +%s.%N)
+    s=$(echo "$t1 - $t0" | bc -l)
+    fed=$(sed -n 's/.*; \([0-9]*\) tokens fed to the model/\1/p' "$work/err")
+    if [[ -z $best ]] || (( $(echo "$s < $best" | bc -l) )); then best=$s; fi
+  done
+  echo "$best $fed"
+}
+
+report() {
+  local name=$1 base=$2 fast=$3
+  read -r bs bf <<<"$base"
+  read -r fs ff <<<"$fast"
+  printf '| %s | %.2f s (%s tokens fed) | %.2f s (%s tokens fed) | %.2fx |\n' "$name" "$bs" "$bf" "$fs" "$ff" \
+    "$(echo "$bs / $fs" | bc -l)"
+}
+
+echo "rwkvpp batch prompt reuse: model $model, ${launch:-1 process}, $prompts prompts x 8 samples, prompts of $plen" \
+  "tokens (case 1) / 40 tokens after a 500-token prefix (case 2), $gen generated tokens per sample, best of $repeat"
+echo
+echo "| case | read in full | read once | speedup |"
+echo "| --- | --- | --- | --- |"
+report "n=8 samples: forked state vs 8 lines" "$(time_case "$work/lines.jsonl" "")" "$(time_case "$work/forked.jsonl" "")"
+report "500-token shared prefix: --prefix-file vs pasted" "$(time_case "$work/joined.jsonl" "")" \
+  "$(time_case "$work/short.jsonl" "--prefix-file $work/prefix.txt")"
