@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -103,5 +105,41 @@ std::unique_ptr<Backend> make_cuda_backend(int) {
 bool cuda_available() { return false; }
 int cuda_device_count() { return 0; }
 #endif
+
+void Backend::argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
+                          float* host_logprobs) {
+  RWKVPP_CHECK(m >= 0 && vocab > 0, "argmax_rows: bad shape");
+  if (m == 0) return;
+  std::vector<float> h(static_cast<size_t>(m * vocab));
+  download(h.data(), logits, h.size() * sizeof(float));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < m; ++r) {
+    const float* z = h.data() + r * vocab;
+    int32_t best = -1;
+    float top = kNegInf;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const float v = z[i];  // NaN never compares greater, so it counts as -inf
+      if (v > top) {
+        top = v;
+        best = int32_t(i);
+      }
+    }
+    host_ids[r] = best;
+    if (!host_logprobs) continue;
+    if (best < 0) {
+      host_logprobs[r] = kNegInf;
+      continue;
+    }
+    double s = 0;  // the same sum, in the same order, as sample_token's log_sum_exp
+    for (int64_t i = 0; i < vocab; ++i)
+      if (!std::isnan(z[i])) s += std::exp(double(z[i]) - double(top));
+    host_logprobs[r] = float(double(top) - (double(top) + std::log(s)));
+  }
+}
+
+bool Backend::graph_begin(uint64_t) { return false; }
+void Backend::graph_end(uint64_t) {}
+bool Backend::graph_launch(uint64_t) { return false; }
+void Backend::graph_cancel() {}
 
 }  // namespace rwkvpp

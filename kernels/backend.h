@@ -197,6 +197,34 @@ class Backend {
   // b or c. (RWKV-7's bonus term: a = r, b = k, w = r_k, c = v.)
   virtual void head_dot_add(const float* a, const float* b, const float* w, const float* c,
                             float* y, int64_t n, int64_t n_head, int64_t head_size) = 0;
+
+  // ---- greedy sampling on the device (optional; the default downloads the logits) ----------
+  // For each row r < m of logits [m, vocab] (backend memory, fp32), with NaN counted as -inf:
+  //   host_ids[r] = argmax, the lowest id among equal maxima; -1 when every logit is NaN or -inf;
+  //   host_logprobs[r] (when host_logprobs is non-null) = the log-softmax of that id at
+  //     temperature 1, as sample_token (kernels/sampling.h) computes it: in double,
+  //     float(m - (m + log(sum_i exp(z_i - m)))) with m the maximum.
+  // host_ids and host_logprobs are host memory; the call returns when they are written. Only the
+  // m ids (and logprobs) travel to the host on devices that implement it; the default
+  // implementation downloads the whole [m, vocab] block and reduces it on the host.
+  virtual void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
+                           float* host_logprobs);
+
+  // ---- recorded op sequences (optional; the default records nothing) -----------------------
+  // On devices that queue work (CUDA graphs), the ops issued between graph_begin(key) and
+  // graph_end(key) are recorded instead of run; graph_end runs the recording once and keeps it,
+  // and graph_launch(key) replays it. A recording bakes in every pointer, size and count its
+  // ops were given, so the caller's key must cover them all. Between begin and end the caller
+  // must not allocate, free, upload or download; data that changes between replays (the
+  // segment table: stage_segments before graph_launch) must sit at the same device address and
+  // be staged before the launch. Any free() drops every recording (its pointers may be stale).
+  //   graph_begin: false when the backend does not record (run the ops normally, no graph_end).
+  //   graph_launch: false when there is no recording for `key`.
+  //   graph_cancel: ends a recording that failed part-way (an op threw); keeps nothing.
+  virtual bool graph_begin(uint64_t key);
+  virtual void graph_end(uint64_t key);
+  virtual bool graph_launch(uint64_t key);
+  virtual void graph_cancel();
 };
 
 // Scratch activations for one forward pass, grown on demand and reused between steps.

@@ -1,5 +1,7 @@
 #include "worker/stage.h"
 
+#include <cstdint>
+
 #include "common/error.h"
 
 namespace rwkvpp {
@@ -61,6 +63,33 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h) {
   for (const Segment& s : segs)
     if (s.slot < 0 || s.slot >= spec_.max_slots)
       fail("state slot {} is out of range (this stage has {} slots)", s.slot, spec_.max_slots);
+  if (graphs_ && !blocks_.empty() && h.n <= kGraphMaxTokens && st.max_len == 1) {
+    // What the recorded kernels bake in: this stage (its weights, state and workspace, whose
+    // reallocation frees memory and so drops every recording), the batch size (== segments),
+    // the hidden buffer, and the segment table's device copy, refilled above before a replay.
+    uint64_t key = 1469598103934665603ull;
+    for (uint64_t v : {uint64_t(reinterpret_cast<uintptr_t>(this)), uint64_t(h.n),
+                       uint64_t(reinterpret_cast<uintptr_t>(h.x)),
+                       uint64_t(reinterpret_cast<uintptr_t>(h.v_first)),
+                       uint64_t(reinterpret_cast<uintptr_t>(st.device))})
+      key = (key ^ v) * 1099511628211ull;
+    if (be_.graph_launch(key)) return;
+    if (graph_seen_.size() > 4096) graph_seen_.clear();
+    if (!graph_seen_.insert(key).second && be_.graph_begin(key)) {
+      try {
+        run_layers(st, h);
+      } catch (...) {
+        be_.graph_cancel();
+        throw;
+      }
+      be_.graph_end(key);
+      return;
+    }
+  }
+  run_layers(st, h);
+}
+
+void Stage::run_layers(const SegTable& st, Hidden& h) {
   for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i]->forward(be_, ws_, st, h, pool_->layer_state(i));
 }
 
@@ -69,6 +98,13 @@ void Stage::logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_
   float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
   head_->forward(be_, ws_, h.x, rows, m, out);
   be_.download(host_out, out, size_t(m * cfg_.vocab_size) * 4);
+}
+
+void Stage::greedy(const Hidden& h, const int32_t* rows, int64_t m, int32_t* ids, float* logprobs) {
+  RWKVPP_CHECK(head_, "this stage holds no head");
+  float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
+  head_->forward(be_, ws_, h.x, rows, m, out);
+  be_.argmax_rows(out, m, cfg_.vocab_size, ids, logprobs);
 }
 
 }  // namespace rwkvpp

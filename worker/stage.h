@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <unordered_set>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -40,10 +41,20 @@ class Stage {
 
   // First stage: h.x = ln0(emb[ids]).
   void embed(const int32_t* ids, int64_t n, Hidden& h);
-  // Runs this stage's layers over the batch in place.
+  // Runs this stage's layers over the batch in place. Decode steps (one token per segment, at
+  // most kGraphMaxTokens) replay a recording of the layer loop where the backend records
+  // (Backend::graph_begin): the first step of a shape runs normally (growing every buffer), the
+  // second records, later ones replay.
   void forward(std::span<const Segment> segs, Hidden& h);
+  // Turns recording and replaying of decode steps on (the default) or off.
+  void use_graphs(bool on) { graphs_ = on; }
+  static constexpr int64_t kGraphMaxTokens = 64;
   // Last stage: logits [m, vocab] of the given token rows, copied to host.
   void logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out);
+  // Last stage, greedy sampling on the device: for the logits of the given rows, ids[j] = the
+  // argmax (lowest id among equals; -1 when every logit is NaN or -inf) and logprobs[j] = its
+  // log-softmax at temperature 1 (Backend::argmax_rows). ids, logprobs: host memory [m].
+  void greedy(const Hidden& h, const int32_t* rows, int64_t m, int32_t* ids, float* logprobs);
 
  private:
   Backend& be_;
@@ -55,6 +66,10 @@ class Stage {
   std::unique_ptr<StatePool> pool_;
   Workspace ws_;
   std::unique_ptr<DeviceBuffer> hidden_;
+  bool graphs_ = true;
+  std::unordered_set<uint64_t> graph_seen_;  // keys of decode shapes run once already
+
+  void run_layers(const SegTable& st, Hidden& h);
 };
 
 }  // namespace rwkvpp

@@ -6,6 +6,56 @@ namespace rwkvpp {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// Greedy without penalties: sample_token then returns the plain argmax of the logits.
+bool plain_greedy(const SamplingParams& p) {
+  return p.temperature == 0.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
+         p.repetition_penalty == 1.0f;
+}
+
+// True when no segment wants logits and every sampled one is plain greedy.
+bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling) {
+  for (size_t i = 0; i < s.segs.size(); ++i) {
+    if (s.want[i] & (kWantLogitsAll | kWantLogitsLast)) return false;
+    if ((s.want[i] & kWantSample) && !plain_greedy(sampling[size_t(s.segs[i].slot)])) return false;
+  }
+  return true;
+}
+
+// The result of a step whose rows (one per sampled segment) are all plain greedy: the device
+// reduces each row of logits to its argmax and logprob and only those come back (Stage::greedy)
+// instead of [rows, vocab] fp32. Equal to sample_token's results on the downloaded logits
+// (tests/kernels/test_cuda_sampling.cpp); the penalty state is updated as sample_token does.
+ResultMsg greedy_result(const StepMsg& s, Stage& stage, const Hidden& h,
+                        const std::vector<int32_t>& rows, const std::vector<SamplingParams>& sampling,
+                        std::vector<PenaltyState>& penalty) {
+  std::vector<int32_t> ids(rows.size());
+  std::vector<float> logprobs(rows.size());
+  stage.greedy(h, rows.data(), int64_t(rows.size()), ids.data(), logprobs.data());
+  ResultMsg res;
+  res.step = s.step;
+  size_t at = 0;
+  for (size_t i = 0; i < s.segs.size(); ++i) {
+    SegmentResult r;
+    if (s.want[i] & kWantSample) {
+      r.token = ids[at];
+      r.logprob = logprobs[at];
+      ++at;
+      if (r.token < 0) fail("sampling: every logit is NaN or -inf");
+      // sample_token's penalty update (kernels/sampling.h): decay every count, count the id.
+      const SamplingParams& p = sampling[size_t(s.segs[i].slot)];
+      PenaltyState& st = penalty[size_t(s.segs[i].slot)];
+      for (auto& [id, c] : st.counts) c *= p.penalty_decay;
+      st.counts[r.token] += 1.0f;
+    }
+    res.segs.push_back(std::move(r));
+  }
+  return res;
+}
+
+}  // namespace
+
 size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots) {
   size_t per_token = size_t(cfg.carried() * cfg.n_embd) * 4 + 4 + sizeof(Segment) + 1 + 4;
   return kHeaderBytes + 4096 + size_t(max_tokens) * per_token + size_t(3 * max_slots + 8) * 64;
@@ -134,6 +184,10 @@ void StepLoop::handle(std::span<const uint8_t> bytes) {
     }
   }
   const int64_t V = cfg.vocab_size;
+  if (!rows.empty() && device_greedy(s, sampling_)) {
+    send(a_.coord_rank, kTagResult, encode_result(greedy_result(s, stage_, h, rows, sampling_, penalty_)));
+    return;
+  }
   logits_.resize(rows.size() * size_t(V));
   if (!rows.empty()) stage_.logits(h, rows.data(), int64_t(rows.size()), logits_.data());
   ResultMsg res;

@@ -12,9 +12,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/head_ops.cuh"
@@ -61,7 +65,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
-    for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p})
+    drop_graphs();
+    for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p})
       if (p) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -90,6 +95,7 @@ class CudaBackend final : public Backend {
     if (!p) return;
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);  // queued work may still read it
+    drop_graphs();                   // a recording may hold p
     cudaFree(p);
   }
   void upload(void* dst, const void* src, size_t bytes) override {
@@ -233,6 +239,57 @@ class CudaBackend final : public Backend {
     cuda::head_dot_add(a, b, w, c, y, n, n_head, head_size, stream_);
   }
 
+  // ---- CUDA graphs (kernels/backend.h, "recorded op sequences") -------------------------
+  bool graph_begin(uint64_t) override {
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    return true;
+  }
+  void graph_end(uint64_t key) override {
+    use_device();
+    cudaGraph_t g = nullptr;
+    RWKVPP_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    cudaGraphExec_t ex = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&ex, g, 0);
+    cudaGraphDestroy(g);
+    RWKVPP_CUDA_CHECK(e);
+    if (graphs_.size() >= kMaxGraphs) drop_graphs();
+    graphs_[key] = ex;
+    RWKVPP_CUDA_CHECK(cudaGraphLaunch(ex, stream_));  // capturing ran nothing: run it now
+  }
+  bool graph_launch(uint64_t key) override {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    return true;
+  }
+  void graph_cancel() override {
+    cudaSetDevice(device_);
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    cudaGetLastError();  // an invalidated capture leaves its error behind
+  }
+
+  void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
+                   float* host_logprobs) override {
+    if (m == 0) return;
+    use_device();
+    // [m] ids, then [m] logprobs, downloaded in one copy.
+    const size_t bytes = size_t(m) * 8;
+    auto* d = static_cast<int32_t*>(grow(argmax_, bytes));
+    auto* lp = reinterpret_cast<float*>(d + m);
+    cuda::argmax_rows(logits, m, vocab, d, host_logprobs ? lp : nullptr, stream_);
+    if (!host_logprobs) {
+      download(host_ids, d, size_t(m) * 4);
+      return;
+    }
+    argmax_host_.resize(size_t(m) * 2);
+    download(argmax_host_.data(), d, bytes);
+    std::copy_n(argmax_host_.data(), m, host_ids);
+    std::memcpy(host_logprobs, argmax_host_.data() + m, size_t(m) * 4);
+  }
+
  private:
   // A device buffer that only grows (by half again, to avoid reallocating every step).
   struct Scratch {
@@ -250,6 +307,11 @@ class CudaBackend final : public Backend {
       s.bytes = want;
     }
     return s.p;
+  }
+
+  void drop_graphs() noexcept {
+    for (auto& [key, ex] : graphs_) cudaGraphExecDestroy(ex);
+    graphs_.clear();
   }
 
   const int32_t* upload_indices(const int32_t* host, int64_t n) {
@@ -271,7 +333,11 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
   float* consts_ = nullptr;  // [amax bits, alpha, 0, unused] for the fp16 GEMM path
-  Scratch segs_, ids_, scratch_;
+  Scratch segs_, ids_, scratch_, argmax_;
+  // Recorded layer loops by the caller's key; a few per batch size are plenty.
+  static constexpr size_t kMaxGraphs = 256;
+  std::unordered_map<uint64_t, cudaGraphExec_t> graphs_;
+  std::vector<int32_t> argmax_host_;  // argmax_rows: ids and logprob bits, as downloaded
 };
 
 }  // namespace
