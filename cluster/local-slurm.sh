@@ -50,7 +50,8 @@ stop() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
-  rm -rf "$dir"
+  # Only a folder this script made (it holds our config or munge key), never anything else.
+  if [[ $dir == /?* && ( -f $dir/slurm.conf || -d $dir/munge ) ]]; then rm -rf "$dir"; fi
 }
 
 write_conf() {

@@ -32,7 +32,9 @@ void on_signal(int sig) {
     }
     return;
   }
-  if (Engine* e = g_engine.load()) e->request_stop();
+  Engine* e = g_engine.load();
+  if (!e) return;  // a worker rank, or the coordinator before its engine exists (it polls the flag)
+  e->request_stop();
   say(sig == SIGTERM
           ? "rwkvpp: SIGTERM: stopping (writing what is complete; rerun the same command to "
             "resume)\n"

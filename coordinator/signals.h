@@ -3,9 +3,11 @@
 // process, and ask an attached Engine to stop; the job then writes what is complete and exits.
 //
 // Contract:
-// - install_stop_handlers() is called once, on the rank that coordinates, before any long work.
-//   Worker ranks do not install it: run_cluster() makes them ignore SIGTERM, so that they keep
-//   serving steps until the coordinator's Shutdown (mpirun and Slurm signal every rank).
+// - install_stop_handlers() is called before run_cluster() (a rank does not know its rank yet);
+//   run_cluster() then makes worker ranks ignore SIGTERM, so that they keep serving steps until
+//   the coordinator's Shutdown (mpirun and Slurm signal every rank). On a worker the handler
+//   is left for SIGINT only, where it sets a flag nobody reads: Ctrl-C, which a terminal sends
+//   to every local rank, is handled by rank 0 alone.
 // - The first signal is recorded (stop_signal()); later SIGTERMs are ignored (Slurm and mpirun
 //   may both deliver one); a second SIGINT restores the default action and kills the process
 //   at once, for a user who does not want to wait.
