@@ -71,8 +71,7 @@ struct Group {
   std::vector<int> todo;     // sample indices not in the output yet
   int waiting = 0;           // samples whose result has not come back
   int prefix = -1;           // engine prefix holding the prompt's tokens but the last; -1: none
-  bool prefix_ready = false;
-  int prompt_tokens = 0;  // shared prefix + prompt
+  int prompt_tokens = 0;     // shared prefix + prompt
 };
 
 class BatchRunner {
@@ -115,7 +114,7 @@ class BatchRunner {
   void release(int prefix) {
     try {
       e_.release_prefix(prefix);
-    } catch (const std::exception& ex) {
+    } catch (...) {
       note_error(std::current_exception());
     }
   }
@@ -154,7 +153,6 @@ class BatchRunner {
     groups_.emplace(ref.line, std::move(owned));
     live_ += g.waiting;
     if (g.ids.size() == 1) {  // nothing to fork from but the shared prefix (if any)
-      g.prefix_ready = true;
       start_samples(g);
       return;
     }
@@ -181,7 +179,6 @@ class BatchRunner {
       groups_.erase(g.item.line);  // g is gone
       return;
     }
-    g.prefix_ready = true;
     try {
       start_samples(g);
     } catch (...) {
@@ -335,10 +332,12 @@ int batch_body(Engine& e, const BatchOptions& o) {
                journal.records_found() - done, o.output);
 
   Progress progress(parse_progress_mode(o.progress), scan.samples, done, o.log_interval_s);
+  uint64_t abandoned = 0;
   if (done < scan.samples) {
     BatchRunner runner(e, *tok, o, scan, journal, progress, shared_ids);
     try {
       runner.run();
+      abandoned = runner.abandoned();
     } catch (...) {
       progress.clear();
       journal.sync();
@@ -351,10 +350,10 @@ int batch_body(Engine& e, const BatchOptions& o) {
              e.tokens_processed());
   if (progress.done() < progress.total()) {
     fmt::print(stderr,
-               "batch: stopped by {}: {} of {} records are in '{}'; run the same command again to "
-               "resume\n",
+               "batch: stopped by {}: {} of {} records are in '{}' ({} unfinished samples "
+               "abandoned); run the same command again to resume\n",
                stop_requested() ? stop_signal_name(stop_signal()) : "a stop request",
-               progress.done(), progress.total(), o.output);
+               progress.done(), progress.total(), o.output, abandoned);
     return kBatchStopped;
   }
   fmt::print(stderr, "batch: complete: {} records in '{}'{}\n", progress.total(), o.output,
