@@ -14,6 +14,16 @@ const HostTensor& require(const TensorMap& t, int layer, const std::string& name
   return it->second;
 }
 
+WeightView load_layer_matrix(Backend& be, const TensorMap& t, int layer, const std::string& name,
+                             int64_t rows, int64_t cols, DType dtype,
+                             std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+  const HostTensor& h = require(t, layer, name, rows * cols);
+  if (h.shape != std::vector<int64_t>{rows, cols})
+    fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(), rows, cols);
+  keep.emplace_back();
+  return be.load_weight(h, dtype, keep.back());
+}
+
 float* upload_f32(Backend& be, const std::vector<float>& v,
                   std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
   keep.push_back(std::make_unique<DeviceBuffer>(&be, v.size() * 4));

@@ -93,6 +93,11 @@ class Head {
 // `numel` (shapes like [1,1,C] and [C] are interchangeable for vectors); throws Error naming
 // layer and tensor.
 const HostTensor& require(const TensorMap& t, int layer, const std::string& name, int64_t numel);
+// Loads matrix `name` of layer `layer`, which must have shape [rows, cols], as `dtype` into a
+// new buffer kept in `keep`; throws Error naming layer, tensor and both shapes otherwise.
+WeightView load_layer_matrix(Backend& be, const TensorMap& t, int layer, const std::string& name,
+                             int64_t rows, int64_t cols, DType dtype,
+                             std::vector<std::unique_ptr<DeviceBuffer>>& keep);
 // Uploads a vector as fp32 into a new buffer kept in `keep`; returns its pointer.
 float* upload_f32(Backend& be, const std::vector<float>& v,
                   std::vector<std::unique_ptr<DeviceBuffer>>& keep);

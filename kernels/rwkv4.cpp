@@ -18,14 +18,7 @@ class BlockV4 final : public Block {
       return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      const HostTensor& h = require(t, layer, name, rows * cols);
-      if (h.shape.size() != 2 || h.shape[0] != rows || h.shape[1] != cols)
-        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
-             rows, cols);
-      keep_.emplace_back();
-      WeightView w = be.load_weight(h, dtype, keep_.back());
-      bytes_ += keep_.back()->bytes();
-      return w;
+      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
     };
     ln1_w_ = vec("ln1.weight");
     ln1_b_ = vec("ln1.bias");
@@ -51,7 +44,6 @@ class BlockV4 final : public Block {
     ffn_v_ = mat("ffn.value.weight", C_, F_);
     ffn_r_ = mat("ffn.receptance.weight", C_, C_);
     ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
-    bytes_ += size_t(C_) * 4 * 11;
   }
 
   int64_t state_floats() const override { return 5 * C_; }
@@ -59,7 +51,11 @@ class BlockV4 final : public Block {
     for (int64_t i = 0; i < 5 * C_; ++i) s[i] = 0.0f;
     for (int64_t i = 0; i < C_; ++i) s[3 * C_ + i] = -1e30f;  // pp: log of an empty sum
   }
-  size_t weight_bytes() const override { return bytes_; }
+  size_t weight_bytes() const override {
+    size_t n = 0;
+    for (const auto& b : keep_) n += b->bytes();
+    return n;
+  }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
@@ -96,7 +92,6 @@ class BlockV4 final : public Block {
   int64_t C_, F_;
   float eps_;
   std::vector<std::unique_ptr<DeviceBuffer>> keep_;
-  size_t bytes_ = 0;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *ffn_mix_k_, *ffn_mix_r_;
   const float *decay_, *first_;

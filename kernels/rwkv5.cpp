@@ -45,13 +45,7 @@ class BlockV5 final : public Block {
       return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      const HostTensor& h = require(t, layer, name, rows * cols);
-      if (h.shape.size() != 2 || h.shape[0] != rows || h.shape[1] != cols)
-        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
-             rows, cols);
-      keep_.emplace_back();
-      WeightView w = be.load_weight(h, dtype, keep_.back());
-      return w;
+      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
     };
     // A per-head ([H]) or per-channel ([H, N]) vector, widened to one value per channel.
     auto per_channel = [&](const std::string& name) {

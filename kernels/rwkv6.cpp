@@ -62,7 +62,7 @@ class BlockV6 final : public Block {
       return w;
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      return load(shape_is(name, {rows, cols}));
+      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
     };
     // Columns [c0, c0 + m) of a row-major [rows, cols] fp32 matrix, transposed: [m, rows].
     auto columns_t = [&](const std::vector<float>& src, int64_t rows, int64_t cols, int64_t c0,

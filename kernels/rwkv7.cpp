@@ -57,11 +57,7 @@ class BlockV7 final : public Block {
       return w;
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      const HostTensor& h = require(t, layer, name, rows * cols);
-      if (h.shape != std::vector<int64_t>{rows, cols})
-        fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(),
-             rows, cols);
-      return load(h);
+      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
     };
     // A low-rank pair p1 [C, D], p2 [D, C] (applied as x @ p1 @ p2), transposed for matmul.
     auto low_rank = [&](const std::string& p, WeightView& m1, WeightView& m2) {
