@@ -7,13 +7,22 @@
 
 namespace rwkvpp {
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16:
+    case DType::BF16: return 2;
+    case DType::I8: return 1;
+  }
+  return 0;
+}
 
 const char* dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "fp32";
     case DType::F16: return "fp16";
     case DType::BF16: return "bf16";
+    case DType::I8: return "int8";
   }
   return "?";
 }
@@ -22,7 +31,21 @@ DType parse_dtype(std::string_view n) {
   if (n == "fp32" || n == "f32" || n == "float32") return DType::F32;
   if (n == "fp16" || n == "f16" || n == "float16") return DType::F16;
   if (n == "bf16" || n == "bfloat16") return DType::BF16;
-  fail("unknown dtype '{}' (expected fp32, fp16 or bf16)", n);
+  if (n == "int8" || n == "i8") return DType::I8;
+  fail("unknown dtype '{}' (expected fp32, fp16, bf16 or int8)", n);
+}
+
+void require_storage_dtype(DType t, std::string_view what) {
+  if (t == DType::I8)
+    fail("{}: int8 is a compute dtype only (--compute-dtype int8 quantises the matrices when a stage "
+         "loads them); model files store fp32, fp16 or bf16",
+         what);
+}
+
+DType parse_storage_dtype(std::string_view n, std::string_view what) {
+  DType t = parse_dtype(n);
+  require_storage_dtype(t, what);
+  return t;
 }
 
 float f16_to_f32(uint16_t h) {
@@ -102,7 +125,9 @@ void to_f32(DType from, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
+    case DType::I8: break;
   }
+  fail("to_f32: int8 values need their row scales (dequantise with kernels/quantize.h)");
 }
 
 void from_f32(DType to, const float* src, void* dst, size_t n) {
@@ -118,7 +143,9 @@ void from_f32(DType to, const float* src, void* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
       return;
     }
+    case DType::I8: break;
   }
+  fail("from_f32: int8 needs per-row scales (quantise with quantize_rows_i8, kernels/quantize.h)");
 }
 
 }  // namespace rwkvpp

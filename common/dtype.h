@@ -9,11 +9,22 @@
 
 namespace rwkvpp {
 
-enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2 };
+// I8 is a compute dtype only: weight matrices quantised to int8 with one fp32 scale per row
+// when a backend loads them (kernels/quantize.h); files never store it.
+enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);          // "fp32", "fp16", "bf16"
-DType parse_dtype(std::string_view name);  // accepts fp32/f32/float32, fp16/f16/float16, bf16; throws Error
+const char* dtype_name(DType t);          // "fp32", "fp16", "bf16", "int8"
+// Accepts fp32/f32/float32, fp16/f16/float16, bf16/bfloat16, int8/i8; throws Error.
+DType parse_dtype(std::string_view name);
+// As parse_dtype, but only the dtypes a model file stores (not int8); `what` names the caller
+// (an option or a file) in the error.
+DType parse_storage_dtype(std::string_view name, std::string_view what);
+// Throws Error naming `what` when t is not a storage dtype (int8).
+void require_storage_dtype(DType t, std::string_view what);
+// The floating dtype for tensors that int8 compute does not quantise (the embedding, RWKV-6/7's
+// low-rank matrices, a synthetic model's stored weights): fp16 for int8, else t itself.
+inline DType unquantised_dtype(DType t) { return t == DType::I8 ? DType::F16 : t; }
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
@@ -34,9 +45,10 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);  // round to nearest even, overflow to inf
 
-// Converts n elements of type `from` at src into fp32 at dst.
+// Converts n elements of type `from` at src into fp32 at dst. Throws Error for int8 (its values
+// need their row scales: kernels/quantize.h).
 void to_f32(DType from, const void* src, float* dst, size_t n);
-// Converts n fp32 values into `to` at dst.
+// Converts n fp32 values into `to` at dst. Throws Error for int8 (see quantize_rows_i8).
 void from_f32(DType to, const float* src, void* dst, size_t n);
 
 }  // namespace rwkvpp

@@ -28,7 +28,7 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
       ->capture_default_str();
   c->add_flag("--coordinator-only", o.coordinator_only, "rank 0 holds no layers (K ranks give K-1 stages)");
   c->add_option("--device", o.device, "auto (a GPU per rank when present), cpu or cuda")->capture_default_str();
-  c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16 or bf16 (default: as stored)");
+  c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16, bf16 or int8 (per-row scales, quantised when loaded; the embedding stays fp16) (default: as stored)");
   c->add_option("--threads", o.threads, "CPU threads per rank (0: the host's cores shared among its ranks)");
   c->add_option("--max-batch", o.limits.max_batch, "most sequences in one step")->capture_default_str();
   c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: one per stage)")->capture_default_str();
@@ -135,7 +135,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     std::unique_ptr<TensorSource> synth;
     uint64_t fingerprint;
     if (!opt.synthetic.empty()) {
-      DType d = opt.dtype.empty() ? DType::F16 : parse_dtype(opt.dtype);
+      DType d = opt.dtype.empty() ? DType::F16 : unquantised_dtype(parse_dtype(opt.dtype));
       synth = std::make_unique<SyntheticSource>(synthetic_config(opt.synthetic, d), opt.synthetic_seed);
       fingerprint = fnv1a64(opt.synthetic.data(), opt.synthetic.size(), opt.synthetic_seed);
     } else {

@@ -136,7 +136,9 @@ void add_bench_command(CLI::App& app, Action& run) {
       // row), at each stage's copy bandwidth; stages run one after another for one sequence.
       double floor_s = 0, gemm_min = 1e30, copy_min = 1e30;
       uint64_t mem_total = 0;
-      const uint64_t emb_bytes = uint64_t(cfg.vocab_size * cfg.n_embd) * dtype_size(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
+      // The embedding stays fp16 under int8 (Embedder); weight_bytes counts int8 matrices with their scales.
+      const uint64_t emb_bytes = uint64_t(cfg.vocab_size * cfg.n_embd) *
+                                 dtype_size(unquantised_dtype(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype)));
       nlohmann::json stages = nlohmann::json::array();
       for (size_t i = 0; i < report.ready.size(); ++i) {
         const auto& rd = report.ready[i];

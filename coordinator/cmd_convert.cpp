@@ -41,7 +41,7 @@ void add_convert_command(CLI::App& app, Action& run) {
       WriteOptions opt;
       opt.shards = a->shards;
       if (!a->dtype.empty()) {
-        opt.dtype = parse_dtype(a->dtype);
+        opt.dtype = parse_storage_dtype(a->dtype, "--dtype");
         opt.dtype_from_source = false;
       }
       if (!a->tokenizer.empty()) opt.tokenizer = load_tokenizer_blob(a->tokenizer);
@@ -74,7 +74,7 @@ void add_synth_command(CLI::App& app, Action& run) {
   c->add_option("--seed", a->seed, "random seed")->capture_default_str();
   c->callback([a, &run] {
     run = [a] {
-      ModelConfig cfg = synthetic_config(a->shape, parse_dtype(a->dtype));
+      ModelConfig cfg = synthetic_config(a->shape, parse_storage_dtype(a->dtype, "--dtype"));
       Checkpoint ck = synthetic_checkpoint(cfg, a->seed);
       WriteOptions opt;
       opt.shards = a->shards;

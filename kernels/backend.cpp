@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/quantize.h"
 
 namespace rwkvpp {
 
@@ -30,10 +31,27 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 WeightView Backend::load_weight(const HostTensor& t, DType want,
                                 std::unique_ptr<DeviceBuffer>& owner) {
   RWKVPP_CHECK(t.shape.size() == 2, "weight must be 2-D");
+  if (want == DType::I8) {
+    const int64_t R = t.shape[0], K = t.shape[1];
+    RWKVPP_CHECK(t.nbytes() == size_t(R * K) * dtype_size(t.dtype), "weight data size does not match its shape");
+    const size_t off = i8_scales_offset(R, K), bytes = i8_weight_bytes(R, K);
+    owner = std::make_unique<DeviceBuffer>(this, bytes);
+    auto* base = static_cast<uint8_t*>(owner->get());
+    if (host_memory()) {
+      quantize_rows_i8(t.dtype, t.data.data(), R, K, reinterpret_cast<int8_t*>(base),
+                       reinterpret_cast<float*>(base + off));
+    } else {
+      std::vector<uint8_t> h(bytes);
+      quantize_rows_i8(t.dtype, t.data.data(), R, K, reinterpret_cast<int8_t*>(h.data()),
+                       reinterpret_cast<float*>(h.data() + off));
+      upload(base, h.data(), bytes);
+    }
+    return WeightView{base, DType::I8, R, K, reinterpret_cast<const float*>(base + off)};
+  }
   HostTensor c = t.converted(want);
   owner = std::make_unique<DeviceBuffer>(this, c.nbytes());
   upload(owner->get(), c.data.data(), c.nbytes());
-  return WeightView{owner->get(), want, t.shape[0], t.shape[1]};
+  return WeightView{owner->get(), want, t.shape[0], t.shape[1], nullptr};
 }
 
 namespace {

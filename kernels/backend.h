@@ -41,12 +41,15 @@ struct SegTable {
 };
 
 // A weight matrix W of shape [rows, cols] (rows = outputs, cols = inputs), row-major, in
-// backend memory. `scales` is reserved for int8 weights (one fp32 scale per row).
+// backend memory. For int8 weights (DType::I8) `data` holds q [rows, cols] int8 (16-byte
+// aligned) and `scales` one fp32 scale per row, W[r, c] = q[r, c] * scales[r]
+// (kernels/quantize.h); `scales` is null for the other dtypes.
 struct WeightView {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
+  const float* scales = nullptr;
 };
 
 enum class Unary : uint8_t {
@@ -109,6 +112,8 @@ class Backend {
 
   // Stores a weight matrix [rows, cols] (host tensor of any dtype) in backend memory as
   // `want` (the backend may choose a different internal layout; only this backend reads it).
+  // want == I8 quantises on the host (kernels/quantize.h) and stores q, then the row scales,
+  // in the one owner buffer.
   virtual WeightView load_weight(const HostTensor& t, DType want, std::unique_ptr<DeviceBuffer>& owner);
 
   // ---- floors, measured on this device for benchmarks (never datasheet numbers) ------------
@@ -128,10 +133,12 @@ class Backend {
   virtual void group_norm(const float* x, const float* w, const float* b, float* y, int64_t n,
                           int64_t n_head, int64_t head_size, float eps) = 0;
 
-  // y[n, W.rows] = x[n, W.cols] * W^T, accumulated in fp32. y must not alias x.
+  // y[n, W.rows] = x[n, W.cols] * W^T, accumulated in fp32. y must not alias x. Every weight
+  // dtype, int8 included.
   virtual void matmul(const WeightView& W, const float* x, float* y, int64_t n) = 0;
 
-  // y[i, :] = E[ids[i], :] as fp32, for i < n; `ids` is host memory, each < E.rows.
+  // y[i, :] = E[ids[i], :] as fp32, for i < n; `ids` is host memory, each < E.rows. E is fp32,
+  // fp16 or bf16 (the embedding is never quantised).
   virtual void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) = 0;
 
   // y[j, :] = x[rows[j], :] for j < m; `rows` is host memory.

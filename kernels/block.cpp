@@ -87,7 +87,9 @@ static std::unique_ptr<DeviceBuffer> load_vec(Backend& be, const HostTensor& t, 
 Embedder::Embedder(Backend& be, const ModelConfig& cfg, const HostTensor& emb,
                    const HostTensor& ln0_w, const HostTensor& ln0_b, DType dtype)
     : cfg_(cfg) {
-  emb_ = load_matrix(be, emb, cfg.vocab_size, cfg.n_embd, "emb.weight", dtype, emb_buf_);
+  // Each token reads one row: int8 would save memory but no time, so int8 keeps it in fp16.
+  emb_ = load_matrix(be, emb, cfg.vocab_size, cfg.n_embd, "emb.weight", unquantised_dtype(dtype),
+                     emb_buf_);
   ln_w_ = load_vec(be, ln0_w, cfg.n_embd, "blocks.0.ln0.weight");
   ln_b_ = load_vec(be, ln0_b, cfg.n_embd, "blocks.0.ln0.bias");
 }

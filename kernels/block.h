@@ -61,7 +61,8 @@ std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer
 // First-stage input: x = ln0(emb[ids]).
 class Embedder {
  public:
-  // emb: [vocab, C]; ln0_w/ln0_b: [C].
+  // emb: [vocab, C]; ln0_w/ln0_b: [C]. The table is stored as unquantised_dtype(dtype) (fp16
+  // when dtype is int8).
   Embedder(Backend& be, const ModelConfig& cfg, const HostTensor& emb, const HostTensor& ln0_w,
            const HostTensor& ln0_b, DType dtype);
   void forward(Backend& be, const int32_t* ids, int64_t n, float* x);

@@ -58,7 +58,8 @@ class BlockV6 final : public Block {
     };
     auto load = [&](const HostTensor& h) {
       keep_.emplace_back();
-      WeightView w = be.load_weight(h, dtype, keep_.back());
+      // Low-rank factors (a few % of the bytes, feeding the decay): never int8.
+      WeightView w = be.load_weight(h, unquantised_dtype(dtype), keep_.back());
       return w;
     };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {

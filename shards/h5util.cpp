@@ -101,6 +101,7 @@ void write_tensor(hid_t file, const std::string& path, const HostTensor& t, cons
   H5Pset_fletcher32(dcpl);
   Id lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl, 1);
+  require_storage_dtype(t.dtype, "'" + file_name + "' dataset '" + path + "'");
   hid_t ftype = t.dtype == DType::F32 ? H5T_IEEE_F32LE : H5T_STD_U16LE;
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
   Id ds(H5Dcreate2(file, path.c_str(), ftype, space, lcpl, dcpl, H5P_DEFAULT));
@@ -117,7 +118,7 @@ HostTensor read_tensor(hid_t file, const std::string& path, const std::string& f
   if (!ds.valid()) fail("'{}': dataset '{}' is missing or unreadable", file_name, path);
   std::string where = "'" + file_name + "' dataset '" + path + "'";
   HostTensor t;
-  t.dtype = parse_dtype(get_attr_str(ds, "dtype", where));
+  t.dtype = parse_storage_dtype(get_attr_str(ds, "dtype", where), where);
   Id space(H5Dget_space(ds));
   int rank = H5Sget_simple_extent_ndims(space);
   if (rank <= 0 || rank > 8) fail("{}: bad rank {}", where, rank);

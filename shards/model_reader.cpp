@@ -46,7 +46,7 @@ ModelReader::ModelReader(const std::string& path) {
   cfg_.head_size = i64("head_size");
   cfg_.ffn_dim = i64("ffn_dim");
   cfg_.vocab_size = i64("vocab_size");
-  cfg_.dtype = parse_dtype(h5::get_attr_str(fid, "dtype", "'" + w + "'"));
+  cfg_.dtype = parse_storage_dtype(h5::get_attr_str(fid, "dtype", "'" + w + "'"), "'" + w + "'");
   cfg_.layer_norm_eps = float(h5::get_attr_f64(fid, "layer_norm_eps", "'" + w + "'"));
   params_ = i64("param_count");
   fingerprint_ = h5::get_attr_u64(fid, "fingerprint", "'" + w + "'");

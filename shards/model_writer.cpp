@@ -53,6 +53,7 @@ h5::Id create_file(const std::string& path) {
 void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string& outdir,
                  const WriteOptions& opt) {
   h5::quiet();
+  require_storage_dtype(opt.dtype_from_source ? cfg.dtype : opt.dtype, "write_model");
   if (fs::exists(outdir)) fail("output directory '{}' already exists; choose a new one", outdir);
   if (opt.shards < 1 || opt.shards > cfg.n_layer)
     fail("--shards {} is out of range: the model has {} layers (1..{} shards)", opt.shards, cfg.n_layer, cfg.n_layer);

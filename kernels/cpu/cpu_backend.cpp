@@ -20,6 +20,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/quantize.h"
 
 namespace rwkvpp {
 namespace {
@@ -101,7 +102,9 @@ class CpuBackend final : public Backend {
   // single-threaded sgemm, and the blocks are shared among threads. The blocking does not depend
   // on the thread count, so results are bit-identical for any --threads and any number of ranks
   // (a multi-threaded sgemm changes its summation order with the thread count). fp16/bf16 rows
-  // are widened to fp32 a block at a time, so weights stay in their stored dtype.
+  // are widened to fp32 a block at a time, so weights stay in their stored dtype; int8 rows are
+  // dequantised (q * scale, kernels/quantize.h) the same way, so the product is exactly the fp32
+  // product with the dequantised weights.
   void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
     const int64_t R = W.rows, K = W.cols;
     const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
@@ -114,6 +117,11 @@ class CpuBackend final : public Backend {
       const float* wb;
       if (wide) {
         wb = static_cast<const float*>(W.data) + r0 * K;
+      } else if (W.dtype == DType::I8) {
+        if (scratch.size() < size_t(kRowBlock * K)) scratch.resize(size_t(kRowBlock * K));
+        dequantize_rows_i8(static_cast<const int8_t*>(W.data) + r0 * K, W.scales + r0, rb, K,
+                           scratch.data());
+        wb = scratch.data();
       } else {
         if (scratch.size() < size_t(kRowBlock * K)) scratch.resize(size_t(kRowBlock * K));
         to_f32(W.dtype, static_cast<const uint16_t*>(W.data) + r0 * K, scratch.data(), size_t(rb * K));
@@ -132,6 +140,7 @@ class CpuBackend final : public Backend {
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
     const int64_t C = E.cols;
+    if (E.dtype == DType::I8) fail("embedding: int8 tables are not supported (the embedding stays fp16)");
     for (int64_t i = 0; i < n; ++i) {
       RWKVPP_CHECK(ids[i] >= 0 && ids[i] < E.rows, "token id out of range");
       const auto* row = static_cast<const uint8_t*>(E.data) + size_t(ids[i]) * C * dtype_size(E.dtype);

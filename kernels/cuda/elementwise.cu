@@ -155,6 +155,7 @@ void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_
     case DType::BF16:
       embedding_kernel<<<g, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(E), cols, ids, n, y);
       break;
+    case DType::I8: fail_msg("embedding: int8 tables are not supported (the embedding stays fp16)");
   }
   RWKVPP_CUDA_LAUNCHED("embedding_kernel");
 }

@@ -1,5 +1,7 @@
 // Matrix-vector products for few tokens (n <= 8): y[t, r] = sum_c W[r, c] * x[t, c] with W
-// [R, K] row-major in fp32, fp16 or bf16, x and y fp32, fp32 accumulation. Decoding is bound by
+// [R, K] row-major in fp32, fp16, bf16 or int8, x and y fp32, fp32 accumulation. int8 rows
+// carry one fp32 scale each (kernels/quantize.h): the sum over q * x is multiplied by it at
+// the end, y[t, r] = scales[r] * sum_c q[r, c] * x[t, c]. Decoding is bound by
 // reading W once from memory, so these kernels aim at memory bandwidth: 16-byte weight loads
 // that bypass L1 (each weight is read once), x through the read-only cache (every warp reads
 // all of it), several rows per warp so that each x value fetched serves them all.
@@ -12,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -19,7 +22,12 @@ namespace rwkvpp::cuda {
 
 constexpr int kGemvWarps = 8;  // warps per block (256 threads)
 
-// 16 bytes of W as fp32 values: 8 for fp16/bf16, 4 for fp32.
+// int8 weights (q of a row-scaled matrix) as fp32; their row scale is applied after the sum.
+__device__ __forceinline__ float to_float(int8_t v) { return float(v); }
+template <typename T>
+constexpr bool kRowScaled = std::is_same_v<T, int8_t>;
+
+// 16 bytes of W as fp32 values: 16 for int8, 8 for fp16/bf16, 4 for fp32.
 template <typename T>
 struct Pack16;
 template <>
@@ -60,6 +68,24 @@ struct Pack16<__nv_bfloat16> {
   }
 };
 
+template <>
+struct Pack16<int8_t> {
+  static constexpr int n = 16;
+  // Without a conversion instruction (int-to-float runs at a quarter of the FMA rate): q ^ 0x80
+  // is q + 128 as an unsigned byte; placed under the exponent bits 0x4B000000 it makes the fp32
+  // 2^23 + q + 128, exactly, and subtracting 2^23 + 128 leaves q.
+  __device__ __forceinline__ static void unpack(const uint4& u, float (&f)[16]) {
+    const uint32_t p[4] = {u.x ^ 0x80808080u, u.y ^ 0x80808080u, u.z ^ 0x80808080u,
+                           u.w ^ 0x80808080u};
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int b = 0; b < 4; ++b)  // result bytes: [byte b of p, 0x00, 0x00, 0x4B]
+        f[4 * q + b] =
+            __uint_as_float(__byte_perm(p[q], 0x4B000000u, 0x7540u | unsigned(b))) - 8388736.0f;
+  }
+};
+
 // A 16-byte load that does not allocate in L1 (the weights are streamed once; L1 is left to x).
 __device__ __forceinline__ uint4 load_stream16(const void* p) {
   uint4 u;
@@ -78,11 +104,12 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 // bytes of one row; UNROLL chunks per lane are loaded before any is used, to keep enough bytes
 // in flight. For each chunk the lane reads the matching n values of x for each of the NT
 // tokens and accumulates RPW * NT fp32 partial sums; a shuffle butterfly reduces them at the
-// end and lane (row * NT + token) % 32 writes each result.
+// end and lane (row * NT + token) % 32 writes each result (times the row's scale for int8;
+// `scales` is unused for the other dtypes).
 template <typename T, int NT, int RPW, int UNROLL>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                    int R, int K) {
+                    int R, int K, const float* __restrict__ scales) {
   constexpr int V = Pack16<T>::n;
   const int lane = threadIdx.x & 31;
   const int r0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * RPW;
@@ -136,17 +163,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   for (int q = 0; q < RPW; ++q)
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      const float s = warp_sum(acc[q][t]);
-      if (lane == (q * NT + t) % 32 && r0 + q < R) y[int64_t(t) * R + r0 + q] = s;
+      float s = warp_sum(acc[q][t]);
+      if (lane == (q * NT + t) % 32 && r0 + q < R) {
+        if constexpr (kRowScaled<T>) s *= __ldg(scales + r0 + q);
+        y[int64_t(t) * R + r0 + q] = s;
+      }
     }
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
-// unaligned pointers): one warp per row, lanes striding over K one element at a time.
+// unaligned pointers): one warp per row, lanes striding over K one element at a time. int8
+// rows are scaled at the end as in the vector kernel.
 template <typename T, int NT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_scalar_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                       int R, int K) {
+                       int R, int K, const float* __restrict__ scales) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (r >= R) return;
@@ -161,23 +192,30 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    const float s = warp_sum(acc[t]);
-    if (lane == t) y[int64_t(t) * R + r] = s;
+    float s = warp_sum(acc[t]);
+    if (lane == t) {
+      if constexpr (kRowScaled<T>) s *= __ldg(scales + r);
+      y[int64_t(t) * R + r] = s;
+    }
   }
 }
 
+// `scales`: the row scales of int8 W (required then); ignored for the other dtypes.
 template <typename T, int NT, int RPW, int UNROLL>
-inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s) {
+inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s,
+                            const float* scales = nullptr) {
   const int rows_per_block = kGemvWarps * RPW;
   gemv_vec_kernel<T, NT, RPW, UNROLL>
-      <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(W, x, y, R, K);
+      <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(
+          W, x, y, R, K, scales);
 }
 
 template <typename T, int NT>
 inline void launch_gemv_scalar(const T* W, const float* x, float* y, int R, int K,
-                               cudaStream_t s) {
+                               cudaStream_t s, const float* scales = nullptr) {
   gemv_scalar_kernel<T, NT>
-      <<<unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, s>>>(W, x, y, R, K);
+      <<<unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, s>>>(W, x, y, R, K,
+                                                                              scales);
 }
 
 }  // namespace rwkvpp::cuda

@@ -1,11 +1,14 @@
 // Matrix products (see matmul.cuh): GEMV dispatch for few tokens, cuBLAS for more, and the
-// activation conversion kernels the 16-bit cuBLAS path needs.
+// activation conversion kernels the 16-bit cuBLAS path needs. int8 weights: the GEMV up to
+// kI8GemvMaxTokens (in passes of 8 tokens), else tiles dequantised to fp16 (int8.cuh) and the
+// fp16 cuBLAS path, with the row scales applied to y at the end.
 #include <algorithm>
 #include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/int8.cuh"
 #include "kernels/cuda/matmul.cuh"
 
 #define RWKVPP_CUBLAS_CHECK(call)                                                          \
@@ -32,28 +35,36 @@ constexpr int gemv_rows_per_warp(int nt) {
   return nt == 1 ? 1 : nt <= 3 ? 2 : (nt == 6 || nt == 8) ? 8 : 4;
 }
 constexpr int gemv_unroll(int nt) { return nt == 1 ? 2 : 1; }
+// int8 unpacks 16 weights per load, so a lane holds twice the unpacked values of fp16 per row:
+// at most 4 rows per warp keeps registers as for fp16's 8 (not yet measured; the lab can).
+template <typename T>
+constexpr int gemv_rows(int nt) {
+  return kRowScaled<T> ? (nt == 1 ? 1 : nt <= 3 ? 2 : 4) : gemv_rows_per_warp(nt);
+}
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T, int NT>
-void gemv_nt(const T* W, const float* x, float* y, int R, int K, cudaStream_t s) {
+void gemv_nt(const T* W, const float* x, float* y, int R, int K, const float* scales,
+             cudaStream_t s) {
   if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x))
-    launch_gemv_vec<T, NT, gemv_rows_per_warp(NT), gemv_unroll(NT)>(W, x, y, R, K, s);
+    launch_gemv_vec<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(W, x, y, R, K, s, scales);
   else
-    launch_gemv_scalar<T, NT>(W, x, y, R, K, s);
+    launch_gemv_scalar<T, NT>(W, x, y, R, K, s, scales);
 }
 
 template <typename T>
-void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_t s) {
+void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_t s,
+          const float* scales = nullptr) {
   switch (n) {
-    case 1: gemv_nt<T, 1>(W, x, y, R, K, s); break;
-    case 2: gemv_nt<T, 2>(W, x, y, R, K, s); break;
-    case 3: gemv_nt<T, 3>(W, x, y, R, K, s); break;
-    case 4: gemv_nt<T, 4>(W, x, y, R, K, s); break;
-    case 5: gemv_nt<T, 5>(W, x, y, R, K, s); break;
-    case 6: gemv_nt<T, 6>(W, x, y, R, K, s); break;
-    case 7: gemv_nt<T, 7>(W, x, y, R, K, s); break;
-    case 8: gemv_nt<T, 8>(W, x, y, R, K, s); break;
+    case 1: gemv_nt<T, 1>(W, x, y, R, K, scales, s); break;
+    case 2: gemv_nt<T, 2>(W, x, y, R, K, scales, s); break;
+    case 3: gemv_nt<T, 3>(W, x, y, R, K, scales, s); break;
+    case 4: gemv_nt<T, 4>(W, x, y, R, K, scales, s); break;
+    case 5: gemv_nt<T, 5>(W, x, y, R, K, scales, s); break;
+    case 6: gemv_nt<T, 6>(W, x, y, R, K, scales, s); break;
+    case 7: gemv_nt<T, 7>(W, x, y, R, K, scales, s); break;
+    case 8: gemv_nt<T, 8>(W, x, y, R, K, scales, s); break;
     default: fail_msg("gemv: " + std::to_string(n) + " tokens is more than it handles");
   }
   RWKVPP_CUDA_LAUNCHED("gemv_kernel");
@@ -112,9 +123,65 @@ __global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __
 
 size_t round256(size_t b) { return (b + 255) / 256 * 256; }
 
+// x [count] fp32 -> xh fp16, scaled by a power of two into fp16's range (amax_kernel,
+// convert_kernel); consts[0] = amax bits, consts[1] = alpha (the scale), for the GEMM.
+void convert_x_f16_scaled(const float* x, __half* xh, int64_t count, float* consts,
+                          cudaStream_t s) {
+  const unsigned g = grid_for(count, kThreads);
+  auto* amax = reinterpret_cast<unsigned*>(consts);
+  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
+  amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x, count, amax);
+  RWKVPP_CUDA_LAUNCHED("amax_kernel");
+  convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x, xh, count, amax, consts + 1);
+  RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
+}
+
+// Rows of int8 W dequantised to fp16 per cuBLAS call: a tile of about 64 MiB (a multiple of
+// 128 rows, at least 128), so the scratch stays small next to the weights (the head of a 14B
+// model would need 0.5 GB at once).
+int64_t i8_tile_rows(const WeightView& W) {
+  const int64_t rows = std::max<int64_t>(128, (int64_t(64) << 20) / std::max<int64_t>(W.cols * 2, 1) / 128 * 128);
+  return std::min(rows, W.rows);
+}
+
+// int8 W, n > kI8GemvMaxTokens: y = (x * Wq^T) * scales, Wq the integers q in fp16 (exact);
+// x scaled into fp16 as on the fp16 path. Scratch: [xh: n * K fp16][tile: rows * K fp16].
+void matmul_i8_gemm(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
+                    void* scratch, float* consts, cudaStream_t s) {
+  const int64_t R = W.rows, K = W.cols, tile = i8_tile_rows(W);
+  auto* xh = static_cast<__half*>(scratch);
+  auto* wh = reinterpret_cast<__half*>(static_cast<char*>(scratch) + round256(size_t(n * K) * 2));
+  convert_x_f16_scaled(x, xh, n * K, consts, s);
+  const float* alpha = consts + 1;
+  const float* beta = consts + 2;
+  const auto* q = static_cast<const int8_t*>(W.data);
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  for (int64_t r0 = 0; r0 < R && st == CUBLAS_STATUS_SUCCESS; r0 += tile) {
+    const int64_t rb = std::min(tile, R - r0);
+    try {
+      dequant_i8_f16(q + r0 * K, wh, rb * K, s);
+    } catch (...) {
+      cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST);
+      throw;
+    }
+    // Rows [r0, r0 + rb) of y^T (column-major [R, n], ld R) start at y + r0.
+    st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(rb), int(n), int(K), alpha, wh, CUDA_R_16F,
+                      int(K), xh, CUDA_R_16F, int(K), beta, y + r0, CUDA_R_32F, int(R),
+                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  }
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  RWKVPP_CUBLAS_CHECK(st);
+  binary_row(Binary::Mul, y, W.scales, y, n, R, s);
+}
+
 }  // namespace
 
 size_t matmul_scratch_bytes(const WeightView& W, int64_t n) {
+  if (W.dtype == DType::I8) {
+    if (n <= kI8GemvMaxTokens) return 0;
+    return round256(size_t(n) * size_t(W.cols) * 2) + size_t(i8_tile_rows(W)) * size_t(W.cols) * 2;
+  }
   if (n <= kGemvMaxTokens || W.dtype == DType::F32) return 0;
   if (W.dtype == DType::BF16 && n <= kBf16SplitMaxTokens)  // [hi; lo] in bf16, then y_hi, y_lo
     return round256(size_t(2 * n) * size_t(W.cols) * 2) + size_t(2 * n) * size_t(W.rows) * 4;
@@ -132,6 +199,16 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
     RWKVPP_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(n * R) * sizeof(float), s));
     return;
   }
+  if (W.dtype == DType::I8) {
+    if (!W.scales) fail_msg("matmul: int8 weights without their row scales");
+    if (n > kI8GemvMaxTokens) return matmul_i8_gemm(h, W, x, y, n, scratch, consts, s);
+    // Passes of up to 8 tokens, each reading W once (1 byte per weight): up to 32 tokens this
+    // moves no more bytes than the fp16 path's one cuBLAS call (2 bytes per weight, plus x).
+    for (int64_t t0 = 0; t0 < n; t0 += kGemvMaxTokens)
+      gemv(static_cast<const int8_t*>(W.data), x + t0 * K, y + t0 * R, int(R), int(K),
+           int(std::min(kGemvMaxTokens, n - t0)), s, W.scales);
+    return;
+  }
   if (n <= kGemvMaxTokens) {
     switch (W.dtype) {
       case DType::F32: gemv(static_cast<const float*>(W.data), x, y, int(R), int(K), int(n), s); break;
@@ -139,6 +216,7 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
       case DType::BF16:
         gemv(static_cast<const __nv_bfloat16*>(W.data), x, y, int(R), int(K), int(n), s);
         break;
+      case DType::I8: break;  // above
     }
     return;
   }
@@ -178,14 +256,9 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   }
   // fp16: scale into range on the device, GEMM with alpha = scale from device memory.
   auto* xh = static_cast<__half*>(scratch);
-  auto* amax = reinterpret_cast<unsigned*>(consts);
   float* alpha = consts + 1;
   const float* beta = consts + 2;
-  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
-  amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x, count, amax);
-  RWKVPP_CUDA_LAUNCHED("amax_kernel");
-  convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x, xh, count, amax, alpha);
-  RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
+  convert_x_f16_scaled(x, xh, count, consts, s);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   const cublasStatus_t st =
       cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), alpha, W.data, CUDA_R_16F,
