@@ -136,11 +136,11 @@ void convert_x_f16_scaled(const float* x, __half* xh, int64_t count, float* cons
   RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
 }
 
-// Rows of int8 W dequantised to fp16 per cuBLAS call: a tile of about 64 MiB (a multiple of
-// 128 rows, at least 128), so the scratch stays small next to the weights (the head of a 14B
-// model would need 0.5 GB at once).
+// Rows of int8 W dequantised to fp16 per cuBLAS call: a tile of about 16 MiB (a multiple of
+// 128 rows, at least 128), small enough to be still in L2 (50 MB on an H100) when the GEMM
+// reads it back, and small next to the weights (the head of a 14B model whole would be 0.5 GB).
 int64_t i8_tile_rows(const WeightView& W) {
-  const int64_t rows = std::max<int64_t>(128, (int64_t(64) << 20) / std::max<int64_t>(W.cols * 2, 1) / 128 * 128);
+  const int64_t rows = std::max<int64_t>(128, (int64_t(16) << 20) / std::max<int64_t>(W.cols * 2, 1) / 128 * 128);
   return std::min(rows, W.rows);
 }
 
@@ -202,8 +202,9 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   if (W.dtype == DType::I8) {
     if (!W.scales) fail_msg("matmul: int8 weights without their row scales");
     if (n > kI8GemvMaxTokens) return matmul_i8_gemm(h, W, x, y, n, scratch, consts, s);
-    // Passes of up to 8 tokens, each reading W once (1 byte per weight): up to 32 tokens this
-    // moves no more bytes than the fp16 path's one cuBLAS call (2 bytes per weight, plus x).
+    // Passes of up to 8 tokens, each reading W once (1 byte per weight): for 9..16 tokens two
+    // passes move 2 bytes per weight, as the fp16 path's cuBLAS call does, against ~3 for
+    // dequantise + cuBLAS (docs/cuda.md, int8).
     for (int64_t t0 = 0; t0 < n; t0 += kGemvMaxTokens)
       gemv(static_cast<const int8_t*>(W.data), x + t0 * K, y + t0 * R, int(R), int(K),
            int(std::min(kGemvMaxTokens, n - t0)), s, W.scales);

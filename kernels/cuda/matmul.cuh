@@ -15,7 +15,7 @@ namespace rwkvpp::cuda {
 // Tokens up to which the hand-written GEMV (gemv.cuh) runs; above, cuBLAS.
 constexpr int64_t kGemvMaxTokens = 8;
 // Tokens up to which int8 W runs the GEMV, in passes of kGemvMaxTokens; above, cuBLAS.
-constexpr int64_t kI8GemvMaxTokens = 32;
+constexpr int64_t kI8GemvMaxTokens = 16;
 // Tokens up to which the bf16 cuBLAS path splits x into two bf16 terms (see matmul()).
 constexpr int64_t kBf16SplitMaxTokens = 128;
 
@@ -37,9 +37,9 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 //   cublasGemmEx with alpha = the scale, read from device memory, so nothing waits on the host.
 // - int8 W, n <= kI8GemvMaxTokens: the GEMV in passes of 8 tokens (x fp32, the row scale
 //   applied to each sum). Larger n: x converted as for fp16; W dequantised to fp16 integers
-//   (exact: |q| <= 127) a tile of ~64 MiB at a time into the scratch, one cublasGemmEx per
-//   tile, then y scaled by the row scales. This reads W once more than fp16 and writes it
-//   once in fp16: 5 bytes per weight against 2 (see docs/cuda.md, int8).
+//   (exact: |q| <= 127) a tile of ~16 MiB at a time into the scratch, one cublasGemmEx per
+//   tile, then y scaled by the row scales. Beyond fp16's 2 bytes per weight this reads the
+//   int8 byte and writes 2 (the read-back mostly hits L2): see docs/cuda.md, int8.
 void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
             void* scratch, float* consts, cudaStream_t s);
 
