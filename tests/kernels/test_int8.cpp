@@ -9,12 +9,14 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "catch.h"
 #include "common/dtype.h"
 #include "common/error.h"
+#include "common/npy.h"
 #include "common/tensor.h"
 #include "helpers.h"
 #include "kernels/backend.h"
@@ -49,14 +51,25 @@ std::vector<float> random_matrix(std::mt19937_64& g, int64_t rows, int64_t cols,
 // by its dequantised fp32 values: the fp32 model that int8 stands for.
 class DequantisedSource final : public TensorSource {
  public:
-  explicit DequantisedSource(TensorSource& src) : src_(src) {}
+  // round_embedding: the embedding and the low-rank factors rounded to fp16, as int8 compute
+  // stores them.
+  explicit DequantisedSource(TensorSource& src, bool round_embedding = false)
+      : src_(src), round_embedding_(round_embedding) {}
   const ModelConfig& config() const override { return src_.config(); }
   std::map<std::string, HostTensor> layer(int i) override {
     auto t = src_.layer(i);
-    for (auto& [name, h] : t) h = maybe_dequantise(name, h);
+    static const std::set<std::string> kLowRank = {
+        "att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2",  // v6
+        "att.w1", "att.w2", "att.a1", "att.a2", "att.g1", "att.g2", "att.v1", "att.v2"};  // v7
+    for (auto& [name, h] : t) {
+      h = maybe_dequantise(name, h);
+      if (round_embedding_ && kLowRank.count(name)) h = h.converted(DType::F16).converted(DType::F32);
+    }
     return t;
   }
   HostTensor tensor(const std::string& name) override {
+    if (name == "emb.weight" && round_embedding_)
+      return src_.tensor(name).converted(DType::F16).converted(DType::F32);
     return maybe_dequantise(name, src_.tensor(name));
   }
 
@@ -70,6 +83,7 @@ class DequantisedSource final : public TensorSource {
     return HostTensor::from_f32(w, h.shape);
   }
   TensorSource& src_;
+  bool round_embedding_;
 };
 
 std::vector<int32_t> fixture_tokens(const std::string& json) {
@@ -250,4 +264,49 @@ TEST_CASE("int8 models on the CPU: the dequantised fp32 model bit for bit, and n
     // Memory: matrices at a byte per weight plus a scale per row, well under half of fp32.
     CHECK(m8.stage->weight_bytes() < mf.stage->weight_bytes() / 2);
   }
+}
+
+// RWKV-5.1, 5.2 and the rwkv.cpp RWKV-7 (fp32 weights, not fp16-exact: the embedding and
+// RWKV-7's low-rank factors are rounded to fp16 under int8, so the fp32 comparison model gets
+// the same rounded values).
+TEST_CASE("int8 rwkv.cpp models (RWKV-5.1, 5.2, 7) equal their dequantised fp32 model", "[kernels][int8]") {
+  for (const char* name : {"tiny-rwkv-5v1-730K", "tiny-rwkv-5v2-730K", "tiny-rwkv-7v0-834K"}) {
+    INFO(name);
+    CheckpointSource src(read_checkpoint(fixture(std::string("rwkv-cpp-tiny/") + name + "-FP32.bin")));
+    DequantisedSource deq(src, true);
+    const std::vector<int32_t> tokens = {34, 105, 110};
+    LocalModel m8(src, DType::I8, 1);
+    LocalModel m32(deq, DType::F32, 1);
+    const auto l8 = m8.run(0, tokens, 1);
+    CHECK(max_abs_diff(l8, m32.run(0, tokens, 1)) == 0.0);
+    const std::string ref_name = "expected-logits-" + std::string(name).substr(10);  // after "tiny-rwkv-"
+    const auto ref = read_f32(fixture("rwkv-cpp-tiny/" + ref_name + ".bin"));
+    std::vector<float> last(l8.end() - int64_t(ref.size()), l8.end());
+    std::printf("[int8] %-26s max|int8-ref| (last token) %.2e\n", name, max_abs_diff(last, ref));
+  }
+}
+
+// The command line: int8 through the step protocol (an uneven 2-stage pipeline under mpirun gives
+// the single-process int8 logits), and int8 refused as a storage dtype.
+TEST_CASE("--compute-dtype int8 through mpirun equals one process; convert refuses int8", "[mpi][int8]") {
+  TempDir d;
+  const std::string src = fixture("hf-rwkv4/hf-rwkv4-small.safetensors");
+  auto bad = run(rwkvpp_binary() + " convert " + src + " -o " + d / "bad" + " --dtype int8", 60);
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.err.find("compute dtype") != std::string::npos);
+  auto conv = run(rwkvpp_binary() + " convert " + src + " -o " + d / "m" + " --shards 2", 120);
+  INFO(conv.err);
+  REQUIRE(conv.exit_code == 0);
+  const std::string args = " logits -m " + d / "m" + " --tokens 51,158,12,7,99,1 --chunk 4 --compute-dtype int8 -o ";
+  auto one = run(rwkvpp_binary() + args + d / "one.npy", 120);
+  INFO(one.err);
+  REQUIRE(one.exit_code == 0);
+  auto two = run("mpirun --allow-run-as-root --oversubscribe -np 2 " + rwkvpp_binary() + args + d / "two.npy" +
+                     " --layers 0-0,1-3",
+                 300);
+  INFO(two.err);
+  REQUIRE(two.exit_code == 0);
+  const auto a = read_npy_f32(d / "one.npy", nullptr), b = read_npy_f32(d / "two.npy", nullptr);
+  REQUIRE(a.size() == b.size());
+  CHECK(max_abs_diff(a, b) == 0.0);
 }
