@@ -1,7 +1,8 @@
-// Kernel lab: times the GEMV variants of kernels/cuda/gemv.cuh at 1..8 tokens on 14B-like
-// layer shapes against a device-to-device copy measured in the same run, plus cuBLAS at the same
-// token counts, and the WKV kernels (wkv4, wkv5, wkv7) in decode and prefill shapes. Outside the
-// default build; README.md beside this says how to build and run it, docs/perf.md holds results.
+// Kernel lab: times the GEMV variants of kernels/cuda/gemv.cuh (fp16, bf16, int8 with row
+// scales) at 1..8 tokens on 14B-like layer shapes against a device-to-device copy measured in
+// the same run, plus cuBLAS at the same token counts (not for int8), and the WKV kernels (wkv4,
+// wkv5, wkv7) in decode and prefill shapes. Outside the default build; README.md beside this
+// says how to build and run it, docs/perf.md holds results.
 //
 // Every variant's output is checked against the scalar kernel (one warp per row, plain loads)
 // before it is timed; timings are medians over repeated launches measured with CUDA events.
@@ -15,6 +16,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -107,6 +109,9 @@ double copy_bandwidth_gbs() {
   return 2.0 * double(bytes) / (us * 1e3);
 }
 
+// Row scales for int8 W (the kernels ignore them for the other dtypes); set by bench_gemv.
+const float* g_scales = nullptr;
+
 struct GemvVariant {
   const char* name;
   std::function<void(const void* W, const float* x, float* y, int R, int K, int n)> run;
@@ -116,14 +121,14 @@ template <typename T, int RPW, int U>
 void run_vec(const void* W, const float* x, float* y, int R, int K, int n) {
   const T* w = static_cast<const T*>(W);
   switch (n) {
-    case 1: launch_gemv_vec<T, 1, RPW, U>(w, x, y, R, K, 0); break;
-    case 2: launch_gemv_vec<T, 2, RPW, U>(w, x, y, R, K, 0); break;
-    case 3: launch_gemv_vec<T, 3, RPW, U>(w, x, y, R, K, 0); break;
-    case 4: launch_gemv_vec<T, 4, RPW, U>(w, x, y, R, K, 0); break;
-    case 5: launch_gemv_vec<T, 5, RPW, U>(w, x, y, R, K, 0); break;
-    case 6: launch_gemv_vec<T, 6, RPW, U>(w, x, y, R, K, 0); break;
-    case 7: launch_gemv_vec<T, 7, RPW, U>(w, x, y, R, K, 0); break;
-    case 8: launch_gemv_vec<T, 8, RPW, U>(w, x, y, R, K, 0); break;
+    case 1: launch_gemv_vec<T, 1, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 2: launch_gemv_vec<T, 2, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 3: launch_gemv_vec<T, 3, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 4: launch_gemv_vec<T, 4, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 5: launch_gemv_vec<T, 5, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 6: launch_gemv_vec<T, 6, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 7: launch_gemv_vec<T, 7, RPW, U>(w, x, y, R, K, 0, g_scales); break;
+    case 8: launch_gemv_vec<T, 8, RPW, U>(w, x, y, R, K, 0, g_scales); break;
   }
 }
 
@@ -131,14 +136,14 @@ template <typename T>
 void run_scalar(const void* W, const float* x, float* y, int R, int K, int n) {
   const T* w = static_cast<const T*>(W);
   switch (n) {
-    case 1: launch_gemv_scalar<T, 1>(w, x, y, R, K, 0); break;
-    case 2: launch_gemv_scalar<T, 2>(w, x, y, R, K, 0); break;
-    case 3: launch_gemv_scalar<T, 3>(w, x, y, R, K, 0); break;
-    case 4: launch_gemv_scalar<T, 4>(w, x, y, R, K, 0); break;
-    case 5: launch_gemv_scalar<T, 5>(w, x, y, R, K, 0); break;
-    case 6: launch_gemv_scalar<T, 6>(w, x, y, R, K, 0); break;
-    case 7: launch_gemv_scalar<T, 7>(w, x, y, R, K, 0); break;
-    case 8: launch_gemv_scalar<T, 8>(w, x, y, R, K, 0); break;
+    case 1: launch_gemv_scalar<T, 1>(w, x, y, R, K, 0, g_scales); break;
+    case 2: launch_gemv_scalar<T, 2>(w, x, y, R, K, 0, g_scales); break;
+    case 3: launch_gemv_scalar<T, 3>(w, x, y, R, K, 0, g_scales); break;
+    case 4: launch_gemv_scalar<T, 4>(w, x, y, R, K, 0, g_scales); break;
+    case 5: launch_gemv_scalar<T, 5>(w, x, y, R, K, 0, g_scales); break;
+    case 6: launch_gemv_scalar<T, 6>(w, x, y, R, K, 0, g_scales); break;
+    case 7: launch_gemv_scalar<T, 7>(w, x, y, R, K, 0, g_scales); break;
+    case 8: launch_gemv_scalar<T, 8>(w, x, y, R, K, 0, g_scales); break;
   }
 }
 
@@ -154,7 +159,10 @@ template <typename T>
 void bench_gemv(const char* dtname, cudaDataType_t cublas_t, int R, int K, double copy_gbs,
                 cublasHandle_t blas, FILE* csv) {
   const float a = std::sqrt(3.0f / float(K));
-  T* W = dev_random<T>(size_t(R) * K, -a, a, 11);
+  constexpr bool i8 = std::is_same_v<T, int8_t>;
+  T* W = i8 ? dev_random<T>(size_t(R) * K, -127.4f, 127.4f, 11) : dev_random<T>(size_t(R) * K, -a, a, 11);
+  float* scales = dev_random<float>(size_t(R), 0.5f * a / 127, a / 127, 14);
+  g_scales = scales;
   float* x = dev_random<float>(size_t(8) * K, -1, 1, 12);
   T* x16 = dev_random<T>(size_t(8) * K, -1, 1, 13);
   float *y, *y0;
@@ -168,7 +176,8 @@ void bench_gemv(const char* dtname, cudaDataType_t cublas_t, int R, int K, doubl
   std::printf("%13s\n", "cublas16");
   for (int n = 1; n <= 8; ++n) {
     std::printf("%-12d", n);
-    const double bytes = double(R) * K * sizeof(T) + double(n) * K * 4 + double(n) * R * 4;
+    const double bytes = double(R) * K * sizeof(T) + double(n) * K * 4 + double(n) * R * 4 +
+                         (i8 ? double(R) * 4 : 0.0);
     vs[0].run(W, x, y0, R, K, n);
     const auto ref = host(y0, size_t(n) * R);
     for (auto& v : vs) {
@@ -179,6 +188,10 @@ void bench_gemv(const char* dtname, cudaDataType_t cublas_t, int R, int K, doubl
       const double gbs = bytes / (us * 1e3);
       std::printf("%7.0f (%2.0f%%)%s", gbs, 100 * gbs / copy_gbs, err > 1e-5 ? "!" : " ");
       if (csv) std::fprintf(csv, "gemv,%s,%d,%d,%d,%s,%.3f,%.1f,%.3g\n", dtname, R, K, n, v.name, us, gbs, err);
+    }
+    if (i8) {  // no cuBLAS counterpart (int8 x int8 -> int32 is another computation)
+      std::printf("\n");
+      continue;
     }
     // cuBLAS with x already in the weight dtype (the conversion kernel is not counted).
     const float one = 1, zero = 0;
@@ -191,8 +204,9 @@ void bench_gemv(const char* dtname, cudaDataType_t cublas_t, int R, int K, doubl
     if (csv) std::fprintf(csv, "gemv,%s,%d,%d,%d,cublas,%.3f,%.1f,0\n", dtname, R, K, n, us, gbs);
   }
   for (void* p : {static_cast<void*>(W), static_cast<void*>(x), static_cast<void*>(x16),
-                  static_cast<void*>(y), static_cast<void*>(y0)})
+                  static_cast<void*>(y), static_cast<void*>(y0), static_cast<void*>(scales)})
     CK(cudaFree(p));
+  g_scales = nullptr;
 }
 
 // WKV timings: `segs` segments of `len` tokens each, C = H * N channels.
@@ -262,6 +276,10 @@ int main(int argc, char** argv) {
     bench_gemv<__half>("fp16", CUDA_R_16F, 5120, 20480, copy, blas, csv);
     bench_gemv<__half>("fp16", CUDA_R_16F, 5120, 5120, copy, blas, csv);
     bench_gemv<__nv_bfloat16>("bf16", CUDA_R_16BF, 20480, 5120, copy, blas, csv);
+    // int8 with row scales (--compute-dtype int8); cublas_t unused.
+    bench_gemv<int8_t>("int8", CUDA_R_8I, 20480, 5120, copy, blas, csv);
+    bench_gemv<int8_t>("int8", CUDA_R_8I, 5120, 20480, copy, blas, csv);
+    bench_gemv<int8_t>("int8", CUDA_R_8I, 5120, 5120, copy, blas, csv);
     std::printf("\nWKV (C = 5120)\n");
     bench_wkv(80, 64, 1, 1, copy, csv);
     bench_wkv(80, 64, 64, 1, copy, csv);
