@@ -31,7 +31,7 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16, bf16 or int8 (per-row scales, quantised when loaded; the embedding stays fp16) (default: as stored)");
   c->add_option("--threads", o.threads, "CPU threads per rank (0: the host's cores shared among its ranks)");
   c->add_option("--max-batch", o.limits.max_batch, "most sequences in one step")->capture_default_str();
-  c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: one per stage)")->capture_default_str();
+  c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: two per stage, one for a single stage)")->capture_default_str();
   c->add_option("--chunk", o.limits.chunk, "prompt tokens per sequence per step")->capture_default_str();
   c->add_flag("--stats", o.stats, "print per-stage statistics at the end (stderr)");
 }
@@ -146,7 +146,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     const ModelConfig cfg = source.config();
     DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
     EngineLimits lim = opt.limits;
-    if (lim.microbatches <= 0) lim.microbatches = int(stage_ranks.size());
+    if (lim.microbatches <= 0) lim.microbatches = default_microbatches(int(stage_ranks.size()));
     lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches);
     lim.max_tokens = std::max(lim.max_tokens, lim.chunk);
     lim.max_logit_rows = max_logit_rows(cfg);
@@ -154,6 +154,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     std::unique_ptr<Backend> be;
     if (is_stage) {
       be = choose_backend(opt, threads);
+      // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
+      // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf.md).
+      if (!be->host_memory()) t.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
       char host[256] = {};
       gethostname(host, sizeof host - 1);
       HelloMsg h{kProtocolVersion, fingerprint, uint64_t(be->free_memory()), be->name(), host};

@@ -35,6 +35,8 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
                std::vector<StagePlan> plan, EngineLimits lim, std::function<bool()> local_poll)
     : t_(t), cfg_(cfg), stage_ranks_(std::move(stage_ranks)), plan_(std::move(plan)), lim_(lim),
       local_poll_(std::move(local_poll)) {
+  if (lim_.microbatches <= 0) lim_.microbatches = default_microbatches(int(stage_ranks_.size()));
+  max_batch_limit_ = lim_.max_batch;
   for (int s = lim_.max_slots - 1; s >= 0; --s) free_slots_.push_back(s);
   rbuf_.resize(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
   rspare_.resize(rbuf_.size());
@@ -97,6 +99,11 @@ void Engine::finish(Seq& s, Finish why) {
     reap_.push_back(s.id);
   }
   if (s.req.on_finish) s.req.on_finish(why);
+}
+
+void Engine::set_max_batch(int n) {
+  if (n < 1 || n > max_batch_limit_) fail("max batch {} is outside 1..{}", n, max_batch_limit_);
+  lim_.max_batch = n;
 }
 
 bool Engine::schedule() {

@@ -48,9 +48,14 @@ struct EngineLimits {
   int max_batch = 64;      // sequences per step
   int max_tokens = 512;    // tokens per step
   int chunk = 128;         // prompt tokens per sequence per step
-  int microbatches = 1;    // steps in flight
+  int microbatches = 0;    // steps in flight (0: default_microbatches(stages))
   int max_logit_rows = 1;  // logit rows per step (message size bound)
 };
+
+// Steps in flight by default: two per stage when there are several, so that every stage has
+// the next step queued while its last one travels (hidden vectors between stages, the
+// coordinator's scheduling); one for a single stage (docs/perf.md, pipeline scaling).
+inline int default_microbatches(int stages) { return stages > 1 ? 2 * stages : 1; }
 
 class Engine {
  public:
@@ -78,6 +83,9 @@ class Engine {
   void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
   bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
   const EngineLimits& limits() const { return lim_; }
+  // Changes the most sequences per step from the next step on (1 .. the limit given at start,
+  // which sized the stages' buffers).
+  void set_max_batch(int n);
   // Tokens processed (prompt + generated) and wall time spent in run().
   uint64_t tokens_processed() const { return tokens_; }
   uint64_t tokens_generated() const { return generated_; }
@@ -97,6 +105,7 @@ class Engine {
   std::vector<int> stage_ranks_;
   std::vector<StagePlan> plan_;
   EngineLimits lim_;
+  int max_batch_limit_ = 0;
   std::function<bool()> local_poll_;
   std::map<int, std::unique_ptr<Seq>> seqs_;
   std::vector<int> free_slots_;

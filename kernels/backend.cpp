@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -27,6 +29,35 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   }
   return *this;
 }
+
+HostBuffer::HostBuffer(Backend* be, size_t bytes) : be_(be), p_(be->alloc_host(bytes)), n_(bytes) {}
+HostBuffer::~HostBuffer() {
+  if (p_) be_->free_host(p_);
+}
+HostBuffer::HostBuffer(HostBuffer&& o) noexcept
+    : be_(o.be_), p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) be_->free_host(p_);
+    be_ = o.be_;
+    p_ = std::exchange(o.p_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
+void* Backend::alloc_host(size_t bytes) {
+  void* p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(64), std::nothrow);
+  if (!p) fail("out of host memory: cannot allocate {} bytes for message buffers", bytes);
+  std::memset(p, 0, bytes);
+  return p;
+}
+void Backend::free_host(void* p) noexcept { ::operator delete(p, std::align_val_t(64)); }
+void Backend::upload_async(void* dst, const void* src, size_t bytes) { upload(dst, src, bytes); }
+void Backend::download_async(void* dst, const void* src, size_t bytes) { download(dst, src, bytes); }
+uint64_t Backend::fence() { return 0; }
+bool Backend::fence_done(uint64_t) { return true; }
+void Backend::fence_wait(uint64_t) {}
 
 WeightView Backend::load_weight(const HostTensor& t, DType want,
                                 std::unique_ptr<DeviceBuffer>& owner) {
@@ -153,6 +184,45 @@ void Backend::argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t
       if (!std::isnan(z[i])) s += std::exp(double(z[i]) - double(top));
     host_logprobs[r] = float(double(top) - (double(top) + std::log(s)));
   }
+}
+
+void Backend::norm_shift_mix(const float* x, const float* w, const float* b, float eps, int64_t n,
+                             int64_t d, const SegTable& segs, float* state, int64_t stride, int64_t off,
+                             const float* const* mu, float* const* out, int nmix, float* xln, float* prev) {
+  RWKVPP_CHECK(nmix >= 1 && nmix <= 4, "norm_shift_mix: 1 to 4 mixes");
+  layer_norm(x, w, b, xln, n, d, eps);
+  token_shift(xln, d, segs, state, stride, off, prev);
+  for (int j = 0; j < nmix; ++j) mix(xln, prev, mu[j], out[j], n, d);
+}
+
+void Backend::matmul_ex(const WeightView& W, const float* x, float* y, int64_t n, const Epilogue& ep,
+                        float* scratch) {
+  RWKVPP_CHECK(!ep.accumulate || scratch, "matmul_ex: accumulate needs scratch");
+  float* v = ep.accumulate ? scratch : y;
+  const int64_t count = n * W.rows;
+  matmul(W, x, v, n);
+  if (ep.has_act) unary(ep.act, v, v, count);
+  if (ep.gate) binary(Binary::Mul, ep.gate, v, v, count);
+  if (ep.accumulate) binary(Binary::Add, y, v, y, count);
+}
+
+void Backend::matmul_group(const MatmulJob* jobs, int count, int64_t n) {
+  for (int i = 0; i < count; ++i) {
+    RWKVPP_CHECK(!jobs[i].ep.accumulate, "matmul_group: jobs do not accumulate");
+    matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
+  }
+}
+
+void Backend::wkv4_gated(const float* k, const float* v, const float* w, const float* u, const SegTable& segs,
+                         float* state, int64_t stride, int64_t off_aa, float* out, int64_t d,
+                         const float* gate) {
+  wkv4(k, v, w, u, segs, state, stride, off_aa, out, d);
+  binary(Binary::Mul, gate, out, out, segs.n_tokens * d);
+}
+
+void Backend::argmax_rows_async(const float* logits, int64_t m, int64_t vocab, void* host_out) {
+  auto* ids = static_cast<int32_t*>(host_out);
+  argmax_rows(logits, m, vocab, ids, reinterpret_cast<float*>(ids + m));
 }
 
 bool Backend::graph_begin(uint64_t) { return false; }

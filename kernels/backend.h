@@ -91,6 +91,26 @@ class DeviceBuffer {
   size_t n_ = 0;
 };
 
+// Owning handle of host memory from Backend::alloc_host; move-only.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  HostBuffer(Backend* be, size_t bytes);
+  ~HostBuffer();
+  HostBuffer(HostBuffer&& o) noexcept;
+  HostBuffer& operator=(HostBuffer&& o) noexcept;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  uint8_t* data() const { return static_cast<uint8_t*>(p_); }
+  size_t size() const { return n_; }
+
+ private:
+  Backend* be_ = nullptr;
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -105,6 +125,25 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;      // backend -> backend
   virtual void synchronize() = 0;
   virtual size_t free_memory() const = 0;     // bytes available for weights and state
+
+  // ---- asynchronous transfers (optional; the defaults are the synchronous ones) -----------
+  // Host memory that devices copy from and to directly (page-locked on CUDA; plain memory
+  // elsewhere): stage-to-stage messages live in it, so that their hidden vectors move by DMA
+  // while the host goes on. Zero-filled, 64-byte aligned; throws Error when out of memory.
+  virtual void* alloc_host(size_t bytes);
+  virtual void free_host(void* p) noexcept;
+  // Queued copies: they run in order with the ops, and the host buffer (from alloc_host, or
+  // any host memory) must stay valid and untouched until a fence() recorded after the copy
+  // has completed. The defaults copy at once (the fence is then complete already).
+  virtual void upload_async(void* dst, const void* src, size_t bytes);
+  virtual void download_async(void* dst, const void* src, size_t bytes);
+  // A marker after everything queued so far. fence_done() tells without blocking whether the
+  // device has got past it; fence_wait() blocks until it has. Markers are increasing; a later
+  // one completing implies every earlier one has. The defaults (synchronous devices) return 0
+  // and are always done.
+  virtual uint64_t fence();
+  virtual bool fence_done(uint64_t f);
+  virtual void fence_wait(uint64_t f);
 
   // Makes the segment table visible to the device; the returned table stays valid until the
   // next call. `segs` must outlive the returned table (its host span points into it).
@@ -183,6 +222,51 @@ class Backend {
                     const float* a, const float* b, const SegTable& segs, float* state,
                     int64_t stride, int64_t off, float* out, int64_t n_head, int64_t head_size) = 0;
 
+  // ---- fused forms of the op sequences every block runs (optional) ------------------------
+  // Decoding is bound by kernel count as much as by bytes: these let a device run a sequence
+  // of ops as one. The defaults run the plain ops in the documented order, so results on
+  // backends that keep them are the plain ops' results, bit for bit.
+
+  // layer_norm(x -> xln), token_shift(xln -> prev, through the state), then for j < nmix:
+  //   mix(xln, prev, mu[j] -> out[j]).  nmix is 1..4. xln and prev ([n, d]) are scratch: their
+  // contents afterwards are unspecified. out[j] must not alias x, xln or prev.
+  virtual void norm_shift_mix(const float* x, const float* w, const float* b, float eps, int64_t n,
+                              int64_t d, const SegTable& segs, float* state, int64_t stride,
+                              int64_t off, const float* const* mu, float* const* out, int nmix,
+                              float* xln, float* prev);
+
+  // What matmul_ex does with v = x W^T, elementwise over [n, W.rows]: v = act(v) when has_act
+  // (Sigmoid or ReluSquare), v = gate * v when gate is given ([n, W.rows]), then y = y + v
+  // when accumulate, else y = v.
+  struct Epilogue {
+    bool has_act = false;
+    Unary act = Unary::Sigmoid;
+    const float* gate = nullptr;
+    bool accumulate = false;
+  };
+  // matmul with an epilogue. `scratch` ([n, W.rows] floats of backend memory, not aliasing x,
+  // y or gate) is needed when accumulate is set; the default runs matmul, unary, binary(Mul,
+  // gate, v), binary(Add, y, v) in that order.
+  virtual void matmul_ex(const WeightView& W, const float* x, float* y, int64_t n,
+                         const Epilogue& ep, float* scratch);
+
+  // Up to 3 independent products with the same input width (W.cols) and token count:
+  // y[i] = matmul_ex(W[i], x[i], ep[i]) for i < count, none accumulating. The default runs them
+  // one after another; a device may run them as one launch (RWKV-4's k, v, r; FFN key and
+  // receptance).
+  struct MatmulJob {
+    const WeightView* W;
+    const float* x;
+    float* y;
+    Epilogue ep;
+  };
+  virtual void matmul_group(const MatmulJob* jobs, int count, int64_t n);
+
+  // wkv4, then out = gate * out (elementwise over [n_tokens, d]; RWKV-4's sigmoid(r) gate).
+  virtual void wkv4_gated(const float* k, const float* v, const float* w, const float* u,
+                          const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
+                          float* out, int64_t d, const float* gate);
+
   // ---- ops added for RWKV-5/6/7 (kernels/rwkv5.cpp, rwkv6.cpp, rwkv7.cpp) ------------------
   // Elementwise interpolation with a per-element weight, for i < count:
   //   y[i] = a[i] + (b[i] - a[i]) * m[i]
@@ -216,6 +300,10 @@ class Backend {
   // implementation downloads the whole [m, vocab] block and reduces it on the host.
   virtual void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
                            float* host_logprobs);
+  // The same, queued: host_out (host memory, best from alloc_host) receives [m] int32 ids then
+  // [m] fp32 logprobs once a fence() recorded after this call has completed. The default runs
+  // argmax_rows at once.
+  virtual void argmax_rows_async(const float* logits, int64_t m, int64_t vocab, void* host_out);
 
   // ---- recorded op sequences (optional; the default records nothing) -----------------------
   // On devices that queue work (CUDA graphs), the ops issued between graph_begin(key) and

@@ -83,6 +83,10 @@ class Transport {
   // a pending request has outlived the liveness timeout (so that test() can report it).
   // Returns at once when no request is pending. Does not spin a core at 100% while waiting.
   virtual void wait_some(std::chrono::milliseconds timeout) = 0;
+  // How long wait_some() polls (yielding the core, never sleeping) before it starts to nap:
+  // short by default, so that ranks sharing cores stay polite; long on a rank that owns its
+  // cores and whose stage hop latency matters (a GPU rank). Transports without naps ignore it.
+  virtual void set_spin(std::chrono::microseconds) {}
   // Tells every other rank to stop (best effort) and ends the job with `code`: the way out of
   // an unrecoverable error under mpirun, so that no rank hangs.
   [[noreturn]] virtual void abort(int code) = 0;

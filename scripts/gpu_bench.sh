@@ -17,12 +17,15 @@ for spec in "$@"; do
   shape=${spec%%:*}
   args=""
   [[ "$spec" == *:* ]] && args=${spec#*:}
+  # Runs of one shape with another dtype get their own files (bench-14b-int8.json).
+  tag=$(printf '%s' "$args" | grep -oE 'int8|bf16|fp32' | head -1)
+  name=$shape${tag:+-$tag}
   echo "== bench $shape $args"
   # shellcheck disable=SC2086
-  timeout 400 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args -o "$OUT/bench-$shape.json" \
-    > "$OUT/bench-$shape.log" 2>&1
+  timeout 400 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args -o "$OUT/bench-$name.json" \
+    > "$OUT/bench-$name.log" 2>&1
   echo "rc=$?"
-  python3 - "$OUT/bench-$shape.json" <<'PY' || tail -5 "$OUT/bench-$shape.log"
+  python3 - "$OUT/bench-$name.json" <<'PY' || tail -5 "$OUT/bench-$name.log"
 import json, sys
 d = json.load(open(sys.argv[1]))
 f = d["floors"]

@@ -1,6 +1,8 @@
 // Encoding and decoding of the step protocol's messages (worker/protocol.h).
 #include "worker/protocol.h"
 
+#include <cstring>
+
 namespace rwkvpp {
 
 namespace {
@@ -101,6 +103,14 @@ std::vector<uint8_t> encode_error(const std::string& what) {
 std::vector<uint8_t> encode_heartbeat(uint64_t seq) { return MessageWriter(MsgType::Heartbeat, seq).finish(); }
 
 std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats) {
+  std::vector<uint8_t> v = encode_step_head(m, hidden_floats);
+  const size_t at = v.size();
+  v.resize(at + hidden_floats * 4);
+  if (hidden_floats) std::memcpy(v.data() + at, hidden, hidden_floats * 4);
+  return v;
+}
+
+std::vector<uint8_t> encode_step_head(const StepMsg& m, size_t hidden_floats) {
   MessageWriter w(MsgType::Step, m.step);
   w.put_u64(m.step);
   w.put_u32(uint32_t(m.ops.size()));
@@ -115,8 +125,10 @@ std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t h
   w.put_span(m.position);
   w.put_span(m.tokens);
   w.put_u64(hidden_floats);
-  if (hidden_floats) w.put_raw(hidden, hidden_floats * 4);
-  return w.finish();
+  std::vector<uint8_t> v = w.finish();
+  // The header counts the hidden payload that the caller appends.
+  encode_header(MsgType::Step, v.size() - kHeaderBytes + hidden_floats * 4, m.step, v);
+  return v;
 }
 
 std::vector<uint8_t> encode_result(const ResultMsg& m) {

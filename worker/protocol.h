@@ -117,6 +117,9 @@ std::vector<uint8_t> encode_error(const std::string& what);
 std::vector<uint8_t> encode_heartbeat(uint64_t seq);
 // A Step with the hidden vectors appended (floats, possibly none for stage 0).
 std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats);
+// The same message without its hidden payload: the caller appends hidden_floats * 4 bytes
+// (e.g. a device download straight into a message buffer); the header already counts them.
+std::vector<uint8_t> encode_step_head(const StepMsg& m, size_t hidden_floats);
 std::vector<uint8_t> encode_result(const ResultMsg& m);
 
 // Decoding: `what` names the sender in errors ("Step from rank 2").

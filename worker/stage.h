@@ -55,6 +55,9 @@ class Stage {
   // argmax (lowest id among equals; -1 when every logit is NaN or -inf) and logprobs[j] = its
   // log-softmax at temperature 1 (Backend::argmax_rows). ids, logprobs: host memory [m].
   void greedy(const Hidden& h, const int32_t* rows, int64_t m, int32_t* ids, float* logprobs);
+  // The same, queued (Backend::argmax_rows_async): host_out receives [m] ids then [m]
+  // logprobs once a fence recorded after the call has completed.
+  void greedy_async(const Hidden& h, const int32_t* rows, int64_t m, void* host_out);
 
  private:
   Backend& be_;

@@ -1,6 +1,7 @@
 #include "worker/step_loop.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace rwkvpp {
 
@@ -24,15 +25,12 @@ bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling
 }
 
 // The result of a step whose rows (one per sampled segment) are all plain greedy: the device
-// reduces each row of logits to its argmax and logprob and only those come back (Stage::greedy)
-// instead of [rows, vocab] fp32. Equal to sample_token's results on the downloaded logits
-// (tests/kernels/test_cuda_sampling.cpp); the penalty state is updated as sample_token does.
-ResultMsg greedy_result(const StepMsg& s, Stage& stage, const Hidden& h,
-                        const std::vector<int32_t>& rows, const std::vector<SamplingParams>& sampling,
-                        std::vector<PenaltyState>& penalty) {
-  std::vector<int32_t> ids(rows.size());
-  std::vector<float> logprobs(rows.size());
-  stage.greedy(h, rows.data(), int64_t(rows.size()), ids.data(), logprobs.data());
+// reduced each row of logits to its argmax and logprob (Stage::greedy_async) and only those
+// came back, instead of [rows, vocab] fp32. Equal to sample_token's results on the downloaded
+// logits (tests/kernels/test_cuda_sampling.cpp); the penalty state is updated as sample_token
+// does.
+ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logprobs,
+                        const std::vector<SamplingParams>& sampling, std::vector<PenaltyState>& penalty) {
   ResultMsg res;
   res.step = s.step;
   size_t at = 0;
@@ -71,10 +69,10 @@ size_t result_capacity(const ModelConfig& cfg, int max_tokens, int rows) {
 
 StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     : t_(t), stage_(stage), a_(a), sampling_(size_t(a.max_slots)), penalty_(size_t(a.max_slots)) {
-  rbuf_.resize(step_capacity(stage.config(), a.max_tokens, a.max_slots));
-  rspare_.resize(rbuf_.size());
-  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbuf_.data(), rbuf_.size());
-  last_heartbeat_ = idle_since_ = Clock::now();
+  const size_t cap = step_capacity(stage.config(), a.max_tokens, a.max_slots);
+  for (auto& b : rbufs_) b = HostBuffer(&stage.backend(), cap);
+  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[0].data(), cap);
+  last_heartbeat_ = idle_since_ = busy_until_ = Clock::now();
   stats_.stage = a.stage;
   stats_.first = a.first;
   stats_.last = a.last;
@@ -86,43 +84,92 @@ StepLoop::~StepLoop() {
 }
 
 void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
-  stats_.bytes_sent += msg.size();
-  sends_.emplace_back(0, std::move(msg));
-  auto& m = sends_.back().second;
-  sends_.back().first = t_.post_send(peer, tag, m.data(), m.size());
+  Outgoing o;
+  o.peer = peer;
+  o.tag = tag;
+  o.bytes = msg.size();
+  o.vec = std::move(msg);
+  o.started = step_started_;
+  ready_.push_back(std::move(o));
+  flush_ready();
+}
+
+int StepLoop::take_buffer(size_t bytes) {
+  int b;
+  if (!free_bufs_.empty()) {
+    b = free_bufs_.back();
+    free_bufs_.pop_back();
+  } else {
+    b = int(bufs_.size());
+    bufs_.emplace_back();
+  }
+  if (bufs_[size_t(b)].size() < bytes) bufs_[size_t(b)] = HostBuffer(&stage_.backend(), bytes);
+  return b;
+}
+
+void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
+  from = std::max(from, busy_until_);
+  if (to > from) stats_.compute_s += std::chrono::duration<double>(to - from).count();
+  busy_until_ = std::max(busy_until_, to);
+}
+
+void StepLoop::flush_ready() {
+  Backend& be = stage_.backend();
+  while (!ready_.empty() && (ready_.front().fence == 0 || be.fence_done(ready_.front().fence))) {
+    Outgoing o = std::move(ready_.front());
+    ready_.pop_front();
+    if (o.fence) count_busy(o.started, Clock::now());  // the device finished its step now
+    if (o.make) {  // a Result made from what the device wrote into the buffer
+      o.vec = o.make(bufs_[size_t(o.buf)].data());
+      o.bytes = o.vec.size();
+      free_bufs_.push_back(o.buf);
+      o.buf = -1;
+    }
+    const void* p = o.buf >= 0 ? static_cast<const void*>(bufs_[size_t(o.buf)].data()) : o.vec.data();
+    stats_.bytes_sent += o.bytes;
+    o.req = t_.post_send(o.peer, o.tag, p, o.bytes);
+    sends_.push_back(std::move(o));
+  }
 }
 
 void StepLoop::reap_sends() {
-  while (!sends_.empty() && t_.test(sends_.front().first)) sends_.pop_front();
+  while (!sends_.empty() && t_.test(sends_.front().req)) {
+    if (sends_.front().buf >= 0) free_bufs_.push_back(sends_.front().buf);
+    sends_.pop_front();
+  }
 }
 
 bool StepLoop::poll() {
   reap_sends();
+  flush_ready();
   auto now = Clock::now();
   if (a_.coord_rank != t_.rank() && now - last_heartbeat_ > std::chrono::milliseconds(1000)) {
     send(a_.coord_rank, kTagHeartbeat, encode_heartbeat(++hb_seq_));
     last_heartbeat_ = now;
   }
   Completion c;
-  if (!t_.test(rreq_, &c)) return false;
-  // Keep the received bytes, post the next receive into a fresh buffer, then compute: the next
-  // message can arrive while this one is being processed.
-  std::swap(rbuf_, rspare_);
-  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbuf_.data(), rbuf_.size());
-  const std::vector<uint8_t>& cur = rspare_;
-  auto t0 = Clock::now();
+  if (!t_.test(rreq_, &c)) return !ready_.empty();
+  // Keep the received bytes, post the next receive into the next buffer of the ring (once the
+  // device has read it), then compute: the next message can arrive meanwhile.
+  const int cur = rcur_;
+  rcur_ = (rcur_ + 1) % kRecvBuffers;
+  stage_.backend().fence_wait(rfence_[rcur_]);
+  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
+  auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
-  handle({cur.data(), c.bytes});
+  handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur]);
   idle_since_ = Clock::now();
-  stats_.compute_s += std::chrono::duration<double>(idle_since_ - t0).count();
+  // Steps handed to the device count as busy until their download completes (flush_ready).
+  if (ready_.empty() || ready_.back().fence == 0) count_busy(t0, idle_since_);
+  flush_ready();
   return true;
 }
 
-void StepLoop::handle(std::span<const uint8_t> bytes) {
+void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
   const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
-  Message msg = decode_message(bytes, rbuf_.size());
+  Message msg = decode_message(bytes, rbufs_[0].size());
   if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", what, msg_type_name(msg.header.type));
   std::span<const uint8_t> hidden_bytes;
   StepMsg s = decode_step(msg, what, &hidden_bytes);
@@ -159,18 +206,27 @@ void StepLoop::handle(std::span<const uint8_t> bytes) {
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
-    be.upload(h.x, hidden_bytes.data(), hf * 4);
+    be.upload_async(h.x, hidden_bytes.data(), hf * 4);
+    *upload_fence = be.fence();
   }
   stage_.forward(s.segs, h);
 
   if (!a_.head) {
-    const float* src = h.x;
-    if (!be.host_memory()) {
-      host_hidden_.resize(hf);
-      be.download(host_hidden_.data(), h.x, hf * 4);
-      src = host_hidden_.data();
-    }
-    send(a_.next_rank, kTagStep, encode_step(s, src, hf));
+    // The message head, then the hidden vectors downloaded behind it; sent by flush_ready()
+    // once the device has got there, while this rank already takes the next step.
+    std::vector<uint8_t> head = encode_step_head(s, hf);
+    Outgoing o;
+    o.peer = a_.next_rank;
+    o.tag = kTagStep;
+    o.bytes = head.size() + hf * 4;
+    o.buf = take_buffer(o.bytes);
+    o.started = step_started_;
+    uint8_t* p = bufs_[size_t(o.buf)].data();
+    std::memcpy(p, head.data(), head.size());
+    be.download_async(p + head.size(), h.x, hf * 4);
+    o.fence = be.fence();
+    if (o.fence == 0) count_busy(step_started_, Clock::now());
+    ready_.push_back(std::move(o));
     return;
   }
   // Last stage: logits for the rows that need them, then sampling.
@@ -185,7 +241,22 @@ void StepLoop::handle(std::span<const uint8_t> bytes) {
   }
   const int64_t V = cfg.vocab_size;
   if (!rows.empty() && device_greedy(s, sampling_)) {
-    send(a_.coord_rank, kTagResult, encode_result(greedy_result(s, stage_, h, rows, sampling_, penalty_)));
+    // Ids and logprobs land in a message buffer by DMA; the Result is made and sent by
+    // flush_ready() once the device has got there, while this rank takes the next step. (The
+    // step's slots cannot change meanwhile: none is reused before its Result reaches rank 0.)
+    const int64_t m = int64_t(rows.size());
+    Outgoing o;
+    o.peer = a_.coord_rank;
+    o.tag = kTagResult;
+    o.buf = take_buffer(size_t(m) * 8);
+    o.started = step_started_;
+    stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
+    o.fence = be.fence();
+    o.make = [this, s = std::move(s), m](const uint8_t* p) {
+      auto* ids = reinterpret_cast<const int32_t*>(p);
+      return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), sampling_, penalty_));
+    };
+    ready_.push_back(std::move(o));
     return;
   }
   logits_.resize(rows.size() * size_t(V));
@@ -211,7 +282,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes) {
 }
 
 void StepLoop::drain() {
-  while (!sends_.empty()) {
+  while (!ready_.empty() || !sends_.empty()) {
+    flush_ready();
     reap_sends();
     if (!sends_.empty()) t_.wait_some(std::chrono::milliseconds(1));
   }

@@ -1,11 +1,15 @@
 // The stage side of the step protocol: receives Steps from the previous rank, applies their slot
 // operations, runs the stage's layers, and sends the hidden vectors on (or, on the last stage,
 // samples and sends Results to the coordinator). Communication overlaps compute: the next
-// receive is posted before the current step is computed, and sends complete in the background.
+// receive is posted before the current step is computed, hidden vectors move between device
+// and host by DMA through page-locked message buffers (Backend::alloc_host) while the host
+// goes on (the next step is queued on the device before the previous one's download is sent),
+// and sends complete in the background.
 #pragma once
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "net/transport.h"
@@ -26,27 +30,54 @@ class StepLoop {
   StepLoop(Transport& t, Stage& stage, const AssignMsg& a);
   ~StepLoop();
   // Handles at most one Step if one has arrived, and drives pending sends and heartbeats.
-  // Never blocks. Returns true when it did work.
+  // Never blocks. Returns true when it did work, or when a hidden vector is still on its way
+  // from the device to the host (so that the caller polls again at once instead of napping).
   bool poll();
   // Waits until every send has completed (at shutdown).
   void drain();
   StatsMsg stats() const;
 
  private:
-  void handle(std::span<const uint8_t> bytes);
+  // A message to send once the device has got past `fence` (0: at once). Messages leave in
+  // the order they were queued, so a step never overtakes the one before it.
+  struct Outgoing {
+    uint64_t fence = 0;
+    int peer = 0, tag = 0;
+    std::vector<uint8_t> vec;  // the message, or empty when it is in pinned buffer `buf`
+    int buf = -1;
+    // When set: makes the message from buffer `buf` once the fence has passed (a Result from
+    // the ids and logprobs the device wrote there).
+    std::function<std::vector<uint8_t>(const uint8_t*)> make;
+    size_t bytes = 0;
+    std::chrono::steady_clock::time_point started;  // when its step began (compute time)
+    RequestId req = 0;
+  };
+  void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence);
   void send(int peer, int tag, std::vector<uint8_t> msg);
+  void flush_ready();
   void reap_sends();
+  int take_buffer(size_t bytes);
+  void count_busy(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to);
 
   Transport& t_;
   Stage& stage_;
   AssignMsg a_;
-  std::vector<uint8_t> rbuf_, rspare_;  // receive buffer and the one being handled
+  // Receives land in a ring of host buffers that the device copies from directly; a buffer is
+  // posted again only after the upload from it has completed.
+  static constexpr int kRecvBuffers = 3;
+  HostBuffer rbufs_[kRecvBuffers];
+  uint64_t rfence_[kRecvBuffers] = {};
+  int rcur_ = 0;
   RequestId rreq_ = 0;
-  std::deque<std::pair<RequestId, std::vector<uint8_t>>> sends_;
+  std::deque<Outgoing> ready_;  // waiting for the device
+  std::deque<Outgoing> sends_;  // posted to the transport
+  std::vector<HostBuffer> bufs_;  // outgoing hidden messages, downloaded into directly
+  std::vector<int> free_bufs_;
   std::vector<SamplingParams> sampling_;
   std::vector<PenaltyState> penalty_;
-  std::vector<float> host_hidden_, logits_;
-  std::chrono::steady_clock::time_point last_heartbeat_, idle_since_;
+  std::vector<float> logits_;
+  std::chrono::steady_clock::time_point last_heartbeat_, idle_since_, busy_until_;
+  std::chrono::steady_clock::time_point step_started_;
   uint64_t hb_seq_ = 0;
   StatsMsg stats_;
 };

@@ -21,6 +21,7 @@
 #include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/head_ops.cuh"
 #include "kernels/cuda/layer_norm.cuh"
 #include "kernels/cuda/matmul.cuh"
@@ -66,6 +67,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     drop_graphs();
+    for (auto& f : fences_) cudaEventDestroy(f.event);
+    for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
     for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p})
       if (p) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
@@ -108,6 +111,69 @@ class CudaBackend final : public Backend {
     use_device();
     if (bytes) RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     RWKVPP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // Page-locked host memory, so that the async copies below are DMA that overlaps the host.
+  void* alloc_host(size_t bytes) override {
+    use_device();
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocPortable) != cudaSuccess) {
+      cudaGetLastError();
+      fail_msg("cannot allocate " + std::to_string(bytes) + " bytes of page-locked host memory");
+    }
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  void free_host(void* p) noexcept override {
+    if (!p) return;
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);  // a queued copy may still use it
+    cudaFreeHost(p);
+  }
+  void upload_async(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void download_async(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  }
+  // Fences are events recorded on the stream, queried in order (a later one done implies
+  // every earlier one is), and recycled.
+  uint64_t fence() override {
+    use_device();
+    cudaEvent_t e = nullptr;
+    if (!spare_events_.empty()) {
+      e = spare_events_.back();
+      spare_events_.pop_back();
+    } else {
+      RWKVPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    RWKVPP_CUDA_CHECK(cudaEventRecord(e, stream_));
+    fences_.push_back({++fence_seq_, e});
+    return fence_seq_;
+  }
+  bool fence_done(uint64_t f) override {
+    use_device();
+    while (!fences_.empty()) {
+      cudaError_t r = cudaEventQuery(fences_.front().event);
+      if (r == cudaErrorNotReady) break;
+      RWKVPP_CUDA_CHECK(r);
+      fence_reached_ = fences_.front().id;
+      spare_events_.push_back(fences_.front().event);
+      fences_.erase(fences_.begin());
+    }
+    return f <= fence_reached_;
+  }
+  void fence_wait(uint64_t f) override {
+    if (fence_done(f)) return;
+    for (auto& p : fences_)
+      if (p.id >= f) {
+        RWKVPP_CUDA_CHECK(cudaEventSynchronize(p.event));
+        break;
+      }
+    fence_done(f);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
@@ -157,6 +223,60 @@ class CudaBackend final : public Backend {
     const size_t need = cuda::matmul_scratch_bytes(W, n);
     void* scratch = need ? grow(scratch_, need) : nullptr;
     cuda::matmul(blas_, W, x, y, n, scratch, consts_, stream_);
+  }
+
+  // Few tokens: the epilogue runs inside the GEMV (one launch); more: the plain ops.
+  void matmul_ex(const WeightView& W, const float* x, float* y, int64_t n, const Epilogue& ep,
+                 float* scratch) override {
+    use_device();
+    cuda::GemvEpilogue g;
+    if (gemv_epilogue(ep, g) && cuda::gemv_with_epilogue(W, x, y, n, g, stream_)) return;
+    Backend::matmul_ex(W, x, y, n, ep, scratch);
+  }
+
+  // Few tokens: one launch for the whole group; otherwise one product after another.
+  void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
+    use_device();
+    if (count >= 1 && count <= 3) {
+      const WeightView* W[3];
+      const float* x[3];
+      float* y[3];
+      cuda::GemvEpilogue ep[3];
+      bool ok = true;
+      for (int i = 0; i < count; ++i) {
+        W[i] = jobs[i].W, x[i] = jobs[i].x, y[i] = jobs[i].y;
+        ok = ok && !jobs[i].ep.accumulate && gemv_epilogue(jobs[i].ep, ep[i]);
+      }
+      if (ok && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
+    }
+    Backend::matmul_group(jobs, count, n);
+  }
+
+  // Decode steps (one token per segment): one kernel; otherwise the plain ops.
+  void norm_shift_mix(const float* x, const float* w, const float* b, float eps, int64_t n,
+                      int64_t d, const SegTable& segs, float* state, int64_t stride, int64_t off,
+                      const float* const* mu, float* const* out, int nmix, float* xln,
+                      float* prev) override {
+    if (segs.max_len == 1 && int64_t(segs.host.size()) == n && nmix >= 1 && nmix <= 4) {
+      use_device();
+      cuda::MixOut m{};
+      for (int j = 0; j < nmix; ++j) {
+        m.mu[j] = mu[j];
+        m.out[j] = out[j];
+      }
+      cuda::norm_shift_mix_decode(x, w, b, eps, d, segs.device, n, state, stride, off, m, nmix,
+                                  stream_);
+      return;
+    }
+    Backend::norm_shift_mix(x, w, b, eps, n, d, segs, state, stride, off, mu, out, nmix, xln, prev);
+  }
+
+  void wkv4_gated(const float* k, const float* v, const float* w, const float* u,
+                  const SegTable& segs, float* state, int64_t stride, int64_t off_aa, float* out,
+                  int64_t d, const float* gate) override {
+    use_device();
+    cuda::wkv4(k, v, w, u, segs.device, int64_t(segs.host.size()), state, stride, off_aa, out, d,
+               stream_, gate);
   }
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
@@ -271,6 +391,15 @@ class CudaBackend final : public Backend {
     cudaGetLastError();  // an invalidated capture leaves its error behind
   }
 
+  void argmax_rows_async(const float* logits, int64_t m, int64_t vocab, void* host_out) override {
+    if (m == 0) return;
+    use_device();
+    const size_t bytes = size_t(m) * 8;  // [m] ids, then [m] logprobs
+    auto* d = static_cast<int32_t*>(grow(argmax_, bytes));
+    cuda::argmax_rows(logits, m, vocab, d, reinterpret_cast<float*>(d + m), stream_);
+    download_async(host_out, d, bytes);
+  }
+
   void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
                    float* host_logprobs) override {
     if (m == 0) return;
@@ -309,6 +438,14 @@ class CudaBackend final : public Backend {
     return s.p;
   }
 
+  // The GEMV's form of an epilogue; false for an activation it does not fuse.
+  static bool gemv_epilogue(const Epilogue& ep, cuda::GemvEpilogue& g) {
+    g.act = !ep.has_act ? 0 : ep.act == Unary::Sigmoid ? 1 : ep.act == Unary::ReluSquare ? 2 : -1;
+    g.gate = ep.gate;
+    g.accumulate = ep.accumulate;
+    return g.act >= 0;
+  }
+
   void drop_graphs() noexcept {
     for (auto& [key, ex] : graphs_) cudaGraphExecDestroy(ex);
     graphs_.clear();
@@ -338,6 +475,13 @@ class CudaBackend final : public Backend {
   static constexpr size_t kMaxGraphs = 256;
   std::unordered_map<uint64_t, cudaGraphExec_t> graphs_;
   std::vector<int32_t> argmax_host_;  // argmax_rows: ids and logprob bits, as downloaded
+  struct Fence {
+    uint64_t id;
+    cudaEvent_t event;
+  };
+  std::vector<Fence> fences_;  // pending, oldest first (a handful at a time)
+  std::vector<cudaEvent_t> spare_events_;
+  uint64_t fence_seq_ = 0, fence_reached_ = 0;
 };
 
 }  // namespace

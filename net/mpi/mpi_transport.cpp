@@ -276,13 +276,15 @@ class MpiTransport final : public Transport {
     requests_.erase(it);
   }
 
+  void set_spin(std::chrono::microseconds us) override { spin_ = us; }
+
   void wait_some(std::chrono::milliseconds timeout) override {
     Clock::time_point start = Clock::now();
     liveness_.advance(start, false);
     send_heartbeats(start);
     Clock::time_point deadline = start + timeout;
-    // Poll MPI; yield the core for the first ~200 us (short latency for a step that is about
-    // to arrive), then sleep with a growing interval up to 1 ms so an idle rank does not hog a
+    // Poll MPI; yield the core for the first spin_ (default 200 us: short latency for a step
+    // that is about to arrive), then sleep with a growing interval up to 1 ms so an idle rank does not hog a
     // core that it may share.
     auto nap = std::chrono::microseconds(50);
     while (true) {
@@ -292,7 +294,7 @@ class MpiTransport final : public Transport {
       liveness_.advance(now, true);
       send_heartbeats(now);
       if (now >= deadline || any_expired()) break;
-      if (now - start < std::chrono::microseconds(200)) {
+      if (now - start < spin_) {
         std::this_thread::yield();
       } else {
         std::this_thread::sleep_for(std::min<Clock::duration>(nap, deadline - now));
@@ -530,6 +532,7 @@ class MpiTransport final : public Transport {
   int rank_ = 0;
   int size_ = 1;
   int tag_ub_ = 32767;
+  std::chrono::microseconds spin_{200};
   std::string name_;
   bool device_memory_ = false;
   bool lost_ = false;
