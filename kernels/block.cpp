@@ -51,19 +51,22 @@ void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hi
   float* xk = ws.get(12, size_t(nc));
   float* xr = ws.get(13, size_t(nc));
   float* k = ws.get(14, size_t(n * F));
-  be.layer_norm(h.x, ln_w, ln_b, xln, n, C, eps);
-  be.token_shift(xln, C, segs, state, stride, off, prev);
-  be.mix(xln, prev, mix_k, xk, n, C);
-  be.mix(xln, prev, mix_r, xr, n, C);
-  be.matmul(key, xk, k, n);
-  be.unary(Unary::ReluSquare, k, k, n * F);
+  const float* mu[2] = {mix_k, mix_r};
+  float* mixed[2] = {xk, xr};
+  be.norm_shift_mix(h.x, ln_w, ln_b, eps, n, C, segs, state, stride, off, mu, mixed, 2, xln, prev);
+  Backend::Epilogue relu2, sig;
+  relu2.has_act = sig.has_act = true;
+  relu2.act = Unary::ReluSquare;
+  sig.act = Unary::Sigmoid;
   float* v = xln;   // free again
   float* r = prev;  // free again
-  be.matmul(value, k, v, n);
-  be.matmul(receptance, xr, r, n);
-  be.unary(Unary::Sigmoid, r, r, nc);
-  be.binary(Binary::Mul, r, v, v, nc);
-  be.binary(Binary::Add, h.x, v, h.x, nc);
+  // k = relu(W_k xk)^2, r = sigmoid(W_r xr)
+  const Backend::MatmulJob kr[2] = {{&key, xk, k, relu2}, {&receptance, xr, r, sig}};
+  be.matmul_group(kr, 2, n);
+  Backend::Epilogue gated_add;
+  gated_add.gate = r;
+  gated_add.accumulate = true;
+  be.matmul_ex(value, k, h.x, n, gated_add, v);  // x += r * (W_v k)
 }
 
 static WeightView load_matrix(Backend& be, const HostTensor& t, int64_t rows, int64_t cols,

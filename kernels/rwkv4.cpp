@@ -70,19 +70,18 @@ class BlockV4 final : public Block {
     float* r = ws.get(7, nc);
 
     // Time mix.
-    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
-    be.token_shift(xln, C, segs, state, S, 0, prev);
-    be.mix(xln, prev, att_mix_k_, a, n, C);
-    be.mix(xln, prev, att_mix_v_, b, n, C);
-    be.mix(xln, prev, att_mix_r_, c, n, C);
-    be.matmul(att_k_, a, k, n);
-    be.matmul(att_v_, b, v, n);
-    be.matmul(att_r_, c, r, n);
-    be.unary(Unary::Sigmoid, r, r, nc);
-    be.wkv4(k, v, decay_, first_, segs, state, S, C, a, C);
-    be.binary(Binary::Mul, r, a, a, nc);
-    be.matmul(att_o_, a, b, n);
-    be.binary(Binary::Add, x, b, x, nc);
+    const float* mu[3] = {att_mix_k_, att_mix_v_, att_mix_r_};
+    float* mixed[3] = {a, b, c};
+    be.norm_shift_mix(x, ln1_w_, ln1_b_, eps_, n, C, segs, state, S, 0, mu, mixed, 3, xln, prev);
+    Backend::Epilogue sig;
+    sig.has_act = true;
+    sig.act = Unary::Sigmoid;
+    const Backend::MatmulJob kvr[3] = {{&att_k_, a, k, {}}, {&att_v_, b, v, {}}, {&att_r_, c, r, sig}};
+    be.matmul_group(kvr, 3, n);                        // k, v, r = sigmoid(W_r c)
+    be.wkv4_gated(k, v, decay_, first_, segs, state, S, C, a, C, r);  // a = r * wkv
+    Backend::Epilogue add;
+    add.accumulate = true;
+    be.matmul_ex(att_o_, a, x, n, add, b);             // x += W_o a
 
     ffn_.forward(be, ws, segs, h, state, S, 4 * C);
   }

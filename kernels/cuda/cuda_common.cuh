@@ -53,6 +53,23 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return t;
 }
 
+// Mean and 1 / sqrt(variance + eps) of the row xr[0, width), computed by the whole block in
+// two passes (the variance around the mean, as the CPU reference does, so large means do not
+// cancel). Every thread gets both; `red` as for block_sum.
+__device__ __forceinline__ float2 row_mean_rstd(const float* xr, int64_t width, float eps, float* red) {
+  const float inv_width = 1.0f / float(width);
+  float s = 0.0f;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) s += xr[c];
+  const float mean = block_sum(s, red) * inv_width;
+  float q = 0.0f;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    const float dlt = xr[c] - mean;
+    q += dlt * dlt;
+  }
+  const float var = block_sum(q, red) * inv_width;
+  return make_float2(mean, 1.0f / sqrtf(var + eps));
+}
+
 // Blocks for a grid-stride loop over `count` items with `threads` per block, capped so that
 // the grid stays a few waves deep on any current GPU.
 inline unsigned grid_for(int64_t count, int threads) {

@@ -95,6 +95,22 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
   return u;
 }
 
+// What a GEMV does with each result v before storing it (Backend::Epilogue): an activation,
+// a gate multiply, and accumulation into y. Uniform across the grid, so the branches cost
+// nothing; the default stores v as it is.
+struct GemvEpilogue {
+  int act = 0;  // 0 none, 1 sigmoid, 2 relu then square
+  const float* gate = nullptr;  // [n, R], multiplies v
+  bool accumulate = false;      // y += v instead of y = v
+
+  __device__ __forceinline__ void store(float* y, int64_t i, float v) const {
+    if (act == 1) v = 1.0f / (1.0f + expf(-v));
+    else if (act == 2) v = v > 0.0f ? v * v : 0.0f;
+    if (gate) v = gate[i] * v;
+    y[i] = accumulate ? y[i] + v : v;
+  }
+};
+
 // Vectorised GEMV. Requires K % Pack16<T>::n == 0 and 16-byte aligned W and x (then every row
 // of both is aligned too).
 //
@@ -107,9 +123,10 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 // end and lane (row * NT + token) % 32 writes each result (times the row's scale for int8;
 // `scales` is unused for the other dtypes).
 template <typename T, int NT, int RPW, int UNROLL>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                    int R, int K, const float* __restrict__ scales) {
+__device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const float* __restrict__ x,
+                                              float* __restrict__ y, int R, int K,
+                                              const float* __restrict__ scales,
+                                              const GemvEpilogue& ep) {
   constexpr int V = Pack16<T>::n;
   const int lane = threadIdx.x & 31;
   const int r0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * RPW;
@@ -166,9 +183,45 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       float s = warp_sum(acc[q][t]);
       if (lane == (q * NT + t) % 32 && r0 + q < R) {
         if constexpr (kRowScaled<T>) s *= __ldg(scales + r0 + q);
-        y[int64_t(t) * R + r0 + q] = s;
+        ep.store(y, int64_t(t) * R + r0 + q, s);
       }
     }
+}
+
+template <typename T, int NT, int RPW, int UNROLL>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
+                    int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
+  gemv_vec_rows<T, NT, RPW, UNROLL>(W, x, y, R, K, scales, ep);
+}
+
+// Several GEMVs with the same K (and dtype, token count) in one launch: blockIdx.y picks the
+// job, each with its own W, x, y, row count and epilogue; blocks past a job's rows exit. One
+// launch and one tail instead of several: RWKV-4's k, v, r products, its FFN key and
+// receptance. The jobs are selected with constant indices (no local copy of the parameters).
+constexpr int kGemvMaxJobs = 3;
+template <typename T>
+struct GemvJob {
+  const T* W;
+  const float* x;
+  float* y;
+  const float* scales;
+  GemvEpilogue ep;
+  int R;
+};
+template <typename T>
+struct GemvJobs {
+  GemvJob<T> j[kGemvMaxJobs];
+};
+
+template <typename T, int NT, int RPW, int UNROLL>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs, int K) {
+  if (blockIdx.y == 0)
+    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K, jobs.j[0].scales, jobs.j[0].ep);
+  else if (blockIdx.y == 1)
+    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K, jobs.j[1].scales, jobs.j[1].ep);
+  else
+    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K, jobs.j[2].scales, jobs.j[2].ep);
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
@@ -177,7 +230,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 template <typename T, int NT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_scalar_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                       int R, int K, const float* __restrict__ scales) {
+                       int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (r >= R) return;
@@ -195,7 +248,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     float s = warp_sum(acc[t]);
     if (lane == t) {
       if constexpr (kRowScaled<T>) s *= __ldg(scales + r);
-      y[int64_t(t) * R + r] = s;
+      ep.store(y, int64_t(t) * R + r, s);
     }
   }
 }
@@ -203,19 +256,31 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // `scales`: the row scales of int8 W (required then); ignored for the other dtypes.
 template <typename T, int NT, int RPW, int UNROLL>
 inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s,
-                            const float* scales = nullptr) {
+                            const float* scales = nullptr, GemvEpilogue ep = {}) {
   const int rows_per_block = kGemvWarps * RPW;
   gemv_vec_kernel<T, NT, RPW, UNROLL>
       <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(
-          W, x, y, R, K, scales);
+          W, x, y, R, K, scales, ep);
+}
+
+// `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
+template <typename T, int NT, int RPW, int UNROLL>
+inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cudaStream_t s) {
+  const int rows_per_block = kGemvWarps * RPW;
+  int R = 0;
+  for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
+  gemv_vec_group_kernel<T, NT, RPW, UNROLL>
+      <<<dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
+         kGemvWarps * 32, 0, s>>>(jobs, K);
 }
 
 template <typename T, int NT>
 inline void launch_gemv_scalar(const T* W, const float* x, float* y, int R, int K,
-                               cudaStream_t s, const float* scales = nullptr) {
+                               cudaStream_t s, const float* scales = nullptr,
+                               GemvEpilogue ep = {}) {
   gemv_scalar_kernel<T, NT>
       <<<unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, s>>>(W, x, y, R, K,
-                                                                              scales);
+                                                                              scales, ep);
 }
 
 }  // namespace rwkvpp::cuda

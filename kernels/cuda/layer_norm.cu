@@ -16,21 +16,12 @@ __global__ void norm_rows_kernel(const float* x, const float* __restrict__ w,
                                  const float* __restrict__ b, float* y, int64_t rows,
                                  int64_t width, int64_t period, float eps) {
   __shared__ float red[32];
-  const float inv_width = 1.0f / float(width);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * width;
     float* yr = y + r * width;
     const int64_t wo = (r % period) * width;
-    float s = 0.0f;
-    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) s += xr[c];
-    const float mean = block_sum(s, red) * inv_width;
-    float q = 0.0f;
-    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-      const float dlt = xr[c] - mean;
-      q += dlt * dlt;
-    }
-    const float var = block_sum(q, red) * inv_width;
-    const float inv = 1.0f / sqrtf(var + eps);
+    const float2 st = row_mean_rstd(xr, width, eps, red);
+    const float mean = st.x, inv = st.y;
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
       yr[c] = (xr[c] - mean) * inv * w[wo + c] + b[wo + c];
     // block_sum ended with a barrier, and the next row's first reads are of another row, so no

@@ -3,6 +3,7 @@
 // kI8GemvMaxTokens (in passes of 8 tokens), else tiles dequantised to fp16 (int8.cuh) and the
 // fp16 cuBLAS path, with the row scales applied to y at the end.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -35,36 +36,57 @@ constexpr int gemv_rows_per_warp(int nt) {
   return nt == 1 ? 1 : nt <= 3 ? 2 : (nt == 6 || nt == 8) ? 8 : 4;
 }
 constexpr int gemv_unroll(int nt) { return nt == 1 ? 2 : 1; }
-// int8 unpacks 16 weights per load, so a lane holds twice the unpacked values of fp16 per row:
-// at most 4 rows per warp keeps registers as for fp16's 8 (not yet measured; the lab can).
+// int8 unpacks 16 weights per load, so each weight byte needs 4 bytes of x from L1 at one row
+// per warp (fp16: 2): at 3 TB/s of weights that L1 traffic, not DRAM, bounds the kernel (the
+// first H100 run, one row per warp: 14B batch 1 at 2.5x its halved floor). Four rows per warp
+// cut it to 1 byte of x per weight byte; registers stay as for fp16's 8 rows.
 template <typename T>
 constexpr int gemv_rows(int nt) {
-  return kRowScaled<T> ? (nt == 1 ? 1 : nt <= 3 ? 2 : 4) : gemv_rows_per_warp(nt);
+  return kRowScaled<T> ? 4 : gemv_rows_per_warp(nt);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// RWKVPP_I8_RPW=1|2|4|8 overrides the rows per warp of the one-token int8 GEMV (measurement).
+int i8_rows_override() {
+  static const int v = [] {
+    const char* e = std::getenv("RWKVPP_I8_RPW");
+    const int r = e ? std::atoi(e) : 0;
+    return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
+  }();
+  return v;
+}
+
 template <typename T, int NT>
 void gemv_nt(const T* W, const float* x, float* y, int R, int K, const float* scales,
-             cudaStream_t s) {
-  if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x))
-    launch_gemv_vec<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(W, x, y, R, K, s, scales);
-  else
-    launch_gemv_scalar<T, NT>(W, x, y, R, K, s, scales);
+             cudaStream_t s, const GemvEpilogue& ep) {
+  if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x)) {
+    if constexpr (kRowScaled<T> && NT == 1) {
+      switch (i8_rows_override()) {
+        case 1: return launch_gemv_vec<T, 1, 1, 2>(W, x, y, R, K, s, scales, ep);
+        case 2: return launch_gemv_vec<T, 1, 2, 2>(W, x, y, R, K, s, scales, ep);
+        case 4: return launch_gemv_vec<T, 1, 4, 2>(W, x, y, R, K, s, scales, ep);
+        case 8: return launch_gemv_vec<T, 1, 8, 1>(W, x, y, R, K, s, scales, ep);
+        default: break;
+      }
+    }
+    launch_gemv_vec<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(W, x, y, R, K, s, scales, ep);
+  } else
+    launch_gemv_scalar<T, NT>(W, x, y, R, K, s, scales, ep);
 }
 
 template <typename T>
 void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_t s,
-          const float* scales = nullptr) {
+          const float* scales = nullptr, const GemvEpilogue& ep = {}) {
   switch (n) {
-    case 1: gemv_nt<T, 1>(W, x, y, R, K, scales, s); break;
-    case 2: gemv_nt<T, 2>(W, x, y, R, K, scales, s); break;
-    case 3: gemv_nt<T, 3>(W, x, y, R, K, scales, s); break;
-    case 4: gemv_nt<T, 4>(W, x, y, R, K, scales, s); break;
-    case 5: gemv_nt<T, 5>(W, x, y, R, K, scales, s); break;
-    case 6: gemv_nt<T, 6>(W, x, y, R, K, scales, s); break;
-    case 7: gemv_nt<T, 7>(W, x, y, R, K, scales, s); break;
-    case 8: gemv_nt<T, 8>(W, x, y, R, K, scales, s); break;
+    case 1: gemv_nt<T, 1>(W, x, y, R, K, scales, s, ep); break;
+    case 2: gemv_nt<T, 2>(W, x, y, R, K, scales, s, ep); break;
+    case 3: gemv_nt<T, 3>(W, x, y, R, K, scales, s, ep); break;
+    case 4: gemv_nt<T, 4>(W, x, y, R, K, scales, s, ep); break;
+    case 5: gemv_nt<T, 5>(W, x, y, R, K, scales, s, ep); break;
+    case 6: gemv_nt<T, 6>(W, x, y, R, K, scales, s, ep); break;
+    case 7: gemv_nt<T, 7>(W, x, y, R, K, scales, s, ep); break;
+    case 8: gemv_nt<T, 8>(W, x, y, R, K, scales, s, ep); break;
     default: fail_msg("gemv: " + std::to_string(n) + " tokens is more than it handles");
   }
   RWKVPP_CUDA_LAUNCHED("gemv_kernel");
@@ -267,6 +289,76 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   RWKVPP_CUBLAS_CHECK(st);
+}
+
+bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
+                        const GemvEpilogue& ep, cudaStream_t s) {
+  const int64_t R = W.rows, K = W.cols;
+  if (n < 1 || n > kGemvMaxTokens || K == 0 || R > INT32_MAX || K > INT32_MAX) return false;
+  switch (W.dtype) {
+    case DType::F32: gemv(static_cast<const float*>(W.data), x, y, int(R), int(K), int(n), s, nullptr, ep); break;
+    case DType::F16: gemv(static_cast<const __half*>(W.data), x, y, int(R), int(K), int(n), s, nullptr, ep); break;
+    case DType::BF16:
+      gemv(static_cast<const __nv_bfloat16*>(W.data), x, y, int(R), int(K), int(n), s, nullptr, ep);
+      break;
+    case DType::I8:
+      if (!W.scales) fail_msg("matmul: int8 weights without their row scales");
+      gemv(static_cast<const int8_t*>(W.data), x, y, int(R), int(K), int(n), s, W.scales, ep);
+      break;
+  }
+  return true;
+}
+
+namespace {
+
+template <typename T, int NT>
+void launch_group_nt(const WeightView* const* W, const float* const* x, float* const* y,
+                     const GemvEpilogue* ep, int count, int K, cudaStream_t s) {
+  GemvJobs<T> jobs{};
+  for (int i = 0; i < count; ++i)
+    jobs.j[i] = {static_cast<const T*>(W[i]->data), x[i], y[i], W[i]->scales, ep[i], int(W[i]->rows)};
+  launch_gemv_vec_group<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(jobs, count, K, s);
+}
+
+template <typename T>
+void launch_group(const WeightView* const* W, const float* const* x, float* const* y,
+                  const GemvEpilogue* ep, int count, int K, int n, cudaStream_t s) {
+  switch (n) {
+    case 1: launch_group_nt<T, 1>(W, x, y, ep, count, K, s); break;
+    case 2: launch_group_nt<T, 2>(W, x, y, ep, count, K, s); break;
+    case 3: launch_group_nt<T, 3>(W, x, y, ep, count, K, s); break;
+    case 4: launch_group_nt<T, 4>(W, x, y, ep, count, K, s); break;
+    case 5: launch_group_nt<T, 5>(W, x, y, ep, count, K, s); break;
+    case 6: launch_group_nt<T, 6>(W, x, y, ep, count, K, s); break;
+    case 7: launch_group_nt<T, 7>(W, x, y, ep, count, K, s); break;
+    case 8: launch_group_nt<T, 8>(W, x, y, ep, count, K, s); break;
+    default: break;
+  }
+  RWKVPP_CUDA_LAUNCHED("gemv_vec_group_kernel");
+}
+
+}  // namespace
+
+bool gemv_group(const WeightView* const* W, const float* const* x, float* const* y,
+                const GemvEpilogue* ep, int count, int64_t n, cudaStream_t s) {
+  if (count < 1 || count > kGemvMaxJobs || n < 1 || n > kGemvMaxTokens) return false;
+  const DType dt = W[0]->dtype;
+  const int64_t K = W[0]->cols;
+  const int pack = dt == DType::F32 ? 4 : dt == DType::I8 ? 16 : 8;
+  if (K == 0 || K % pack != 0 || K > INT32_MAX) return false;
+  for (int i = 0; i < count; ++i) {
+    if (W[i]->dtype != dt || W[i]->cols != K || W[i]->rows > INT32_MAX || W[i]->rows < 1) return false;
+    if (!aligned16(W[i]->data) || !aligned16(x[i])) return false;
+    if (dt == DType::I8 && !W[i]->scales) return false;
+  }
+  if (dt == DType::I8 && n == 1 && i8_rows_override()) return false;  // measuring one variant
+  switch (dt) {
+    case DType::F32: launch_group<float>(W, x, y, ep, count, int(K), int(n), s); break;
+    case DType::F16: launch_group<__half>(W, x, y, ep, count, int(K), int(n), s); break;
+    case DType::BF16: launch_group<__nv_bfloat16>(W, x, y, ep, count, int(K), int(n), s); break;
+    case DType::I8: launch_group<int8_t>(W, x, y, ep, count, int(K), int(n), s); break;
+  }
+  return true;
 }
 
 }  // namespace rwkvpp::cuda

@@ -43,4 +43,14 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
             void* scratch, float* consts, cudaStream_t s);
 
+struct GemvEpilogue;
+// y = epilogue(x W^T) in one GEMV launch (gemv.cuh, GemvEpilogue) when n <= kGemvMaxTokens;
+// returns false (and does nothing) for shapes it does not take.
+bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
+                        const GemvEpilogue& ep, cudaStream_t s);
+// count (<= 3) such products with one K, dtype and token count in one launch (gemv.cuh,
+// gemv_vec_group_kernel); false (nothing done) for what it does not take.
+bool gemv_group(const WeightView* const* W, const float* const* x, float* const* y,
+                const GemvEpilogue* ep, int count, int64_t n, cudaStream_t s);
+
 }  // namespace rwkvpp::cuda

@@ -35,7 +35,57 @@ __global__ void token_shift_kernel(const float* __restrict__ x, int64_t d,
   }
 }
 
+// Grid (column slices, tokens); each token's segment holds only it. Every block of a token
+// computes the row's two-pass mean and variance as norm_rows does (layer_norm.cu; the row is
+// read from L2 by each of the few blocks), then normalises the columns of its slice, swaps
+// them with the state (prev) and writes the mixes. Several blocks per token keep a batch-1
+// step from running on one SM. A block touches only its own columns of its slot's state.
+constexpr int kSliceCols = 512;  // columns per block of norm_shift_mix_kernel
+
+template <int NMIX>
+__global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ b, float eps, int64_t d,
+                                      const Segment* __restrict__ segs, float* state,
+                                      int64_t stride, int64_t off, MixOut mix) {
+  __shared__ float red[32];
+  const Segment sg = segs[blockIdx.y];
+  const float* xr = x + int64_t(sg.start) * d;
+  float* st = state + int64_t(sg.slot) * stride + off;
+  const float2 stats = row_mean_rstd(xr, d, eps, red);
+  const float mean = stats.x, inv = stats.y;
+  const int64_t c_end = d < int64_t(blockIdx.x + 1) * kSliceCols ? d : int64_t(blockIdx.x + 1) * kSliceCols;
+  for (int64_t c = blockIdx.x * int64_t(kSliceCols) + threadIdx.x; c < c_end; c += blockDim.x) {
+    const float xl = (xr[c] - mean) * inv * w[c] + b[c];
+    const float prev = st[c];
+    st[c] = xl;
+#pragma unroll
+    for (int j = 0; j < NMIX; ++j) {
+      const float m = mix.mu[j][c];
+      mix.out[j][int64_t(sg.start) * d + c] = xl * m + prev * (1.0f - m);
+    }
+  }
+}
+
 }  // namespace
+
+void norm_shift_mix_decode(const float* x, const float* w, const float* b, float eps, int64_t d,
+                           const Segment* segs, int64_t n_segs, float* state, int64_t stride,
+                           int64_t off, const MixOut& mix, int nmix, cudaStream_t s) {
+  if (n_segs == 0 || d == 0) return;
+  const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
+  const unsigned slices = unsigned((d + kSliceCols - 1) / kSliceCols);
+  for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
+    const dim3 g(slices, unsigned(std::min<int64_t>(n_segs - s0, 65535)));
+    switch (nmix) {
+      case 1: norm_shift_mix_kernel<1><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix); break;
+      case 2: norm_shift_mix_kernel<2><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix); break;
+      case 3: norm_shift_mix_kernel<3><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix); break;
+      case 4: norm_shift_mix_kernel<4><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix); break;
+      default: fail_msg("norm_shift_mix: 1 to 4 mixes");
+    }
+    RWKVPP_CUDA_LAUNCHED("norm_shift_mix_kernel");
+  }
+}
 
 void token_shift(const float* x, int64_t d, const Segment* segs, int64_t n_segs, int32_t max_len,
                  float* state, int64_t stride, int64_t off, float* prev, cudaStream_t s) {

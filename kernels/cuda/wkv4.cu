@@ -21,7 +21,8 @@ constexpr int kThreads = 128;
 __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict__ v,
                             const float* __restrict__ w, const float* __restrict__ u,
                             const Segment* __restrict__ segs, float* state, int64_t stride,
-                            int64_t off_aa, float* __restrict__ out, int64_t d) {
+                            int64_t off_aa, float* __restrict__ out, int64_t d,
+                            const float* __restrict__ gate) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= d) return;
   const Segment sg = segs[blockIdx.y];
@@ -38,7 +39,8 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
     float ww = uc + kt;
     float p = fmaxf(pp, ww);
     float e1 = expf(pp - p), e2 = expf(ww - p);
-    out[t * d + c] = (e1 * aa + e2 * vt) / (e1 * bb + e2);
+    const float o = (e1 * aa + e2 * vt) / (e1 * bb + e2);
+    out[t * d + c] = gate ? gate[t * d + c] * o : o;
     ww = pp + wc;
     p = fmaxf(ww, kt);
     e1 = expf(ww - p);
@@ -56,13 +58,13 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
 
 void wkv4(const float* k, const float* v, const float* w, const float* u, const Segment* segs,
           int64_t n_segs, float* state, int64_t stride, int64_t off_aa, float* out, int64_t d,
-          cudaStream_t s) {
+          cudaStream_t s, const float* gate) {
   if (n_segs == 0 || d == 0) return;
   const unsigned gx = unsigned((d + kThreads - 1) / kThreads);
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const unsigned gy = unsigned(std::min<int64_t>(n_segs - s0, 65535));
     wkv4_kernel<<<dim3(gx, gy), kThreads, 0, s>>>(k, v, w, u, segs + s0, state, stride, off_aa,
-                                                   out, d);
+                                                   out, d, gate);
     RWKVPP_CUDA_LAUNCHED("wkv4_kernel");
   }
 }

@@ -271,15 +271,21 @@ int main(int argc, char** argv) {
     if (csv) std::fprintf(csv, "copy,%.1f\n", copy);
     cublasHandle_t blas;
     if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate");
+    // LAB_ONLY=int8: only the int8 tables (a short run for tuning gemv_rows<int8_t>).
+    const char* only = std::getenv("LAB_ONLY");
+    const bool all = !only || std::string(only) != "int8";
     // 14B-like (C = 5120, ffn = 4C): ffn.key [20480, 5120], ffn.value [5120, 20480], att [5120, 5120].
+    if (all) {
     bench_gemv<__half>("fp16", CUDA_R_16F, 20480, 5120, copy, blas, csv);
     bench_gemv<__half>("fp16", CUDA_R_16F, 5120, 20480, copy, blas, csv);
     bench_gemv<__half>("fp16", CUDA_R_16F, 5120, 5120, copy, blas, csv);
     bench_gemv<__nv_bfloat16>("bf16", CUDA_R_16BF, 20480, 5120, copy, blas, csv);
+    }
     // int8 with row scales (--compute-dtype int8); cublas_t unused.
     bench_gemv<int8_t>("int8", CUDA_R_8I, 20480, 5120, copy, blas, csv);
     bench_gemv<int8_t>("int8", CUDA_R_8I, 5120, 20480, copy, blas, csv);
     bench_gemv<int8_t>("int8", CUDA_R_8I, 5120, 5120, copy, blas, csv);
+    if (!all) return 0;
     std::printf("\nWKV (C = 5120)\n");
     bench_wkv(80, 64, 1, 1, copy, csv);
     bench_wkv(80, 64, 64, 1, copy, csv);

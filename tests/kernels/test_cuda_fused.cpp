@@ -1,0 +1,169 @@
+// The fused ops of the CUDA backend (norm_shift_mix, matmul_ex, wkv4_gated; kernels/backend.h)
+// against the CPU backend, whose implementations are the plain op sequences they replace.
+// Decode layouts (one token per segment) take the fused kernels; other layouts must fall back
+// to the plain ops and agree too. Without a GPU every test here skips (tests/cuda_skip.h).
+#include "catch.h"
+#include "common/tensor.h"
+#include "cuda_skip.h"
+#include "kernels/backend.h"
+#include "kernels/cuda_test_util.h"
+
+using namespace rwkvpp;
+using namespace rwkvpp::cuda_test;
+
+TEST_CASE("CUDA norm_shift_mix matches layer_norm + token_shift + mix on the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(11);
+  Worst worst("norm_shift_mix");
+  const int n_slots = 12;
+  const std::vector<std::vector<int>> layouts = {{1}, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 1, 2}};
+  for (const auto& lens : layouts)
+    for (int64_t d : {1, 67, 768, 2048, 5120})
+      for (int nmix : {1, 2, 3, 4}) {
+        auto segs = make_segments(lens, n_slots, rng);
+        const int64_t n = total(segs), off = 5, stride = off + d + 3;
+        INFO("segments " << segs.size() << " tokens " << n << " d=" << d << " mixes " << nmix);
+        auto x = rng.uniform(size_t(n * d), -2, 3);  // a non-zero mean
+        auto w = rng.uniform(size_t(d), 0.5f, 1.5f), b = rng.uniform(size_t(d), -0.2f, 0.2f);
+        auto state = rng.uniform(size_t(n_slots * stride), -1, 1);
+        std::vector<std::vector<float>> mu, ref;
+        for (int j = 0; j < nmix; ++j) {
+          mu.push_back(rng.uniform(size_t(d), 0, 1));
+          ref.emplace_back(size_t(n * d));
+        }
+        std::vector<float> cstate = state, xln(size_t(n * d)), prev(size_t(n * d));
+        const float* cmu[4];
+        float* cout[4];
+        for (int j = 0; j < nmix; ++j) cmu[j] = mu[size_t(j)].data(), cout[j] = ref[size_t(j)].data();
+        cpu->norm_shift_mix(x.data(), w.data(), b.data(), 1e-5f, n, d, cpu->stage_segments(segs), cstate.data(),
+                            stride, off, cmu, cout, nmix, xln.data(), prev.data());
+        const float* gmu[4];
+        float* gout[4];
+        for (int j = 0; j < nmix; ++j) gmu[j] = gpu.put(mu[size_t(j)]), gout[j] = gpu.poisoned(size_t(n * d));
+        float *gx = gpu.put(x), *gs = gpu.put(state);
+        gpu.be().norm_shift_mix(gx, gpu.put(w), gpu.put(b), 1e-5f, n, d, gpu.be().stage_segments(segs), gs, stride,
+                                off, gmu, gout, nmix, gpu.poisoned(size_t(n * d)), gpu.poisoned(size_t(n * d)));
+        for (int j = 0; j < nmix; ++j)
+          worst.check("out", rel_err(gpu.get(gout[j], size_t(n * d)), ref[size_t(j)]), 1e-5);
+        worst.check("state", rel_err(gpu.get(gs, state.size()), cstate), 1e-5);
+        worst.check("x untouched", rel_err(gpu.get(gx, x.size()), x), 0.0);
+      }
+}
+
+TEST_CASE("CUDA matmul_ex (activation, gate, accumulate) matches the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(12);
+  Worst worst("matmul_ex");
+  struct Shape { int64_t R, K, n; };
+  const std::vector<Shape> shapes = {{1, 1, 1}, {67, 129, 1}, {257, 1000, 3}, {1024, 768, 8}, {300, 64, 9}, {96, 136, 7}, {513, 257, 40}};
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
+    for (const Shape& s : shapes)
+      for (int variant = 0; variant < 5; ++variant) {
+        Backend::Epilogue ep;
+        if (variant == 1) ep.has_act = true, ep.act = Unary::Sigmoid;
+        if (variant == 2) ep.has_act = true, ep.act = Unary::ReluSquare;
+        if (variant == 3) ep.accumulate = true;
+        if (variant == 4) ep.accumulate = true;  // + gate below
+        INFO(dtype_name(dt) << " R=" << s.R << " K=" << s.K << " n=" << s.n << " variant " << variant);
+        const float a = std::sqrt(3.0f / float(s.K));
+        HostTensor w = HostTensor::from_f32(rng.uniform(size_t(s.R * s.K), -a, a), {s.R, s.K});
+        auto x = rng.uniform(size_t(s.n * s.K), -1, 1);
+        auto y0 = rng.uniform(size_t(s.n * s.R), -1, 1);
+        auto gate = rng.uniform(size_t(s.n * s.R), 0, 1);
+        std::unique_ptr<DeviceBuffer> cw_own, gw_own;
+        WeightView cw = cpu->load_weight(w, dt, cw_own);
+        WeightView gw = gpu.be().load_weight(w, dt, gw_own);
+        std::vector<float> ref = ep.accumulate ? y0 : std::vector<float>(y0.size()), scratch(y0.size());
+        Backend::Epilogue cep = ep, gep = ep;
+        if (variant == 4) cep.gate = gate.data(), gep.gate = gpu.put(gate);
+        cpu->matmul_ex(cw, x.data(), ref.data(), s.n, cep, scratch.data());
+        float* gy = ep.accumulate ? gpu.put(y0) : gpu.poisoned(y0.size());
+        gpu.be().matmul_ex(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
+        // The GEMV (n <= 8) keeps x in fp32: as tight as plain matmul; cuBLAS rounds x.
+        const double tol = (s.n <= 8 || dt == DType::F32) ? 1e-5 : 3e-2;
+        worst.check(std::string(dtype_name(dt)) + (s.n <= 8 ? " gemv" : " cublas"),
+                    rel_err(gpu.get(gy, y0.size()), ref), tol);
+      }
+}
+
+TEST_CASE("CUDA wkv4_gated matches wkv4 then the gate on the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(13);
+  Worst worst("wkv4_gated");
+  const int n_slots = 8;
+  for (int64_t d : {1, 67, 300})
+    for (const auto& lens : kSegmentLayouts) {
+      const int64_t off = 2, stride = off + 3 * d + 1;
+      auto segs = make_segments(lens, n_slots, rng);
+      const int64_t n = total(segs);
+      INFO("d=" << d << " segments " << segs.size() << " tokens " << n);
+      std::vector<float> state(static_cast<size_t>(n_slots * stride));
+      for (int s = 0; s < n_slots; ++s)
+        for (int64_t c = 0; c < d; ++c) {
+          float* st = state.data() + s * stride + off;
+          st[c] = rng.one(-1, 1), st[d + c] = rng.one(0.5f, 2), st[2 * d + c] = rng.one(-3, 3);
+        }
+      auto w = rng.uniform(size_t(d), -3, 1), u = rng.uniform(size_t(d), -1, 1);
+      for (float& v : w) v = -std::exp(v);
+      auto k = rng.uniform(size_t(n * d), -3, 3), v = rng.uniform(size_t(n * d), -1, 1);
+      auto gate = rng.uniform(size_t(n * d), 0, 1);
+      std::vector<float> cstate = state, ref(size_t(n * d));
+      cpu->wkv4_gated(k.data(), v.data(), w.data(), u.data(), cpu->stage_segments(segs), cstate.data(), stride, off,
+                      ref.data(), d, gate.data());
+      float *gs = gpu.put(state), *go = gpu.poisoned(ref.size());
+      gpu.be().wkv4_gated(gpu.put(k), gpu.put(v), gpu.put(w), gpu.put(u), gpu.be().stage_segments(segs), gs, stride,
+                          off, go, d, gpu.put(gate));
+      worst.check("out", rel_err(gpu.get(go, ref.size()), ref), 1e-5);
+      worst.check("state", rel_err(gpu.get(gs, state.size()), cstate), 1e-5);
+    }
+}
+
+TEST_CASE("CUDA matmul_group (one launch for several products) matches the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(14);
+  Worst worst("matmul_group");
+  // Row counts differ within a group (FFN key 4C and receptance C); K is shared.
+  struct Group { std::vector<int64_t> rows; int64_t K; };
+  const std::vector<Group> groups = {{{64, 64, 64}, 64}, {{1024, 256}, 256}, {{67, 300, 5}, 144}, {{33}, 1000}, {{512, 512, 512}, 136}};
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
+    for (const Group& g : groups)
+      for (int64_t n : {1, 2, 5, 8, 9}) {
+        INFO(dtype_name(dt) << " K=" << g.K << " jobs " << g.rows.size() << " n=" << n);
+        const int count = int(g.rows.size());
+        const size_t m = g.rows.size();
+        std::vector<std::unique_ptr<DeviceBuffer>> own(2 * m);
+        std::vector<WeightView> cw(m), gw(m);
+        std::vector<std::vector<float>> x(m), ref(m);
+        std::vector<Backend::MatmulJob> cj(m), gj(m);
+        std::vector<float*> gy(m);
+        for (int i = 0; i < count; ++i) {
+          const int64_t R = g.rows[size_t(i)];
+          const float a = std::sqrt(3.0f / float(g.K));
+          HostTensor w = HostTensor::from_f32(rng.uniform(size_t(R * g.K), -a, a), {R, g.K});
+          cw[size_t(i)] = cpu->load_weight(w, dt, own[size_t(2 * i)]);
+          gw[size_t(i)] = gpu.be().load_weight(w, dt, own[size_t(2 * i + 1)]);
+          x[size_t(i)] = rng.uniform(size_t(n * g.K), -1, 1);
+          ref[size_t(i)].assign(size_t(n * R), 0.0f);
+          Backend::Epilogue ep;
+          if (i % 3 == 1) ep.has_act = true, ep.act = Unary::Sigmoid;
+          if (i % 3 == 2) ep.has_act = true, ep.act = Unary::ReluSquare;
+          cj[size_t(i)] = {&cw[size_t(i)], x[size_t(i)].data(), ref[size_t(i)].data(), ep};
+          gy[size_t(i)] = gpu.poisoned(size_t(n * R));
+          gj[size_t(i)] = {&gw[size_t(i)], gpu.put(x[size_t(i)]), gy[size_t(i)], ep};
+        }
+        cpu->matmul_group(cj.data(), count, n);
+        gpu.be().matmul_group(gj.data(), count, n);
+        const double tol = (n <= 8 || dt == DType::F32) ? 1e-5 : 3e-2;
+        for (int i = 0; i < count; ++i)
+          worst.check(std::string(dtype_name(dt)) + (n <= 8 ? " group" : " fallback"),
+                      rel_err(gpu.get(gy[size_t(i)], ref[size_t(i)].size()), ref[size_t(i)]), tol);
+      }
+}
