@@ -48,7 +48,7 @@ class Stage {
   void forward(std::span<const Segment> segs, Hidden& h);
   // Turns recording and replaying of decode steps on (the default) or off.
   void use_graphs(bool on) { graphs_ = on; }
-  static constexpr int64_t kGraphMaxTokens = 64;
+  static constexpr int64_t kGraphMaxTokens = 256;
   // Last stage: logits [m, vocab] of the given token rows, copied to host.
   void logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out);
   // Last stage, greedy sampling on the device: for the logits of the given rows, ids[j] = the

@@ -49,7 +49,7 @@ TEST_CASE("CUDA graphs: decode logits with graphs equal those without, bit for b
   spec.last = cfg.n_layer;
   spec.embed = spec.head = true;
   spec.dtype = DType::F16;
-  spec.max_slots = 24;
+  spec.max_slots = 224;
   auto be_g = make_cuda_backend(0), be_p = make_cuda_backend(0);
   Stage with(*be_g, src, spec), without(*be_p, src, spec);
   without.use_graphs(false);
@@ -57,8 +57,9 @@ TEST_CASE("CUDA graphs: decode logits with graphs equal those without, bit for b
   std::mt19937_64 g(5);
   std::uniform_int_distribution<int32_t> tok(0, int32_t(cfg.vocab_size - 1));
   // Batch sizes per step: repeats (record, then replay), a larger one that grows the buffers
-  // (dropping recordings), cuBLAS's range (> 8 tokens), and a prompt step in the middle.
-  const std::vector<int> sizes = {3, 3, 3, 3, 1, 1, 1, 12, 12, 12, 3, 3, 20, 3, 3, 3, 12};
+  // (dropping recordings), cuBLAS's range (> 8 tokens), a prompt step in the middle, and large
+  // decode batches (recorded up to Stage::kGraphMaxTokens).
+  const std::vector<int> sizes = {3, 3, 3, 3, 1, 1, 1, 12, 12, 12, 3, 3, 20, 3, 3, 3, 12, 200, 200, 200, 12};
   int s = 0;
   for (int n : sizes) {
     std::vector<int32_t> slots(static_cast<size_t>(spec.max_slots));
