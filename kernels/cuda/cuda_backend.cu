@@ -69,8 +69,10 @@ class CudaBackend final : public Backend {
     drop_graphs();
     for (auto& f : fences_) cudaEventDestroy(f.event);
     for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
-    for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p})
+    for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p,
+                    group_scratch_.p})
       if (p) cudaFree(p);
+    for (auto& [key, p] : group_ptrs_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -248,6 +250,7 @@ class CudaBackend final : public Backend {
         ok = ok && !jobs[i].ep.accumulate && gemv_epilogue(jobs[i].ep, ep[i]);
       }
       if (ok && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
+      if (ok && gemm_group(jobs, W, x, y, count, n)) return;
     }
     Backend::matmul_group(jobs, count, n);
   }
@@ -438,6 +441,46 @@ class CudaBackend final : public Backend {
     return s.p;
   }
 
+  // Many tokens, fp16 W of one shape: one batched cuBLAS GEMM (cuda::gemm_group_f16), then
+  // the activations. The 9 device pointers it reads are kept per (W, scratch, y) combination,
+  // made on the first (uncaptured) step of a shape, so a recorded step finds them ready.
+  bool gemm_group(const MatmulJob* jobs, const WeightView* const* W, const float* const* x,
+                  float* const* y, int count, int64_t n) {
+    if (count < 2 || n <= cuda::kGemvMaxTokens || W[0]->dtype != DType::F16) return false;
+    for (int i = 0; i < count; ++i)
+      if (W[i]->rows != W[0]->rows || W[i]->cols != W[0]->cols || W[i]->dtype != DType::F16) return false;
+    const int64_t K = W[0]->cols, cnt = n * K;
+    void* scratch = grow(group_scratch_, cuda::gemm_group_scratch_bytes(count, n, K));
+    const void* host[9] = {};
+    for (int i = 0; i < count; ++i) {
+      host[i] = W[i]->data;
+      host[3 + i] = static_cast<const __half*>(scratch) + i * cnt;
+      host[6 + i] = y[i];
+    }
+    uint64_t key = 1469598103934665603ull;
+    for (const void* p : host) key = (key ^ uint64_t(reinterpret_cast<uintptr_t>(p))) * 1099511628211ull;
+    key = (key ^ uint64_t(count)) * 1099511628211ull;
+    auto it = group_ptrs_.find(key);
+    if (it == group_ptrs_.end()) {
+      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      RWKVPP_CUDA_CHECK(cudaStreamIsCapturing(stream_, &cs));
+      if (cs != cudaStreamCaptureStatusNone) return false;  // never allocate while recording
+      if (group_ptrs_.size() >= 256) {  // stale combinations of grown buffers: start afresh
+        for (auto& [k, p] : group_ptrs_) free(p);
+        group_ptrs_.clear();
+      }
+      void* d = alloc(sizeof host);
+      upload(d, host, sizeof host);
+      it = group_ptrs_.emplace(key, d).first;
+    }
+    if (!cuda::gemm_group_f16(blas_, W, x, y, count, n, scratch, consts_,
+                              static_cast<const void* const*>(it->second), stream_))
+      return false;
+    for (int i = 0; i < count; ++i)
+      if (jobs[i].ep.has_act) unary(jobs[i].ep.act, y[i], y[i], n * W[i]->rows);
+    return true;
+  }
+
   // The GEMV's form of an epilogue; false for an activation it does not fuse.
   static bool gemv_epilogue(const Epilogue& ep, cuda::GemvEpilogue& g) {
     g.act = !ep.has_act ? 0 : ep.act == Unary::Sigmoid ? 1 : ep.act == Unary::ReluSquare ? 2 : -1;
@@ -470,7 +513,8 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
   float* consts_ = nullptr;  // [amax bits, alpha, 0, unused] for the fp16 GEMM path
-  Scratch segs_, ids_, scratch_, argmax_;
+  Scratch segs_, ids_, scratch_, argmax_, group_scratch_;
+  std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
   static constexpr size_t kMaxGraphs = 256;
   std::unordered_map<uint64_t, cudaGraphExec_t> graphs_;

@@ -361,4 +361,43 @@ bool gemv_group(const WeightView* const* W, const float* const* x, float* const*
   return true;
 }
 
+size_t gemm_group_scratch_bytes(int count, int64_t n, int64_t K) {
+  return round256(size_t(count) * size_t(n * K) * 2);
+}
+
+bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
+                    float* const* y, int count, int64_t n, void* scratch, float* consts,
+                    const void* const* dev_ptrs, cudaStream_t s) {
+  if (count < 2 || count > 3 || n <= kGemvMaxTokens || !y) return false;
+  const int64_t R = W[0]->rows, K = W[0]->cols;
+  for (int i = 0; i < count; ++i)
+    if (W[i]->dtype != DType::F16 || W[i]->rows != R || W[i]->cols != K) return false;
+  if (R > INT32_MAX || K > INT32_MAX || n > INT32_MAX || K == 0) return false;
+  // One power-of-two scale for all inputs (their largest magnitude), so that one alpha serves
+  // the batched GEMM; each x is converted into its part of the scratch.
+  const int64_t cnt = n * K;
+  const unsigned g = grid_for(cnt, kThreads);
+  auto* amax = reinterpret_cast<unsigned*>(consts);
+  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
+  for (int i = 0; i < count; ++i) {
+    amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x[i], cnt, amax);
+    RWKVPP_CUDA_LAUNCHED("amax_kernel");
+  }
+  auto* xh = static_cast<__half*>(scratch);
+  for (int i = 0; i < count; ++i) {
+    convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x[i], xh + i * cnt, cnt, amax, consts + 1);
+    RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
+  }
+  RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+  const cublasStatus_t st = cublasGemmBatchedEx(
+      h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), consts + 1, dev_ptrs, CUDA_R_16F,
+      int(K), dev_ptrs + 3, CUDA_R_16F, int(K), consts + 2,
+      const_cast<void* const*>(dev_ptrs + 6), CUDA_R_32F, int(R), count, CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT);
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  RWKVPP_CUBLAS_CHECK(st);
+  return true;
+}
+
 }  // namespace rwkvpp::cuda

@@ -53,4 +53,15 @@ bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n
 bool gemv_group(const WeightView* const* W, const float* const* x, float* const* y,
                 const GemvEpilogue* ep, int count, int64_t n, cudaStream_t s);
 
+// Above kGemvMaxTokens: count (2..3) products with fp16 W of one shape as one batched cuBLAS
+// GEMM (one launch: at batch 256 a 5120 x 5120 product alone fills 80 of 132 SMs with 128 x 128
+// tiles; three fill them). The inputs share one power-of-two scale (their largest magnitude).
+// `scratch`: gemm_group_scratch_bytes; `dev_ptrs`: 9 device pointers W[0..2], the fp16 copies
+// of x in the scratch (scratch + i * n * K halves), y[0..2], kept by the caller. Returns false
+// (nothing done) for what it does not take.
+size_t gemm_group_scratch_bytes(int count, int64_t n, int64_t K);
+bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
+                    float* const* y, int count, int64_t n, void* scratch, float* consts,
+                    const void* const* dev_ptrs, cudaStream_t s);
+
 }  // namespace rwkvpp::cuda
