@@ -100,13 +100,6 @@ void Stage::logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_
   be_.download(host_out, out, size_t(m * cfg_.vocab_size) * 4);
 }
 
-void Stage::greedy(const Hidden& h, const int32_t* rows, int64_t m, int32_t* ids, float* logprobs) {
-  RWKVPP_CHECK(head_, "this stage holds no head");
-  float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
-  head_->forward(be_, ws_, h.x, rows, m, out);
-  be_.argmax_rows(out, m, cfg_.vocab_size, ids, logprobs);
-}
-
 void Stage::greedy_async(const Hidden& h, const int32_t* rows, int64_t m, void* host_out) {
   RWKVPP_CHECK(head_, "this stage holds no head");
   float* out = ws_.get(21, size_t(m * cfg_.vocab_size));

@@ -51,12 +51,10 @@ class Stage {
   static constexpr int64_t kGraphMaxTokens = 256;
   // Last stage: logits [m, vocab] of the given token rows, copied to host.
   void logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out);
-  // Last stage, greedy sampling on the device: for the logits of the given rows, ids[j] = the
-  // argmax (lowest id among equals; -1 when every logit is NaN or -inf) and logprobs[j] = its
-  // log-softmax at temperature 1 (Backend::argmax_rows). ids, logprobs: host memory [m].
-  void greedy(const Hidden& h, const int32_t* rows, int64_t m, int32_t* ids, float* logprobs);
-  // The same, queued (Backend::argmax_rows_async): host_out receives [m] ids then [m]
-  // logprobs once a fence recorded after the call has completed.
+  // Last stage, greedy sampling on the device, queued (Backend::argmax_rows_async): for the
+  // logits of the given rows, host_out receives [m] ids (the argmax, lowest id among equals;
+  // -1 when every logit is NaN or -inf), then [m] logprobs (log-softmax at temperature 1), once
+  // a fence recorded after the call has completed.
   void greedy_async(const Hidden& h, const int32_t* rows, int64_t m, void* host_out);
 
  private:

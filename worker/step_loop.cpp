@@ -160,8 +160,9 @@ bool StepLoop::poll() {
   stats_.bytes_received += c.bytes;
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur]);
   idle_since_ = Clock::now();
-  // Steps handed to the device count as busy until their download completes (flush_ready).
-  if (ready_.empty() || ready_.back().fence == 0) count_busy(t0, idle_since_);
+  // Busy: the host's time in handle(), and a step handed to the device until its fence passes
+  // (flush_ready); count_busy() merges the overlapping intervals.
+  count_busy(t0, idle_since_);
   flush_ready();
   return true;
 }
@@ -225,7 +226,6 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
     std::memcpy(p, head.data(), head.size());
     be.download_async(p + head.size(), h.x, hf * 4);
     o.fence = be.fence();
-    if (o.fence == 0) count_busy(step_started_, Clock::now());
     ready_.push_back(std::move(o));
     return;
   }

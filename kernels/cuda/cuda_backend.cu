@@ -403,23 +403,15 @@ class CudaBackend final : public Backend {
     download_async(host_out, d, bytes);
   }
 
+  // The queued form, then a wait: ids and logprobs arrive in one copy.
   void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* host_ids,
                    float* host_logprobs) override {
     if (m == 0) return;
-    use_device();
-    // [m] ids, then [m] logprobs, downloaded in one copy.
-    const size_t bytes = size_t(m) * 8;
-    auto* d = static_cast<int32_t*>(grow(argmax_, bytes));
-    auto* lp = reinterpret_cast<float*>(d + m);
-    cuda::argmax_rows(logits, m, vocab, d, host_logprobs ? lp : nullptr, stream_);
-    if (!host_logprobs) {
-      download(host_ids, d, size_t(m) * 4);
-      return;
-    }
     argmax_host_.resize(size_t(m) * 2);
-    download(argmax_host_.data(), d, bytes);
+    argmax_rows_async(logits, m, vocab, argmax_host_.data());
+    synchronize();
     std::copy_n(argmax_host_.data(), m, host_ids);
-    std::memcpy(host_logprobs, argmax_host_.data() + m, size_t(m) * 4);
+    if (host_logprobs) std::memcpy(host_logprobs, argmax_host_.data() + m, size_t(m) * 4);
   }
 
  private:

@@ -232,17 +232,7 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
            int(std::min(kGemvMaxTokens, n - t0)), s, W.scales);
     return;
   }
-  if (n <= kGemvMaxTokens) {
-    switch (W.dtype) {
-      case DType::F32: gemv(static_cast<const float*>(W.data), x, y, int(R), int(K), int(n), s); break;
-      case DType::F16: gemv(static_cast<const __half*>(W.data), x, y, int(R), int(K), int(n), s); break;
-      case DType::BF16:
-        gemv(static_cast<const __nv_bfloat16*>(W.data), x, y, int(R), int(K), int(n), s);
-        break;
-      case DType::I8: break;  // above
-    }
-    return;
-  }
+  if (n <= kGemvMaxTokens && gemv_with_epilogue(W, x, y, n, {}, s)) return;
   RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
   const float one = 1.0f, zero = 0.0f;
   if (W.dtype == DType::F32) {
