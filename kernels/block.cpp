@@ -69,6 +69,28 @@ void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hi
   be.matmul_ex(value, k, h.x, n, gated_add, v);  // x += r * (W_v k)
 }
 
+ReluSquareFfn ReluSquareFfn::load(Backend& be, const TensorMap& t, int layer, int64_t C, int64_t F,
+                                  const float* ln_w, const float* ln_b, const float* mix_k,
+                                  const float* mix_r, float eps, DType dtype,
+                                  std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+  ReluSquareFfn f;
+  f.ln_w = ln_w;
+  f.ln_b = ln_b;
+  f.mix_k = mix_k;
+  f.mix_r = mix_r;
+  f.key = load_layer_matrix(be, t, layer, "ffn.key.weight", F, C, dtype, keep);
+  f.value = load_layer_matrix(be, t, layer, "ffn.value.weight", C, F, dtype, keep);
+  f.receptance = load_layer_matrix(be, t, layer, "ffn.receptance.weight", C, C, dtype, keep);
+  f.eps = eps;
+  return f;
+}
+
+size_t Block::weight_bytes() const {
+  size_t n = 0;
+  for (const auto& b : keep_) n += b->bytes();
+  return n;
+}
+
 static WeightView load_matrix(Backend& be, const HostTensor& t, int64_t rows, int64_t cols,
                               const char* what, DType dtype, std::unique_ptr<DeviceBuffer>& own) {
   if (t.numel() != rows * cols)

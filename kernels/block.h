@@ -37,8 +37,11 @@ class Block {
   // [n_slots, state_floats()] array in backend memory.
   virtual void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h,
                        float* state) = 0;
-  // Bytes of weights this block holds on its backend.
-  virtual size_t weight_bytes() const = 0;
+  // Bytes of weights this block holds on its backend: the buffers in keep_.
+  virtual size_t weight_bytes() const;
+
+ protected:
+  std::vector<std::unique_ptr<DeviceBuffer>> keep_;  // every buffer the block uploaded
 };
 
 // The channel mix shared by RWKV-4, 5 and 6 (DESIGN.md, Numerics): with xk and xr the
@@ -51,6 +54,12 @@ struct ReluSquareFfn {
   float eps = 1e-5f;
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state,
                int64_t stride, int64_t off) const;
+  // Loads ffn.key, ffn.value and ffn.receptance of `layer` ([F, C], [C, F], [C, C]) as `dtype`
+  // into buffers kept in `keep`; the vectors come from the caller.
+  static ReluSquareFfn load(Backend& be, const TensorMap& t, int layer, int64_t C, int64_t F,
+                            const float* ln_w, const float* ln_b, const float* mix_k,
+                            const float* mix_r, float eps, DType dtype,
+                            std::vector<std::unique_ptr<DeviceBuffer>>& keep);
 };
 
 // Builds layer `layer` from its tensors, uploading them to `be` with matrices stored as

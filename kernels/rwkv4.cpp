@@ -40,21 +40,13 @@ class BlockV4 final : public Block {
     att_v_ = mat("att.value.weight", C_, C_);
     att_r_ = mat("att.receptance.weight", C_, C_);
     att_o_ = mat("att.output.weight", C_, C_);
-    ffn_k_ = mat("ffn.key.weight", F_, C_);
-    ffn_v_ = mat("ffn.value.weight", C_, F_);
-    ffn_r_ = mat("ffn.receptance.weight", C_, C_);
-    ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
+    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, eps_, dtype, keep_);
   }
 
   int64_t state_floats() const override { return 5 * C_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < 5 * C_; ++i) s[i] = 0.0f;
     for (int64_t i = 0; i < C_; ++i) s[3 * C_ + i] = -1e30f;  // pp: log of an empty sum
-  }
-  size_t weight_bytes() const override {
-    size_t n = 0;
-    for (const auto& b : keep_) n += b->bytes();
-    return n;
   }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
@@ -90,11 +82,10 @@ class BlockV4 final : public Block {
   ReluSquareFfn ffn_;
   int64_t C_, F_;
   float eps_;
-  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *ffn_mix_k_, *ffn_mix_r_;
   const float *decay_, *first_;
-  WeightView att_k_, att_v_, att_r_, att_o_, ffn_k_, ffn_v_, ffn_r_;
+  WeightView att_k_, att_v_, att_r_, att_o_;
 };
 
 }  // namespace

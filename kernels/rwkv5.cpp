@@ -94,20 +94,12 @@ class BlockV5 final : public Block {
       att_mix_g_ = vec("att.time_mix_g");
       att_g_ = mat("att.gate.weight", C_, C_);
     }
-    ffn_k_ = mat("ffn.key.weight", F_, C_);
-    ffn_v_ = mat("ffn.value.weight", C_, F_);
-    ffn_r_ = mat("ffn.receptance.weight", C_, C_);
-    ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
+    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, eps_, dtype, keep_);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
-  }
-  size_t weight_bytes() const override {
-    size_t n = 0;
-    for (const auto& b : keep_) n += b->bytes();
-    return n;
   }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
@@ -151,12 +143,11 @@ class BlockV5 final : public Block {
   int64_t C_, F_, H_, N_;
   float eps_;
   bool gated_;
-  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *att_mix_g_ = nullptr;
   const float *ffn_mix_k_, *ffn_mix_r_;
   const float *decay_, *first_;  // [C]: exp(-exp(time_decay)), bonus u
-  WeightView att_k_, att_v_, att_r_, att_o_, att_g_, ffn_k_, ffn_v_, ffn_r_;
+  WeightView att_k_, att_v_, att_r_, att_o_, att_g_;
 };
 
 }  // namespace

@@ -123,20 +123,12 @@ class BlockV6 final : public Block {
     att_r_ = mat("att.receptance.weight", C_, C_);
     att_g_ = mat("att.gate.weight", C_, C_);
     att_o_ = mat("att.output.weight", C_, C_);
-    ffn_k_ = mat("ffn.key.weight", F_, C_);
-    ffn_v_ = mat("ffn.value.weight", C_, F_);
-    ffn_r_ = mat("ffn.receptance.weight", C_, C_);
-    ffn_ = ReluSquareFfn{ln2_w_, ln2_b_, ffn_mu_k_, ffn_mu_r_, ffn_k_, ffn_v_, ffn_r_, eps_};
+    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mu_k_, ffn_mu_r_, eps_, dtype, keep_);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
-  }
-  size_t weight_bytes() const override {
-    size_t n = 0;
-    for (const auto& b : keep_) n += b->bytes();
-    return n;
   }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
@@ -192,7 +184,6 @@ class BlockV6 final : public Block {
   int64_t C_, F_, H_, N_;
   int64_t D_mix_ = 0, D_decay_ = 0;  // low-rank widths (32 and 64 in released models)
   float eps_;
-  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float* mu_x_;           // [C] 1 - time_maa_x
   const float* maa_[kMixes];    // [C] time_maa_{w,k,v,r,g}
@@ -202,7 +193,7 @@ class BlockV6 final : public Block {
   WeightView maa_w2_[kMixes];   // [C, D_mix] each
   WeightView decay_w1_;         // [D_decay, C]
   WeightView decay_w2_;         // [C, D_decay]
-  WeightView att_k_, att_v_, att_r_, att_g_, att_o_, ffn_k_, ffn_v_, ffn_r_;
+  WeightView att_k_, att_v_, att_r_, att_g_, att_o_;
 };
 
 }  // namespace

@@ -114,11 +114,6 @@ class BlockV7 final : public Block {
   void init_state(float* s) const override {
     for (int64_t i = 0; i < state_floats(); ++i) s[i] = 0.0f;
   }
-  size_t weight_bytes() const override {
-    size_t n = 0;
-    for (const auto& b : keep_) n += b->bytes();
-    return n;
-  }
 
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     if (!h.v_first) fail("RWKV-7 layer needs the v_first buffer in Hidden (none was passed)");
@@ -216,7 +211,6 @@ class BlockV7 final : public Block {
   float eps_;
   bool first_layer_;
   int64_t max_low_ = 0;  // widest low-rank dimension
-  std::vector<std::unique_ptr<DeviceBuffer>> keep_;
   const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
   const float* mu_[6];                      // [C] 1 - x_{r,w,k,v,a,g}
   const float* ffn_mu_k_;                   // [C] 1 - ffn.x_k
