@@ -5,12 +5,8 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-D=$PWD/.devshared
-mkdir -p /tmp/rwkvpp-rlib && xz -dc "$D/rlib.tar.xz" | tar -C /tmp/rwkvpp-rlib -xf -
-CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null ||
-  find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=/tmp/rwkvpp-rlib:$CUBLAS_DIR:${LD_LIBRARY_PATH:-}
-chmod +x "$D/bin/rwkvpp"
+# shellcheck source=scripts/gpu_rwkvpp_env.sh
+source scripts/gpu_rwkvpp_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 ldd "$D/bin/rwkvpp" | grep "not found" && echo "MISSING LIBRARIES"
 for spec in "$@"; do

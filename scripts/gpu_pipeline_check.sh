@@ -12,15 +12,8 @@ DEVICE=${DEVICE:-cuda}
 D=$PWD/.devshared
 RWKVPP=${RWKVPP:-$D/bin/rwkvpp}
 FIXTURES=${FIXTURES:-$D/fixtures}
-if [ "$DEVICE" = cuda ]; then
-  mkdir -p /tmp/rwkvpp-rlib && xz -dc "$D/rlib.tar.xz" | tar -C /tmp/rwkvpp-rlib -xf -
-  CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null ||
-    find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
-  # shellcheck source=scripts/gpu_mpi_env.sh
-  source scripts/gpu_mpi_env.sh
-  export LD_LIBRARY_PATH=/tmp/rwkvpp-rlib:$CUBLAS_DIR:$LD_LIBRARY_PATH
-  chmod +x "$RWKVPP"
-fi
+# shellcheck source=scripts/gpu_rwkvpp_env.sh
+[ "$DEVICE" = cuda ] && source scripts/gpu_rwkvpp_env.sh mpi
 F=$FIXTURES/hf-rwkv4/hf-rwkv4-small
 M=$(mktemp -d)/model
 "$RWKVPP" convert "$F.safetensors" -o "$M" --shards 4 > "$OUT/convert.log" 2>&1 || { cat "$OUT/convert.log"; exit 1; }

@@ -10,14 +10,8 @@ mkdir -p "$OUT"
 shape=$1
 args=$2
 shift 2
-D=$PWD/.devshared
-mkdir -p /tmp/rwkvpp-rlib && xz -dc "$D/rlib.tar.xz" | tar -C /tmp/rwkvpp-rlib -xf -
-CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null ||
-  find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
-# shellcheck source=scripts/gpu_mpi_env.sh
-source scripts/gpu_mpi_env.sh
-export LD_LIBRARY_PATH=/tmp/rwkvpp-rlib:$CUBLAS_DIR:$LD_LIBRARY_PATH
-chmod +x "$D/bin/rwkvpp"
+# shellcheck source=scripts/gpu_rwkvpp_env.sh
+source scripts/gpu_rwkvpp_env.sh mpi
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -8
 for np in "$@"; do

@@ -1,0 +1,12 @@
+# Sourced on a GPU machine (bash), from the repository root: makes the rwkvpp carried in
+# .devshared/ (scripts/gpu_stage.sh) runnable there: unpacks its libraries, finds cuBLAS 13
+# (the toolkit's, else the one pip installed for PyTorch) and sets LD_LIBRARY_PATH. With the
+# argument `mpi`, also the carried Open MPI runtime (scripts/gpu_mpi_env.sh). Sets D to the
+# .devshared folder.
+D=$PWD/.devshared
+[ "${1:-}" = mpi ] && source scripts/gpu_mpi_env.sh
+mkdir -p /tmp/rwkvpp-rlib && xz -dc "$D/rlib.tar.xz" | tar -C /tmp/rwkvpp-rlib -xf -
+CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null ||
+  find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH=/tmp/rwkvpp-rlib:$CUBLAS_DIR:${LD_LIBRARY_PATH:-}
+chmod +x "$D/bin/rwkvpp"
