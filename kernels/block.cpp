@@ -31,6 +31,19 @@ float* upload_f32(Backend& be, const std::vector<float>& v,
   return keep.back()->f32();
 }
 
+float* upload_one_minus(Backend& be, const TensorMap& t, int layer, const std::string& name,
+                        int64_t numel, std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+  auto v = require(t, layer, name, numel).to_f32();
+  for (float& e : v) e = 1.0f - e;
+  return upload_f32(be, v, keep);
+}
+
+WeightView load_small_matrix(Backend& be, const HostTensor& m, DType dtype,
+                             std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+  keep.emplace_back();
+  return be.load_weight(m, unquantised_dtype(dtype), keep.back());
+}
+
 std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer,
                                   const TensorMap& t, DType dtype) {
   switch (cfg.version) {

@@ -111,5 +111,13 @@ WeightView load_layer_matrix(Backend& be, const TensorMap& t, int layer, const s
 // Uploads a vector as fp32 into a new buffer kept in `keep`; returns its pointer.
 float* upload_f32(Backend& be, const std::vector<float>& v,
                   std::vector<std::unique_ptr<DeviceBuffer>>& keep);
+// Uploads 1 - v for the [numel] vector `name` of `layer`: RWKV-6/7 store the weight m of
+// x + (prev - x) * m, Backend::mix takes mu of x * mu + prev * (1 - mu).
+float* upload_one_minus(Backend& be, const TensorMap& t, int layer, const std::string& name,
+                        int64_t numel, std::vector<std::unique_ptr<DeviceBuffer>>& keep);
+// Loads a small matrix (RWKV-6/7 low-rank factors: a few % of the bytes, feeding the decay)
+// as `dtype`, or fp16 where `dtype` is int8: these are never quantised.
+WeightView load_small_matrix(Backend& be, const HostTensor& m, DType dtype,
+                             std::vector<std::unique_ptr<DeviceBuffer>>& keep);
 
 }  // namespace rwkvpp

@@ -45,18 +45,10 @@ class BlockV7 final : public Block {
     auto vec = [&](const std::string& name) {
       return vec_f32(require(t, layer, name, C_).to_f32());
     };
-    // 1 - x_*: turns x + (prev - x) * m into Backend::mix's x * mu + prev * (1 - mu).
     auto one_minus = [&](const std::string& name) {
-      auto v = require(t, layer, name, C_).to_f32();
-      for (float& e : v) e = 1.0f - e;
-      return vec_f32(v);
+      return upload_one_minus(be, t, layer, name, C_, keep_);
     };
-    auto load = [&](const HostTensor& h) {
-      keep_.emplace_back();
-      // Low-rank factors (a few % of the bytes, feeding the decay): never int8.
-      WeightView w = be.load_weight(h, unquantised_dtype(dtype), keep_.back());
-      return w;
-    };
+    auto load = [&](const HostTensor& h) { return load_small_matrix(be, h, dtype, keep_); };
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
       return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
     };
