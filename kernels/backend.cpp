@@ -58,6 +58,23 @@ void Backend::download_async(void* dst, const void* src, size_t bytes) { downloa
 uint64_t Backend::fence() { return 0; }
 bool Backend::fence_done(uint64_t) { return true; }
 void Backend::fence_wait(uint64_t) {}
+uint64_t Backend::timer_mark() { return 0; }
+double Backend::seconds_between(uint64_t, uint64_t) { return 0; }
+void Backend::timer_release(uint64_t) {}
+uint64_t Backend::upload_side(void* dst, const void* src, size_t bytes, uint64_t) {
+  upload_async(dst, src, bytes);
+  return timer_mark();
+}
+uint64_t Backend::download_side(void* dst, const void* src, size_t bytes) {
+  download_async(dst, src, bytes);
+  return timer_mark();
+}
+void Backend::wait_mark(uint64_t) {}
+bool Backend::mark_done(uint64_t m) {
+  const uint64_t f = fence();
+  return m == 0 || fence_done(f);
+}
+void Backend::mark_wait(uint64_t) { fence_wait(fence()); }
 
 WeightView Backend::load_weight(const HostTensor& t, DType want,
                                 std::unique_ptr<DeviceBuffer>& owner) {
@@ -205,6 +222,14 @@ void Backend::matmul_ex(const WeightView& W, const float* x, float* y, int64_t n
   if (ep.gate) binary(Binary::Mul, ep.gate, v, v, count);
   if (ep.accumulate) binary(Binary::Add, y, v, y, count);
 }
+
+void Backend::matmul_ex_relu_square_x(const WeightView& W, float* x, float* y, int64_t n,
+                                      const Epilogue& ep, float* scratch) {
+  unary(Unary::ReluSquare, x, x, n * W.cols);
+  matmul_ex(W, x, y, n, ep, scratch);
+}
+
+bool Backend::folds_relu_square_x(const WeightView&, int64_t) const { return false; }
 
 void Backend::matmul_group(const MatmulJob* jobs, int count, int64_t n) {
   for (int i = 0; i < count; ++i) {

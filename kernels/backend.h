@@ -144,6 +144,25 @@ class Backend {
   virtual uint64_t fence();
   virtual bool fence_done(uint64_t f);
   virtual void fence_wait(uint64_t f);
+  // Device time of queued work, for statistics: timer_mark() records a mark after what is
+  // queued so far; once a fence recorded after the later of two marks has completed,
+  // seconds_between() is the device time from one to the other. timer_release() frees a mark.
+  // The defaults (synchronous devices: no device time of their own) return 0.
+  virtual uint64_t timer_mark();
+  virtual double seconds_between(uint64_t from, uint64_t to);
+  virtual void timer_release(uint64_t mark);
+  // Copies on side queues of the device that overlap the ops (a pipeline stage's hidden
+  // vectors, double-buffered). upload_side() starts once the device has got past mark `after`
+  // (0: at once) and returns a mark of its completion; download_side() starts once the ops
+  // queued so far have run and returns a mark likewise. wait_mark(m): ops queued from now on
+  // start after m. mark_done(m): whether the device has got past m (never blocks); mark_wait(m)
+  // blocks until it has. A released mark counts as passed: release one only once it has passed
+  // or nothing depends on it. The defaults copy in order on the one queue and return timer_mark().
+  virtual uint64_t upload_side(void* dst, const void* src, size_t bytes, uint64_t after);
+  virtual uint64_t download_side(void* dst, const void* src, size_t bytes);
+  virtual void wait_mark(uint64_t m);
+  virtual bool mark_done(uint64_t m);
+  virtual void mark_wait(uint64_t m);
 
   // Makes the segment table visible to the device; the returned table stays valid until the
   // next call. `segs` must outlive the returned table (its host span points into it).
@@ -249,6 +268,13 @@ class Backend {
   // gate, v), binary(Add, y, v) in that order.
   virtual void matmul_ex(const WeightView& W, const float* x, float* y, int64_t n,
                          const Epilogue& ep, float* scratch);
+  // matmul_ex over relu(x)^2 instead of x (the FFN value product of RWKV-4/5/6, whose input is
+  // the key product's relu^2): x ([n, W.cols]) may be overwritten. The default squares x in
+  // place, then runs matmul_ex; a device may fold the activation into its product instead
+  // (folds_relu_square_x tells the callers when, so that the key product leaves it out).
+  virtual void matmul_ex_relu_square_x(const WeightView& W, float* x, float* y, int64_t n,
+                                       const Epilogue& ep, float* scratch);
+  virtual bool folds_relu_square_x(const WeightView& W, int64_t n) const;
 
   // Up to 3 independent products with the same input width (W.cols) and token count:
   // y[i] = matmul_ex(W[i], x[i], ep[i]) for i < count, none accumulating. The default runs them

@@ -73,13 +73,17 @@ void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hi
   sig.act = Unary::Sigmoid;
   float* v = xln;   // free again
   float* r = prev;  // free again
-  // k = relu(W_k xk)^2, r = sigmoid(W_r xr)
-  const Backend::MatmulJob kr[2] = {{&key, xk, k, relu2}, {&receptance, xr, r, sig}};
+  // k = relu(W_k xk)^2, r = sigmoid(W_r xr); the square left to the value product where the
+  // backend folds it into that product's input.
+  const bool fold = be.folds_relu_square_x(value, n);
+  const Backend::MatmulJob kr[2] = {{&key, xk, k, fold ? Backend::Epilogue{} : relu2},
+                                    {&receptance, xr, r, sig}};
   be.matmul_group(kr, 2, n);
   Backend::Epilogue gated_add;
   gated_add.gate = r;
   gated_add.accumulate = true;
-  be.matmul_ex(value, k, h.x, n, gated_add, v);  // x += r * (W_v k)
+  if (fold) be.matmul_ex_relu_square_x(value, k, h.x, n, gated_add, v);  // x += r * (W_v k)
+  else be.matmul_ex(value, k, h.x, n, gated_add, v);
 }
 
 ReluSquareFfn ReluSquareFfn::load(Backend& be, const TensorMap& t, int layer, int64_t C, int64_t F,

@@ -60,21 +60,25 @@ class CudaBackend final : public Backend {
     RWKVPP_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
     blas_ws_ = alloc(kCublasWorkspace);
     RWKVPP_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_ws_, kCublasWorkspace));
-    consts_ = static_cast<float*>(alloc(4 * sizeof(float)));
+    consts_ = static_cast<float*>(alloc(cuda::kMatmulConsts * sizeof(float)));
+    cuda::init_matmul_consts(consts_, stream_);
   }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
-    cudaStreamSynchronize(stream_);
+    sync_all_streams();
     drop_graphs();
     for (auto& f : fences_) cudaEventDestroy(f.event);
     for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
+    for (cudaEvent_t e : spare_timers_) cudaEventDestroy(e);
+    for (auto& [id, e] : marks_) cudaEventDestroy(e);
     for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p,
                     group_scratch_.p})
       if (p) cudaFree(p);
     for (auto& [key, p] : group_ptrs_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
-    if (stream_) cudaStreamDestroy(stream_);
+    for (cudaStream_t s : {stream_, up_, down_})
+      if (s) cudaStreamDestroy(s);
   }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
@@ -99,8 +103,8 @@ class CudaBackend final : public Backend {
   void free(void* p) noexcept override {
     if (!p) return;
     cudaSetDevice(device_);
-    cudaStreamSynchronize(stream_);  // queued work may still read it
-    drop_graphs();                   // a recording may hold p
+    sync_all_streams();  // queued work or side copies may still use it
+    drop_graphs();       // a recording may hold p
     cudaFree(p);
   }
   void upload(void* dst, const void* src, size_t bytes) override {
@@ -128,7 +132,7 @@ class CudaBackend final : public Backend {
   void free_host(void* p) noexcept override {
     if (!p) return;
     cudaSetDevice(device_);
-    cudaStreamSynchronize(stream_);  // a queued copy may still use it
+    sync_all_streams();  // a queued copy may still use it
     cudaFreeHost(p);
   }
   void upload_async(void* dst, const void* src, size_t bytes) override {
@@ -177,6 +181,81 @@ class CudaBackend final : public Backend {
       }
     fence_done(f);
   }
+  // Timing marks: events with timing on, recycled.
+  uint64_t timer_mark() override {
+    use_device();
+    return record_mark(stream_);
+  }
+  uint64_t record_mark(cudaStream_t s) {
+    cudaEvent_t e = nullptr;
+    if (!spare_timers_.empty()) {
+      e = spare_timers_.back();
+      spare_timers_.pop_back();
+    } else {
+      RWKVPP_CUDA_CHECK(cudaEventCreate(&e));
+    }
+    RWKVPP_CUDA_CHECK(cudaEventRecord(e, s));
+    marks_.emplace(++mark_seq_, e);
+    return mark_seq_;
+  }
+  // Side copies: one stream for uploads, one for downloads (the two DMA directions), ordered
+  // against the ops through marks (events).
+  cudaEvent_t mark_event(uint64_t m) const {
+    auto it = marks_.find(m);
+    return it == marks_.end() ? nullptr : it->second;
+  }
+  cudaStream_t side_stream(cudaStream_t& s) {
+    if (!s) RWKVPP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return s;
+  }
+  uint64_t upload_side(void* dst, const void* src, size_t bytes, uint64_t after) override {
+    use_device();
+    cudaStream_t s = side_stream(up_);
+    if (cudaEvent_t e = mark_event(after)) RWKVPP_CUDA_CHECK(cudaStreamWaitEvent(s, e, 0));
+    if (bytes) RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+    return record_mark(s);
+  }
+  uint64_t download_side(void* dst, const void* src, size_t bytes) override {
+    use_device();
+    cudaStream_t s = side_stream(down_);
+    const uint64_t ops = record_mark(stream_);
+    RWKVPP_CUDA_CHECK(cudaStreamWaitEvent(s, mark_event(ops), 0));
+    timer_release(ops);  // the wait took the event's state when it was called
+    if (bytes) RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+    return record_mark(s);
+  }
+  void wait_mark(uint64_t m) override {
+    use_device();
+    if (cudaEvent_t e = mark_event(m)) RWKVPP_CUDA_CHECK(cudaStreamWaitEvent(stream_, e, 0));
+  }
+  bool mark_done(uint64_t m) override {
+    cudaEvent_t e = mark_event(m);
+    if (!e) return true;
+    use_device();
+    const cudaError_t r = cudaEventQuery(e);
+    if (r == cudaErrorNotReady) return false;
+    RWKVPP_CUDA_CHECK(r);
+    return true;
+  }
+  void mark_wait(uint64_t m) override {
+    if (cudaEvent_t e = mark_event(m)) {
+      use_device();
+      RWKVPP_CUDA_CHECK(cudaEventSynchronize(e));
+    }
+  }
+  double seconds_between(uint64_t from, uint64_t to) override {
+    auto a = marks_.find(from), b = marks_.find(to);
+    if (a == marks_.end() || b == marks_.end()) return 0;
+    float ms = 0;
+    use_device();
+    return cudaEventElapsedTime(&ms, a->second, b->second) == cudaSuccess ? ms * 1e-3 : 0;
+  }
+  void timer_release(uint64_t mark) override {
+    auto it = marks_.find(mark);
+    if (it == marks_.end()) return;
+    spare_timers_.push_back(it->second);
+    marks_.erase(it);
+  }
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
@@ -184,7 +263,8 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override {
     use_device();
-    RWKVPP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (cudaStream_t s : {stream_, up_, down_})
+      if (s) RWKVPP_CUDA_CHECK(cudaStreamSynchronize(s));
   }
   size_t free_memory() const override {
     use_device();
@@ -222,18 +302,29 @@ class CudaBackend final : public Backend {
 
   void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
     use_device();
-    const size_t need = cuda::matmul_scratch_bytes(W, n);
-    void* scratch = need ? grow(scratch_, need) : nullptr;
-    cuda::matmul(blas_, W, x, y, n, scratch, consts_, stream_);
+    product(W, x, y, n, {});
   }
 
-  // Few tokens: the epilogue runs inside the GEMV (one launch); more: the plain ops.
+  // Few tokens: the epilogue runs inside the GEMV (one launch); more: see product_ex.
   void matmul_ex(const WeightView& W, const float* x, float* y, int64_t n, const Epilogue& ep,
                  float* scratch) override {
     use_device();
     cuda::GemvEpilogue g;
-    if (gemv_epilogue(ep, g) && cuda::gemv_with_epilogue(W, x, y, n, g, stream_)) return;
-    Backend::matmul_ex(W, x, y, n, ep, scratch);
+    if (!gemv_epilogue(ep, g)) return Backend::matmul_ex(W, x, y, n, ep, scratch);
+    if (cuda::gemv_with_epilogue(W, x, y, n, g, stream_)) return;
+    product_ex(W, x, y, n, ep, scratch, false);
+  }
+
+  bool folds_relu_square_x(const WeightView& W, int64_t n) const override {
+    return n > cuda::kGemvMaxTokens && cuda::matmul_folds(W, n, {true, false});
+  }
+  void matmul_ex_relu_square_x(const WeightView& W, float* x, float* y, int64_t n,
+                               const Epilogue& ep, float* scratch) override {
+    cuda::GemvEpilogue g;
+    if (!folds_relu_square_x(W, n) || !gemv_epilogue(ep, g))
+      return Backend::matmul_ex_relu_square_x(W, x, y, n, ep, scratch);
+    use_device();
+    product_ex(W, x, y, n, ep, scratch, true);
   }
 
   // Few tokens: one launch for the whole group; otherwise one product after another.
@@ -251,6 +342,13 @@ class CudaBackend final : public Backend {
       }
       if (ok && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
       if (ok && gemm_group(jobs, W, x, y, count, n)) return;
+      if (ok && count >= 2) {
+        void* scratch = grow(group_scratch_, cuda::gemm_group_scratch_bytes(count, n, W[0]->cols));
+        if (cuda::gemm_jobs_f16(blas_, W, x, y, count, n, scratch, consts_, stream_)) {
+          for (int i = 0; i < count; ++i) finish_epilogue(y[i], y[i], n * W[i]->rows, ep[i]);
+          return;
+        }
+      }
     }
     Backend::matmul_group(jobs, count, n);
   }
@@ -468,9 +566,42 @@ class CudaBackend final : public Backend {
     if (!cuda::gemm_group_f16(blas_, W, x, y, count, n, scratch, consts_,
                               static_cast<const void* const*>(it->second), stream_))
       return false;
-    for (int i = 0; i < count; ++i)
-      if (jobs[i].ep.has_act) unary(jobs[i].ep.act, y[i], y[i], n * W[i]->rows);
+    for (int i = 0; i < count; ++i) {
+      cuda::GemvEpilogue g;
+      gemv_epilogue(jobs[i].ep, g);  // the caller checked that it converts
+      finish_epilogue(y[i], y[i], n * W[i]->rows, g);
+    }
     return true;
+  }
+
+  void product(const WeightView& W, const float* x, float* y, int64_t n, const cuda::MatmulOpts& o) {
+    const size_t need = cuda::matmul_scratch_bytes(W, n);
+    void* scratch = need ? grow(scratch_, need) : nullptr;
+    cuda::matmul(blas_, W, x, y, n, scratch, consts_, stream_, o);
+  }
+
+  // What is left of an epilogue after a product into v, in one pass (none when nothing is).
+  void finish_epilogue(const float* v, float* y, int64_t count, const cuda::GemvEpilogue& g) {
+    if (g.act || g.gate || g.accumulate || v != y) cuda::apply_epilogue(v, y, count, g, stream_);
+  }
+
+  // A product the GEMV did not take: a plain accumulation inside cuBLAS (beta = 1) where the
+  // path folds it, else the product (into `scratch` when accumulating) and one pass for the
+  // activation, gate and accumulation together. relu_square_x: folds_relu_square_x() held.
+  void product_ex(const WeightView& W, const float* x, float* y, int64_t n, const Epilogue& ep,
+                  float* scratch, bool relu_square_x) {
+    cuda::MatmulOpts o;
+    o.relu_square_x = relu_square_x;
+    cuda::GemvEpilogue g;
+    gemv_epilogue(ep, g);  // the callers checked that it converts
+    if (ep.accumulate && !ep.has_act && !ep.gate && cuda::matmul_folds(W, n, {relu_square_x, true})) {
+      o.accumulate = true;
+      return product(W, x, y, n, o);
+    }
+    float* v = ep.accumulate ? scratch : y;
+    if (!v) fail_msg("matmul_ex: accumulate needs scratch");
+    product(W, x, v, n, o);
+    finish_epilogue(v, y, n * W.rows, g);
   }
 
   // The GEMV's form of an epilogue; false for an activation it does not fuse.
@@ -494,6 +625,10 @@ class CudaBackend final : public Backend {
 
   // Makes this backend's device current for the calling thread (several backends, one per
   // GPU, may be driven from one thread in turn).
+  void sync_all_streams() noexcept {
+    for (cudaStream_t s : {stream_, up_, down_})
+      if (s) cudaStreamSynchronize(s);
+  }
   void use_device() const {
     int cur = -1;
     RWKVPP_CUDA_CHECK(cudaGetDevice(&cur));
@@ -502,9 +637,10 @@ class CudaBackend final : public Backend {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t up_ = nullptr, down_ = nullptr;  // side copies (upload_side, download_side)
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
-  float* consts_ = nullptr;  // [amax bits, alpha, 0, unused] for the fp16 GEMM path
+  float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
   Scratch segs_, ids_, scratch_, argmax_, group_scratch_;
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
@@ -517,6 +653,9 @@ class CudaBackend final : public Backend {
   };
   std::vector<Fence> fences_;  // pending, oldest first (a handful at a time)
   std::vector<cudaEvent_t> spare_events_;
+  std::unordered_map<uint64_t, cudaEvent_t> marks_;  // timing marks not yet released
+  std::vector<cudaEvent_t> spare_timers_;
+  uint64_t mark_seq_ = 0;
   uint64_t fence_seq_ = 0, fence_reached_ = 0;
 };
 

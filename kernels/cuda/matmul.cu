@@ -92,42 +92,170 @@ void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_
   RWKVPP_CUDA_LAUNCHED("gemv_kernel");
 }
 
-// Largest |x| over count values, as the bits of a non-negative float (which order like
-// unsigned integers) into *out, which must start at 0. Grid-stride, warp max, one atomic per
-// warp. NaNs are skipped (fmaxf), so they pass through the conversion unscaled.
-__global__ void amax_kernel(const float* __restrict__ x, int64_t count, unsigned* out) {
-  float m = 0.0f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
-       i += int64_t(gridDim.x) * blockDim.x)
-    m = fmaxf(m, fabsf(x[i]));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if ((threadIdx.x & 31) == 0) atomicMax(out, __float_as_uint(m));
+// Converting fp32 inputs to fp16 for cuBLAS, each scaled by a power of two so that its largest
+// magnitude lands in [2^14, 2^15) (fp16 overflows at 65504; activations of deep layers exceed
+// that). Two launches for up to three inputs: block maxima, then each block reduces them (in a
+// fixed order: the result does not depend on timing) and converts its share. A power-of-two
+// scale is exact, so the fp16 values are those of an unscaled rounding wherever that stays in
+// fp16's normal range. RELU2: the input is relu(x)^2, computed on the fly (as Unary::ReluSquare).
+constexpr int kConstAlpha = 0, kConstZero = 4, kConstOne = 5, kConstPartials = 64;
+constexpr int kAmaxBlocks = 1024;  // most block maxima per input
+constexpr unsigned kConvertBlocks = 4096;  // most blocks per input of the conversion
+static_assert(kConstPartials + 3 * kAmaxBlocks <= kMatmulConsts);
+
+struct ConvJobs {
+  const float* x[3];
+  __half* out[3];
+  int64_t count[3];
+};
+
+template <bool RELU2>
+__device__ __forceinline__ float conv_in(float v) {
+  if constexpr (RELU2) {
+    const float r = fmaxf(v, 0.0f);
+    return r * r;
+  }
+  return v;
 }
 
-__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half_rn(v); }
+// Whether the 4-wide loops apply: count a multiple of 4, x 16-byte and out 8-byte aligned.
+__device__ __forceinline__ bool vec4_ok(const float* x, const __half* out, int64_t count) {
+  return (count & 3) == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+         (reinterpret_cast<uintptr_t>(out) & 7) == 0;
+}
+
+// Max of v over the block (v >= 0; NaNs were skipped by fmaxf); every thread gets it.
+__device__ float block_max(float v) {
+  __shared__ float part[32];
+  __shared__ float result;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x == 0) result = v;
+  }
+  __syncthreads();
+  return result;
+}
+
+// Block (b, j) writes the largest |input j| over its grid-stride share to partials[j * G + b].
+template <bool RELU2>
+__global__ void amax_blocks_kernel(ConvJobs jobs, float* partials) {
+  const int j = blockIdx.y;
+  const float* x = j == 0 ? jobs.x[0] : j == 1 ? jobs.x[1] : jobs.x[2];
+  const int64_t count = j == 0 ? jobs.count[0] : j == 1 ? jobs.count[1] : jobs.count[2];
+  float m = 0.0f;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
+  if (vec4_ok(x, nullptr, count)) {
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    for (int64_t i = first; i < count / 4; i += step) {
+      const float4 v = x4[i];
+      m = fmaxf(fmaxf(m, fabsf(conv_in<RELU2>(v.x))), fabsf(conv_in<RELU2>(v.y)));
+      m = fmaxf(fmaxf(m, fabsf(conv_in<RELU2>(v.z))), fabsf(conv_in<RELU2>(v.w)));
+    }
+  } else {
+    for (int64_t i = first; i < count; i += step) m = fmaxf(m, fabsf(conv_in<RELU2>(x[i])));
+  }
+  m = block_max(m);
+  if (threadIdx.x == 0) partials[j * gridDim.x + blockIdx.x] = m;
+}
+
+// out_j[i] = in_j[i] / scale_j in fp16, scale_j = 2^(e - 14) for e = floor(log2(amax)), amax
+// over input j's G block maxima (SHARED: over all `njobs` inputs'); block (0, j) stores
+// scale_j to alphas[j] for the GEMM to multiply back.
+template <bool RELU2, bool SHARED>
+__global__ void convert_f16_kernel(ConvJobs jobs, const float* partials, int G, int njobs,
+                                   float* alphas) {
+  const int j = blockIdx.y;
+  const int lo = SHARED ? 0 : j * G, hi = SHARED ? njobs * G : (j + 1) * G;
+  float m = 0.0f;
+  for (int i = lo + int(threadIdx.x); i < hi; i += int(blockDim.x)) m = fmaxf(m, partials[i]);
+  const float amax = block_max(m);
+  float scale = 1.0f, inv = 1.0f;
+  if (amax > 0.0f && isfinite(amax)) {
+    const int e = max(-100, min(100, ilogbf(amax)));
+    scale = ldexpf(1.0f, e - 14);
+    inv = ldexpf(1.0f, 14 - e);
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) alphas[j] = scale;
+  const float* x = j == 0 ? jobs.x[0] : j == 1 ? jobs.x[1] : jobs.x[2];
+  __half* out = j == 0 ? jobs.out[0] : j == 1 ? jobs.out[1] : jobs.out[2];
+  const int64_t count = j == 0 ? jobs.count[0] : j == 1 ? jobs.count[1] : jobs.count[2];
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
+  if (vec4_ok(x, out, count)) {
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    auto* o2 = reinterpret_cast<__half2*>(out);
+    for (int64_t i = first; i < count / 4; i += step) {
+      const float4 v = x4[i];
+      o2[2 * i] = __floats2half2_rn(conv_in<RELU2>(v.x) * inv, conv_in<RELU2>(v.y) * inv);
+      o2[2 * i + 1] = __floats2half2_rn(conv_in<RELU2>(v.z) * inv, conv_in<RELU2>(v.w) * inv);
+    }
+  } else {
+    for (int64_t i = first; i < count; i += step) out[i] = __float2half_rn(conv_in<RELU2>(x[i]) * inv);
+  }
+}
+
+// The two launches for `njobs` inputs; consts[kConstAlpha + j] receives input j's scale.
+void convert_x_f16(const ConvJobs& jobs, int njobs, bool shared, bool relu2, float* consts,
+                   cudaStream_t s) {
+  int64_t most = 0;
+  for (int j = 0; j < njobs; ++j) most = std::max(most, jobs.count[j]);
+  // Blocks for 4 values per thread (the 4-wide loops; the scalar ones stride further): the
+  // maxima with ~8 loads per thread, few enough that each conversion block reads them cheaply.
+  const unsigned g = grid_for((most + 3) / 4, kThreads);
+  const unsigned ga = std::max(1u, std::min<unsigned>((g + 7) / 8, kAmaxBlocks));
+  float* partials = consts + kConstPartials;
+  const dim3 grid_a(ga, unsigned(njobs)), grid_c(std::min(g, kConvertBlocks), unsigned(njobs));
+  if (relu2) amax_blocks_kernel<true><<<grid_a, kThreads, 0, s>>>(jobs, partials);
+  else amax_blocks_kernel<false><<<grid_a, kThreads, 0, s>>>(jobs, partials);
+  RWKVPP_CUDA_LAUNCHED("amax_blocks_kernel");
+  float* alphas = consts + kConstAlpha;
+  if (relu2 && shared) convert_f16_kernel<true, true><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
+  else if (relu2) convert_f16_kernel<true, false><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
+  else if (shared) convert_f16_kernel<false, true><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
+  else convert_f16_kernel<false, false><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
+  RWKVPP_CUDA_LAUNCHED("convert_f16_kernel");
+}
+
+// One input: x [count] -> xh, scale to consts[kConstAlpha].
+void convert_x_f16(const float* x, __half* xh, int64_t count, bool relu2, float* consts,
+                   cudaStream_t s) {
+  ConvJobs j{};
+  j.x[0] = x;
+  j.out[0] = xh;
+  j.count[0] = count;
+  convert_x_f16(j, 1, false, relu2, consts, s);
+}
+
+// count inputs of cnt values each, converted into consecutive parts of xh.
+ConvJobs scratch_jobs(const float* const* x, int count, int64_t cnt, __half* xh) {
+  ConvJobs j{};
+  for (int i = 0; i < count; ++i) {
+    j.x[i] = x[i];
+    j.out[i] = xh + i * cnt;
+    j.count[i] = cnt;
+  }
+  return j;
+}
+
 __device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// out[i] = x[i] / scale in T, one thread per element (grid-stride). With SCALED, scale is
-// 2^(e - 14) for e = floor(log2(amax)) (amax from amax_kernel), exact in binary, and block 0's
-// first thread stores it to *alpha for the GEMM to multiply back; otherwise scale is 1.
-template <typename T, bool SCALED>
-__global__ void convert_kernel(const float* __restrict__ x, T* __restrict__ out, int64_t count,
-                               const unsigned* amax_bits, float* alpha) {
-  float inv = 1.0f;
-  if constexpr (SCALED) {
-    const float amax = __uint_as_float(*amax_bits);
-    float scale = 1.0f;
-    if (amax > 0.0f && isfinite(amax)) {
-      const int e = max(-100, min(100, ilogbf(amax)));
-      scale = ldexpf(1.0f, e - 14);
-      inv = ldexpf(1.0f, 14 - e);
-    }
-    if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = scale;
-  }
+// out[i] = bf16(x[i]), one thread per element (grid-stride).
+__global__ void convert_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ out,
+                                    int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
-    store_as(out + i, x[i] * inv);
+    store_as(out + i, x[i]);
+}
+
+__global__ void epilogue_kernel(const float* v, float* y, int64_t count, GemvEpilogue ep) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x)
+    ep.store(y, i, v[i]);
 }
 
 // x = hi + lo in bf16: hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]); out holds hi for the
@@ -145,18 +273,11 @@ __global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __
 
 size_t round256(size_t b) { return (b + 255) / 256 * 256; }
 
-// x [count] fp32 -> xh fp16, scaled by a power of two into fp16's range (amax_kernel,
-// convert_kernel); consts[0] = amax bits, consts[1] = alpha (the scale), for the GEMM.
-void convert_x_f16_scaled(const float* x, __half* xh, int64_t count, float* consts,
-                          cudaStream_t s) {
-  const unsigned g = grid_for(count, kThreads);
-  auto* amax = reinterpret_cast<unsigned*>(consts);
-  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
-  amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x, count, amax);
-  RWKVPP_CUDA_LAUNCHED("amax_kernel");
-  convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x, xh, count, amax, consts + 1);
-  RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
-}
+// Rows of y as cuBLAS writes them when W.rows is not a multiple of 4 (the head: 50277 words):
+// fp32 rows of such a length are not 16-byte aligned, and cuBLAS then takes kernels several
+// times slower (the 14B head at 256 tokens: ~1.5 ms instead of ~0.4), so it writes rows padded
+// to a multiple of 8 into the scratch, copied to y afterwards.
+int64_t padded_rows(int64_t R) { return (R + 7) / 8 * 8; }
 
 // Rows of int8 W dequantised to fp16 per cuBLAS call: a tile of about 16 MiB (a multiple of
 // 128 rows, at least 128), small enough to be still in L2 (50 MB on an H100) when the GEMM
@@ -169,13 +290,13 @@ int64_t i8_tile_rows(const WeightView& W) {
 // int8 W, n > kI8GemvMaxTokens: y = (x * Wq^T) * scales, Wq the integers q in fp16 (exact);
 // x scaled into fp16 as on the fp16 path. Scratch: [xh: n * K fp16][tile: rows * K fp16].
 void matmul_i8_gemm(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
-                    void* scratch, float* consts, cudaStream_t s) {
+                    void* scratch, float* consts, bool relu2, cudaStream_t s) {
   const int64_t R = W.rows, K = W.cols, tile = i8_tile_rows(W);
   auto* xh = static_cast<__half*>(scratch);
   auto* wh = reinterpret_cast<__half*>(static_cast<char*>(scratch) + round256(size_t(n * K) * 2));
-  convert_x_f16_scaled(x, xh, n * K, consts, s);
-  const float* alpha = consts + 1;
-  const float* beta = consts + 2;
+  convert_x_f16(x, xh, n * K, relu2, consts, s);
+  const float* alpha = consts + kConstAlpha;
+  const float* beta = consts + kConstZero;
   const auto* q = static_cast<const int8_t*>(W.data);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
@@ -207,23 +328,46 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n) {
   if (n <= kGemvMaxTokens || W.dtype == DType::F32) return 0;
   if (W.dtype == DType::BF16 && n <= kBf16SplitMaxTokens)  // [hi; lo] in bf16, then y_hi, y_lo
     return round256(size_t(2 * n) * size_t(W.cols) * 2) + size_t(2 * n) * size_t(W.rows) * 4;
-  return size_t(n) * size_t(W.cols) * 2;
+  const size_t padded_y = W.dtype == DType::F16 && W.rows % 4 ? size_t(n) * size_t(padded_rows(W.rows)) * 4 : 0;
+  return round256(size_t(n) * size_t(W.cols) * 2) + padded_y;
+}
+
+void init_matmul_consts(float* consts, cudaStream_t s) {
+  float c[kConstOne + 1] = {};
+  c[kConstOne] = 1.0f;
+  RWKVPP_CUDA_CHECK(cudaMemcpyAsync(consts, c, sizeof c, cudaMemcpyHostToDevice, s));
+  RWKVPP_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+bool matmul_folds(const WeightView& W, int64_t n, const MatmulOpts& o) {
+  if (W.dtype == DType::F16) return n > kGemvMaxTokens && !(o.accumulate && W.rows % 4);
+  if (W.dtype == DType::I8) return !o.accumulate && n > kI8GemvMaxTokens;
+  return !o.relu_square_x && !o.accumulate;
+}
+
+void apply_epilogue(const float* v, float* y, int64_t count, const GemvEpilogue& ep,
+                    cudaStream_t s) {
+  if (count == 0) return;
+  epilogue_kernel<<<grid_for(count, kThreads), kThreads, 0, s>>>(v, y, count, ep);
+  RWKVPP_CUDA_LAUNCHED("epilogue_kernel");
 }
 
 void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
-            void* scratch, float* consts, cudaStream_t s) {
+            void* scratch, float* consts, cudaStream_t s, const MatmulOpts& o) {
   const int64_t R = W.rows, K = W.cols;
   if (n == 0 || R == 0) return;
+  if ((o.relu_square_x || o.accumulate) && !matmul_folds(W, n, o))
+    fail_msg("matmul: options it does not fold for this dtype and " + std::to_string(n) + " tokens");
   if (R > INT32_MAX || K > INT32_MAX || n > INT32_MAX)
     fail_msg("matmul: shape [" + std::to_string(R) + ", " + std::to_string(K) + "] x " +
              std::to_string(n) + " tokens is too large");
   if (K == 0) {
-    RWKVPP_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(n * R) * sizeof(float), s));
+    if (!o.accumulate) RWKVPP_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(n * R) * sizeof(float), s));
     return;
   }
   if (W.dtype == DType::I8) {
     if (!W.scales) fail_msg("matmul: int8 weights without their row scales");
-    if (n > kI8GemvMaxTokens) return matmul_i8_gemm(h, W, x, y, n, scratch, consts, s);
+    if (n > kI8GemvMaxTokens) return matmul_i8_gemm(h, W, x, y, n, scratch, consts, o.relu_square_x, s);
     // Passes of up to 8 tokens, each reading W once (1 byte per weight): for 9..16 tokens two
     // passes move 2 bytes per weight, as the fp16 path's cuBLAS call does, against ~3 for
     // dequantise + cuBLAS (docs/cuda.md, int8).
@@ -259,26 +403,32 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   }
   if (W.dtype == DType::BF16) {
     auto* xb = static_cast<__nv_bfloat16*>(scratch);
-    convert_kernel<__nv_bfloat16, false><<<g, kThreads, 0, s>>>(x, xb, count, nullptr, nullptr);
-    RWKVPP_CUDA_LAUNCHED("convert_kernel<bf16>");
+    convert_bf16_kernel<<<g, kThreads, 0, s>>>(x, xb, count);
+    RWKVPP_CUDA_LAUNCHED("convert_bf16_kernel");
     RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), &one,
                                      W.data, CUDA_R_16BF, int(K), xb, CUDA_R_16BF, int(K), &zero,
                                      y, CUDA_R_32F, int(R), CUBLAS_COMPUTE_32F,
                                      CUBLAS_GEMM_DEFAULT));
     return;
   }
-  // fp16: scale into range on the device, GEMM with alpha = scale from device memory.
+  // fp16: scale into range on the device, GEMM with alpha = scale from device memory (and
+  // beta = 1 from there when accumulating).
   auto* xh = static_cast<__half*>(scratch);
-  float* alpha = consts + 1;
-  const float* beta = consts + 2;
-  convert_x_f16_scaled(x, xh, count, consts, s);
+  const float* alpha = consts + kConstAlpha;
+  const float* beta = consts + (o.accumulate ? kConstOne : kConstZero);
+  convert_x_f16(x, xh, count, o.relu_square_x, consts, s);
+  const int64_t ldy = R % 4 ? padded_rows(R) : R;
+  float* yg = ldy == R ? y : reinterpret_cast<float*>(static_cast<char*>(scratch) + round256(size_t(count) * 2));
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   const cublasStatus_t st =
       cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), alpha, W.data, CUDA_R_16F,
-                   int(K), xh, CUDA_R_16F, int(K), beta, y, CUDA_R_32F, int(R),
+                   int(K), xh, CUDA_R_16F, int(K), beta, yg, CUDA_R_32F, int(ldy),
                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   RWKVPP_CUBLAS_CHECK(st);
+  if (yg != y)
+    RWKVPP_CUDA_CHECK(cudaMemcpy2DAsync(y, size_t(R) * 4, yg, size_t(ldy) * 4, size_t(R) * 4,
+                                        size_t(n), cudaMemcpyDeviceToDevice, s));
 }
 
 bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
@@ -366,25 +516,39 @@ bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* c
   // One power-of-two scale for all inputs (their largest magnitude), so that one alpha serves
   // the batched GEMM; each x is converted into its part of the scratch.
   const int64_t cnt = n * K;
-  const unsigned g = grid_for(cnt, kThreads);
-  auto* amax = reinterpret_cast<unsigned*>(consts);
-  RWKVPP_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
-  for (int i = 0; i < count; ++i) {
-    amax_kernel<<<std::min(g, 1024u), kThreads, 0, s>>>(x[i], cnt, amax);
-    RWKVPP_CUDA_LAUNCHED("amax_kernel");
-  }
   auto* xh = static_cast<__half*>(scratch);
-  for (int i = 0; i < count; ++i) {
-    convert_kernel<__half, true><<<g, kThreads, 0, s>>>(x[i], xh + i * cnt, cnt, amax, consts + 1);
-    RWKVPP_CUDA_LAUNCHED("convert_kernel<fp16>");
-  }
+  convert_x_f16(scratch_jobs(x, count, cnt, xh), count, true, false, consts, s);
   RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   const cublasStatus_t st = cublasGemmBatchedEx(
-      h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), consts + 1, dev_ptrs, CUDA_R_16F,
-      int(K), dev_ptrs + 3, CUDA_R_16F, int(K), consts + 2,
+      h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), consts + kConstAlpha, dev_ptrs,
+      CUDA_R_16F, int(K), dev_ptrs + 3, CUDA_R_16F, int(K), consts + kConstZero,
       const_cast<void* const*>(dev_ptrs + 6), CUDA_R_32F, int(R), count, CUBLAS_COMPUTE_32F,
       CUBLAS_GEMM_DEFAULT);
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  RWKVPP_CUBLAS_CHECK(st);
+  return true;
+}
+
+bool gemm_jobs_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
+                   float* const* y, int count, int64_t n, void* scratch, float* consts,
+                   cudaStream_t s) {
+  if (count < 2 || count > 3 || n <= kGemvMaxTokens || n > INT32_MAX) return false;
+  const int64_t K = W[0]->cols;
+  for (int i = 0; i < count; ++i)
+    if (W[i]->dtype != DType::F16 || W[i]->cols != K || W[i]->rows > INT32_MAX || W[i]->rows < 1) return false;
+  if (K == 0 || K > INT32_MAX) return false;
+  const int64_t cnt = n * K;
+  auto* xh = static_cast<__half*>(scratch);
+  convert_x_f16(scratch_jobs(x, count, cnt, xh), count, false, false, consts, s);
+  RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
+  RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  for (int i = 0; i < count && st == CUBLAS_STATUS_SUCCESS; ++i)
+    st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(W[i]->rows), int(n), int(K),
+                      consts + kConstAlpha + i, W[i]->data, CUDA_R_16F, int(K), xh + i * cnt,
+                      CUDA_R_16F, int(K), consts + kConstZero, y[i], CUDA_R_32F, int(W[i]->rows),
+                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   RWKVPP_CUBLAS_CHECK(st);
   return true;

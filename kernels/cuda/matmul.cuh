@@ -22,9 +22,27 @@ constexpr int64_t kBf16SplitMaxTokens = 128;
 // Bytes of device scratch that matmul() needs for n tokens (0 when none).
 size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 
-// y = x W^T. `scratch` holds at least matmul_scratch_bytes(W, n) bytes; `consts` is 4 device
-// floats owned by the caller, consts[2] zero (cuBLAS reads alpha and beta from there on the
-// fp16 path). Paths:
+// Device floats the cuBLAS paths read and write ("consts" below): [0, 3) the scales of up to
+// three converted inputs (cuBLAS's alpha), [4] = 0 and [5] = 1 (beta), from index 64 the
+// per-block maxima of the inputs being converted. Allocate them zero-filled, then call
+// init_matmul_consts once.
+constexpr int kMatmulConsts = 4096;
+void init_matmul_consts(float* consts, cudaStream_t s);
+
+// What matmul() may fold into a cuBLAS product: relu_square_x, the product reads relu(x)^2
+// instead of x (applied while x is converted to fp16; RWKV's FFN value product); accumulate,
+// y += x W^T (cuBLAS's beta = 1) instead of y = x W^T.
+struct MatmulOpts {
+  bool relu_square_x = false;
+  bool accumulate = false;
+};
+// Whether matmul() takes these options for W and n tokens: both on the fp16 cuBLAS path
+// (n > kGemvMaxTokens); relu_square_x also on int8's (n > kI8GemvMaxTokens).
+bool matmul_folds(const WeightView& W, int64_t n, const MatmulOpts& o);
+
+// y = x W^T. `scratch` holds at least matmul_scratch_bytes(W, n) bytes; `consts` as above
+// (cuBLAS reads alpha and beta from there on the fp16 path). Options other than the defaults
+// only where matmul_folds() says so. Paths:
 // - n <= kGemvMaxTokens: the GEMV kernels, W read once, x in fp32.
 // - fp32 W: cublasGemmEx in fp32 (no TF32).
 // - bf16 W, n <= kBf16SplitMaxTokens: x = hi + lo with hi = bf16(x), lo = bf16(x - hi) (exact to
@@ -41,9 +59,13 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 //   tile, then y scaled by the row scales. Beyond fp16's 2 bytes per weight this reads the
 //   int8 byte and writes 2 (the read-back mostly hits L2): see docs/cuda.md, int8.
 void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
-            void* scratch, float* consts, cudaStream_t s);
+            void* scratch, float* consts, cudaStream_t s, const MatmulOpts& o = {});
 
 struct GemvEpilogue;
+// y[i] = ep(v[i]) for i < count (GemvEpilogue::store: activation, gate, accumulation) in one
+// pass; v may be y. What is left of an epilogue after a cuBLAS product.
+void apply_epilogue(const float* v, float* y, int64_t count, const GemvEpilogue& ep,
+                    cudaStream_t s);
 // y = epilogue(x W^T) in one GEMV launch (gemv.cuh, GemvEpilogue) when n <= kGemvMaxTokens;
 // returns false (and does nothing) for shapes it does not take.
 bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
@@ -63,5 +85,12 @@ size_t gemm_group_scratch_bytes(int count, int64_t n, int64_t K);
 bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
                     float* const* y, int count, int64_t n, void* scratch, float* consts,
                     const void* const* dev_ptrs, cudaStream_t s);
+// Above kGemvMaxTokens: count (2..3) products with fp16 W of one width K but any rows (the FFN's
+// key and receptance): the inputs converted in one launch pair, each with its own scale, then
+// one cuBLAS GEMM each. Scratch as gemm_group_scratch_bytes. False (nothing done) for what it
+// does not take.
+bool gemm_jobs_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
+                   float* const* y, int count, int64_t n, void* scratch, float* consts,
+                   cudaStream_t s);
 
 }  // namespace rwkvpp::cuda

@@ -167,3 +167,43 @@ TEST_CASE("CUDA matmul_group (one launch for several products) matches the CPU",
                       rel_err(gpu.get(gy[size_t(i)], ref[size_t(i)].size()), ref[size_t(i)]), tol);
       }
 }
+
+TEST_CASE("CUDA matmul_ex_relu_square_x (the square folded into the product's input) matches the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(15);
+  Worst worst("matmul_ex_relu_square_x");
+  struct Shape { int64_t R, K, n; };
+  // n <= 8: the GEMV after the square; fp16 above 8 and int8 above 16 tokens fold it.
+  const std::vector<Shape> shapes = {{67, 128, 1}, {96, 136, 8}, {300, 64, 9}, {513, 256, 40}};
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
+    for (const Shape& s : shapes)
+      for (float range : {1.0f, 400.0f})  // 400^2 is beyond fp16's 65504: the scale must cover it
+        for (int variant = 0; variant < 2; ++variant) {
+          INFO(dtype_name(dt) << " R=" << s.R << " K=" << s.K << " n=" << s.n << " range " << range
+                              << " variant " << variant);
+          const float a = std::sqrt(3.0f / float(s.K));
+          HostTensor w = HostTensor::from_f32(rng.uniform(size_t(s.R * s.K), -a, a), {s.R, s.K});
+          auto x = rng.uniform(size_t(s.n * s.K), -range, range);
+          auto y0 = rng.uniform(size_t(s.n * s.R), -1, 1);
+          auto gate = rng.uniform(size_t(s.n * s.R), 0, 1);
+          std::unique_ptr<DeviceBuffer> cw_own, gw_own;
+          WeightView cw = cpu->load_weight(w, dt, cw_own);
+          WeightView gw = gpu.be().load_weight(w, dt, gw_own);
+          Backend::Epilogue cep, gep;
+          if (variant == 1) {  // the FFN's use: x += gate * (relu(k)^2 W^T)
+            cep.accumulate = gep.accumulate = true;
+            cep.gate = gate.data(), gep.gate = gpu.put(gate);
+          }
+          std::vector<float> ref = cep.accumulate ? y0 : std::vector<float>(y0.size()), scratch(y0.size());
+          std::vector<float> cx = x;
+          cpu->matmul_ex_relu_square_x(cw, cx.data(), ref.data(), s.n, cep, scratch.data());
+          float* gy = cep.accumulate ? gpu.put(y0) : gpu.poisoned(y0.size());
+          gpu.be().matmul_ex_relu_square_x(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
+          // cuBLAS rounds the (squared, scaled) input to 16 bits: ~3e-4 of error expected.
+          const double tol = (s.n <= 8 || dt == DType::F32) ? 1e-5 : 3e-3;
+          worst.check(std::string(dtype_name(dt)) + (s.n <= 8 ? " gemv" : " cublas"),
+                      rel_err(gpu.get(gy, y0.size()), ref), tol);
+        }
+}
