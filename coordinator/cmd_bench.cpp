@@ -186,6 +186,8 @@ void add_bench_command(CLI::App& app, Action& run) {
                           {"gemm_TFLOPs", rd.gemm_TFLOPs},
                           {"compute_s", st.compute_s},
                           {"wait_s", st.wait_s},
+                          {"device_s", st.device_s},
+                          {"layers_s", st.layers_s},
                           {"bytes_sent", st.bytes_sent},
                           {"bytes_received", st.bytes_received},
                           {"tokens", st.tokens},

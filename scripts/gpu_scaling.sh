@@ -14,11 +14,14 @@ shift 2
 source scripts/gpu_rwkvpp_env.sh mpi
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -8
+# Every RWKVPP_* variable set here (RWKVPP_SPIN_US, RWKVPP_SIDE_COPIES, ...) goes to the ranks.
+fwd=()
+for v in $(compgen -e | grep '^RWKVPP_'); do fwd+=(-x "$v"); done
 for np in "$@"; do
   echo "== $shape on $np rank(s) $args"
   # shellcheck disable=SC2086
   timeout 500 mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" \
-    -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_PREFIX -x PMIX_MCA_mca_base_component_path ${RWKVPP_SPIN_US:+-x RWKVPP_SPIN_US} \
+    -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_PREFIX -x PMIX_MCA_mca_base_component_path "${fwd[@]}" \
     "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args -o "$OUT/scale-$shape-np$np.json" \
     > "$OUT/scale-$shape-np$np.log" 2>&1
   echo "rc=$?"
@@ -48,5 +51,6 @@ for np in nps:
         base.setdefault(("p", x["prompt"]), x)
         print(f"  prefill {x['prompt']}: {x['tokens_per_s']:.0f} tok/s = {x['tokens_per_s'] / base[('p', x['prompt'])]['tokens_per_s']:.2f}x")
     for s in d.get("stages", []):
-        print(f"    rank {s['rank']} {s['backend']} layers {s['layers']} compute {s['compute_s']:.2f} s wait {s['wait_s']:.2f} s sent {s['bytes_sent'] / 1e6:.0f} MB")
+        print(f"    rank {s['rank']} {s['backend']} layers {s['layers']} compute {s['compute_s']:.2f} s wait {s['wait_s']:.2f} s"
+              f" device {s.get('device_s', 0):.2f} s (layers {s.get('layers_s', 0):.2f} s) sent {s['bytes_sent'] / 1e6:.0f} MB")
 PY

@@ -87,6 +87,8 @@ std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
   w.put_raw(&m.compute_s, 8);
   w.put_raw(&m.wait_s, 8);
+  w.put_raw(&m.device_s, 8);
+  w.put_raw(&m.layers_s, 8);
   for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps}) w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
@@ -208,6 +210,8 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   m.last = r.get_i32();
   r.get_raw(&m.compute_s, 8);
   r.get_raw(&m.wait_s, 8);
+  r.get_raw(&m.device_s, 8);
+  r.get_raw(&m.layers_s, 8);
   m.bytes_sent = r.get_u64();
   m.bytes_received = r.get_u64();
   m.tokens = r.get_u64();

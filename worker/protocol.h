@@ -64,6 +64,9 @@ struct ReadyMsg {
 struct StatsMsg {
   int32_t stage = 0, first = 0, last = 0;
   double compute_s = 0, wait_s = 0;
+  // Device time (CUDA: timed events): each step's from its upload (or embedding) to its last
+  // download, and the layers' part of it. 0 on the CPU.
+  double device_s = 0, layers_s = 0;
   uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
   std::string backend;
 };

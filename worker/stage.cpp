@@ -41,13 +41,15 @@ size_t Stage::weight_bytes() const {
   return n;
 }
 
-Hidden Stage::hidden(int64_t n) {
+Hidden Stage::hidden(int64_t n, int which) {
+  RWKVPP_CHECK(which == 0 || which == 1, "hidden buffer index");
+  auto& buf = hidden_[which];
   size_t want = size_t(hidden_floats(n)) * 4;
-  if (!hidden_ || hidden_->bytes() < want)
-    hidden_ = std::make_unique<DeviceBuffer>(&be_, std::max<size_t>(want + want / 2, 64));
+  if (!buf || buf->bytes() < want)
+    buf = std::make_unique<DeviceBuffer>(&be_, std::max<size_t>(want + want / 2, 64));
   Hidden h;
   h.n = n;
-  h.x = hidden_->f32();
+  h.x = buf->f32();
   h.v_first = cfg_.carried() > 1 ? h.x + n * cfg_.n_embd : nullptr;
   return h;
 }

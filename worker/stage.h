@@ -34,9 +34,10 @@ class Stage {
   Backend& backend() { return be_; }
   size_t weight_bytes() const;
 
-  // The hidden buffer for n tokens ([carried, n, C] fp32 in backend memory): x, then v_first
-  // for RWKV-7. Valid until the next call with a larger n.
-  Hidden hidden(int64_t n);
+  // Hidden buffer `which` (0 or 1: a step can fill one while the other is computed) for n
+  // tokens ([carried, n, C] fp32 in backend memory): x, then v_first for RWKV-7. Valid until
+  // the next call for the same buffer with a larger n.
+  Hidden hidden(int64_t n, int which = 0);
   int64_t hidden_floats(int64_t n) const { return cfg_.carried() * n * cfg_.n_embd; }
 
   // First stage: h.x = ln0(emb[ids]).
@@ -66,7 +67,7 @@ class Stage {
   std::unique_ptr<Head> head_;
   std::unique_ptr<StatePool> pool_;
   Workspace ws_;
-  std::unique_ptr<DeviceBuffer> hidden_;
+  std::unique_ptr<DeviceBuffer> hidden_[2];
   bool graphs_ = true;
   std::unordered_set<uint64_t> graph_seen_;  // keys of decode shapes run once already
 

@@ -1,7 +1,9 @@
 #include "worker/step_loop.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace rwkvpp {
 
@@ -77,6 +79,8 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   stats_.first = a.first;
   stats_.last = a.last;
   stats_.backend = stage.backend().name();
+  const char* side = std::getenv("RWKVPP_SIDE_COPIES");
+  side_ = !(side && std::string(side) == "0");
 }
 
 StepLoop::~StepLoop() {
@@ -113,12 +117,19 @@ void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
   busy_until_ = std::max(busy_until_, to);
 }
 
-void StepLoop::flush_ready() {
+void StepLoop::count_device(const uint64_t (&m)[4]) {
   Backend& be = stage_.backend();
-  while (!ready_.empty() && (ready_.front().fence == 0 || be.fence_done(ready_.front().fence))) {
+  stats_.device_s += be.seconds_between(m[0], m[3]);
+  stats_.layers_s += be.seconds_between(m[1], m[2]);
+  for (uint64_t x : m) be.timer_release(x);
+}
+
+void StepLoop::flush_ready() {
+  while (!ready_.empty() && ready_to_send(ready_.front())) {
     Outgoing o = std::move(ready_.front());
     ready_.pop_front();
-    if (o.fence) count_busy(o.started, Clock::now());  // the device finished its step now
+    if (o.fence || o.mark) count_busy(o.started, Clock::now());  // the device finished its step now
+    if (o.marks[3]) count_device(o.marks);
     if (o.make) {  // a Result made from what the device wrote into the buffer
       o.vec = o.make(bufs_[size_t(o.buf)].data());
       o.bytes = o.vec.size();
@@ -130,6 +141,11 @@ void StepLoop::flush_ready() {
     o.req = t_.post_send(o.peer, o.tag, p, o.bytes);
     sends_.push_back(std::move(o));
   }
+}
+
+bool StepLoop::ready_to_send(const Outgoing& o) {
+  Backend& be = stage_.backend();
+  return (o.fence == 0 || be.fence_done(o.fence)) && (o.mark == 0 || be.mark_done(o.mark));
 }
 
 void StepLoop::reap_sends() {
@@ -153,12 +169,17 @@ bool StepLoop::poll() {
   // device has read it), then compute: the next message can arrive meanwhile.
   const int cur = rcur_;
   rcur_ = (rcur_ + 1) % kRecvBuffers;
-  stage_.backend().fence_wait(rfence_[rcur_]);
+  Backend& be = stage_.backend();
+  be.fence_wait(rfence_[rcur_]);
+  if (rmark_[rcur_]) {
+    be.mark_wait(rmark_[rcur_]);
+    be.timer_release(std::exchange(rmark_[rcur_], 0));
+  }
   rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
   auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
-  handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur]);
+  handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
   idle_since_ = Clock::now();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes
   // (flush_ready); count_busy() merges the overlapping intervals.
@@ -167,7 +188,7 @@ bool StepLoop::poll() {
   return true;
 }
 
-void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
+void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark) {
   const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
@@ -200,17 +221,36 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
     return;
   }
   Backend& be = stage_.backend();
-  Hidden h = stage_.hidden(n);
+  // With side copies, this step's hidden vectors go to the buffer the step before last used,
+  // once the device is done with it there; the upload overlaps the previous step's layers.
+  const int b = side_ ? hcur_ : 0;
+  hcur_ ^= 1;
+  Hidden h = stage_.hidden(n, b);
   const size_t hf = size_t(stage_.hidden_floats(n));
+  uint64_t marks[4] = {side_ ? 0 : be.timer_mark(), 0, 0, 0};
   if (a_.embed) {
+    if (side_) be.wait_mark(hidden_free_[b]), marks[0] = be.timer_mark();
     stage_.embed(s.tokens.data(), n, h);
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
-    be.upload_async(h.x, hidden_bytes.data(), hf * 4);
-    *upload_fence = be.fence();
+    if (side_) {
+      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, hidden_free_[b]);
+      be.wait_mark(*upload_mark);
+      marks[0] = be.timer_mark();
+    } else {
+      be.upload_async(h.x, hidden_bytes.data(), hf * 4);
+      *upload_fence = be.fence();
+    }
   }
+  hidden_free_[b] = 0;  // set below where the device still uses the buffer after this call
+  marks[1] = be.timer_mark();
   stage_.forward(s.segs, h);
+  marks[2] = be.timer_mark();
+  // Marks of a step that sends no fenced message are not read.
+  auto drop_marks = [&] {
+    for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
+  };
 
   if (!a_.head) {
     // The message head, then the hidden vectors downloaded behind it; sent by flush_ready()
@@ -224,8 +264,15 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
     o.started = step_started_;
     uint8_t* p = bufs_[size_t(o.buf)].data();
     std::memcpy(p, head.data(), head.size());
-    be.download_async(p + head.size(), h.x, hf * 4);
-    o.fence = be.fence();
+    if (side_) {
+      // The mark is released by count_device() once it has passed (flush_ready).
+      o.mark = marks[3] = hidden_free_[b] = be.download_side(p + head.size(), h.x, hf * 4);
+    } else {
+      be.download_async(p + head.size(), h.x, hf * 4);
+      marks[3] = be.timer_mark();
+      o.fence = be.fence();
+    }
+    std::copy(marks, marks + 4, o.marks);
     ready_.push_back(std::move(o));
     return;
   }
@@ -251,6 +298,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
     o.buf = take_buffer(size_t(m) * 8);
     o.started = step_started_;
     stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
+    marks[3] = hidden_free_[b] = be.timer_mark();
+    std::copy(marks, marks + 4, o.marks);
     o.fence = be.fence();
     o.make = [this, s = std::move(s), m](const uint8_t* p) {
       auto* ids = reinterpret_cast<const int32_t*>(p);
@@ -259,6 +308,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence) {
     ready_.push_back(std::move(o));
     return;
   }
+  drop_marks();
   logits_.resize(rows.size() * size_t(V));
   if (!rows.empty()) stage_.logits(h, rows.data(), int64_t(rows.size()), logits_.data());
   ResultMsg res;

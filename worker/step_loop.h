@@ -42,6 +42,7 @@ class StepLoop {
   // the order they were queued, so a step never overtakes the one before it.
   struct Outgoing {
     uint64_t fence = 0;
+    uint64_t mark = 0;  // or once the device has got past this mark (a side download)
     int peer = 0, tag = 0;
     std::vector<uint8_t> vec;  // the message, or empty when it is in pinned buffer `buf`
     int buf = -1;
@@ -51,13 +52,16 @@ class StepLoop {
     size_t bytes = 0;
     std::chrono::steady_clock::time_point started;  // when its step began (compute time)
     RequestId req = 0;
+    uint64_t marks[4] = {};  // device timing marks: step start, layers start and end, step end
   };
-  void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence);
+  void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
+  bool ready_to_send(const Outgoing& o);
   void send(int peer, int tag, std::vector<uint8_t> msg);
   void flush_ready();
   void reap_sends();
   int take_buffer(size_t bytes);
   void count_busy(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to);
+  void count_device(const uint64_t (&marks)[4]);
 
   Transport& t_;
   Stage& stage_;
@@ -67,6 +71,13 @@ class StepLoop {
   static constexpr int kRecvBuffers = 3;
   HostBuffer rbufs_[kRecvBuffers];
   uint64_t rfence_[kRecvBuffers] = {};
+  uint64_t rmark_[kRecvBuffers] = {};  // side uploads from the ring buffers (side copies)
+  // Side copies (Backend::upload_side/download_side, the default; RWKVPP_SIDE_COPIES=0 turns
+  // them off): steps alternate between two hidden buffers, hidden_free_[b] marking when the
+  // device is done with buffer b (its last download, or the head's reading of it).
+  bool side_ = true;
+  int hcur_ = 0;
+  uint64_t hidden_free_[2] = {};
   int rcur_ = 0;
   RequestId rreq_ = 0;
   std::deque<Outgoing> ready_;  // waiting for the device
