@@ -188,6 +188,8 @@ void add_bench_command(CLI::App& app, Action& run) {
                           {"wait_s", st.wait_s},
                           {"device_s", st.device_s},
                           {"layers_s", st.layers_s},
+                          {"idle_host_s", st.idle_host_s},
+                          {"idle_upload_s", st.idle_upload_s},
                           {"bytes_sent", st.bytes_sent},
                           {"bytes_received", st.bytes_received},
                           {"tokens", st.tokens},

@@ -67,6 +67,9 @@ struct StatsMsg {
   // Device time (CUDA: timed events): each step's from its upload (or embedding) to its last
   // download, and the layers' part of it. 0 on the CPU.
   double device_s = 0, layers_s = 0;
+  // The device idle before steps: the host had not queued the step yet (idle_host_s), or the
+  // step waited for its hidden vectors' upload (idle_upload_s).
+  double idle_host_s = 0, idle_upload_s = 0;
   uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
   std::string backend;
 };

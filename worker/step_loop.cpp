@@ -117,11 +117,19 @@ void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
   busy_until_ = std::max(busy_until_, to);
 }
 
-void StepLoop::count_device(const uint64_t (&m)[4]) {
+// Device time of a step whose marks have passed, and the device's idle time before it: from
+// the end of the previous step's ops to this step's first op (the host had not queued it
+// yet), and from there to its start (waiting for the upload).
+void StepLoop::count_device(const uint64_t (&m)[5], bool side_download) {
   Backend& be = stage_.backend();
   stats_.device_s += be.seconds_between(m[0], m[3]);
   stats_.layers_s += be.seconds_between(m[1], m[2]);
-  for (uint64_t x : m) be.timer_release(x);
+  if (prev_end_) stats_.idle_host_s += be.seconds_between(prev_end_, m[4]);
+  stats_.idle_upload_s += be.seconds_between(m[4], m[0]);
+  be.timer_release(prev_end_);
+  prev_end_ = m[side_download ? 2 : 3];  // a side download ends on its own queue
+  for (uint64_t x : m)
+    if (x != prev_end_) be.timer_release(x);
 }
 
 void StepLoop::flush_ready() {
@@ -129,7 +137,7 @@ void StepLoop::flush_ready() {
     Outgoing o = std::move(ready_.front());
     ready_.pop_front();
     if (o.fence || o.mark) count_busy(o.started, Clock::now());  // the device finished its step now
-    if (o.marks[3]) count_device(o.marks);
+    if (o.marks[3]) count_device(o.marks, o.mark != 0);
     if (o.make) {  // a Result made from what the device wrote into the buffer
       o.vec = o.make(bufs_[size_t(o.buf)].data());
       o.bytes = o.vec.size();
@@ -227,7 +235,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
   const size_t hf = size_t(stage_.hidden_floats(n));
-  uint64_t marks[4] = {side_ ? 0 : be.timer_mark(), 0, 0, 0};
+  uint64_t marks[5] = {0, 0, 0, 0, be.timer_mark()};
+  if (!side_) marks[0] = be.timer_mark();
   if (a_.embed) {
     if (side_) be.wait_mark(hidden_free_[b]), marks[0] = be.timer_mark();
     stage_.embed(s.tokens.data(), n, h);
@@ -272,7 +281,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       marks[3] = be.timer_mark();
       o.fence = be.fence();
     }
-    std::copy(marks, marks + 4, o.marks);
+    std::copy(marks, marks + 5, o.marks);
     ready_.push_back(std::move(o));
     return;
   }
@@ -299,7 +308,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     o.started = step_started_;
     stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
     marks[3] = hidden_free_[b] = be.timer_mark();
-    std::copy(marks, marks + 4, o.marks);
+    std::copy(marks, marks + 5, o.marks);
     o.fence = be.fence();
     o.make = [this, s = std::move(s), m](const uint8_t* p) {
       auto* ids = reinterpret_cast<const int32_t*>(p);

@@ -52,7 +52,9 @@ class StepLoop {
     size_t bytes = 0;
     std::chrono::steady_clock::time_point started;  // when its step began (compute time)
     RequestId req = 0;
-    uint64_t marks[4] = {};  // device timing marks: step start, layers start and end, step end
+    // Device timing marks: step start, layers start and end, step end, and before the step's
+    // first wait (pre).
+    uint64_t marks[5] = {};
   };
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
   bool ready_to_send(const Outgoing& o);
@@ -61,7 +63,8 @@ class StepLoop {
   void reap_sends();
   int take_buffer(size_t bytes);
   void count_busy(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to);
-  void count_device(const uint64_t (&marks)[4]);
+  void count_device(const uint64_t (&marks)[5], bool side_download);
+  uint64_t prev_end_ = 0;  // the mark where the previous step's ops ended on the device
 
   Transport& t_;
   Stage& stage_;
