@@ -273,12 +273,6 @@ __global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __
 
 size_t round256(size_t b) { return (b + 255) / 256 * 256; }
 
-// Rows of y as cuBLAS writes them when W.rows is not a multiple of 4 (the head: 50277 words):
-// fp32 rows of such a length are not 16-byte aligned, and cuBLAS then takes kernels several
-// times slower (the 14B head at 256 tokens: ~1.5 ms instead of ~0.4), so it writes rows padded
-// to a multiple of 8 into the scratch, copied to y afterwards.
-int64_t padded_rows(int64_t R) { return (R + 7) / 8 * 8; }
-
 // Rows of int8 W dequantised to fp16 per cuBLAS call: a tile of about 16 MiB (a multiple of
 // 128 rows, at least 128), small enough to be still in L2 (50 MB on an H100) when the GEMM
 // reads it back, and small next to the weights (the head of a 14B model whole would be 0.5 GB).
@@ -328,8 +322,7 @@ size_t matmul_scratch_bytes(const WeightView& W, int64_t n) {
   if (n <= kGemvMaxTokens || W.dtype == DType::F32) return 0;
   if (W.dtype == DType::BF16 && n <= kBf16SplitMaxTokens)  // [hi; lo] in bf16, then y_hi, y_lo
     return round256(size_t(2 * n) * size_t(W.cols) * 2) + size_t(2 * n) * size_t(W.rows) * 4;
-  const size_t padded_y = W.dtype == DType::F16 && W.rows % 4 ? size_t(n) * size_t(padded_rows(W.rows)) * 4 : 0;
-  return round256(size_t(n) * size_t(W.cols) * 2) + padded_y;
+  return size_t(n) * size_t(W.cols) * 2;
 }
 
 void init_matmul_consts(float* consts, cudaStream_t s) {
@@ -340,7 +333,7 @@ void init_matmul_consts(float* consts, cudaStream_t s) {
 }
 
 bool matmul_folds(const WeightView& W, int64_t n, const MatmulOpts& o) {
-  if (W.dtype == DType::F16) return n > kGemvMaxTokens && !(o.accumulate && W.rows % 4);
+  if (W.dtype == DType::F16) return n > kGemvMaxTokens;
   if (W.dtype == DType::I8) return !o.accumulate && n > kI8GemvMaxTokens;
   return !o.relu_square_x && !o.accumulate;
 }
@@ -417,18 +410,13 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   const float* alpha = consts + kConstAlpha;
   const float* beta = consts + (o.accumulate ? kConstOne : kConstZero);
   convert_x_f16(x, xh, count, o.relu_square_x, consts, s);
-  const int64_t ldy = R % 4 ? padded_rows(R) : R;
-  float* yg = ldy == R ? y : reinterpret_cast<float*>(static_cast<char*>(scratch) + round256(size_t(count) * 2));
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   const cublasStatus_t st =
       cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), alpha, W.data, CUDA_R_16F,
-                   int(K), xh, CUDA_R_16F, int(K), beta, yg, CUDA_R_32F, int(ldy),
+                   int(K), xh, CUDA_R_16F, int(K), beta, y, CUDA_R_32F, int(R),
                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   RWKVPP_CUBLAS_CHECK(st);
-  if (yg != y)
-    RWKVPP_CUDA_CHECK(cudaMemcpy2DAsync(y, size_t(R) * 4, yg, size_t(ldy) * 4, size_t(R) * 4,
-                                        size_t(n), cudaMemcpyDeviceToDevice, s));
 }
 
 bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
