@@ -81,6 +81,8 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   stats_.backend = stage.backend().name();
   const char* side = std::getenv("RWKVPP_SIDE_COPIES");
   side_ = !(side && std::string(side) == "0");
+  const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
+  timing_ = times && std::string(times) == "1";
 }
 
 StepLoop::~StepLoop() {
@@ -138,6 +140,7 @@ void StepLoop::flush_ready() {
     ready_.pop_front();
     if (o.fence || o.mark) count_busy(o.started, Clock::now());  // the device finished its step now
     if (o.marks[3]) count_device(o.marks, o.mark != 0);
+    if (o.mark) stage_.backend().timer_release(o.mark);
     if (o.make) {  // a Result made from what the device wrote into the buffer
       o.vec = o.make(bufs_[size_t(o.buf)].data());
       o.bytes = o.vec.size();
@@ -229,33 +232,51 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   Backend& be = stage_.backend();
-  // With side copies, this step's hidden vectors go to the buffer the step before last used,
-  // once the device is done with it there; the upload overlaps the previous step's layers.
-  const int b = side_ ? hcur_ : 0;
+  // Steps alternate between two hidden buffers; a step uses its buffer once the device is done
+  // with it there (hidden_free_: the step before last's download, or its head). Large payloads
+  // go by side copies, so that the upload overlaps the previous step's layers and the download
+  // the next one's; small ones (a few sequences) in order on the one queue, which adds fewer
+  // calls to a token's latency.
+  const int b = hcur_;
   hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
   const size_t hf = size_t(stage_.hidden_floats(n));
-  uint64_t marks[5] = {0, 0, 0, 0, be.timer_mark()};
-  if (!side_) marks[0] = be.timer_mark();
+  const bool side = side_ && hf * 4 >= kSideCopyMinBytes;
+  auto mark = [&] { return timing_ ? be.timer_mark() : uint64_t(0); };
+  uint64_t marks[5] = {0, 0, 0, 0, mark()};
+  const uint64_t free_at = hidden_free_[b];
   if (a_.embed) {
-    if (side_) be.wait_mark(hidden_free_[b]), marks[0] = be.timer_mark();
+    be.wait_mark(free_at);
+    marks[0] = mark();
     stage_.embed(s.tokens.data(), n, h);
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
-    if (side_) {
-      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, hidden_free_[b]);
+    if (side) {
+      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, free_at);
       be.wait_mark(*upload_mark);
-      marks[0] = be.timer_mark();
+      marks[0] = mark();
     } else {
+      be.wait_mark(free_at);
+      marks[0] = mark();
       be.upload_async(h.x, hidden_bytes.data(), hf * 4);
       *upload_fence = be.fence();
     }
   }
-  hidden_free_[b] = 0;  // set below where the device still uses the buffer after this call
-  marks[1] = be.timer_mark();
+  // The waits took the mark as it was: a mark of this loop's own can go now.
+  if (free_owned_[b]) be.timer_release(free_at);
+  hidden_free_[b] = 0;
+  free_owned_[b] = false;
+  // Where the device is done with the buffer when the step's last use of it is on the ops'
+  // queue (needed only when a later step may copy on a side queue).
+  auto own_free_mark = [&] {
+    if (!side_) return;
+    hidden_free_[b] = be.timer_mark();
+    free_owned_[b] = true;
+  };
+  marks[1] = mark();
   stage_.forward(s.segs, h);
-  marks[2] = be.timer_mark();
+  marks[2] = mark();
   // Marks of a step that sends no fenced message are not read.
   auto drop_marks = [&] {
     for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
@@ -273,12 +294,14 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     o.started = step_started_;
     uint8_t* p = bufs_[size_t(o.buf)].data();
     std::memcpy(p, head.data(), head.size());
-    if (side_) {
-      // The mark is released by count_device() once it has passed (flush_ready).
-      o.mark = marks[3] = hidden_free_[b] = be.download_side(p + head.size(), h.x, hf * 4);
+    if (side) {
+      // The message's mark, released by flush_ready() once it has passed.
+      o.mark = hidden_free_[b] = be.download_side(p + head.size(), h.x, hf * 4);
+      if (timing_) marks[3] = o.mark;
     } else {
       be.download_async(p + head.size(), h.x, hf * 4);
-      marks[3] = be.timer_mark();
+      own_free_mark();
+      marks[3] = mark();
       o.fence = be.fence();
     }
     std::copy(marks, marks + 5, o.marks);
@@ -307,7 +330,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     o.buf = take_buffer(size_t(m) * 8);
     o.started = step_started_;
     stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
-    marks[3] = hidden_free_[b] = be.timer_mark();
+    own_free_mark();
+    marks[3] = mark();
     std::copy(marks, marks + 5, o.marks);
     o.fence = be.fence();
     o.make = [this, s = std::move(s), m](const uint8_t* p) {

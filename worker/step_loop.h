@@ -75,12 +75,19 @@ class StepLoop {
   HostBuffer rbufs_[kRecvBuffers];
   uint64_t rfence_[kRecvBuffers] = {};
   uint64_t rmark_[kRecvBuffers] = {};  // side uploads from the ring buffers (side copies)
-  // Side copies (Backend::upload_side/download_side, the default; RWKVPP_SIDE_COPIES=0 turns
-  // them off): steps alternate between two hidden buffers, hidden_free_[b] marking when the
-  // device is done with buffer b (its last download, or the head's reading of it).
+  // Side copies (Backend::upload_side/download_side) for payloads of at least
+  // kSideCopyMinBytes (RWKVPP_SIDE_COPIES=0 turns them off). Steps alternate between two hidden
+  // buffers; hidden_free_[b] marks where the device is done with buffer b (its last download,
+  // or the head's reading of it); free_owned_[b]: the mark is this loop's to release (else it
+  // belongs to the message whose download it marks).
+  static constexpr size_t kSideCopyMinBytes = size_t(256) << 10;
   bool side_ = true;
   int hcur_ = 0;
   uint64_t hidden_free_[2] = {};
+  bool free_owned_[2] = {};
+  // Device times of steps (Backend::timer_mark) in the stats: RWKVPP_DEVICE_TIMES=1. Off by
+  // default: the marks add a few API calls to every step, i.e. to a token's latency.
+  bool timing_ = false;
   int rcur_ = 0;
   RequestId rreq_ = 0;
   std::deque<Outgoing> ready_;  // waiting for the device
