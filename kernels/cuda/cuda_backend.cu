@@ -71,10 +71,6 @@ class CudaBackend final : public Backend {
     for (auto& f : fences_) cudaEventDestroy(f.event);
     for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
     for (cudaEvent_t e : spare_timers_) cudaEventDestroy(e);
-    for (StagingSlot& s : staging_) {
-      if (s.host) cudaFreeHost(s.host);
-      if (s.done) cudaEventDestroy(s.done);
-    }
     for (auto& [id, e] : marks_) cudaEventDestroy(e);
     for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p,
                     group_scratch_.p})
@@ -286,7 +282,7 @@ class CudaBackend final : public Backend {
     }
     if (!segs.empty()) {
       auto* d = static_cast<Segment*>(grow(segs_, segs.size_bytes()));
-      upload_small(d, segs.data(), segs.size_bytes());
+      upload(d, segs.data(), segs.size_bytes());
       t.device = d;
     }
     return t;
@@ -623,38 +619,8 @@ class CudaBackend final : public Backend {
 
   const int32_t* upload_indices(const int32_t* host, int64_t n) {
     auto* d = static_cast<int32_t*>(grow(ids_, size_t(n) * sizeof(int32_t)));
-    upload_small(d, host, size_t(n) * sizeof(int32_t));
+    upload(d, host, size_t(n) * sizeof(int32_t));
     return d;
-  }
-
-  // The small copies of every step (segment tables, token ids, row indices) go through a ring
-  // of page-locked slots: from pageable memory cudaMemcpyAsync waits until the stream has
-  // drained, which held a pipeline stage's host (and its MPI progress) for most of each step.
-  // A slot is reused kStagingSlots copies later, after its event (long passed by then).
-  static constexpr int kStagingSlots = 32;
-  static constexpr size_t kStagingSlotBytes = size_t(64) << 10;
-  struct StagingSlot {
-    void* host = nullptr;
-    cudaEvent_t done = nullptr;
-    bool pending = false;
-  };
-  void upload_small(void* dst, const void* src, size_t bytes) {
-    use_device();
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    RWKVPP_CUDA_CHECK(cudaStreamIsCapturing(stream_, &cs));
-    if (bytes > kStagingSlotBytes || cs != cudaStreamCaptureStatusNone) return upload(dst, src, bytes);
-    StagingSlot& s = staging_[staging_next_];
-    staging_next_ = (staging_next_ + 1) % kStagingSlots;
-    if (!s.host) {
-      RWKVPP_CUDA_CHECK(cudaHostAlloc(&s.host, kStagingSlotBytes, cudaHostAllocDefault));
-      RWKVPP_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
-    } else if (s.pending) {
-      RWKVPP_CUDA_CHECK(cudaEventSynchronize(s.done));
-    }
-    std::memcpy(s.host, src, bytes);
-    RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream_));
-    RWKVPP_CUDA_CHECK(cudaEventRecord(s.done, stream_));
-    s.pending = true;
   }
 
   // Makes this backend's device current for the calling thread (several backends, one per
@@ -676,8 +642,6 @@ class CudaBackend final : public Backend {
   void* blas_ws_ = nullptr;
   float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
   Scratch segs_, ids_, scratch_, argmax_, group_scratch_;
-  StagingSlot staging_[kStagingSlots];
-  int staging_next_ = 0;
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
   static constexpr size_t kMaxGraphs = 256;
