@@ -246,14 +246,18 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   uint64_t marks[5] = {0, 0, 0, 0, mark()};
   const uint64_t free_at = hidden_free_[b];
   if (a_.embed) {
-    be.wait_mark(free_at);
+    be.wait_mark(free_at);  // ops in order after a side download of the buffer
     marks[0] = mark();
     stage_.embed(s.tokens.data(), n, h);
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
     if (side) {
-      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, free_at);
+      // After the device is done with the buffer; where an in-order step used it last, after
+      // everything queued so far.
+      const uint64_t now = main_used_[b] ? be.timer_mark() : 0;
+      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, now ? now : free_at);
+      be.timer_release(now);
       be.wait_mark(*upload_mark);
       marks[0] = mark();
     } else {
@@ -267,12 +271,17 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   if (free_owned_[b]) be.timer_release(free_at);
   hidden_free_[b] = 0;
   free_owned_[b] = false;
-  // Where the device is done with the buffer when the step's last use of it is on the ops'
-  // queue (needed only when a later step may copy on a side queue).
+  // The step's last use of the buffer is on the ops' queue: a large step marks it there (a
+  // later side upload into the buffer waits for that mark); a small one skips the call, and a
+  // side upload after it marks the queue as it is then (main_used_).
+  main_used_[b] = false;
   auto own_free_mark = [&] {
-    if (!side_) return;
-    hidden_free_[b] = be.timer_mark();
-    free_owned_[b] = true;
+    if (side) {
+      hidden_free_[b] = be.timer_mark();
+      free_owned_[b] = true;
+    } else {
+      main_used_[b] = true;
+    }
   };
   marks[1] = mark();
   stage_.forward(s.segs, h);

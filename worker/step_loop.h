@@ -85,6 +85,7 @@ class StepLoop {
   int hcur_ = 0;
   uint64_t hidden_free_[2] = {};
   bool free_owned_[2] = {};
+  bool main_used_[2] = {};
   // Device times of steps (Backend::timer_mark) in the stats: RWKVPP_DEVICE_TIMES=1. Off by
   // default: the marks add a few API calls to every step, i.e. to a token's latency.
   bool timing_ = false;
