@@ -103,7 +103,10 @@ void add_bench_command(CLI::App& app, Action& run) {
   auto* c = app.add_subcommand(
       "bench",
       "Measure decode and prefill speed against floors measured in the same run; prints JSON.\n"
-      "Runs alone or under mpirun (the pipeline's aggregate plus every stage's figures).");
+      "Runs alone or under mpirun (the pipeline's aggregate plus every stage's figures).\n"
+      "With RWKVPP_DEVICE_TIMES=1 in the environment, each stage also reports its device time\n"
+      "(device_s, layers_s) and how long its device waited for the host (idle_host_s) and for\n"
+      "uploads (idle_upload_s); 0 otherwise and on the CPU.");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
   std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
