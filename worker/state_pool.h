@@ -33,7 +33,7 @@ class StatePool {
   Backend& be_;
   int max_slots_;
   std::vector<int64_t> sizes_;              // floats per slot, per layer
-  std::vector<std::vector<float>> init_;    // fresh state per layer (host)
+  std::vector<std::unique_ptr<DeviceBuffer>> init_;  // fresh state per layer (backend memory)
   std::vector<std::unique_ptr<DeviceBuffer>> bufs_;
 };
 
