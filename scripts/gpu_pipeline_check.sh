@@ -4,6 +4,8 @@
 # the hf-rwkv4-small fixture: three sequences fed one token per step (the decode path: graphs,
 # fused kernels), one sequence per step so that several steps are in flight at once (the
 # asynchronous transfers between stages). Exits non-zero on any difference above the bound.
+# RWKVPP_* variables set here reach the ranks: RWKVPP_SIDE_COPIES=all checks the side-queue
+# copies of hidden vectors, which otherwise only large batches use.
 # Usage: [DEVICE=cuda] [RWKVPP=path] [FIXTURES=dir] scripts/gpu_pipeline_check.sh NP...
 set -u
 OUT=${OUT:-/tmp/out}
@@ -19,11 +21,13 @@ M=$(mktemp -d)/model
 "$RWKVPP" convert "$F.safetensors" -o "$M" --shards 4 > "$OUT/convert.log" 2>&1 || { cat "$OUT/convert.log"; exit 1; }
 T=$(python3 -c "import json; print(','.join(map(str, json.load(open('$F.json'))['tokens'])))")
 A=$(echo "$T" | cut -d, -f1-20); B=$(echo "$T" | cut -d, -f21-31); C=$(echo "$T" | cut -d, -f32-48)
+fwd=()
+for v in $(compgen -e | grep '^RWKVPP_'); do fwd+=(-x "$v"); done
 run() {  # ranks device out
   local np=$1 dev=$2 out=$3
   local cmd=("$RWKVPP" logits -m "$M" --device "$dev" --chunk 1 --max-batch 1 --tokens "$A" --tokens "$B" --tokens "$C" -o "$out")
   if [ "$np" = 0 ]; then "${cmd[@]}"; else
-    mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" -x LD_LIBRARY_PATH \
+    mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" -x LD_LIBRARY_PATH "${fwd[@]}" \
       ${OPAL_PREFIX:+-x OPAL_PREFIX -x PMIX_PREFIX -x PMIX_MCA_mca_base_component_path} "${cmd[@]}"
   fi
 }

@@ -80,7 +80,9 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   stats_.last = a.last;
   stats_.backend = stage.backend().name();
   const char* side = std::getenv("RWKVPP_SIDE_COPIES");
-  side_ = !(side && std::string(side) == "0");
+  const std::string sv = side ? side : "";
+  side_ = sv == "1" || sv == "all";
+  side_min_bytes_ = sv == "all" ? 0 : kSideCopyMinBytes;
   const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
   timing_ = times && std::string(times) == "1";
 }
@@ -241,7 +243,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
   const size_t hf = size_t(stage_.hidden_floats(n));
-  const bool side = side_ && hf * 4 >= kSideCopyMinBytes;
+  const bool side = side_ && hf * 4 >= side_min_bytes_;
   auto mark = [&] { return timing_ ? be.timer_mark() : uint64_t(0); };
   uint64_t marks[5] = {0, 0, 0, 0, mark()};
   const uint64_t free_at = hidden_free_[b];

@@ -76,12 +76,15 @@ class StepLoop {
   uint64_t rfence_[kRecvBuffers] = {};
   uint64_t rmark_[kRecvBuffers] = {};  // side uploads from the ring buffers (side copies)
   // Side copies (Backend::upload_side/download_side) for payloads of at least
-  // kSideCopyMinBytes (RWKVPP_SIDE_COPIES=0 turns them off). Steps alternate between two hidden
+  // kSideCopyMinBytes with RWKVPP_SIDE_COPIES=1, for every size with =all (what the pipeline
+  // check uses to compare them with one process). Off by default until that check has passed
+  // on several GPUs (their speed was measured, their results not yet). Steps alternate between two hidden
   // buffers; hidden_free_[b] marks where the device is done with buffer b (its last download,
   // or the head's reading of it); free_owned_[b]: the mark is this loop's to release (else it
   // belongs to the message whose download it marks).
   static constexpr size_t kSideCopyMinBytes = size_t(256) << 10;
-  bool side_ = true;
+  bool side_ = false;
+  size_t side_min_bytes_ = kSideCopyMinBytes;
   int hcur_ = 0;
   uint64_t hidden_free_[2] = {};
   bool free_owned_[2] = {};
