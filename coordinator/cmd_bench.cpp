@@ -106,7 +106,8 @@ void add_bench_command(CLI::App& app, Action& run) {
       "Runs alone or under mpirun (the pipeline's aggregate plus every stage's figures).\n"
       "With RWKVPP_DEVICE_TIMES=1 in the environment, each stage also reports its device time\n"
       "(device_s, layers_s) and how long its device waited for the host (idle_host_s) and for\n"
-      "uploads (idle_upload_s); 0 otherwise and on the CPU.");
+      "uploads (idle_upload_s); 0 otherwise and on the CPU. Always: the host's time handling\n"
+      "steps (handle_s) and blocked on receive buffers the device still reads (ring_wait_s).");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
   std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
@@ -193,6 +194,8 @@ void add_bench_command(CLI::App& app, Action& run) {
                           {"layers_s", st.layers_s},
                           {"idle_host_s", st.idle_host_s},
                           {"idle_upload_s", st.idle_upload_s},
+                          {"handle_s", st.handle_s},
+                          {"ring_wait_s", st.ring_wait_s},
                           {"bytes_sent", st.bytes_sent},
                           {"bytes_received", st.bytes_received},
                           {"tokens", st.tokens},

@@ -91,6 +91,8 @@ std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   w.put_raw(&m.layers_s, 8);
   w.put_raw(&m.idle_host_s, 8);
   w.put_raw(&m.idle_upload_s, 8);
+  w.put_raw(&m.handle_s, 8);
+  w.put_raw(&m.ring_wait_s, 8);
   for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps}) w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
@@ -216,6 +218,8 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   r.get_raw(&m.layers_s, 8);
   r.get_raw(&m.idle_host_s, 8);
   r.get_raw(&m.idle_upload_s, 8);
+  r.get_raw(&m.handle_s, 8);
+  r.get_raw(&m.ring_wait_s, 8);
   m.bytes_sent = r.get_u64();
   m.bytes_received = r.get_u64();
   m.tokens = r.get_u64();

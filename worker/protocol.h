@@ -70,6 +70,10 @@ struct StatsMsg {
   // The device idle before steps: the host had not queued the step yet (idle_host_s), or the
   // step waited for its hidden vectors' upload (idle_upload_s).
   double idle_host_s = 0, idle_upload_s = 0;
+  // Host time: inside the handling of Steps (slot ops, queueing the device's work; any call
+  // that blocks shows here), and blocked before reposting a receive buffer the device still
+  // reads.
+  double handle_s = 0, ring_wait_s = 0;
   uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
   std::string backend;
 };

@@ -183,17 +183,20 @@ bool StepLoop::poll() {
   const int cur = rcur_;
   rcur_ = (rcur_ + 1) % kRecvBuffers;
   Backend& be = stage_.backend();
+  const auto w0 = Clock::now();
   be.fence_wait(rfence_[rcur_]);
   if (rmark_[rcur_]) {
     be.mark_wait(rmark_[rcur_]);
     be.timer_release(std::exchange(rmark_[rcur_], 0));
   }
+  stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
   rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
   auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
   idle_since_ = Clock::now();
+  stats_.handle_s += std::chrono::duration<double>(idle_since_ - t0).count();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes
   // (flush_ready); count_busy() merges the overlapping intervals.
   count_busy(t0, idle_since_);
