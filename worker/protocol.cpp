@@ -1,6 +1,7 @@
 // Encoding and decoding of the step protocol's messages (worker/protocol.h).
 #include "worker/protocol.h"
 
+#include <array>
 #include <cstring>
 
 namespace rwkvpp {
@@ -82,17 +83,17 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
   return w.finish();
 }
 
+// The seconds a Stats message carries, in wire order (one list for encoding and decoding).
+template <typename M>
+auto stats_seconds(M& m) {
+  return std::array{&m.compute_s, &m.wait_s,       &m.device_s, &m.layers_s,
+                    &m.idle_host_s, &m.idle_upload_s, &m.handle_s, &m.ring_wait_s};
+}
+
 std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   auto w = ctrl(Ctrl::Stats);
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
-  w.put_raw(&m.compute_s, 8);
-  w.put_raw(&m.wait_s, 8);
-  w.put_raw(&m.device_s, 8);
-  w.put_raw(&m.layers_s, 8);
-  w.put_raw(&m.idle_host_s, 8);
-  w.put_raw(&m.idle_upload_s, 8);
-  w.put_raw(&m.handle_s, 8);
-  w.put_raw(&m.ring_wait_s, 8);
+  for (const double* d : stats_seconds(m)) w.put_raw(d, 8);
   for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps}) w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
@@ -212,14 +213,7 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   m.stage = r.get_i32();
   m.first = r.get_i32();
   m.last = r.get_i32();
-  r.get_raw(&m.compute_s, 8);
-  r.get_raw(&m.wait_s, 8);
-  r.get_raw(&m.device_s, 8);
-  r.get_raw(&m.layers_s, 8);
-  r.get_raw(&m.idle_host_s, 8);
-  r.get_raw(&m.idle_upload_s, 8);
-  r.get_raw(&m.handle_s, 8);
-  r.get_raw(&m.ring_wait_s, 8);
+  for (double* d : stats_seconds(m)) r.get_raw(d, 8);
   m.bytes_sent = r.get_u64();
   m.bytes_received = r.get_u64();
   m.tokens = r.get_u64();
