@@ -70,11 +70,8 @@ uint64_t Backend::download_side(void* dst, const void* src, size_t bytes) {
   return timer_mark();
 }
 void Backend::wait_mark(uint64_t) {}
-bool Backend::mark_done(uint64_t m) {
-  const uint64_t f = fence();
-  return m == 0 || fence_done(f);
-}
-void Backend::mark_wait(uint64_t) { fence_wait(fence()); }
+bool Backend::mark_done(uint64_t) { return true; }  // the default copies have completed
+void Backend::mark_wait(uint64_t) {}
 
 WeightView Backend::load_weight(const HostTensor& t, DType want,
                                 std::unique_ptr<DeviceBuffer>& owner) {

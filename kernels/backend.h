@@ -157,7 +157,8 @@ class Backend {
   // queued so far have run and returns a mark likewise. wait_mark(m): ops queued from now on
   // start after m. mark_done(m): whether the device has got past m (never blocks); mark_wait(m)
   // blocks until it has. A released mark counts as passed: release one only once it has passed
-  // or nothing depends on it. The defaults copy in order on the one queue and return timer_mark().
+  // or nothing depends on it. The defaults (synchronous devices) copy at once and return
+  // timer_mark(); their marks are always passed.
   virtual uint64_t upload_side(void* dst, const void* src, size_t bytes, uint64_t after);
   virtual uint64_t download_side(void* dst, const void* src, size_t bytes);
   virtual void wait_mark(uint64_t m);
