@@ -237,13 +237,14 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   Backend& be = stage_.backend();
-  // Steps alternate between two hidden buffers; a step uses its buffer once the device is done
-  // with it there (hidden_free_: the step before last's download, or its head). Large payloads
-  // go by side copies, so that the upload overlaps the previous step's layers and the download
-  // the next one's; small ones (a few sequences) in order on the one queue, which adds fewer
-  // calls to a token's latency.
-  const int b = hcur_;
-  hcur_ ^= 1;
+  // With side copies, steps alternate between two hidden buffers; a step uses its buffer once
+  // the device is done with it there (hidden_free_: the step before last's download, or its
+  // head). Large payloads go by side copies, so that the upload overlaps the previous step's
+  // layers and the download the next one's; small ones (a few sequences) in order on the one
+  // queue, which adds fewer calls to a token's latency. Without, one buffer serves (the queue
+  // orders every use of it) and one recording per decode shape.
+  const int b = side_ ? hcur_ : 0;
+  if (side_) hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
   const size_t hf = size_t(stage_.hidden_floats(n));
   const bool side = side_ && hf * 4 >= side_min_bytes_;
