@@ -52,41 +52,61 @@ TEST_CASE("CUDA norm_shift_mix matches layer_norm + token_shift + mix on the CPU
       }
 }
 
+namespace {
+
+struct ProductShape {
+  int64_t R, K, n;
+};
+
+// One matmul_ex (relu_square_x: matmul_ex_relu_square_x) on the GPU against the CPU backend:
+// W [R, K] in dtype dt, x in [-range, range], y starting random when the epilogue accumulates,
+// a random gate in [0, 1] when `gated`. The GEMV (n <= 8) keeps x in fp32 (as tight as plain
+// matmul); cuBLAS rounds x to 16 bits (cublas_tol).
+void check_product(Gpu& gpu, Backend& cpu, Rng& rng, Worst& worst, const ProductShape& s, DType dt,
+                   Backend::Epilogue ep, bool gated, bool relu_square_x, float range, double cublas_tol) {
+  const float a = std::sqrt(3.0f / float(s.K));
+  HostTensor w = HostTensor::from_f32(rng.uniform(size_t(s.R * s.K), -a, a), {s.R, s.K});
+  auto x = rng.uniform(size_t(s.n * s.K), -range, range);
+  auto y0 = rng.uniform(size_t(s.n * s.R), -1, 1);
+  auto gate = rng.uniform(size_t(s.n * s.R), 0, 1);
+  std::unique_ptr<DeviceBuffer> cw_own, gw_own;
+  WeightView cw = cpu.load_weight(w, dt, cw_own);
+  WeightView gw = gpu.be().load_weight(w, dt, gw_own);
+  std::vector<float> ref = ep.accumulate ? y0 : std::vector<float>(y0.size()), scratch(y0.size());
+  Backend::Epilogue cep = ep, gep = ep;
+  if (gated) cep.gate = gate.data(), gep.gate = gpu.put(gate);
+  float* gy = ep.accumulate ? gpu.put(y0) : gpu.poisoned(y0.size());
+  if (relu_square_x) {
+    std::vector<float> cx = x;  // overwritten
+    cpu.matmul_ex_relu_square_x(cw, cx.data(), ref.data(), s.n, cep, scratch.data());
+    gpu.be().matmul_ex_relu_square_x(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
+  } else {
+    cpu.matmul_ex(cw, x.data(), ref.data(), s.n, cep, scratch.data());
+    gpu.be().matmul_ex(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
+  }
+  const double tol = (s.n <= 8 || dt == DType::F32) ? 1e-5 : cublas_tol;
+  worst.check(std::string(dtype_name(dt)) + (s.n <= 8 ? " gemv" : " cublas"),
+              rel_err(gpu.get(gy, y0.size()), ref), tol);
+}
+
+}  // namespace
+
 TEST_CASE("CUDA matmul_ex (activation, gate, accumulate) matches the CPU", "[cuda]") {
   RWKVPP_REQUIRE_CUDA();
   Gpu gpu;
   auto cpu = make_cpu_backend(1);
   Rng rng(12);
   Worst worst("matmul_ex");
-  struct Shape { int64_t R, K, n; };
-  const std::vector<Shape> shapes = {{1, 1, 1}, {67, 129, 1}, {257, 1000, 3}, {1024, 768, 8}, {300, 64, 9}, {96, 136, 7}, {513, 257, 40}};
+  const std::vector<ProductShape> shapes = {{1, 1, 1}, {67, 129, 1}, {257, 1000, 3}, {1024, 768, 8}, {300, 64, 9}, {96, 136, 7}, {513, 257, 40}};
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
-    for (const Shape& s : shapes)
+    for (const ProductShape& s : shapes)
       for (int variant = 0; variant < 5; ++variant) {
         Backend::Epilogue ep;
         if (variant == 1) ep.has_act = true, ep.act = Unary::Sigmoid;
         if (variant == 2) ep.has_act = true, ep.act = Unary::ReluSquare;
-        if (variant == 3) ep.accumulate = true;
-        if (variant == 4) ep.accumulate = true;  // + gate below
+        if (variant >= 3) ep.accumulate = true;  // variant 4: + gate
         INFO(dtype_name(dt) << " R=" << s.R << " K=" << s.K << " n=" << s.n << " variant " << variant);
-        const float a = std::sqrt(3.0f / float(s.K));
-        HostTensor w = HostTensor::from_f32(rng.uniform(size_t(s.R * s.K), -a, a), {s.R, s.K});
-        auto x = rng.uniform(size_t(s.n * s.K), -1, 1);
-        auto y0 = rng.uniform(size_t(s.n * s.R), -1, 1);
-        auto gate = rng.uniform(size_t(s.n * s.R), 0, 1);
-        std::unique_ptr<DeviceBuffer> cw_own, gw_own;
-        WeightView cw = cpu->load_weight(w, dt, cw_own);
-        WeightView gw = gpu.be().load_weight(w, dt, gw_own);
-        std::vector<float> ref = ep.accumulate ? y0 : std::vector<float>(y0.size()), scratch(y0.size());
-        Backend::Epilogue cep = ep, gep = ep;
-        if (variant == 4) cep.gate = gate.data(), gep.gate = gpu.put(gate);
-        cpu->matmul_ex(cw, x.data(), ref.data(), s.n, cep, scratch.data());
-        float* gy = ep.accumulate ? gpu.put(y0) : gpu.poisoned(y0.size());
-        gpu.be().matmul_ex(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
-        // The GEMV (n <= 8) keeps x in fp32: as tight as plain matmul; cuBLAS rounds x.
-        const double tol = (s.n <= 8 || dt == DType::F32) ? 1e-5 : 3e-2;
-        worst.check(std::string(dtype_name(dt)) + (s.n <= 8 ? " gemv" : " cublas"),
-                    rel_err(gpu.get(gy, y0.size()), ref), tol);
+        check_product(gpu, *cpu, rng, worst, s, dt, ep, variant == 4, false, 1.0f, 3e-2);
       }
 }
 
@@ -174,36 +194,17 @@ TEST_CASE("CUDA matmul_ex_relu_square_x (the square folded into the product's in
   auto cpu = make_cpu_backend(1);
   Rng rng(15);
   Worst worst("matmul_ex_relu_square_x");
-  struct Shape { int64_t R, K, n; };
   // n <= 8: the GEMV after the square; fp16 above 8 and int8 above 16 tokens fold it.
-  const std::vector<Shape> shapes = {{67, 128, 1}, {96, 136, 8}, {300, 64, 9}, {513, 256, 40}};
+  const std::vector<ProductShape> shapes = {{67, 128, 1}, {96, 136, 8}, {300, 64, 9}, {513, 256, 40}};
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
-    for (const Shape& s : shapes)
+    for (const ProductShape& s : shapes)
       for (float range : {1.0f, 400.0f})  // 400^2 is beyond fp16's 65504: the scale must cover it
         for (int variant = 0; variant < 2; ++variant) {
           INFO(dtype_name(dt) << " R=" << s.R << " K=" << s.K << " n=" << s.n << " range " << range
                               << " variant " << variant);
-          const float a = std::sqrt(3.0f / float(s.K));
-          HostTensor w = HostTensor::from_f32(rng.uniform(size_t(s.R * s.K), -a, a), {s.R, s.K});
-          auto x = rng.uniform(size_t(s.n * s.K), -range, range);
-          auto y0 = rng.uniform(size_t(s.n * s.R), -1, 1);
-          auto gate = rng.uniform(size_t(s.n * s.R), 0, 1);
-          std::unique_ptr<DeviceBuffer> cw_own, gw_own;
-          WeightView cw = cpu->load_weight(w, dt, cw_own);
-          WeightView gw = gpu.be().load_weight(w, dt, gw_own);
-          Backend::Epilogue cep, gep;
-          if (variant == 1) {  // the FFN's use: x += gate * (relu(k)^2 W^T)
-            cep.accumulate = gep.accumulate = true;
-            cep.gate = gate.data(), gep.gate = gpu.put(gate);
-          }
-          std::vector<float> ref = cep.accumulate ? y0 : std::vector<float>(y0.size()), scratch(y0.size());
-          std::vector<float> cx = x;
-          cpu->matmul_ex_relu_square_x(cw, cx.data(), ref.data(), s.n, cep, scratch.data());
-          float* gy = cep.accumulate ? gpu.put(y0) : gpu.poisoned(y0.size());
-          gpu.be().matmul_ex_relu_square_x(gw, gpu.put(x), gy, s.n, gep, gpu.poisoned(y0.size()));
+          Backend::Epilogue ep;
+          ep.accumulate = variant == 1;  // with the gate: the FFN's use, x += gate * (relu(k)^2 W^T)
           // cuBLAS rounds the (squared, scaled) input to 16 bits: ~3e-4 of error expected.
-          const double tol = (s.n <= 8 || dt == DType::F32) ? 1e-5 : 3e-3;
-          worst.check(std::string(dtype_name(dt)) + (s.n <= 8 ? " gemv" : " cublas"),
-                      rel_err(gpu.get(gy, y0.size()), ref), tol);
+          check_product(gpu, *cpu, rng, worst, s, dt, ep, variant == 1, true, range, 3e-3);
         }
 }
