@@ -242,14 +242,12 @@ ConvJobs scratch_jobs(const float* const* x, int count, int64_t cnt, __half* xh)
   return j;
 }
 
-__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
 // out[i] = bf16(x[i]), one thread per element (grid-stride).
 __global__ void convert_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ out,
                                     int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
-    store_as(out + i, x[i]);
+    out[i] = __float2bfloat16_rn(x[i]);
 }
 
 __global__ void epilogue_kernel(const float* v, float* y, int64_t count, GemvEpilogue ep) {
