@@ -302,9 +302,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
           auto& st = stats[s];
           fmt::print(stderr,
                      "[stats] stage {} rank {} ({}) layers {}-{}: compute {:.3f} s, wait {:.3f} s, sent {} B, "
-                     "received {} B, {} tokens in {} steps, {:.1f} tokens/s\n",
+                     "received {} B (and {} B through shared slots), {} tokens in {} steps, {:.1f} tokens/s\n",
                      st.stage, stage_ranks[s], st.backend, st.first, st.last - 1, st.compute_s, st.wait_s,
-                     st.bytes_sent, st.bytes_received, st.tokens, st.steps,
+                     st.bytes_sent, st.bytes_received, st.bytes_shared, st.tokens, st.steps,
                      double(st.tokens) / std::max(st.compute_s, 1e-9));
         }
       }

@@ -105,9 +105,12 @@ void add_bench_command(CLI::App& app, Action& run) {
       "Measure decode and prefill speed against floors measured in the same run; prints JSON.\n"
       "Runs alone or under mpirun (the pipeline's aggregate plus every stage's figures).\n"
       "With RWKVPP_DEVICE_TIMES=1 in the environment, each stage also reports its device time\n"
-      "(device_s, layers_s) and how long its device waited for the host (idle_host_s) and for\n"
-      "uploads (idle_upload_s); 0 otherwise and on the CPU. Always: the host's time handling\n"
-      "steps (handle_s) and blocked on receive buffers the device still reads (ring_wait_s).");
+      "(device_s; its parts layers_s and out_s, the head or the output copy after the layers)\n"
+      "and how long its device waited for the host (idle_host_s) and for uploads\n"
+      "(idle_upload_s); 0 otherwise and on the CPU. Always: the host's time handling steps\n"
+      "(handle_s) and blocked on receive buffers the device still reads or on the next stage's\n"
+      "shared slots (ring_wait_s), and the hidden vectors received through shared slots\n"
+      "(bytes_shared: stages on one host exchange them device to device, see RWKVPP_SHARE).");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
   std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
@@ -192,12 +195,14 @@ void add_bench_command(CLI::App& app, Action& run) {
                           {"wait_s", st.wait_s},
                           {"device_s", st.device_s},
                           {"layers_s", st.layers_s},
+                          {"out_s", st.out_s},
                           {"idle_host_s", st.idle_host_s},
                           {"idle_upload_s", st.idle_upload_s},
                           {"handle_s", st.handle_s},
                           {"ring_wait_s", st.ring_wait_s},
                           {"bytes_sent", st.bytes_sent},
                           {"bytes_received", st.bytes_received},
+                          {"bytes_shared", st.bytes_shared},
                           {"tokens", st.tokens},
                           {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
       }

@@ -247,6 +247,20 @@ void Backend::argmax_rows_async(const float* logits, int64_t m, int64_t vocab, v
   argmax_rows(logits, m, vocab, ids, reinterpret_cast<float*>(ids + m));
 }
 
+std::string Backend::share_kind() const { return ""; }
+std::unique_ptr<SharedBuffer> Backend::share_alloc(size_t) {
+  fail("backend {} shares no memory with other processes", name());
+}
+std::unique_ptr<SharedBuffer> Backend::share_open(std::span<const uint8_t>, size_t) {
+  fail("backend {} shares no memory with other processes", name());
+}
+std::unique_ptr<SharedSignal> Backend::signal_create() {
+  fail("backend {} shares no signals with other processes", name());
+}
+std::unique_ptr<SharedSignal> Backend::signal_open(std::span<const uint8_t>) {
+  fail("backend {} shares no signals with other processes", name());
+}
+
 bool Backend::graph_begin(uint64_t) { return false; }
 void Backend::graph_end(uint64_t) {}
 bool Backend::graph_launch(uint64_t) { return false; }

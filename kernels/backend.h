@@ -19,6 +19,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/dtype.h"
 #include "common/tensor.h"
@@ -111,6 +112,33 @@ class HostBuffer {
   size_t n_ = 0;
 };
 
+// Memory that another process on the same host maps too (Backend::share_alloc/share_open):
+// a stage writes its output hidden vectors straight into its successor's receive slots, so no
+// host copies them. handle() is what the other process needs to open it (bytes to send over
+// the transport). The creator calls unlink() once the peer has opened it, so that nothing is
+// left behind if a process dies later (POSIX shared memory; a no-op elsewhere).
+class SharedBuffer {
+ public:
+  virtual ~SharedBuffer() = default;
+  virtual void* data() const = 0;
+  virtual size_t bytes() const = 0;
+  virtual const std::vector<uint8_t>& handle() const = 0;
+  virtual void unlink() {}
+};
+
+// Ordering between the queues of two processes' devices (Backend::signal_create/open):
+// record() marks the ops queued so far on this side; wait() makes the ops queued from now on
+// wait until the device has got past the last record() made before the call (the other
+// process's host must have made it first: the protocol sends a message after recording).
+// Synchronous devices order everything on the host already: their signals do nothing.
+class SharedSignal {
+ public:
+  virtual ~SharedSignal() = default;
+  virtual void record() = 0;
+  virtual void wait() = 0;
+  virtual const std::vector<uint8_t>& handle() const = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -164,6 +192,17 @@ class Backend {
   virtual void wait_mark(uint64_t m);
   virtual bool mark_done(uint64_t m);
   virtual void mark_wait(uint64_t m);
+
+  // ---- memory and ordering shared with a process on the same host (optional) -------------
+  // share_kind(): "" when the backend cannot share; otherwise both sides must report the same
+  // kind ("posix-shm" on the CPU, "cuda-ipc" on CUDA) and run on one host. share_alloc():
+  // zero-filled backend memory another process can open; share_open(): the other process's,
+  // mapped here (`bytes` at most what it allocated). Both throw Error when the system refuses.
+  virtual std::string share_kind() const;
+  virtual std::unique_ptr<SharedBuffer> share_alloc(size_t bytes);
+  virtual std::unique_ptr<SharedBuffer> share_open(std::span<const uint8_t> handle, size_t bytes);
+  virtual std::unique_ptr<SharedSignal> signal_create();
+  virtual std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t> handle);
 
   // Makes the segment table visible to the device; the returned table stays valid until the
   // next call. `segs` must outlive the returned table (its host span points into it).

@@ -49,6 +49,8 @@ std::string msg_type_name(uint16_t type) {
       return "Error";
     case uint16_t(MsgType::Heartbeat):
       return "Heartbeat";
+    case uint16_t(MsgType::Share):
+      return "Share";
     default:
       return "type " + std::to_string(type);
   }

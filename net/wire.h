@@ -37,7 +37,7 @@ static_assert(std::endian::native == std::endian::little,
               "rwkvpp's wire format is little-endian and the codec assumes a little-endian host");
 
 inline constexpr uint32_t kMagic = 0x504B5752;  // bytes 'R','W','K','P' in little-endian order
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 
 enum class MsgType : uint16_t {
   Hello = 1,      // first message between two ranks: versions, limits, roles
@@ -46,9 +46,10 @@ enum class MsgType : uint16_t {
   Shutdown = 4,   // orderly stop
   Error = 5,      // a rank reports a failure before it stops
   Heartbeat = 6,  // keeps the peer's liveness timer fed while idle
+  Share = 7,      // shared receive slots between neighbouring stages on one host: offer, accept, credit
 };
 inline constexpr uint16_t kMinMsgType = 1;
-inline constexpr uint16_t kMaxMsgType = 6;
+inline constexpr uint16_t kMaxMsgType = 7;
 
 // A short name for logs and errors ("Step"); "type 42" for values out of range.
 std::string msg_type_name(uint16_t type);

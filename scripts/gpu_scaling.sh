@@ -52,7 +52,9 @@ for np in nps:
         print(f"  prefill {x['prompt']}: {x['tokens_per_s']:.0f} tok/s = {x['tokens_per_s'] / base[('p', x['prompt'])]['tokens_per_s']:.2f}x")
     for s in d.get("stages", []):
         print(f"    rank {s['rank']} {s['backend']} layers {s['layers']} compute {s['compute_s']:.2f} s wait {s['wait_s']:.2f} s"
-              f" device {s.get('device_s', 0):.2f} s (layers {s.get('layers_s', 0):.2f} s, idle: host {s.get('idle_host_s', 0):.2f} s"
+              f" device {s.get('device_s', 0):.2f} s (layers {s.get('layers_s', 0):.2f} s, after {s.get('out_s', 0):.2f} s,"
+              f" idle: host {s.get('idle_host_s', 0):.2f} s"
               f" upload {s.get('idle_upload_s', 0):.2f} s) host: handling {s.get('handle_s', 0):.2f} s"
-              f" ring wait {s.get('ring_wait_s', 0):.2f} s, sent {s['bytes_sent'] / 1e6:.0f} MB")
+              f" ring wait {s.get('ring_wait_s', 0):.2f} s, sent {s['bytes_sent'] / 1e6:.0f} MB,"
+              f" received through shared slots {s.get('bytes_shared', 0) / 1e6:.0f} MB")
 PY

@@ -87,14 +87,14 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
 template <typename M>
 auto stats_seconds(M& m) {
   return std::array{&m.compute_s, &m.wait_s,       &m.device_s, &m.layers_s,
-                    &m.idle_host_s, &m.idle_upload_s, &m.handle_s, &m.ring_wait_s};
+                    &m.idle_host_s, &m.idle_upload_s, &m.handle_s, &m.ring_wait_s, &m.out_s};
 }
 
 std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   auto w = ctrl(Ctrl::Stats);
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
   for (const double* d : stats_seconds(m)) w.put_raw(d, 8);
-  for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps}) w.put_u64(v);
+  for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared}) w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
 }
@@ -131,11 +131,36 @@ std::vector<uint8_t> encode_step_head(const StepMsg& m, size_t hidden_floats) {
   w.put_span(m.want);
   w.put_span(m.position);
   w.put_span(m.tokens);
+  w.put_i32(m.shared_slot);
   w.put_u64(hidden_floats);
   std::vector<uint8_t> v = w.finish();
   // The header counts the hidden payload that the caller appends.
   encode_header(MsgType::Step, v.size() - kHeaderBytes + hidden_floats * 4, m.step, v);
   return v;
+}
+
+std::vector<uint8_t> encode_share(const ShareMsg& m) {
+  MessageWriter w(MsgType::Share, 0);
+  w.put_u8(uint8_t(m.kind));
+  switch (m.kind) {
+    case ShareKind::Offer:
+      w.put_string(m.host);
+      w.put_string(m.share_kind);
+      w.put_u64(m.slot_bytes);
+      break;
+    case ShareKind::Accept:
+      w.put_u8(m.ok);
+      w.put_string(m.why);
+      break;
+    case ShareKind::Credit: w.put_u32(m.slot); break;
+  }
+  if (m.kind != ShareKind::Credit) {
+    w.put_u32(uint32_t(m.buffers.size()));
+    for (auto& b : m.buffers) w.put_span(b);
+    w.put_u32(uint32_t(m.signals.size()));
+    for (auto& b : m.signals) w.put_span(b);
+  }
+  return w.finish();
 }
 
 std::vector<uint8_t> encode_result(const ResultMsg& m) {
@@ -218,6 +243,7 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   m.bytes_received = r.get_u64();
   m.tokens = r.get_u64();
   m.steps = r.get_u64();
+  m.bytes_shared = r.get_u64();
   m.backend = r.get_string(256);
   r.expect_end();
   return m;
@@ -248,6 +274,8 @@ StepMsg decode_step(const Message& msg, const std::string& what, std::span<const
   m.want = r.get_vector<uint8_t>();
   m.position = r.get_vector<uint32_t>();
   m.tokens = r.get_vector<int32_t>();
+  m.shared_slot = r.get_i32();
+  if (m.shared_slot < -1) fail("{}: shared slot {} is not a slot number", what, m.shared_slot);
   uint64_t hf = r.get_u64();
   if (hf > r.remaining() / 4) fail("{}: hidden payload of {} floats exceeds the message", what, hf);
   *hidden = r.get_bytes(size_t(hf) * 4, "hidden");
@@ -261,6 +289,37 @@ StepMsg decode_step(const Message& msg, const std::string& what, std::span<const
     at += s.len;
   }
   if (at != m.n_tokens()) fail("{}: segments cover {} tokens, the step has {}", what, at, m.n_tokens());
+  return m;
+}
+
+ShareMsg decode_share(const Message& msg, const std::string& what) {
+  if (msg.header.msg_type() != MsgType::Share)
+    fail("{}: expected a Share message, got {}", what, msg_type_name(msg.header.type));
+  ByteReader r(msg.payload, what);
+  ShareMsg m;
+  const uint8_t k = r.get_u8();
+  if (k < 1 || k > 3) fail("{}: unknown share message kind {}", what, int(k));
+  m.kind = ShareKind(k);
+  switch (m.kind) {
+    case ShareKind::Offer:
+      m.host = r.get_string(4096);
+      m.share_kind = r.get_string(256);
+      m.slot_bytes = r.get_u64();
+      break;
+    case ShareKind::Accept:
+      m.ok = r.get_u8();
+      m.why = r.get_string(4096);
+      break;
+    case ShareKind::Credit: m.slot = r.get_u32(); break;
+  }
+  if (m.kind != ShareKind::Credit) {
+    for (auto* list : {&m.buffers, &m.signals}) {
+      const uint32_t n = r.get_u32();
+      if (n > r.remaining()) fail("{}: {} handles cannot fit the message", what, n);
+      for (uint32_t i = 0; i < n; ++i) list->push_back(r.get_vector<uint8_t>());
+    }
+  }
+  r.expect_end();
   return m;
 }
 

@@ -31,6 +31,7 @@ inline constexpr int kTagCtrl = 1;       // Hello, Assign, Ready, Shutdown, Stat
 inline constexpr int kTagStep = 2;       // Step messages down the pipeline
 inline constexpr int kTagResult = 3;     // Result messages to the coordinator
 inline constexpr int kTagHeartbeat = 4;  // liveness
+inline constexpr int kTagShare = 5;      // shared-slot offers and credits, to the previous stage
 
 // Control message kinds inside MsgType::Hello / Shutdown / Error payloads.
 enum class Ctrl : uint8_t { Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6 };
@@ -67,6 +68,9 @@ struct StatsMsg {
   // Device time (CUDA: timed events): each step's from its upload (or embedding) to its last
   // download, and the layers' part of it. 0 on the CPU.
   double device_s = 0, layers_s = 0;
+  // The part after the layers: the head and sampling on the last stage, the hidden vectors'
+  // copy out (when in order on the ops' queue) elsewhere.
+  double out_s = 0;
   // The device idle before steps: the host had not queued the step yet (idle_host_s), or the
   // step waited for its hidden vectors' upload (idle_upload_s).
   double idle_host_s = 0, idle_upload_s = 0;
@@ -75,6 +79,7 @@ struct StatsMsg {
   // reads.
   double handle_s = 0, ring_wait_s = 0;
   uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
+  uint64_t bytes_shared = 0;  // hidden vectors received through shared slots (not in bytes_received)
   std::string backend;
 };
 
@@ -103,7 +108,29 @@ struct StepMsg {
   std::vector<uint32_t> position; // per segment: index of the token to sample (RNG counter)
   std::vector<int32_t> tokens;    // [n] token ids (all stages: penalties use none, the first
                                   // stage embeds them; kept so that every stage can validate)
+  // >= 0: the hidden vectors are not in the message but in the receiver's shared slot of this
+  // number (worker/shared_ring.h); -1: in the message (or none: stage 0).
+  int32_t shared_slot = -1;
   int64_t n_tokens() const { return int64_t(tokens.size()); }
+};
+
+// Shared receive slots between neighbouring stages on one host (worker/shared_ring.h). The
+// receiving stage offers its slots to the previous stage (tag kTagShare); that stage answers
+// with an Accept ahead of its Steps (tag kTagStep, so it arrives before any Step that uses a
+// slot), or a refusal; the receiver returns each slot with a Credit (kTagShare) once it has
+// queued its copy out of it.
+enum class ShareKind : uint8_t { Offer = 1, Accept = 2, Credit = 3 };
+
+struct ShareMsg {
+  ShareKind kind = ShareKind::Offer;
+  std::string host, share_kind;  // Offer: the receiver's host name and Backend::share_kind()
+  uint64_t slot_bytes = 0;       // Offer
+  // Offer: per slot, its buffer's handle and its "consumed" signal's; Accept: per slot, the
+  // sender's "written" signal's handle.
+  std::vector<std::vector<uint8_t>> buffers, signals;
+  uint8_t ok = 0;                // Accept: 0 is a refusal, with the reason in `why`
+  std::string why;
+  uint32_t slot = 0;             // Credit
 };
 
 struct SegmentResult {
@@ -131,6 +158,7 @@ std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t h
 // (e.g. a device download straight into a message buffer); the header already counts them.
 std::vector<uint8_t> encode_step_head(const StepMsg& m, size_t hidden_floats);
 std::vector<uint8_t> encode_result(const ResultMsg& m);
+std::vector<uint8_t> encode_share(const ShareMsg& m);
 
 // Decoding: `what` names the sender in errors ("Step from rank 2").
 Ctrl peek_ctrl(const Message& msg, const std::string& what);
@@ -142,5 +170,6 @@ std::string decode_error(const Message& msg, const std::string& what);
 // Decodes the step; the hidden payload is returned as a view into the message.
 StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden);
 ResultMsg decode_result(const Message& msg, const std::string& what);
+ShareMsg decode_share(const Message& msg, const std::string& what);
 
 }  // namespace rwkvpp

@@ -81,14 +81,91 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   stats_.backend = stage.backend().name();
   const char* side = std::getenv("RWKVPP_SIDE_COPIES");
   const std::string sv = side ? side : "";
-  side_ = sv == "1" || sv == "all";
+  side_ = sv != "0";
   side_min_bytes_ = sv == "all" ? 0 : kSideCopyMinBytes;
   const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
   timing_ = times && std::string(times) == "1";
+  // Shared slots: offered to the previous stage; the next stage's offer is awaited (poll_share).
+  const char* share = std::getenv("RWKVPP_SHARE");
+  share_ = !(share && std::string(share) == "0") && !stage.backend().share_kind().empty();
+  if (!a.head) {
+    share_buf_.resize(size_t(64) << 10);
+    share_req_ = t_.post_recv(a_.next_rank, kTagShare, share_buf_.data(), share_buf_.size());
+  }
+  if (!a.embed) {  // an offer, or one of no slots: the previous stage waits for either
+    ShareMsg offer;
+    offer.kind = ShareKind::Offer;
+    if (share_) {
+      try {
+        rx_ = std::make_unique<SharedRx>(stage.backend(), size_t(stage.hidden_floats(a.max_tokens)) * 4);
+        offer = rx_->offer();
+      } catch (const Error& e) {
+        fmt::print(stderr, "rank {} (stage {}): no shared slots for hidden vectors, they go through host memory: {}\n",
+                   t_.rank(), a.stage, e.what());
+        rx_.reset();
+      }
+    }
+    send(a_.prev_rank, kTagShare, encode_share(offer));
+  }
 }
 
 StepLoop::~StepLoop() {
   if (rreq_) t_.cancel(rreq_);
+  if (share_req_) t_.cancel(share_req_);
+}
+
+bool StepLoop::poll_share() {
+  Completion c;
+  if (!share_req_ || !t_.test(share_req_, &c)) return false;
+  const std::string what = fmt::format("Share message from rank {} at stage {}", a_.next_rank, a_.stage);
+  const ShareMsg m = decode_share(decode_message({share_buf_.data(), c.bytes}, share_buf_.size()), what);
+  share_req_ = t_.post_recv(a_.next_rank, kTagShare, share_buf_.data(), share_buf_.size());
+  if (m.kind == ShareKind::Credit) {
+    if (!tx_) fail("{}: a credit for slot {}, but no slots are shared", what, m.slot);
+    tx_->credit(m.slot, what);
+    return true;
+  }
+  if (m.kind != ShareKind::Offer || next_offered_) fail("{}: unexpected share message", what);
+  next_offered_ = true;
+  if (m.buffers.empty()) return true;  // no slots offered
+  ShareMsg answer;
+  answer.kind = ShareKind::Accept;
+  if (!share_) {
+    answer.why = "sharing is off on this rank (RWKVPP_SHARE=0, or its backend cannot share)";
+  } else if (m.host != this_host()) {
+    answer.why = "another host";
+  } else {
+    try {
+      tx_ = std::make_unique<SharedTx>(stage_.backend(), m, size_t(stage_.hidden_floats(a_.max_tokens)) * 4);
+      answer = tx_->accept();
+    } catch (const Error& e) {
+      tx_.reset();
+      answer.why = e.what();
+      fmt::print(stderr, "rank {} (stage {}): cannot use the next stage's shared slots, hidden vectors go through host memory: {}\n",
+                 t_.rank(), a_.stage, answer.why);
+    }
+  }
+  send(a_.next_rank, kTagStep, encode_share(answer));  // ahead of every Step that uses a slot
+  return true;
+}
+
+void StepLoop::on_accept(const Message& msg) {
+  const std::string what = fmt::format("Share message from rank {} at stage {}", a_.prev_rank, a_.stage);
+  const ShareMsg m = decode_share(msg, what);
+  if (m.kind != ShareKind::Accept || !rx_ || rx_->accepted()) fail("{}: unexpected share message", what);
+  if (m.ok) rx_->accept(m);
+  else rx_.reset();  // declined: Steps carry their hidden vectors
+}
+
+void StepLoop::wait_share(bool credit) {
+  const auto w0 = Clock::now();
+  while (credit ? !tx_->has_credit() : !next_offered_) {
+    if (poll_share()) continue;
+    reap_sends();
+    flush_ready();
+    t_.wait_some(std::chrono::milliseconds(1));
+  }
+  stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
 }
 
 void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
@@ -128,6 +205,7 @@ void StepLoop::count_device(const uint64_t (&m)[5], bool side_download) {
   Backend& be = stage_.backend();
   stats_.device_s += be.seconds_between(m[0], m[3]);
   stats_.layers_s += be.seconds_between(m[1], m[2]);
+  stats_.out_s += be.seconds_between(m[2], m[3]);
   if (prev_end_) stats_.idle_host_s += be.seconds_between(prev_end_, m[4]);
   stats_.idle_upload_s += be.seconds_between(m[4], m[0]);
   be.timer_release(prev_end_);
@@ -137,6 +215,11 @@ void StepLoop::count_device(const uint64_t (&m)[5], bool side_download) {
 }
 
 void StepLoop::flush_ready() {
+  while (!timed_.empty() && stage_.backend().fence_done(timed_.front().fence)) {
+    count_busy(timed_.front().started, Clock::now());
+    if (timed_.front().marks[3]) count_device(timed_.front().marks, false);
+    timed_.pop_front();
+  }
   while (!ready_.empty() && ready_to_send(ready_.front())) {
     Outgoing o = std::move(ready_.front());
     ready_.pop_front();
@@ -170,6 +253,7 @@ void StepLoop::reap_sends() {
 
 bool StepLoop::poll() {
   reap_sends();
+  const bool shared = poll_share();
   flush_ready();
   auto now = Clock::now();
   if (a_.coord_rank != t_.rank() && now - last_heartbeat_ > std::chrono::milliseconds(1000)) {
@@ -177,7 +261,7 @@ bool StepLoop::poll() {
     last_heartbeat_ = now;
   }
   Completion c;
-  if (!t_.test(rreq_, &c)) return !ready_.empty();
+  if (!t_.test(rreq_, &c)) return shared || !ready_.empty();
   // Keep the received bytes, post the next receive into the next buffer of the ring (once the
   // device has read it), then compute: the next message can arrive meanwhile.
   const int cur = rcur_;
@@ -208,6 +292,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
+  if (msg.header.msg_type() == MsgType::Share) return on_accept(msg);
   if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", what, msg_type_name(msg.header.type));
   std::span<const uint8_t> hidden_bytes;
   StepMsg s = decode_step(msg, what, &hidden_bytes);
@@ -237,17 +322,20 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   Backend& be = stage_.backend();
-  // With side copies, steps alternate between two hidden buffers; a step uses its buffer once
-  // the device is done with it there (hidden_free_: the step before last's download, or its
-  // head). Large payloads go by side copies, so that the upload overlaps the previous step's
-  // layers and the download the next one's; small ones (a few sequences) in order on the one
-  // queue, which adds fewer calls to a token's latency. Without, one buffer serves (the queue
-  // orders every use of it) and one recording per decode shape.
-  const int b = side_ ? hcur_ : 0;
-  if (side_) hcur_ ^= 1;
-  Hidden h = stage_.hidden(n, b);
+  // Large payloads go by side copies, so that the upload overlaps the previous step's layers
+  // and the download the next one's; such steps alternate between two hidden buffers, each
+  // used once the device is done with it there (hidden_free_: the step before last's download,
+  // or its head). Small ones (a few sequences) go in order on the one queue, which adds fewer
+  // calls to a token's latency, in buffer 0 (the queue orders every use of it; one recording
+  // per decode shape).
   const size_t hf = size_t(stage_.hidden_floats(n));
-  const bool side = side_ && hf * 4 >= side_min_bytes_;
+  if (!a_.head && !next_offered_) wait_share(false);  // the next stage's offer decides the way out
+  // Hidden vectors in and out through shared slots (worker/shared_ring.h) are copied in order.
+  const bool shared_in = s.shared_slot >= 0, shared_out = !a_.head && tx_;
+  const bool side = side_ && hf * 4 >= side_min_bytes_ && !shared_in && !shared_out;
+  const int b = side ? hcur_ : 0;
+  if (side) hcur_ ^= 1;
+  Hidden h = stage_.hidden(n, b);
   auto mark = [&] { return timing_ ? be.timer_mark() : uint64_t(0); };
   uint64_t marks[5] = {0, 0, 0, 0, mark()};
   const uint64_t free_at = hidden_free_[b];
@@ -255,6 +343,18 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     be.wait_mark(free_at);  // ops in order after a side download of the buffer
     marks[0] = mark();
     stage_.embed(s.tokens.data(), n, h);
+  } else if (shared_in) {
+    if (!hidden_bytes.empty())
+      fail("{}: hidden vectors both in the message and in shared slot {}", what, s.shared_slot);
+    if (!rx_) fail("{}: hidden vectors in shared slot {}, but no slots are shared", what, s.shared_slot);
+    be.wait_mark(free_at);
+    marks[0] = mark();
+    rx_->take(s.shared_slot, h.x, hf * 4, what);
+    stats_.bytes_shared += hf * 4;
+    ShareMsg credit;
+    credit.kind = ShareKind::Credit;
+    credit.slot = uint32_t(s.shared_slot);
+    send(a_.prev_rank, kTagShare, encode_share(credit));
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
@@ -297,6 +397,20 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
   };
 
+  if (shared_out) {
+    // Into the next stage's slot on the device; the message leaves now, its device waits.
+    wait_share(true);
+    s.shared_slot = tx_->put(h.x, hf * 4);
+    own_free_mark();
+    marks[3] = mark();
+    Timed t;
+    std::copy(marks, marks + 5, t.marks);
+    t.fence = be.fence();
+    t.started = step_started_;
+    timed_.push_back(t);
+    send(a_.next_rank, kTagStep, encode_step_head(s, 0));
+    return;
+  }
   if (!a_.head) {
     // The message head, then the hidden vectors downloaded behind it; sent by flush_ready()
     // once the device has got there, while this rank already takes the next step.

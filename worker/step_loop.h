@@ -14,6 +14,7 @@
 
 #include "net/transport.h"
 #include "worker/protocol.h"
+#include "worker/shared_ring.h"
 #include "worker/stage.h"
 
 namespace rwkvpp {
@@ -57,6 +58,12 @@ class StepLoop {
     uint64_t marks[5] = {};
   };
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
+  // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
+  // returns true when one was handled. The predecessor's Accept arrives as a Step-tag message.
+  bool poll_share();
+  void on_accept(const Message& msg);
+  // Waits (driving the transport) for a credit from the next stage, or for its offer.
+  void wait_share(bool credit);
   bool ready_to_send(const Outgoing& o);
   void send(int peer, int tag, std::vector<uint8_t> msg);
   void flush_ready();
@@ -76,10 +83,9 @@ class StepLoop {
   uint64_t rfence_[kRecvBuffers] = {};
   uint64_t rmark_[kRecvBuffers] = {};  // side uploads from the ring buffers (side copies)
   // Side copies (Backend::upload_side/download_side) for payloads of at least
-  // kSideCopyMinBytes with RWKVPP_SIDE_COPIES=1, for every size with =all (what the pipeline
-  // check uses to compare them with one process). Off by default until that check has passed
-  // on several GPUs (their speed was measured, their results not yet). Steps alternate between two hidden
-  // buffers; hidden_free_[b] marks where the device is done with buffer b (its last download,
+  // kSideCopyMinBytes, for every size with RWKVPP_SIDE_COPIES=all (what the pipeline check
+  // uses to compare them with one process), none with =0. With them, steps alternate between
+  // two hidden buffers; hidden_free_[b] marks where the device is done with buffer b (its last download,
   // or the head's reading of it); free_owned_[b]: the mark is this loop's to release (else it
   // belongs to the message whose download it marks).
   static constexpr size_t kSideCopyMinBytes = size_t(256) << 10;
@@ -92,6 +98,22 @@ class StepLoop {
   // Device times of steps (Backend::timer_mark) in the stats: RWKVPP_DEVICE_TIMES=1. Off by
   // default: the marks add a few API calls to every step, i.e. to a token's latency.
   bool timing_ = false;
+  // Shared slots with the neighbours on this host (off with RWKVPP_SHARE=0): rx_ ours, which
+  // the previous stage writes; tx_ the next stage's, which we write. share_buf_ receives the
+  // next stage's offer and credits.
+  bool share_ = false, next_offered_ = false;
+  std::unique_ptr<SharedRx> rx_;
+  std::unique_ptr<SharedTx> tx_;
+  std::vector<uint8_t> share_buf_;
+  RequestId share_req_ = 0;
+  // Steps sent without waiting for the device (shared slots): their compute time (and device
+  // times, when timing) are counted once a fence after them has passed.
+  struct Timed {
+    uint64_t fence = 0;
+    std::chrono::steady_clock::time_point started;
+    uint64_t marks[5] = {};
+  };
+  std::deque<Timed> timed_;
   int rcur_ = 0;
   RequestId rreq_ = 0;
   std::deque<Outgoing> ready_;  // waiting for the device

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/posix_shared.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quantize.h"
 
@@ -62,6 +63,13 @@ class CpuBackend final : public Backend {
   void upload(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void download(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void copy(void* dst, const void* src, size_t n) override { std::memmove(dst, src, n); }
+  std::string share_kind() const override { return "posix-shm"; }
+  std::unique_ptr<SharedBuffer> share_alloc(size_t bytes) override { return cpu::posix_share_alloc(bytes); }
+  std::unique_ptr<SharedBuffer> share_open(std::span<const uint8_t> h, size_t bytes) override {
+    return cpu::posix_share_open(h, bytes);
+  }
+  std::unique_ptr<SharedSignal> signal_create() override { return cpu::host_signal(); }
+  std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t>) override { return cpu::host_signal(); }
   void synchronize() override {}
   size_t free_memory() const override {
     // MemAvailable from /proc/meminfo; falls back to physical pages.

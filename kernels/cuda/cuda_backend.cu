@@ -23,6 +23,7 @@
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/head_ops.cuh"
+#include "kernels/cuda/ipc.cuh"
 #include "kernels/cuda/layer_norm.cuh"
 #include "kernels/cuda/matmul.cuh"
 #include "kernels/cuda/token_shift.cuh"
@@ -260,6 +261,15 @@ class CudaBackend final : public Backend {
     if (bytes == 0) return;
     use_device();
     RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  std::string share_kind() const override { return "cuda-ipc"; }
+  std::unique_ptr<SharedBuffer> share_alloc(size_t bytes) override { return cuda::ipc_alloc(device_, bytes, stream_); }
+  std::unique_ptr<SharedBuffer> share_open(std::span<const uint8_t> h, size_t bytes) override {
+    return cuda::ipc_open(device_, h, bytes);
+  }
+  std::unique_ptr<SharedSignal> signal_create() override { return cuda::ipc_signal_create(device_, stream_); }
+  std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t> h) override {
+    return cuda::ipc_signal_open(device_, h, stream_);
   }
   void synchronize() override {
     use_device();

@@ -46,8 +46,8 @@ TEST_CASE("wire header: layout and round trip", "[net]") {
   encode_header(MsgType::Result, 1234, 0x0102030405060708ull, h);
   // The magic reads "RWKP" in a hex dump; fields are little-endian at fixed offsets.
   REQUIRE(std::string(h.begin(), h.begin() + 4) == "RWKP");
-  REQUIRE(h[4] == 1);
-  REQUIRE(h[5] == 0);
+  REQUIRE(h[4] == (kProtocolVersion & 0xFF));
+  REQUIRE(h[5] == (kProtocolVersion >> 8));
   REQUIRE(h[6] == uint8_t(MsgType::Result));
   REQUIRE(h[8] == (1234 & 0xFF));
   REQUIRE(h[16] == 0x08);
@@ -78,12 +78,12 @@ TEST_CASE("wire header: malformed headers fail before any payload read", "[net]"
     REQUIRE(contains(e, "magic"));
   }
   SECTION("other protocol version names both versions") {
-    uint16_t v = 2;
+    uint16_t v = kProtocolVersion + 1;
     Bytes h = header_with(4, &v, 2);
     std::string e = error_of([&] { decode_header(h, 100); });
     REQUIRE(contains(e, "protocol version mismatch"));
-    REQUIRE(contains(e, "version 2"));
-    REQUIRE(contains(e, "version 1"));
+    REQUIRE(contains(e, "version " + std::to_string(kProtocolVersion + 1)));
+    REQUIRE(contains(e, "version " + std::to_string(kProtocolVersion)));
   }
   SECTION("corrupt header") {
     Bytes h = good;

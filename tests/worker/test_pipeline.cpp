@@ -105,6 +105,35 @@ TEST_CASE("pipelines of 2, 3 and 4 stages reproduce the single-process logits an
   }
 }
 
+TEST_CASE("stages on one host pass hidden vectors through shared slots, with the same logits as through messages",
+          "[mpi][pipeline][shared]") {
+  TempDir d;
+  std::map<std::string, std::vector<float>> got;
+  for (const char* share : {"1", "0"}) {
+    INFO("RWKVPP_SHARE=" << share);
+    const std::string out = d / (std::string("o") + share + ".npy");
+    auto r = run(std::string("RWKVPP_SHARE=") + share + " " + mpirun(4) + rwkvpp_binary() + " logits -m " + fx().model +
+                     fx().token_args() + " --chunk 16 --microbatches 3 --max-batch 2 --layers 0-0,1-1,2-2,3-3 --stats -o " + out,
+                 300);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    std::regex line(R"(\[stats\] stage (\d) rank \d .*\(and (\d+) B through shared slots\))");
+    std::map<int, uint64_t> shared;
+    for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line); it != std::sregex_iterator(); ++it)
+      shared[std::stoi((*it)[1])] = std::stoull((*it)[2]);
+    REQUIRE(shared.size() == 4);
+    CHECK(shared[0] == 0);  // stage 0 embeds its tokens
+    // Every later stage received all 70 tokens' hidden vectors (C = 64 floats) through its slots,
+    // or none with sharing off.
+    for (int k = 1; k < 4; ++k) CHECK(shared[k] == (share[0] == '1' ? 70u * 64u * 4u : 0u));
+    std::vector<int64_t> shape;
+    got[share] = read_npy_f32(out, &shape);
+    REQUIRE(shape == std::vector<int64_t>{70, 300});
+  }
+  CHECK(max_abs_diff(got["1"], got["0"]) == 0.0);
+  CHECK(max_abs_diff(got["1"], fx().expected()) < 5e-5);
+}
+
 TEST_CASE("each stage rank opens only the shard files of its own layers", "[mpi][pipeline]") {
   TempDir d;
   auto r = run(mpirun(4) + rwkvpp_binary() + " logits -m " + fx().model +

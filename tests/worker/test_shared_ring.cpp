@@ -1,0 +1,162 @@
+// Shared slots between neighbouring stages (worker/shared_ring.h) on the CPU backend, within
+// one process: data written by one side arrives at the other in ring order, credits return the
+// slots in order, and every mismatch (another host, another kind of sharing, slots too small,
+// out-of-order slots or credits, an unknown name, a malformed message) is refused with a
+// message that says what was wrong. Across processes: tests/worker/test_pipeline.cpp (CPU) and
+// scripts/gpu_pipeline_check.sh (CUDA IPC, several GPUs).
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "catch.h"
+#include "cuda_skip.h"
+#include "kernels/backend.h"
+#include "net/wire.h"
+#include "worker/protocol.h"
+#include "worker/shared_ring.h"
+
+using namespace rwkvpp;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Through the wire and back, as the peer would see it.
+ShareMsg roundtrip(const ShareMsg& m) {
+  const std::vector<uint8_t> bytes = encode_share(m);
+  return decode_share(decode_message(bytes, bytes.size()), "test");
+}
+
+}  // namespace
+
+TEST_CASE("shared slots carry hidden vectors in ring order and come back with credits", "[shared]") {
+  auto be = make_cpu_backend(1);
+  const size_t bytes = 40 * sizeof(float);
+  SharedRx rx(*be, bytes);
+  SharedTx tx(*be, roundtrip(rx.offer()), bytes);
+  CHECK_FALSE(rx.accepted());
+  CHECK(error_of([&] {
+          float d[40];
+          rx.take(0, d, bytes, "step 1");
+        }).find("no shared slots were agreed") != std::string::npos);
+  rx.accept(roundtrip(tx.accept()));
+  REQUIRE(rx.accepted());
+  for (int i = 0; i < 10; ++i) {
+    std::vector<float> src(40), dst(40, -1.0f);
+    for (int k = 0; k < 40; ++k) src[size_t(k)] = float(i * 100 + k);
+    REQUIRE(tx.has_credit());
+    const int slot = tx.put(src.data(), bytes);
+    CHECK(slot == i % SharedRx::kSlots);
+    rx.take(slot, dst.data(), bytes, "step");
+    CHECK(dst == src);
+    tx.credit(uint32_t(slot), "credit");
+  }
+  // Without credits the writer must stop after one round of the ring.
+  std::vector<float> src(40, 1.0f), dst(40);
+  for (int i = 0; i < SharedRx::kSlots; ++i) tx.put(src.data(), bytes);
+  CHECK_FALSE(tx.has_credit());
+  // Slots are read and returned in ring order; anything else is refused.
+  CHECK(error_of([&] { rx.take(2, dst.data(), bytes, "Step 7"); }).find("Step 7: hidden vectors in shared slot 2, expected slot 1") !=
+        std::string::npos);
+  CHECK(error_of([&] { tx.credit(0, "Share 9"); }).find("Share 9: credit for shared slot 0, expected 1") != std::string::npos);
+  CHECK(error_of([&] { rx.take(1, dst.data(), 2 * bytes, "Step 8"); }).find("do not fit") != std::string::npos);
+}
+
+TEST_CASE("offers from another host, of another kind or with small slots are refused", "[shared]") {
+  auto be = make_cpu_backend(1);
+  SharedRx rx(*be, 64);
+  ShareMsg offer = roundtrip(rx.offer());
+  CHECK(offer.host == this_host());
+  CHECK(offer.share_kind == "posix-shm");
+  ShareMsg other = offer;
+  other.host = "elsewhere";
+  CHECK(error_of([&] { SharedTx t(*be, other, 64); }).find("runs on host 'elsewhere'") != std::string::npos);
+  other = offer;
+  other.share_kind = "cuda-ipc";
+  CHECK(error_of([&] { SharedTx t(*be, other, 64); }).find("shares memory as 'cuda-ipc'") != std::string::npos);
+  CHECK(error_of([&] { SharedTx t(*be, offer, 128); }).find("slots hold 64 bytes, steps here need up to 128") !=
+        std::string::npos);
+  other = offer;
+  other.signals.pop_back();
+  CHECK(error_of([&] { SharedTx t(*be, other, 64); }).find("3 slots and 2 signals") != std::string::npos);
+}
+
+TEST_CASE("shared memory that cannot be opened is a clear error", "[shared]") {
+  auto be = make_cpu_backend(1);
+  const std::string missing = "/rwkvpp-no-such-segment";
+  CHECK(error_of([&] { be->share_open({reinterpret_cast<const uint8_t*>(missing.data()), missing.size()}, 8); })
+            .find("shared memory /rwkvpp-no-such-segment: cannot open it") != std::string::npos);
+  const std::string bad = "not/a/name";
+  CHECK(error_of([&] { be->share_open({reinterpret_cast<const uint8_t*>(bad.data()), bad.size()}, 8); })
+            .find("is not a shared memory name") != std::string::npos);
+  // A segment smaller than asked for.
+  auto buf = be->share_alloc(16);
+  CHECK(error_of([&] { be->share_open(buf->handle(), 4096); }).find("holds 16 bytes, 4096 needed") != std::string::npos);
+  // Opened by name while it exists; gone once its creator unlinks it.
+  auto peer = be->share_open(buf->handle(), 16);
+  std::memcpy(peer->data(), "abcdefgh", 8);
+  CHECK(std::memcmp(buf->data(), "abcdefgh", 8) == 0);
+  buf->unlink();
+  CHECK(error_of([&] { be->share_open(buf->handle(), 16); }).find("cannot open it") != std::string::npos);
+}
+
+TEST_CASE("Step and Share messages keep their slot numbers; malformed ones are refused", "[shared]") {
+  StepMsg s;
+  s.step = 7;
+  s.segs = {Segment{0, 0, 2}};
+  s.want = {kWantSample};
+  s.position = {1};
+  s.tokens = {5, 6};
+  s.shared_slot = 2;
+  const std::vector<uint8_t> head = encode_step_head(s, 0);
+  std::span<const uint8_t> hidden;
+  const StepMsg d = decode_step(decode_message(head, head.size()), "Step", &hidden);
+  CHECK(d.shared_slot == 2);
+  CHECK(hidden.empty());
+  ShareMsg credit;
+  credit.kind = ShareKind::Credit;
+  credit.slot = 5;
+  CHECK(roundtrip(credit).slot == 5);
+  ShareMsg refusal;
+  refusal.kind = ShareKind::Accept;
+  refusal.why = "another host";
+  CHECK(roundtrip(refusal).ok == 0);
+  CHECK(roundtrip(refusal).why == "another host");
+  MessageWriter w(MsgType::Share, 0);
+  w.put_u8(9);
+  const std::vector<uint8_t> bad = w.finish();
+  CHECK(error_of([&] { decode_share(decode_message(bad, bad.size()), "Share from rank 3"); })
+            .find("Share from rank 3: unknown share message kind 9") != std::string::npos);
+  const std::vector<uint8_t> step = encode_step(s, nullptr, 0);
+  CHECK(error_of([&] { decode_share(decode_message(step, step.size()), "Share from rank 3"); })
+            .find("expected a Share message, got Step") != std::string::npos);
+}
+
+TEST_CASE("CUDA shared memory and signals: zero-filled slots, handles of IPC size, bad handles refused", "[cuda][shared]") {
+  RWKVPP_REQUIRE_CUDA();
+  auto be = make_cuda_backend(0);
+  CHECK(be->share_kind() == "cuda-ipc");
+  auto buf = be->share_alloc(4096);
+  REQUIRE(buf->data() != nullptr);
+  CHECK(buf->handle().size() == 64);  // cudaIpcMemHandle_t
+  std::vector<uint8_t> host(4096, 0xff);
+  be->download(host.data(), buf->data(), host.size());
+  CHECK(std::all_of(host.begin(), host.end(), [](uint8_t b) { return b == 0; }));
+  auto sig = be->signal_create();
+  CHECK(sig->handle().size() == 64);  // cudaIpcEventHandle_t
+  sig->record();
+  sig->wait();
+  be->synchronize();
+  const std::vector<uint8_t> short_handle(3, 0);
+  CHECK(error_of([&] { be->share_open(short_handle, 16); }).find("handle has 3 bytes, not 64") != std::string::npos);
+  CHECK(error_of([&] { be->signal_open(short_handle); }).find("handle has 3 bytes, not 64") != std::string::npos);
+}

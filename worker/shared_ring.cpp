@@ -1,0 +1,96 @@
+#include "worker/shared_ring.h"
+
+#include <unistd.h>
+
+#include "common/error.h"
+
+namespace rwkvpp {
+
+std::string this_host() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0) return "";
+  return name;
+}
+
+SharedRx::SharedRx(Backend& be, size_t slot_bytes) : be_(be), slot_bytes_(slot_bytes) {
+  for (int i = 0; i < kSlots; ++i) {
+    slots_.push_back(be.share_alloc(slot_bytes));
+    consumed_.push_back(be.signal_create());
+  }
+}
+
+ShareMsg SharedRx::offer() const {
+  ShareMsg m;
+  m.kind = ShareKind::Offer;
+  m.host = this_host();
+  m.share_kind = be_.share_kind();
+  m.slot_bytes = slot_bytes_;
+  for (int i = 0; i < kSlots; ++i) {
+    m.buffers.push_back(slots_[size_t(i)]->handle());
+    m.signals.push_back(consumed_[size_t(i)]->handle());
+  }
+  return m;
+}
+
+void SharedRx::accept(const ShareMsg& m) {
+  if (m.signals.size() != size_t(kSlots))
+    fail("shared slots: the accept carries {} signals for {} slots", m.signals.size(), kSlots);
+  for (auto& h : m.signals) written_.push_back(be_.signal_open(h));
+  for (auto& s : slots_) s->unlink();  // the peer has them open
+  accepted_ = true;
+}
+
+void SharedRx::take(int slot, void* dst, size_t bytes, const std::string& what) {
+  if (!accepted_) fail("{}: hidden vectors in shared slot {}, but no shared slots were agreed", what, slot);
+  if (slot != next_) fail("{}: hidden vectors in shared slot {}, expected slot {}", what, slot, next_);
+  if (bytes > slot_bytes_) fail("{}: {} bytes of hidden vectors do not fit a {}-byte slot", what, bytes, slot_bytes_);
+  next_ = (next_ + 1) % kSlots;
+  written_[size_t(slot)]->wait();
+  be_.copy(dst, slots_[size_t(slot)]->data(), bytes);
+  consumed_[size_t(slot)]->record();
+}
+
+SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : be_(be), slot_bytes_(m.slot_bytes) {
+  if (m.host != this_host()) fail("the next stage runs on host '{}', this one on '{}'", m.host, this_host());
+  if (m.share_kind != be.share_kind())
+    fail("the next stage shares memory as '{}', this backend as '{}'", m.share_kind, be.share_kind());
+  if (m.slot_bytes < slot_bytes_needed)
+    fail("the next stage's slots hold {} bytes, steps here need up to {}", m.slot_bytes, slot_bytes_needed);
+  if (m.buffers.size() != m.signals.size() || m.buffers.empty())
+    fail("the offer carries {} slots and {} signals", m.buffers.size(), m.signals.size());
+  for (size_t i = 0; i < m.buffers.size(); ++i) {
+    slots_.push_back(be.share_open(m.buffers[i], size_t(m.slot_bytes)));
+    consumed_.push_back(be.signal_open(m.signals[i]));
+    written_.push_back(be.signal_create());
+  }
+  credits_ = int(slots_.size());
+}
+
+ShareMsg SharedTx::accept() const {
+  ShareMsg m;
+  m.kind = ShareKind::Accept;
+  m.ok = 1;
+  for (auto& s : written_) m.signals.push_back(s->handle());
+  return m;
+}
+
+void SharedTx::credit(uint32_t slot, const std::string& what) {
+  if (credits_ >= int(slots_.size()) || slot != uint32_t(oldest_))
+    fail("{}: credit for shared slot {}, expected {}", what, slot,
+         credits_ >= int(slots_.size()) ? std::string("none") : std::to_string(oldest_));
+  oldest_ = (oldest_ + 1) % int(slots_.size());
+  ++credits_;
+}
+
+int SharedTx::put(const void* src, size_t bytes) {
+  RWKVPP_CHECK(credits_ > 0 && bytes <= slot_bytes_);
+  const int slot = next_;
+  next_ = (next_ + 1) % int(slots_.size());
+  --credits_;
+  consumed_[size_t(slot)]->wait();
+  be_.copy(slots_[size_t(slot)]->data(), src, bytes);
+  written_[size_t(slot)]->record();
+  return slot;
+}
+
+}  // namespace rwkvpp
