@@ -247,6 +247,12 @@ void Backend::argmax_rows_async(const float* logits, int64_t m, int64_t vocab, v
   argmax_rows(logits, m, vocab, ids, reinterpret_cast<float*>(ids + m));
 }
 
+void Backend::copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+                        size_t rows) {
+  for (size_t r = 0; r < rows; ++r)
+    copy(static_cast<uint8_t*>(dst) + r * dst_pitch, static_cast<const uint8_t*>(src) + r * src_pitch, row_bytes);
+}
+
 std::string Backend::share_kind() const { return ""; }
 std::unique_ptr<SharedBuffer> Backend::share_alloc(size_t) {
   fail("backend {} shares no memory with other processes", name());

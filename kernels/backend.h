@@ -151,6 +151,10 @@ class Backend {
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend
   virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host; synchronous
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;      // backend -> backend
+  // `rows` rows of `row_bytes` each, from src (rows `src_pitch` bytes apart) to dst (`dst_pitch`
+  // apart), backend -> backend. The default copies row by row.
+  virtual void copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+                         size_t rows);
   virtual void synchronize() = 0;
   virtual size_t free_memory() const = 0;     // bytes available for weights and state
 

@@ -151,7 +151,13 @@ Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const Ho
     : cfg_(cfg) {
   ln_w_ = load_vec(be, ln_w, cfg.n_embd, "ln_out.weight");
   ln_b_ = load_vec(be, ln_b, cfg.n_embd, "ln_out.bias");
-  head_ = load_matrix(be, head, cfg.vocab_size, cfg.n_embd, "head.weight", dtype, head_buf_);
+  if (head.numel() != cfg.vocab_size * cfg.n_embd)
+    fail("tensor 'head.weight' has shape {}, expected [{}, {}]", head.shape_str(), cfg.vocab_size, cfg.n_embd);
+  rows_ = (cfg.vocab_size + kRowAlign - 1) / kRowAlign * kRowAlign;
+  HostTensor padded = head;
+  padded.shape = {rows_, cfg.n_embd};
+  padded.data.resize(size_t(rows_ * cfg.n_embd) * dtype_size(head.dtype), 0);  // zero rows
+  head_ = load_matrix(be, padded, rows_, cfg.n_embd, "head.weight", dtype, head_buf_);
 }
 
 void Head::forward(Backend& be, Workspace& ws, const float* x, const int32_t* rows, int64_t m,
@@ -159,7 +165,10 @@ void Head::forward(Backend& be, Workspace& ws, const float* x, const int32_t* ro
   float* sel = ws.get(20, size_t(m * cfg_.n_embd));
   be.gather_rows(x, rows, m, cfg_.n_embd, sel);
   be.layer_norm(sel, ln_w_->f32(), ln_b_->f32(), sel, m, cfg_.n_embd, cfg_.layer_norm_eps);
-  be.matmul(head_, sel, logits, m);
+  if (rows_ == cfg_.vocab_size) return be.matmul(head_, sel, logits, m);
+  float* full = ws.get(22, size_t(m * rows_));
+  be.matmul(head_, sel, full, m);
+  be.copy_rows(logits, size_t(cfg_.vocab_size) * 4, full, size_t(rows_) * 4, size_t(cfg_.vocab_size) * 4, size_t(m));
 }
 
 size_t Head::weight_bytes() const { return head_buf_->bytes() + ln_w_->bytes() * 2; }

@@ -262,6 +262,12 @@ class CudaBackend final : public Backend {
     use_device();
     RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
+  void copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+                 size_t rows) override {
+    if (row_bytes == 0 || rows == 0) return;
+    use_device();
+    RWKVPP_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, cudaMemcpyDeviceToDevice, stream_));
+  }
   std::string share_kind() const override { return "cuda-ipc"; }
   std::unique_ptr<SharedBuffer> share_alloc(size_t bytes) override { return cuda::ipc_alloc(device_, bytes, stream_); }
   std::unique_ptr<SharedBuffer> share_open(std::span<const uint8_t> h, size_t bytes) override {
