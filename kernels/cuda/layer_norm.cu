@@ -2,8 +2,9 @@
 //
 // Mapping: one block per row (blockIdx.x grid-strides over rows), its threads striding over the
 // row's columns. Three passes over the row: the mean, then the variance around it (two-pass,
-// as the CPU reference does, so large means do not cancel), then the scaled output. Each thread
-// writes only columns it read itself, after both reductions, so y may alias x.
+// as the CPU reference does, so large means do not cancel), then the scaled output; rows up to
+// kRowRegs * 256 wide are read once into registers (row_mean_rstd_regs). Each thread writes only
+// columns it read itself, after both reductions, so y may alias x.
 #include <algorithm>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -20,6 +21,16 @@ __global__ void norm_rows_kernel(const float* x, const float* __restrict__ w,
     const float* xr = x + r * width;
     float* yr = y + r * width;
     const int64_t wo = (r % period) * width;
+    if (width <= int64_t(kRowRegs) * blockDim.x) {  // the row in registers, read once
+      float v[kRowRegs];
+      const float2 st = row_mean_rstd_regs(xr, int(width), eps, red, v);
+#pragma unroll
+      for (int i = 0; i < kRowRegs; ++i) {
+        const int64_t c = threadIdx.x + int64_t(i) * blockDim.x;
+        if (c < width) yr[c] = (v[i] - st.x) * st.y * w[wo + c] + b[wo + c];
+      }
+      continue;
+    }
     const float2 st = row_mean_rstd(xr, width, eps, red);
     const float mean = st.x, inv = st.y;
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
