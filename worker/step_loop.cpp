@@ -163,6 +163,7 @@ void StepLoop::wait_share(bool credit) {
     if (poll_share()) continue;
     reap_sends();
     flush_ready();
+    heartbeat();  // the coordinator hears from this rank while it waits
     t_.wait_some(std::chrono::milliseconds(1));
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
@@ -251,15 +252,19 @@ void StepLoop::reap_sends() {
   }
 }
 
-bool StepLoop::poll() {
-  reap_sends();
-  const bool shared = poll_share();
-  flush_ready();
-  auto now = Clock::now();
+void StepLoop::heartbeat() {
+  const auto now = Clock::now();
   if (a_.coord_rank != t_.rank() && now - last_heartbeat_ > std::chrono::milliseconds(1000)) {
     send(a_.coord_rank, kTagHeartbeat, encode_heartbeat(++hb_seq_));
     last_heartbeat_ = now;
   }
+}
+
+bool StepLoop::poll() {
+  reap_sends();
+  const bool shared = poll_share();
+  flush_ready();
+  heartbeat();
   Completion c;
   if (!t_.test(rreq_, &c)) return shared || !ready_.empty();
   // Keep the received bytes, post the next receive into the next buffer of the ring (once the

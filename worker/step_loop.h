@@ -64,6 +64,7 @@ class StepLoop {
   void on_accept(const Message& msg);
   // Waits (driving the transport) for a credit from the next stage, or for its offer.
   void wait_share(bool credit);
+  void heartbeat();  // to the coordinator, about once a second
   bool ready_to_send(const Outgoing& o);
   void send(int peer, int tag, std::vector<uint8_t> msg);
   void flush_ready();
