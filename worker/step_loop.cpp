@@ -180,6 +180,17 @@ void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
   flush_ready();
 }
 
+void StepLoop::send_now(int peer, int tag, std::vector<uint8_t> msg) {
+  Outgoing o;
+  o.peer = peer;
+  o.tag = tag;
+  o.bytes = msg.size();
+  o.vec = std::move(msg);
+  stats_.bytes_sent += o.bytes;
+  o.req = t_.post_send(o.peer, o.tag, o.vec.data(), o.bytes);
+  sends_.push_back(std::move(o));  // the vector's buffer moves with it
+}
+
 int StepLoop::take_buffer(size_t bytes) {
   int b;
   if (!free_bufs_.empty()) {
@@ -359,7 +370,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     ShareMsg credit;
     credit.kind = ShareKind::Credit;
     credit.slot = uint32_t(s.shared_slot);
-    send(a_.prev_rank, kTagShare, encode_share(credit));
+    send_now(a_.prev_rank, kTagShare, encode_share(credit));  // not behind Results waiting for the device
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);

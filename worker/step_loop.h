@@ -67,6 +67,9 @@ class StepLoop {
   void heartbeat();  // to the coordinator, about once a second
   bool ready_to_send(const Outgoing& o);
   void send(int peer, int tag, std::vector<uint8_t> msg);
+  // Posts at once, ahead of queued messages: for messages that no queued one must precede
+  // (credits to the previous stage).
+  void send_now(int peer, int tag, std::vector<uint8_t> msg);
   void flush_ready();
   void reap_sends();
   int take_buffer(size_t bytes);
