@@ -132,6 +132,24 @@ TEST_CASE("stages on one host pass hidden vectors through shared slots, with the
   }
   CHECK(max_abs_diff(got["1"], got["0"]) == 0.0);
   CHECK(max_abs_diff(got["1"], fx().expected()) < 5e-5);
+
+  // Stage 1 offers its slots to rank 0, where sharing is off: rank 0 declines and sends the
+  // hidden vectors in its Steps; stages 2 and 3 share as before. Same logits.
+  const std::string cmd = rwkvpp_binary() + " logits -m " + fx().model + fx().token_args() +
+                          " --chunk 16 --microbatches 3 --max-batch 2 --layers 0-0,1-1,2-2,3-3 --stats -o " + d / "mixed.npy";
+  auto r = run("mpirun --allow-run-as-root --oversubscribe -np 1 env RWKVPP_SHARE=0 " + cmd + " : -np 3 " + cmd, 300);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::regex line(R"(\[stats\] stage (\d) rank \d .*\(and (\d+) B through shared slots\))");
+  std::map<int, uint64_t> shared;
+  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line); it != std::sregex_iterator(); ++it)
+    shared[std::stoi((*it)[1])] = std::stoull((*it)[2]);
+  REQUIRE(shared.size() == 4);
+  CHECK(shared[1] == 0);
+  CHECK(shared[2] == 70u * 64u * 4u);
+  CHECK(shared[3] == 70u * 64u * 4u);
+  std::vector<int64_t> shape;
+  CHECK(max_abs_diff(read_npy_f32(d / "mixed.npy", &shape), got["0"]) == 0.0);
 }
 
 TEST_CASE("each stage rank opens only the shard files of its own layers", "[mpi][pipeline]") {
