@@ -17,11 +17,15 @@ TEST_CASE("CUDA norm_shift_mix matches layer_norm + token_shift + mix on the CPU
   auto cpu = make_cpu_backend(1);
   Rng rng(11);
   Worst worst("norm_shift_mix");
-  const int n_slots = 12;
-  const std::vector<std::vector<int>> layouts = {{1}, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 1, 2}};
+  // Decode batches of 1, 7, 11, 130 and 300 tokens: several column slices per token, 3 and 1
+  // (the whole row from registers), and widths past what the registers hold (8448 > 32 x 256).
+  std::vector<std::vector<int>> layouts = {{1}, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 1, 2}};
+  layouts.push_back(std::vector<int>(130, 1));
+  layouts.push_back(std::vector<int>(300, 1));
   for (const auto& lens : layouts)
-    for (int64_t d : {1, 67, 768, 2048, 5120})
+    for (int64_t d : {1, 67, 768, 2048, 5120, 8448})
       for (int nmix : {1, 2, 3, 4}) {
+        const int n_slots = std::max<int>(12, int(lens.size()));
         auto segs = make_segments(lens, n_slots, rng);
         const int64_t n = total(segs), off = 5, stride = off + d + 3;
         INFO("segments " << segs.size() << " tokens " << n << " d=" << d << " mixes " << nmix);
