@@ -169,23 +169,23 @@ void StepLoop::wait_share(bool credit) {
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
 }
 
-void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
+StepLoop::Outgoing StepLoop::outgoing(int peer, int tag, std::vector<uint8_t> msg) const {
   Outgoing o;
   o.peer = peer;
   o.tag = tag;
   o.bytes = msg.size();
   o.vec = std::move(msg);
   o.started = step_started_;
-  ready_.push_back(std::move(o));
+  return o;
+}
+
+void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
+  ready_.push_back(outgoing(peer, tag, std::move(msg)));
   flush_ready();
 }
 
 void StepLoop::send_now(int peer, int tag, std::vector<uint8_t> msg) {
-  Outgoing o;
-  o.peer = peer;
-  o.tag = tag;
-  o.bytes = msg.size();
-  o.vec = std::move(msg);
+  Outgoing o = outgoing(peer, tag, std::move(msg));
   stats_.bytes_sent += o.bytes;
   o.req = t_.post_send(o.peer, o.tag, o.vec.data(), o.bytes);
   sends_.push_back(std::move(o));  // the vector's buffer moves with it

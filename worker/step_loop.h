@@ -66,6 +66,7 @@ class StepLoop {
   void wait_share(bool credit);
   void heartbeat();  // to the coordinator, about once a second
   bool ready_to_send(const Outgoing& o);
+  Outgoing outgoing(int peer, int tag, std::vector<uint8_t> msg) const;  // a plain message
   void send(int peer, int tag, std::vector<uint8_t> msg);
   // Posts at once, ahead of queued messages: for messages that no queued one must precede
   // (credits to the previous stage).

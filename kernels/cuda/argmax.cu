@@ -28,6 +28,15 @@ __device__ __forceinline__ void take_better(float& v, int32_t& id, float ov, int
   }
 }
 
+// z[i0], z[i0 + blockDim.x], ... (kUnroll of them, -inf past the end), all loads issued first.
+__device__ __forceinline__ void load_strided(const float* z, int64_t i0, int64_t vocab, float (&v)[kUnroll]) {
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    const int64_t i = i0 + int64_t(k) * blockDim.x;
+    v[k] = i < vocab ? z[i] : -INFINITY;
+  }
+}
+
 __device__ __forceinline__ double warp_sum_d(double v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -47,11 +56,7 @@ __global__ void argmax_rows_kernel(const float* __restrict__ logits, int64_t voc
   int32_t bid = INT32_MAX;
   for (int64_t i0 = threadIdx.x; i0 < vocab; i0 += int64_t(blockDim.x) * kUnroll) {
     float v[kUnroll];
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = i0 + int64_t(k) * blockDim.x;
-      v[k] = i < vocab ? z[i] : -INFINITY;
-    }
+    load_strided(z, i0, vocab, v);
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k)
       if (v[k] > best) {  // NaN and the padding: false; ids rise with k, so the lowest id wins
@@ -86,11 +91,7 @@ __global__ void argmax_rows_kernel(const float* __restrict__ logits, int64_t voc
   double s = 0;
   for (int64_t i0 = threadIdx.x; i0 < vocab; i0 += int64_t(blockDim.x) * kUnroll) {
     float v[kUnroll];
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = i0 + int64_t(k) * blockDim.x;
-      v[k] = i < vocab ? z[i] : -INFINITY;
-    }
+    load_strided(z, i0, vocab, v);
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k)
       if (!isnan(v[k])) s += exp(double(v[k]) - mx);  // exp(-inf) = 0

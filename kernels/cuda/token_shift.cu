@@ -54,8 +54,16 @@ __global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* 
   const Segment sg = segs[blockIdx.y];
   const float* xr = x + int64_t(sg.start) * d;
   float* st = state + int64_t(sg.slot) * stride + off;
-  auto put = [&](int64_t c, float xv, float mean, float inv) {
-    const float xl = (xv - mean) * inv * w[c] + b[c];
+  float2 stats;
+  if (d <= int64_t(kRowRegs) * blockDim.x) {
+    float v[kRowRegs];
+    stats = row_mean_rstd_regs(xr, int(d), eps, red, v);
+  } else {
+    stats = row_mean_rstd(xr, d, eps, red);
+  }
+  const int64_t c_end = min(d, int64_t(blockIdx.x + 1) * slice);
+  for (int64_t c = blockIdx.x * slice + threadIdx.x; c < c_end; c += blockDim.x) {
+    const float xl = (xr[c] - stats.x) * stats.y * w[c] + b[c];
     const float prev = st[c];
     st[c] = xl;
 #pragma unroll
@@ -63,25 +71,7 @@ __global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* 
       const float m = mix.mu[j][c];
       mix.out[j][int64_t(sg.start) * d + c] = xl * m + prev * (1.0f - m);
     }
-  };
-  if (d <= int64_t(kRowRegs) * blockDim.x) {
-    float v[kRowRegs];
-    const float2 stats = row_mean_rstd_regs(xr, int(d), eps, red, v);
-    if (slice >= d) {  // the whole row: from the registers
-#pragma unroll
-      for (int i = 0; i < kRowRegs; ++i) {
-        const int64_t c = threadIdx.x + int64_t(i) * blockDim.x;
-        if (c < d) put(c, v[i], stats.x, stats.y);
-      }
-      return;
-    }
-    const int64_t c_end = min(d, int64_t(blockIdx.x + 1) * slice);
-    for (int64_t c = blockIdx.x * slice + threadIdx.x; c < c_end; c += blockDim.x) put(c, xr[c], stats.x, stats.y);
-    return;
   }
-  const float2 stats = row_mean_rstd(xr, d, eps, red);
-  const int64_t c_end = min(d, int64_t(blockIdx.x + 1) * slice);
-  for (int64_t c = blockIdx.x * slice + threadIdx.x; c < c_end; c += blockDim.x) put(c, xr[c], stats.x, stats.y);
 }
 
 }  // namespace

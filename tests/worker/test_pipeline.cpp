@@ -72,6 +72,15 @@ std::vector<float> run_logits(const std::string& launcher, const std::string& fl
   return v;
 }
 
+// Per stage, the hidden-vector bytes it received through shared slots (the --stats lines).
+std::map<int, uint64_t> shared_bytes(const std::string& err) {
+  std::regex line(R"(\[stats\] stage (\d) rank \d .*\(and (\d+) B through shared slots\))");
+  std::map<int, uint64_t> shared;
+  for (auto it = std::sregex_iterator(err.begin(), err.end(), line); it != std::sregex_iterator(); ++it)
+    shared[std::stoi((*it)[1])] = std::stoull((*it)[2]);
+  return shared;
+}
+
 }  // namespace
 
 TEST_CASE("pipelines of 2, 3 and 4 stages reproduce the single-process logits and the reference", "[mpi][pipeline]") {
@@ -117,10 +126,7 @@ TEST_CASE("stages on one host pass hidden vectors through shared slots, with the
                  300);
     INFO(r.err);
     REQUIRE(r.exit_code == 0);
-    std::regex line(R"(\[stats\] stage (\d) rank \d .*\(and (\d+) B through shared slots\))");
-    std::map<int, uint64_t> shared;
-    for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line); it != std::sregex_iterator(); ++it)
-      shared[std::stoi((*it)[1])] = std::stoull((*it)[2]);
+    std::map<int, uint64_t> shared = shared_bytes(r.err);
     REQUIRE(shared.size() == 4);
     CHECK(shared[0] == 0);  // stage 0 embeds its tokens
     // Every later stage received all 70 tokens' hidden vectors (C = 64 floats) through its slots,
@@ -140,10 +146,7 @@ TEST_CASE("stages on one host pass hidden vectors through shared slots, with the
   auto r = run("mpirun --allow-run-as-root --oversubscribe -np 1 env RWKVPP_SHARE=0 " + cmd + " : -np 3 " + cmd, 300);
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
-  std::regex line(R"(\[stats\] stage (\d) rank \d .*\(and (\d+) B through shared slots\))");
-  std::map<int, uint64_t> shared;
-  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line); it != std::sregex_iterator(); ++it)
-    shared[std::stoi((*it)[1])] = std::stoull((*it)[2]);
+  std::map<int, uint64_t> shared = shared_bytes(r.err);
   REQUIRE(shared.size() == 4);
   CHECK(shared[1] == 0);
   CHECK(shared[2] == 70u * 64u * 4u);
