@@ -18,7 +18,8 @@ void token_shift(const float* x, int64_t d, const Segment* segs, int64_t n_segs,
 // Decode steps only (every segment one token, n_segs tokens in all): layer norm of each row
 // of x (eps, w, b), token shift of the normalised row through the state, and nmix (1..4) mixes
 //   out[j][row] = xln * mu[j] + prev * (1 - mu[j])
-// in one kernel, one block per token (Backend::norm_shift_mix). out[j] must not alias x.
+// in one kernel, one block per token or column slice of one (Backend::norm_shift_mix). out[j]
+// must not alias x.
 struct MixOut {
   const float* mu[4];
   float* out[4];
