@@ -114,24 +114,35 @@ struct GemvEpilogue {
 // Vectorised GEMV. Requires K % Pack16<T>::n == 0 and 16-byte aligned W and x (then every row
 // of both is aligned too).
 //
-// Mapping: block b, warp w owns rows r0 .. r0 + RPW - 1 with r0 = (b * kGemvWarps + w) * RPW
-// (rows past R are clamped for loading and never written). Its 32 lanes walk K together in
-// 16-byte chunks: lane l takes chunks l, l + 32, ..., so each warp load covers 512 contiguous
-// bytes of one row; UNROLL chunks per lane are loaded before any is used, to keep enough bytes
-// in flight. For each chunk the lane reads the matching n values of x for each of the NT
-// tokens and accumulates RPW * NT fp32 partial sums; a shuffle butterfly reduces them at the
-// end and lane (row * NT + token) % 32 writes each result (times the row's scale for int8;
-// `scales` is unused for the other dtypes).
-template <typename T, int NT, int RPW, int UNROLL>
+// Mapping: the block's warps form groups of WPR warps; group g of block b owns rows r0 .. r0 +
+// RPW - 1 with r0 = (b * kGemvWarps / WPR + g) * RPW (rows past R are clamped for loading and
+// never written). The group's WPR * 32 lanes walk K together in 16-byte chunks: lane l of the
+// group's warp k takes chunks k * 32 + l, k * 32 + l + WPR * 32, ..., so each warp load covers
+// 512 contiguous bytes of one row; UNROLL chunks per lane are loaded before any is used, to
+// keep enough bytes in flight. For each chunk the lane reads the matching values of x for each
+// of the NT tokens and accumulates RPW * NT fp32 partial sums; a shuffle butterfly reduces
+// them per warp, the group's warps add theirs through shared memory (WPR > 1), and lane (row *
+// NT + token) % 32 of the group's first warp writes each result (times the row's scale for
+// int8; `scales` is unused for the other dtypes).
+//
+// Why WPR: a decode GEMV is bound by the bytes in flight (bandwidth x latency, ~3 MB on an
+// H100). One warp per row gives too few warps where rows are few (1.5B: 2048 rows, ~16 warps
+// per SM, each lane's chunks read in dependent rounds of UNROLL: 1.3-2.3 TB/s measured);
+// splitting K over WPR warps multiplies the loads in flight by WPR.
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const float* __restrict__ x,
                                               float* __restrict__ y, int R, int K,
                                               const float* __restrict__ scales,
                                               const GemvEpilogue& ep) {
+  static_assert(kGemvWarps % WPR == 0, "WPR divides the block's warps");
   constexpr int V = Pack16<T>::n;
-  const int lane = threadIdx.x & 31;
-  const int r0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * RPW;
-  if (r0 >= R) return;
-  const int nchunk = K / V;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r0 = (blockIdx.x * (kGemvWarps / WPR) + warp / WPR) * RPW;
+  if constexpr (WPR == 1) {
+    if (r0 >= R) return;
+  }
+  // With WPR > 1 every warp reaches the barrier below; a group past R reads nothing.
+  const int nchunk = r0 < R ? K / V : 0;
   const T* rows[RPW];
 #pragma unroll
   for (int q = 0; q < RPW; ++q) rows[q] = W + int64_t(min(r0 + q, R - 1)) * K;
@@ -141,18 +152,18 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
 
-  for (int c0 = lane; c0 < nchunk; c0 += 32 * UNROLL) {
+  for (int c0 = (warp % WPR) * 32 + lane; c0 < nchunk; c0 += 32 * WPR * UNROLL) {
     uint4 wv[UNROLL][RPW];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32;
+      const int c = c0 + u * 32 * WPR;
 #pragma unroll
       for (int q = 0; q < RPW; ++q)
         wv[u][q] = c < nchunk ? load_stream16(rows[q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32;
+      const int c = c0 + u * 32 * WPR;
       if (c >= nchunk) break;
       float wf[RPW][V];
 #pragma unroll
@@ -179,8 +190,28 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
 #pragma unroll
   for (int q = 0; q < RPW; ++q)
 #pragma unroll
+    for (int t = 0; t < NT; ++t) acc[q][t] = warp_sum(acc[q][t]);
+  if constexpr (WPR > 1) {
+    __shared__ float part[kGemvWarps][RPW * NT];
+#pragma unroll
+    for (int q = 0; q < RPW; ++q)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (lane == (q * NT + t) % 32) part[warp][q * NT + t] = acc[q][t];
+    __syncthreads();
+    if (warp % WPR != 0 || r0 >= R) return;
+#pragma unroll
+    for (int q = 0; q < RPW; ++q)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int k = 1; k < WPR; ++k) acc[q][t] += part[warp + k][q * NT + t];
+  }
+#pragma unroll
+  for (int q = 0; q < RPW; ++q)
+#pragma unroll
     for (int t = 0; t < NT; ++t) {
-      float s = warp_sum(acc[q][t]);
+      float s = acc[q][t];
       if (lane == (q * NT + t) % 32 && r0 + q < R) {
         if constexpr (kRowScaled<T>) s *= __ldg(scales + r0 + q);
         ep.store(y, int64_t(t) * R + r0 + q, s);
@@ -188,11 +219,11 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
     }
 }
 
-template <typename T, int NT, int RPW, int UNROLL>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
                     int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
-  gemv_vec_rows<T, NT, RPW, UNROLL>(W, x, y, R, K, scales, ep);
+  gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(W, x, y, R, K, scales, ep);
 }
 
 // Several GEMVs with the same K (and dtype, token count) in one launch: blockIdx.y picks the
@@ -214,14 +245,14 @@ struct GemvJobs {
   GemvJob<T> j[kGemvMaxJobs];
 };
 
-template <typename T, int NT, int RPW, int UNROLL>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs, int K) {
   if (blockIdx.y == 0)
-    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K, jobs.j[0].scales, jobs.j[0].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K, jobs.j[0].scales, jobs.j[0].ep);
   else if (blockIdx.y == 1)
-    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K, jobs.j[1].scales, jobs.j[1].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K, jobs.j[1].scales, jobs.j[1].ep);
   else
-    gemv_vec_rows<T, NT, RPW, UNROLL>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K, jobs.j[2].scales, jobs.j[2].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K, jobs.j[2].scales, jobs.j[2].ep);
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
@@ -254,22 +285,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 }
 
 // `scales`: the row scales of int8 W (required then); ignored for the other dtypes.
-template <typename T, int NT, int RPW, int UNROLL>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s,
                             const float* scales = nullptr, GemvEpilogue ep = {}) {
-  const int rows_per_block = kGemvWarps * RPW;
-  gemv_vec_kernel<T, NT, RPW, UNROLL>
+  const int rows_per_block = kGemvWarps / WPR * RPW;
+  gemv_vec_kernel<T, NT, RPW, UNROLL, WPR>
       <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(
           W, x, y, R, K, scales, ep);
 }
 
 // `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
-template <typename T, int NT, int RPW, int UNROLL>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cudaStream_t s) {
-  const int rows_per_block = kGemvWarps * RPW;
+  const int rows_per_block = kGemvWarps / WPR * RPW;
   int R = 0;
   for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
-  gemv_vec_group_kernel<T, NT, RPW, UNROLL>
+  gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR>
       <<<dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
          kGemvWarps * 32, 0, s>>>(jobs, K);
 }

@@ -47,31 +47,65 @@ constexpr int gemv_rows(int nt) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// RWKVPP_I8_RPW=1|2|4|8 overrides the rows per warp of the one-token int8 GEMV (measurement).
-int i8_rows_override() {
-  static const int v = [] {
-    const char* e = std::getenv("RWKVPP_I8_RPW");
+// Warps per row group of the vector GEMV (gemv.cuh, WPR) for one or two tokens, from the kernel
+// lab's table on an H100 (docs/perf.md, fourth session): two tokens 4; one token of int8 2 (its
+// unpacking wants more warps; 4 and 8 were slower on the 14B shapes); one token of fp16, bf16
+// or fp32 doubled from 1 while the grid has fewer than kGemvWarpsPerSm warps per SM (1.5B's
+// 2048-row products: 4; 14B's, 5120 rows and more: 1, where 2 was 8-10 % slower). Never more
+// than leaves each lane UNROLL chunks of its rows. RWKVPP_GEMV_WPR=1|2|4|8 fixes it
+// (measurements).
+constexpr int kGemvWarpsPerSm = 32;
+
+int sm_count() {
+  static int cached[64] = {};
+  int dev = 0;
+  RWKVPP_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (cached[dev] == 0)
+    RWKVPP_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
+  return cached[dev];
+}
+
+int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll) {
+  static const int forced = [] {
+    const char* e = std::getenv("RWKVPP_GEMV_WPR");
     const int r = e ? std::atoi(e) : 0;
     return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
   }();
-  return v;
+  const int64_t nchunk = K / pack;
+  auto fits = [&](int w) { return nchunk >= int64_t(32) * w * unroll; };
+  int wpr = forced ? forced : nt == 2 ? 4 : row_scaled ? 2 : 1;
+  if (!forced && nt == 1 && !row_scaled) {
+    const int64_t target = int64_t(sm_count()) * kGemvWarpsPerSm, groups = (rows + rpw - 1) / rpw;
+    while (wpr < kGemvWarps && groups * wpr < target && fits(2 * wpr)) wpr *= 2;
+  }
+  while (wpr > 1 && !fits(wpr)) wpr /= 2;
+  return wpr;
+}
+
+// One launch of the vector GEMV with WPR chosen at run time (one or two tokens; more tokens
+// bring enough rows of work per warp).
+template <typename T, int NT>
+void launch_vec(const T* W, const float* x, float* y, int R, int K, const float* scales,
+                cudaStream_t s, const GemvEpilogue& ep) {
+  constexpr int rpw = gemv_rows<T>(NT), u = gemv_unroll(NT);
+  if constexpr (NT <= 2) {
+    switch (gemv_wpr(NT, kRowScaled<T>, R, K, Pack16<T>::n, rpw, u)) {
+      case 2: return launch_gemv_vec<T, NT, rpw, u, 2>(W, x, y, R, K, s, scales, ep);
+      case 4: return launch_gemv_vec<T, NT, rpw, u, 4>(W, x, y, R, K, s, scales, ep);
+      case 8: return launch_gemv_vec<T, NT, rpw, u, 8>(W, x, y, R, K, s, scales, ep);
+      default: break;
+    }
+  }
+  launch_gemv_vec<T, NT, rpw, u>(W, x, y, R, K, s, scales, ep);
 }
 
 template <typename T, int NT>
 void gemv_nt(const T* W, const float* x, float* y, int R, int K, const float* scales,
              cudaStream_t s, const GemvEpilogue& ep) {
-  if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x)) {
-    if constexpr (kRowScaled<T> && NT == 1) {
-      switch (i8_rows_override()) {
-        case 1: return launch_gemv_vec<T, 1, 1, 2>(W, x, y, R, K, s, scales, ep);
-        case 2: return launch_gemv_vec<T, 1, 2, 2>(W, x, y, R, K, s, scales, ep);
-        case 4: return launch_gemv_vec<T, 1, 4, 2>(W, x, y, R, K, s, scales, ep);
-        case 8: return launch_gemv_vec<T, 1, 8, 1>(W, x, y, R, K, s, scales, ep);
-        default: break;
-      }
-    }
-    launch_gemv_vec<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(W, x, y, R, K, s, scales, ep);
-  } else
+  if (K % Pack16<T>::n == 0 && aligned16(W) && aligned16(x))
+    launch_vec<T, NT>(W, x, y, R, K, scales, s, ep);
+  else
     launch_gemv_scalar<T, NT>(W, x, y, R, K, s, scales, ep);
 }
 
@@ -441,9 +475,21 @@ template <typename T, int NT>
 void launch_group_nt(const WeightView* const* W, const float* const* x, float* const* y,
                      const GemvEpilogue* ep, int count, int K, cudaStream_t s) {
   GemvJobs<T> jobs{};
-  for (int i = 0; i < count; ++i)
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) {
     jobs.j[i] = {static_cast<const T*>(W[i]->data), x[i], y[i], W[i]->scales, ep[i], int(W[i]->rows)};
-  launch_gemv_vec_group<T, NT, gemv_rows<T>(NT), gemv_unroll(NT)>(jobs, count, K, s);
+    rows += W[i]->rows;
+  }
+  constexpr int rpw = gemv_rows<T>(NT), u = gemv_unroll(NT);
+  if constexpr (NT <= 2) {
+    switch (gemv_wpr(NT, kRowScaled<T>, rows, K, Pack16<T>::n, rpw, u)) {
+      case 2: return launch_gemv_vec_group<T, NT, rpw, u, 2>(jobs, count, K, s);
+      case 4: return launch_gemv_vec_group<T, NT, rpw, u, 4>(jobs, count, K, s);
+      case 8: return launch_gemv_vec_group<T, NT, rpw, u, 8>(jobs, count, K, s);
+      default: break;
+    }
+  }
+  launch_gemv_vec_group<T, NT, rpw, u>(jobs, count, K, s);
 }
 
 template <typename T>
@@ -477,7 +523,6 @@ bool gemv_group(const WeightView* const* W, const float* const* x, float* const*
     if (!aligned16(W[i]->data) || !aligned16(x[i])) return false;
     if (dt == DType::I8 && !W[i]->scales) return false;
   }
-  if (dt == DType::I8 && n == 1 && i8_rows_override()) return false;  // measuring one variant
   switch (dt) {
     case DType::F32: launch_group<float>(W, x, y, ep, count, int(K), int(n), s); break;
     case DType::F16: launch_group<__half>(W, x, y, ep, count, int(K), int(n), s); break;

@@ -156,7 +156,8 @@ TEST_CASE("CUDA matmul_group (one launch for several products) matches the CPU",
   Worst worst("matmul_group");
   // Row counts differ within a group (FFN key 4C and receptance C); K is shared.
   struct Group { std::vector<int64_t> rows; int64_t K; };
-  const std::vector<Group> groups = {{{64, 64, 64}, 64}, {{1024, 256}, 256}, {{67, 300, 5}, 144}, {{33}, 1000}, {{512, 512, 512}, 136}};
+  const std::vector<Group> groups = {{{64, 64, 64}, 64}, {{1024, 256}, 256}, {{67, 300, 5}, 144}, {{33}, 1000}, {{512, 512, 512}, 136},
+                                     {{300, 1200, 77}, 2048}};  // K split over warps (gemv.cuh, WPR)
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
     for (const Group& g : groups)
       for (int64_t n : {1, 2, 5, 8, 9}) {

@@ -49,7 +49,8 @@ TEST_CASE("CUDA int8 matmul matches the CPU backend for every path", "[cuda][int
     int64_t R, K;
   };
   // K multiple of 16 (vector GEMV) or not (scalar GEMV); R odd, below and above a block's rows.
-  const std::vector<Shape> shapes = {{77, 512}, {300, 1024}, {65, 100}, {129, 37}, {33, 16}, {5, 1}};
+  const std::vector<Shape> shapes = {{77, 512}, {300, 1024}, {65, 100}, {129, 37}, {33, 16}, {5, 1},
+                                      {150, 4096}};  // K split over warps at 1-2 tokens
   std::vector<int64_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 33, 257};
   double worst_gemv = 0, worst_gemm = 0;
   for (const Shape& sh : shapes) {

@@ -127,6 +127,8 @@ TEST_CASE("CUDA matmul matches the CPU for fp32, fp16 and bf16 weights", "[cuda]
       {300, 64, 9, 1},     {513, 257, 257, 1}, {1024, 768, 5, 1}, {100, 4096, 2, 1},
       {33, 24, 16, 1},     {64, 8, 1, 1},     {96, 136, 7, 1},    {1280, 512, 12, 1},
       {77, 5120, 4, 1},    {640, 2560, 6, 1}, {256, 64, 33, 1},
+      // Few rows, long K: K split over 2, 4 or 8 warps per row group at one and two tokens.
+      {333, 1024, 1, 1},   {200, 2048, 1, 1}, {131, 8192, 1, 1},  {131, 8192, 2, 1},
       // Activations far outside fp16's range (the cuBLAS fp16 path must rescale them) and tiny.
       {128, 256, 16, 3e5f}, {128, 256, 16, 1e-6f}, {128, 256, 4, 3e5f}};
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
