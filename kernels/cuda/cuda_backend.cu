@@ -74,7 +74,7 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t e : spare_timers_) cudaEventDestroy(e);
     for (auto& [id, e] : marks_) cudaEventDestroy(e);
     for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p,
-                    group_scratch_.p})
+                    argmax_parts_.p, group_scratch_.p})
       if (p) cudaFree(p);
     for (auto& [key, p] : group_ptrs_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
@@ -513,7 +513,8 @@ class CudaBackend final : public Backend {
     use_device();
     const size_t bytes = size_t(m) * 8;  // [m] ids, then [m] logprobs
     auto* d = static_cast<int32_t*>(grow(argmax_, bytes));
-    cuda::argmax_rows(logits, m, vocab, d, reinterpret_cast<float*>(d + m), stream_);
+    void* parts = grow(argmax_parts_, cuda::argmax_scratch_bytes());  // zeroed once, then kept
+    cuda::argmax_rows(logits, m, vocab, d, reinterpret_cast<float*>(d + m), parts, stream_);
     download_async(host_out, d, bytes);
   }
 
@@ -657,7 +658,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
   float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
-  Scratch segs_, ids_, scratch_, argmax_, group_scratch_;
+  Scratch segs_, ids_, scratch_, argmax_, argmax_parts_, group_scratch_;
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
   static constexpr size_t kMaxGraphs = 256;

@@ -32,22 +32,24 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// Sum over the 32 lanes of a warp; every lane gets the total.
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the 32 lanes of a warp; every lane gets the total (float or double).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
-// `red` is shared scratch of 32 floats; the call ends with the block synchronised, so the same
+// `red` is shared scratch of 32 values; the call ends with the block synchronised, so the same
 // scratch can be reused by the next call.
-__device__ __forceinline__ float block_sum(float v, float* red) {
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   v = warp_sum(v);
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  float t = lane < nwarps ? red[lane] : 0.0f;
+  T t = lane < nwarps ? red[lane] : T(0);
   t = warp_sum(t);
   __syncthreads();
   return t;

@@ -98,8 +98,9 @@ TEST_CASE("argmax_rows default (download + host argmax) equals sample_token's gr
 TEST_CASE("CUDA argmax_rows equals sample_token's greedy choice and logprob", "[cuda]") {
   RWKVPP_REQUIRE_CUDA();
   auto be = make_cuda_backend(0);
-  for (int64_t vocab : {1, 7, 1000, 1025, 50277, 65536}) {
-    for (int64_t m : {1, 3, 257}) {
+  // Up to 16 rows each row is split over blocks of 2048 values (2049: a last block of one).
+  for (int64_t vocab : {1, 7, 1000, 1025, 2049, 4097, 50277, 65536}) {
+    for (int64_t m : {1, 3, 16, 257}) {
       auto z = make_logits(m, vocab, uint64_t(vocab * 131 + m), m > 1 ? 2 : -1);
       check_rows(*be, z, m, vocab, false);
     }
