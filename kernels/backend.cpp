@@ -242,13 +242,6 @@ void Backend::wkv4_gated(const float* k, const float* v, const float* w, const f
   binary(Binary::Mul, gate, out, out, segs.n_tokens * d);
 }
 
-void Backend::kvr_wkv4(const MatmulJob (&jobs)[3], int64_t n, const float* w, const float* u,
-                       const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
-                       float* out, int64_t d) {
-  matmul_group(jobs, 3, n);
-  wkv4_gated(jobs[0].y, jobs[1].y, w, u, segs, state, stride, off_aa, out, d, jobs[2].y);
-}
-
 void Backend::argmax_rows_async(const float* logits, int64_t m, int64_t vocab, void* host_out) {
   auto* ids = static_cast<int32_t*>(host_out);
   argmax_rows(logits, m, vocab, ids, reinterpret_cast<float*>(ids + m));

@@ -337,15 +337,6 @@ class Backend {
                           const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
                           float* out, int64_t d, const float* gate);
 
-  // RWKV-4's time-mix products and WKV: jobs[0..2] are the k, v and r products (the r job's
-  // epilogue the sigmoid; y of each [n, d] is scratch whose contents afterwards are
-  // unspecified), then wkv4_gated(k, v, w, u, segs, state, stride, off_aa, out, d, r). The
-  // default is exactly those two calls; a device may compute the WKV of each channel where its
-  // three products end, with no pass over k, v, r in memory. out must not alias any job's x or y.
-  virtual void kvr_wkv4(const MatmulJob (&jobs)[3], int64_t n, const float* w, const float* u,
-                        const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
-                        float* out, int64_t d);
-
   // ---- ops added for RWKV-5/6/7 (kernels/rwkv5.cpp, rwkv6.cpp, rwkv7.cpp) ------------------
   // Elementwise interpolation with a per-element weight, for i < count:
   //   y[i] = a[i] + (b[i] - a[i]) * m[i]

@@ -69,11 +69,11 @@ class BlockV4 final : public Block {
     sig.has_act = true;
     sig.act = Unary::Sigmoid;
     const Backend::MatmulJob kvr[3] = {{&att_k_, a, k, {}}, {&att_v_, b, v, {}}, {&att_r_, c, r, sig}};
-    float* att = xln;  // free again after norm_shift_mix; no product reads it
-    be.kvr_wkv4(kvr, n, decay_, first_, segs, state, S, C, att, C);  // att = sigmoid(W_r c) * wkv
+    be.matmul_group(kvr, 3, n);                        // k, v, r = sigmoid(W_r c)
+    be.wkv4_gated(k, v, decay_, first_, segs, state, S, C, a, C, r);  // a = r * wkv
     Backend::Epilogue add;
     add.accumulate = true;
-    be.matmul_ex(att_o_, att, x, n, add, b);           // x += W_o att
+    be.matmul_ex(att_o_, a, x, n, add, b);             // x += W_o a
 
     ffn_.forward(be, ws, segs, h, state, S, 4 * C);
   }

@@ -24,7 +24,6 @@
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/head_ops.cuh"
 #include "kernels/cuda/ipc.cuh"
-#include "kernels/cuda/kvr_wkv4.cuh"
 #include "kernels/cuda/layer_norm.cuh"
 #include "kernels/cuda/matmul.cuh"
 #include "kernels/cuda/token_shift.cuh"
@@ -395,24 +394,6 @@ class CudaBackend final : public Backend {
     use_device();
     cuda::wkv4(k, v, w, u, segs.device, int64_t(segs.host.size()), state, stride, off_aa, out, d,
                stream_, gate);
-  }
-
-  // One decoding token: the three products and the WKV in one launch; otherwise the two calls.
-  void kvr_wkv4(const MatmulJob (&jobs)[3], int64_t n, const float* w, const float* u,
-                const SegTable& segs, float* state, int64_t stride, int64_t off_aa, float* out,
-                int64_t d) override {
-    const auto plain = [](const Epilogue& e) { return !e.has_act && !e.gate && !e.accumulate; };
-    const Epilogue& er = jobs[2].ep;
-    const bool sigmoid_r = er.has_act && er.act == Unary::Sigmoid && !er.gate && !er.accumulate;
-    if (n == 1 && segs.host.size() == 1 && segs.host[0].len == 1 && plain(jobs[0].ep) &&
-        plain(jobs[1].ep) && sigmoid_r) {
-      use_device();
-      const WeightView* W[3] = {jobs[0].W, jobs[1].W, jobs[2].W};
-      const float* x[3] = {jobs[0].x, jobs[1].x, jobs[2].x};
-      if (cuda::kvr_wkv4_one(W, x, w, u, segs.device, state, stride, off_aa, out, d, stream_))
-        return;
-    }
-    Backend::kvr_wkv4(jobs, n, w, u, segs, state, stride, off_aa, out, d);
   }
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {

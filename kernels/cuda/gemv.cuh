@@ -129,122 +129,89 @@ struct GemvEpilogue {
 // H100). One warp per row gives too few warps where rows are few (1.5B: 2048 rows, ~16 warps
 // per SM, each lane's chunks read in dependent rounds of UNROLL: 1.3-2.3 TB/s measured);
 // splitting K over WPR warps multiplies the loads in flight by WPR.
-//
-// gemv_dot is that walk for J products of the same shape at once (J = 1 but for the fused RWKV-4
-// k/v/r + WKV kernel, kernels/cuda/matmul.cu): product j reads W[j] with x[j], row for row, so
-// a lane has J * RPW * UNROLL loads in flight. It returns the sums in acc, complete in every
-// lane of the group's first warp, for which it returns true (false for the other warps and for
-// groups past R). With WPR > 1 every warp of the block must call it (it has a barrier).
-template <typename T, int J, int NT, int RPW, int UNROLL, int WPR>
-__device__ __forceinline__ bool gemv_dot(const T* const (&W)[J], const float* const (&x)[J], int r0,
-                                         int R, int K, float (&acc)[J][RPW][NT]) {
-  static_assert(kGemvWarps % WPR == 0, "WPR divides the block's warps");
-  constexpr int V = Pack16<T>::n;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nchunk = r0 < R ? K / V : 0;  // a group past R reads nothing
-  const T* rows[J][RPW];
-#pragma unroll
-  for (int j = 0; j < J; ++j)
-#pragma unroll
-    for (int q = 0; q < RPW; ++q) rows[j][q] = W[j] + int64_t(min(r0 + q, R - 1)) * K;
-#pragma unroll
-  for (int j = 0; j < J; ++j)
-#pragma unroll
-    for (int q = 0; q < RPW; ++q)
-#pragma unroll
-      for (int t = 0; t < NT; ++t) acc[j][q][t] = 0.0f;
-
-  for (int c0 = (warp % WPR) * 32 + lane; c0 < nchunk; c0 += 32 * WPR * UNROLL) {
-    uint4 wv[UNROLL][J][RPW];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32 * WPR;
-#pragma unroll
-      for (int j = 0; j < J; ++j)
-#pragma unroll
-        for (int q = 0; q < RPW; ++q)
-          wv[u][j][q] = c < nchunk ? load_stream16(rows[j][q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32 * WPR;
-      if (c >= nchunk) break;
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        float wf[RPW][V];
-#pragma unroll
-        for (int q = 0; q < RPW; ++q) Pack16<T>::unpack(wv[u][j][q], wf[q]);
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          const float4* xp = reinterpret_cast<const float4*>(x[j] + int64_t(t) * K + int64_t(c) * V);
-          float xv[V];
-#pragma unroll
-          for (int e = 0; e < V / 4; ++e) {
-            const float4 f = __ldg(xp + e);
-            xv[4 * e] = f.x;
-            xv[4 * e + 1] = f.y;
-            xv[4 * e + 2] = f.z;
-            xv[4 * e + 3] = f.w;
-          }
-#pragma unroll
-          for (int q = 0; q < RPW; ++q)
-#pragma unroll
-            for (int e = 0; e < V; ++e) acc[j][q][t] = fmaf(wf[q][e], xv[e], acc[j][q][t]);
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < J; ++j)
-#pragma unroll
-    for (int q = 0; q < RPW; ++q)
-#pragma unroll
-      for (int t = 0; t < NT; ++t) acc[j][q][t] = warp_sum(acc[j][q][t]);
-  if constexpr (WPR > 1) {
-    constexpr int kSums = J * RPW * NT;
-    __shared__ float part[kGemvWarps][kSums];
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int q = 0; q < RPW; ++q)
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          const int i = (j * RPW + q) * NT + t;
-          if (lane == i % 32) part[warp][i] = acc[j][q][t];
-        }
-    __syncthreads();
-    if (warp % WPR != 0 || r0 >= R) return false;
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int q = 0; q < RPW; ++q)
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-          for (int k = 1; k < WPR; ++k) acc[j][q][t] += part[warp + k][(j * RPW + q) * NT + t];
-  }
-  return r0 < R;
-}
-
 template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const float* __restrict__ x,
                                               float* __restrict__ y, int R, int K,
                                               const float* __restrict__ scales,
                                               const GemvEpilogue& ep) {
+  static_assert(kGemvWarps % WPR == 0, "WPR divides the block's warps");
+  constexpr int V = Pack16<T>::n;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = (blockIdx.x * (kGemvWarps / WPR) + warp / WPR) * RPW;
   if constexpr (WPR == 1) {
     if (r0 >= R) return;
   }
-  const T* const Ws[1] = {W};
-  const float* const xs[1] = {x};
-  float acc[1][RPW][NT];
-  if (!gemv_dot<T, 1, NT, RPW, UNROLL, WPR>(Ws, xs, r0, R, K, acc)) return;
+  // With WPR > 1 every warp reaches the barrier below; a group past R reads nothing.
+  const int nchunk = r0 < R ? K / V : 0;
+  const T* rows[RPW];
+#pragma unroll
+  for (int q = 0; q < RPW; ++q) rows[q] = W + int64_t(min(r0 + q, R - 1)) * K;
+  float acc[RPW][NT];
+#pragma unroll
+  for (int q = 0; q < RPW; ++q)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
+
+  for (int c0 = (warp % WPR) * 32 + lane; c0 < nchunk; c0 += 32 * WPR * UNROLL) {
+    uint4 wv[UNROLL][RPW];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * 32 * WPR;
+#pragma unroll
+      for (int q = 0; q < RPW; ++q)
+        wv[u][q] = c < nchunk ? load_stream16(rows[q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * 32 * WPR;
+      if (c >= nchunk) break;
+      float wf[RPW][V];
+#pragma unroll
+      for (int q = 0; q < RPW; ++q) Pack16<T>::unpack(wv[u][q], wf[q]);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float4* xp = reinterpret_cast<const float4*>(x + int64_t(t) * K + int64_t(c) * V);
+        float xv[V];
+#pragma unroll
+        for (int e = 0; e < V / 4; ++e) {
+          const float4 f = __ldg(xp + e);
+          xv[4 * e] = f.x;
+          xv[4 * e + 1] = f.y;
+          xv[4 * e + 2] = f.z;
+          xv[4 * e + 3] = f.w;
+        }
+#pragma unroll
+        for (int q = 0; q < RPW; ++q)
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[q][t] = fmaf(wf[q][e], xv[e], acc[q][t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < RPW; ++q)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[q][t] = warp_sum(acc[q][t]);
+  if constexpr (WPR > 1) {
+    __shared__ float part[kGemvWarps][RPW * NT];
+#pragma unroll
+    for (int q = 0; q < RPW; ++q)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (lane == (q * NT + t) % 32) part[warp][q * NT + t] = acc[q][t];
+    __syncthreads();
+    if (warp % WPR != 0 || r0 >= R) return;
+#pragma unroll
+    for (int q = 0; q < RPW; ++q)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int k = 1; k < WPR; ++k) acc[q][t] += part[warp + k][q * NT + t];
+  }
 #pragma unroll
   for (int q = 0; q < RPW; ++q)
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      float s = acc[0][q][t];
+      float s = acc[q][t];
       if (lane == (q * NT + t) % 32 && r0 + q < R) {
         if constexpr (kRowScaled<T>) s *= __ldg(scales + r0 + q);
         ep.store(y, int64_t(t) * R + r0 + q, s);

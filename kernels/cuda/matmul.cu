@@ -20,39 +20,6 @@
   } while (0)
 
 namespace rwkvpp::cuda {
-
-// gemv_wpr (matmul.cuh): the rule and why.
-namespace {
-constexpr int kGemvWarpsPerSm = 32;
-
-int sm_count() {
-  static int cached[64] = {};
-  int dev = 0;
-  RWKVPP_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (cached[dev] == 0)
-    RWKVPP_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
-  return cached[dev];
-}
-}  // namespace
-
-int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll) {
-  static const int forced = [] {
-    const char* e = std::getenv("RWKVPP_GEMV_WPR");
-    const int r = e ? std::atoi(e) : 0;
-    return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
-  }();
-  const int64_t nchunk = K / pack;
-  auto fits = [&](int w) { return nchunk >= int64_t(32) * w * unroll; };
-  int wpr = forced ? forced : nt == 2 ? 4 : row_scaled ? 2 : 1;
-  if (!forced && nt == 1 && !row_scaled) {
-    const int64_t target = int64_t(sm_count()) * kGemvWarpsPerSm, groups = (rows + rpw - 1) / rpw;
-    while (wpr < kGemvWarps && groups * wpr < target && fits(2 * wpr)) wpr *= 2;
-  }
-  while (wpr > 1 && !fits(wpr)) wpr /= 2;
-  return wpr;
-}
-
 namespace {
 
 constexpr int kThreads = 256;
@@ -79,6 +46,42 @@ constexpr int gemv_rows(int nt) {
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Warps per row group of the vector GEMV (gemv.cuh, WPR) for one or two tokens, from the kernel
+// lab's table on an H100 (docs/perf.md, fourth session): two tokens 4; one token of int8 2 (its
+// unpacking wants more warps; 4 and 8 were slower on the 14B shapes); one token of fp16, bf16
+// or fp32 doubled from 1 while the grid has fewer than kGemvWarpsPerSm warps per SM (1.5B's
+// 2048-row products: 4; 14B's, 5120 rows and more: 1, where 2 was 8-10 % slower). Never more
+// than leaves each lane UNROLL chunks of its rows. RWKVPP_GEMV_WPR=1|2|4|8 fixes it
+// (measurements).
+constexpr int kGemvWarpsPerSm = 32;
+
+int sm_count() {
+  static int cached[64] = {};
+  int dev = 0;
+  RWKVPP_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (cached[dev] == 0)
+    RWKVPP_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
+  return cached[dev];
+}
+
+int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll) {
+  static const int forced = [] {
+    const char* e = std::getenv("RWKVPP_GEMV_WPR");
+    const int r = e ? std::atoi(e) : 0;
+    return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
+  }();
+  const int64_t nchunk = K / pack;
+  auto fits = [&](int w) { return nchunk >= int64_t(32) * w * unroll; };
+  int wpr = forced ? forced : nt == 2 ? 4 : row_scaled ? 2 : 1;
+  if (!forced && nt == 1 && !row_scaled) {
+    const int64_t target = int64_t(sm_count()) * kGemvWarpsPerSm, groups = (rows + rpw - 1) / rpw;
+    while (wpr < kGemvWarps && groups * wpr < target && fits(2 * wpr)) wpr *= 2;
+  }
+  while (wpr > 1 && !fits(wpr)) wpr /= 2;
+  return wpr;
+}
 
 // One launch of the vector GEMV with WPR chosen at run time (one or two tokens; more tokens
 // bring enough rows of work per warp).

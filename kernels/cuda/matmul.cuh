@@ -61,15 +61,6 @@ bool matmul_folds(const WeightView& W, int64_t n, const MatmulOpts& o);
 void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int64_t n,
             void* scratch, float* consts, cudaStream_t s, const MatmulOpts& o = {});
 
-// Warps per row group of the vector GEMV (gemv.cuh, WPR) for one or two tokens, from the kernel
-// lab's table on an H100 (docs/perf.md, fourth session): two tokens 4; one token of int8 2 (its
-// unpacking wants more warps; 4 and 8 were slower on the 14B shapes); one token of fp16, bf16
-// or fp32 doubled from 1 while the grid has fewer than 32 warps per SM (1.5B's 2048-row
-// products: 4; 14B's, 5120 rows and more: 1, where 2 was 8-10 % slower). Never more than
-// leaves each lane `unroll` chunks of its rows. RWKVPP_GEMV_WPR=1|2|4|8 fixes it
-// (measurements). `rows` counts every row of a launch (all jobs of a group).
-int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll);
-
 struct GemvEpilogue;
 // y[i] = ep(v[i]) for i < count (GemvEpilogue::store: activation, gate, accumulation) in one
 // pass; v may be y. What is left of an epilogue after a cuBLAS product.

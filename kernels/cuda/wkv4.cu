@@ -36,8 +36,18 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
   for (int64_t t = sg.start; t < t_end; ++t) {
     const float kt = nk, vt = nv;
     if (t + 1 < t_end) nk = k[(t + 1) * d + c], nv = v[(t + 1) * d + c];
-    const float o = wkv4_step(kt, vt, wc, uc, aa, bb, pp);
+    float ww = uc + kt;
+    float p = fmaxf(pp, ww);
+    float e1 = expf(pp - p), e2 = expf(ww - p);
+    const float o = (e1 * aa + e2 * vt) / (e1 * bb + e2);
     out[t * d + c] = gate ? gate[t * d + c] * o : o;
+    ww = pp + wc;
+    p = fmaxf(ww, kt);
+    e1 = expf(ww - p);
+    e2 = expf(kt - p);
+    aa = e1 * aa + e2 * vt;
+    bb = e1 * bb + e2;
+    pp = p;
   }
   st[c] = aa;
   st[d + c] = bb;

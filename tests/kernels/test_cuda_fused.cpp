@@ -1,4 +1,4 @@
-// The fused ops of the CUDA backend (norm_shift_mix, matmul_ex, wkv4_gated, kvr_wkv4; kernels/backend.h)
+// The fused ops of the CUDA backend (norm_shift_mix, matmul_ex, wkv4_gated; kernels/backend.h)
 // against the CPU backend, whose implementations are the plain op sequences they replace.
 // Decode layouts (one token per segment) take the fused kernels; other layouts must fall back
 // to the plain ops and agree too. Without a GPU every test here skips (tests/cuda_skip.h).
@@ -212,62 +212,4 @@ TEST_CASE("CUDA matmul_ex_relu_square_x (the square folded into the product's in
           // cuBLAS rounds the (squared, scaled) input to 16 bits: ~3e-4 of error expected.
           check_product(gpu, *cpu, rng, worst, s, dt, ep, variant == 1, true, range, 3e-3);
         }
-}
-
-TEST_CASE("CUDA kvr_wkv4 (products and WKV in one launch) matches the CPU", "[cuda]") {
-  RWKVPP_REQUIRE_CUDA();
-  Gpu gpu;
-  auto cpu = make_cpu_backend(1);
-  Rng rng(16);
-  Worst worst("kvr_wkv4");
-  const int n_slots = 6;
-  // One token of 16-bit or fp32 W with K split over warps: the fused kernel (d = 1024: 2 warps
-  // per channel, 2048: 4). Every other case (int8, few or odd columns, two tokens, a 2-token
-  // segment): the plain calls.
-  const std::vector<std::vector<int>> layouts = {{1}, {1, 1}, {2}};
-  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
-    for (int64_t d : {64, 67, 200, 1024, 2048})
-      for (const auto& lens : layouts) {
-        auto segs = make_segments(lens, n_slots, rng);
-        const int64_t n = total(segs), off = 3, stride = off + 3 * d + 2;
-        INFO(dtype_name(dt) << " d=" << d << " segments " << segs.size() << " tokens " << n);
-        std::vector<float> state(size_t(n_slots * stride));
-        for (float& v : state) v = rng.one(-1, 1);
-        for (int s = 0; s < n_slots; ++s)
-          for (int64_t c = 0; c < d; ++c) {
-            float* st = state.data() + s * stride + off;
-            st[d + c] = rng.one(0.5f, 2), st[2 * d + c] = rng.one(-3, 3);
-          }
-        auto w = rng.uniform(size_t(d), -3, 1), u = rng.uniform(size_t(d), -1, 1);
-        for (float& v : w) v = -std::exp(v);
-        std::vector<std::unique_ptr<DeviceBuffer>> own(6);
-        WeightView cw[3], gw[3];
-        std::vector<float> x[3];
-        Backend::MatmulJob cj[3], gj[3];
-        Backend::Epilogue sig;
-        sig.has_act = true;
-        sig.act = Unary::Sigmoid;
-        std::vector<float> cy[3];
-        for (int j = 0; j < 3; ++j) {
-          const float a = std::sqrt(3.0f / float(d));
-          HostTensor m = HostTensor::from_f32(rng.uniform(size_t(d * d), -2 * a, 2 * a), {d, d});
-          cw[j] = cpu->load_weight(m, dt, own[size_t(2 * j)]);
-          gw[j] = gpu.be().load_weight(m, dt, own[size_t(2 * j + 1)]);
-          x[j] = rng.uniform(size_t(n * d), -1, 1);
-          cy[j].resize(size_t(n * d));
-          cj[j] = {&cw[j], x[j].data(), cy[j].data(), j == 2 ? sig : Backend::Epilogue{}};
-          gj[j] = {&gw[j], gpu.put(x[j]), gpu.poisoned(size_t(n * d)), j == 2 ? sig : Backend::Epilogue{}};
-        }
-        std::vector<float> cstate = state, ref(size_t(n * d));
-        cpu->kvr_wkv4(cj, n, w.data(), u.data(), cpu->stage_segments(segs), cstate.data(), stride, off,
-                      ref.data(), d);
-        float* gs = gpu.put(state);
-        float* gout = gpu.poisoned(size_t(n * d));
-        gpu.be().kvr_wkv4(gj, n, gpu.put(w), gpu.put(u), gpu.be().stage_segments(segs), gs, stride, off,
-                          gout, d);
-        const bool fused = dt != DType::I8 && n == 1 && lens[0] == 1 && d >= 1024;
-        const std::string what = std::string(dtype_name(dt)) + (fused ? " fused" : " plain");
-        worst.check(what + " out", rel_err(gpu.get(gout, size_t(n * d)), ref), 1e-5);
-        worst.check(what + " state", rel_err(gpu.get(gs, state.size()), cstate), 1e-5);
-      }
 }
