@@ -155,7 +155,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     if (is_stage) {
       be = choose_backend(opt, threads);
       // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
-      // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf.md).
+      // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf-log.md).
       if (!be->host_memory()) t.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
       char host[256] = {};
       gethostname(host, sizeof host - 1);

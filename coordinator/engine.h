@@ -54,7 +54,7 @@ struct EngineLimits {
 
 // Steps in flight by default: two per stage when there are several, so that every stage has
 // the next step queued while its last one travels (hidden vectors between stages, the
-// coordinator's scheduling); one for a single stage (docs/perf.md, pipeline scaling).
+// coordinator's scheduling); one for a single stage (docs/perf-log.md, pipeline scaling).
 inline int default_microbatches(int stages) { return stages > 1 ? 2 * stages : 1; }
 
 class Engine {
