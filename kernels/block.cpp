@@ -154,9 +154,16 @@ Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const Ho
   if (head.numel() != cfg.vocab_size * cfg.n_embd)
     fail("tensor 'head.weight' has shape {}, expected [{}, {}]", head.shape_str(), cfg.vocab_size, cfg.n_embd);
   rows_ = (cfg.vocab_size + kRowAlign - 1) / kRowAlign * kRowAlign;
-  HostTensor padded = head;
-  padded.shape = {rows_, cfg.n_embd};
-  padded.data.resize(size_t(rows_ * cfg.n_embd) * dtype_size(head.dtype), 0);  // zero rows
+  if (rows_ == cfg.vocab_size) {
+    head_ = load_matrix(be, head, rows_, cfg.n_embd, "head.weight", dtype, head_buf_);
+    return;
+  }
+  // One copy of the matrix (0.5 GB for 14B) with the zero rows appended.
+  const size_t bytes = size_t(rows_ * cfg.n_embd) * dtype_size(head.dtype);
+  HostTensor padded{head.dtype, {rows_, cfg.n_embd}, {}};
+  padded.data.reserve(bytes);
+  padded.data.assign(head.data.begin(), head.data.end());
+  padded.data.resize(bytes, 0);
   head_ = load_matrix(be, padded, rows_, cfg.n_embd, "head.weight", dtype, head_buf_);
 }
 

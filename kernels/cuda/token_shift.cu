@@ -40,8 +40,8 @@ __global__ void token_shift_kernel(const float* __restrict__ x, int64_t d,
 // once into registers where it fits), then normalises the columns of its slice, swaps them with
 // the state (prev) and writes the mixes. A few tokens get several blocks each, so that a
 // batch-1 step does not run on one SM; many tokens get one block each, so that no row's
-// statistics are computed more than once. A block
-// touches only its own columns of its slot's state.
+// statistics are computed more than once. A block touches only its own columns of its slot's
+// state.
 //
 // Loads before stores: the outputs and the state may alias the inputs as far as the compiler
 // knows, so a loop that stores as it goes issues each later load only after the store before
