@@ -68,6 +68,7 @@ __device__ __forceinline__ double block_sum_d(double s) {
 
 __global__ void argmax_rows_kernel(const float* __restrict__ logits, int64_t vocab,
                                    int32_t* __restrict__ ids, float* __restrict__ logprobs) {
+  pdl_begin();
   const int64_t r = blockIdx.x;
   const float* z = logits + r * vocab;
 
@@ -122,6 +123,7 @@ struct ArgmaxPart {
 __global__ void argmax_split_kernel(const float* __restrict__ logits, int64_t vocab,
                                     int32_t* __restrict__ ids, float* __restrict__ logprobs,
                                     ArgmaxPart* __restrict__ parts, unsigned* __restrict__ tickets) {
+  pdl_begin();
   __shared__ bool last;
   const int64_t r = blockIdx.y;
   const float* z = logits + r * vocab;
@@ -186,12 +188,12 @@ void argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t* ids, fl
   if (scratch && m <= kArgmaxSplitRows && blocks > 1 && blocks <= kSplitThreads) {
     auto* tickets = static_cast<unsigned*>(scratch);
     auto* parts = reinterpret_cast<ArgmaxPart*>(tickets + kArgmaxSplitRows);
-    argmax_split_kernel<<<dim3(unsigned(blocks), unsigned(m)), kSplitThreads, 0, s>>>(
-        logits, vocab, ids, logprobs, parts, tickets);
+    launch(argmax_split_kernel, dim3(unsigned(blocks), unsigned(m)), kSplitThreads, 0, s, logits,
+           vocab, ids, logprobs, parts, tickets);
     RWKVPP_CUDA_LAUNCHED("argmax_split_kernel");
     return;
   }
-  argmax_rows_kernel<<<unsigned(m), kThreads, 0, s>>>(logits, vocab, ids, logprobs);
+  launch(argmax_rows_kernel, unsigned(m), kThreads, 0, s, logits, vocab, ids, logprobs);
   RWKVPP_CUDA_LAUNCHED("argmax_rows_kernel");
 }
 

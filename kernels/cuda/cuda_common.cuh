@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -26,6 +29,55 @@
   } while (0)
 
 namespace rwkvpp::cuda {
+
+// Programmatic dependent launch (Hopper and later; docs/cuda.md): every kernel of this backend
+// is launched with cudaLaunchAttributeProgrammaticStreamSerialization, so the GPU may start
+// scheduling a kernel's blocks while the kernel before it on the queue (also inside a CUDA
+// graph) is still running. Each kernel therefore begins with pdl_begin(): it waits until the
+// previous kernel has finished and its writes are visible (griddepcontrol.wait), then lets
+// the next kernel be scheduled (launch_dependents). Before the wait a kernel may only read
+// what no kernel writes (the weights: the GEMV issues its first weight loads there) and must
+// write nothing. Without the attribute (RWKVPP_PDL=0, older GPUs) both are no-ops.
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether kernels get the attribute: compute capability 9.0 or later, and RWKVPP_PDL is not
+// "0". Read once per process (from the device current at the first launch).
+inline bool pdl_allowed() {
+  static const bool on = [] {
+    const char* e = std::getenv("RWKVPP_PDL");
+    if (e && std::strcmp(e, "0") == 0) return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    return major >= 9;
+  }();
+  return on;
+}
+
+// Launches `kernel` (which must begin with pdl_begin()) on `s`; throws Error when the launch
+// is refused. The arguments convert to the kernel's parameter types as with <<<...>>>.
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                   Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_allowed() ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) fail_cuda(int(err), "kernel launch", __FILE__, __LINE__);
+}
 
 // One weight element as fp32, for each stored dtype.
 __device__ __forceinline__ float to_float(float v) { return v; }

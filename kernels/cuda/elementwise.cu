@@ -13,6 +13,7 @@ constexpr int kThreads = 256;
 
 __global__ void mix_kernel(const float* __restrict__ x, const float* __restrict__ prev,
                            const float* __restrict__ mu, float* y, int64_t count, int64_t d) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float m = mu[i % d];
@@ -22,6 +23,7 @@ __global__ void mix_kernel(const float* __restrict__ x, const float* __restrict_
 
 __global__ void lerp_kernel(const float* a, const float* b, const float* m, float* y,
                             int64_t count) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float ai = a[i];
@@ -46,6 +48,7 @@ __device__ __forceinline__ float apply_unary(float v) {
 
 template <Unary OP>
 __global__ void unary_kernel(const float* x, float* y, int64_t count) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = apply_unary<OP>(x[i]);
@@ -61,6 +64,7 @@ __device__ __forceinline__ float apply_binary(float a, float b) {
 // `d` == 0: b is a full tensor (b[i]); otherwise a row vector of width d (b[i % d]).
 template <Binary OP>
 __global__ void binary_kernel(const float* a, const float* b, float* y, int64_t count, int64_t d) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = apply_binary<OP>(a[i], b[d ? i % d : i]);
@@ -70,6 +74,7 @@ __global__ void binary_kernel(const float* a, const float* b, float* y, int64_t 
 template <typename T>
 __global__ void embedding_kernel(const T* __restrict__ E, int64_t cols,
                                  const int32_t* __restrict__ ids, int64_t n, float* y) {
+  pdl_begin();
   for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
     const T* row = E + int64_t(ids[i]) * cols;
     for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
@@ -87,7 +92,7 @@ dim3 row_grid(int64_t rows, int64_t cols) {
 template <Binary OP>
 void launch_binary(const float* a, const float* b, float* y, int64_t count, int64_t d,
                    cudaStream_t s) {
-  binary_kernel<OP><<<grid_for(count, kThreads), kThreads, 0, s>>>(a, b, y, count, d);
+  launch(binary_kernel<OP>, grid_for(count, kThreads), kThreads, 0, s, a, b, y, count, d);
 }
 
 }  // namespace
@@ -96,13 +101,13 @@ void mix(const float* x, const float* prev, const float* mu, float* y, int64_t n
          cudaStream_t s) {
   const int64_t count = n * d;
   if (count == 0) return;
-  mix_kernel<<<grid_for(count, kThreads), kThreads, 0, s>>>(x, prev, mu, y, count, d);
+  launch(mix_kernel, grid_for(count, kThreads), kThreads, 0, s, x, prev, mu, y, count, d);
   RWKVPP_CUDA_LAUNCHED("mix_kernel");
 }
 
 void lerp(const float* a, const float* b, const float* m, float* y, int64_t count, cudaStream_t s) {
   if (count == 0) return;
-  lerp_kernel<<<grid_for(count, kThreads), kThreads, 0, s>>>(a, b, m, y, count);
+  launch(lerp_kernel, grid_for(count, kThreads), kThreads, 0, s, a, b, m, y, count);
   RWKVPP_CUDA_LAUNCHED("lerp_kernel");
 }
 
@@ -110,13 +115,27 @@ void unary(Unary op, const float* x, float* y, int64_t count, cudaStream_t s) {
   if (count == 0) return;
   const unsigned g = grid_for(count, kThreads);
   switch (op) {
-    case Unary::Sigmoid: unary_kernel<Unary::Sigmoid><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::ReluSquare: unary_kernel<Unary::ReluSquare><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::Silu: unary_kernel<Unary::Silu><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::Tanh: unary_kernel<Unary::Tanh><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::Exp: unary_kernel<Unary::Exp><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::NegExp: unary_kernel<Unary::NegExp><<<g, kThreads, 0, s>>>(x, y, count); break;
-    case Unary::ExpNegExp: unary_kernel<Unary::ExpNegExp><<<g, kThreads, 0, s>>>(x, y, count); break;
+    case Unary::Sigmoid:
+      launch(unary_kernel<Unary::Sigmoid>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::ReluSquare:
+      launch(unary_kernel<Unary::ReluSquare>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::Silu:
+      launch(unary_kernel<Unary::Silu>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::Tanh:
+      launch(unary_kernel<Unary::Tanh>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::Exp:
+      launch(unary_kernel<Unary::Exp>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::NegExp:
+      launch(unary_kernel<Unary::NegExp>, g, kThreads, 0, s, x, y, count);
+      break;
+    case Unary::ExpNegExp:
+      launch(unary_kernel<Unary::ExpNegExp>, g, kThreads, 0, s, x, y, count);
+      break;
   }
   RWKVPP_CUDA_LAUNCHED("unary_kernel");
 }
@@ -147,13 +166,16 @@ void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_
   const dim3 g = row_grid(n, cols);
   switch (dt) {
     case DType::F32:
-      embedding_kernel<<<g, kThreads, 0, s>>>(static_cast<const float*>(E), cols, ids, n, y);
+      launch(embedding_kernel<float>, g, kThreads, 0, s, static_cast<const float*>(E), cols, ids, n,
+             y);
       break;
     case DType::F16:
-      embedding_kernel<<<g, kThreads, 0, s>>>(static_cast<const __half*>(E), cols, ids, n, y);
+      launch(embedding_kernel<__half>, g, kThreads, 0, s, static_cast<const __half*>(E), cols, ids,
+             n, y);
       break;
     case DType::BF16:
-      embedding_kernel<<<g, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(E), cols, ids, n, y);
+      launch(embedding_kernel<__nv_bfloat16>, g, kThreads, 0, s,
+             static_cast<const __nv_bfloat16*>(E), cols, ids, n, y);
       break;
     case DType::I8: fail_msg("embedding: int8 tables are not supported (the embedding stays fp16)");
   }
@@ -164,7 +186,7 @@ void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, floa
                  cudaStream_t s) {
   if (m == 0 || d == 0) return;
   // The same kernel as the fp32 embedding: x plays the table.
-  embedding_kernel<<<row_grid(m, d), kThreads, 0, s>>>(x, d, rows, m, y);
+  launch(embedding_kernel<float>, row_grid(m, d), kThreads, 0, s, x, d, rows, m, y);
   RWKVPP_CUDA_LAUNCHED("gather_rows");
 }
 

@@ -139,7 +139,7 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = (blockIdx.x * (kGemvWarps / WPR) + warp / WPR) * RPW;
   if constexpr (WPR == 1) {
-    if (r0 >= R) return;
+    if (r0 >= R) return;  // reads and writes nothing: needs no pdl_begin()
   }
   // With WPR > 1 every warp reaches the barrier below; a group past R reads nothing.
   const int nchunk = r0 < R ? K / V : 0;
@@ -152,15 +152,25 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
 
-  for (int c0 = (warp % WPR) * 32 + lane; c0 < nchunk; c0 += 32 * WPR * UNROLL) {
-    uint4 wv[UNROLL][RPW];
+  // The weights of the lane's first round are loaded before pdl_begin() (they do not depend on
+  // the kernels before this one; x and y do), so under programmatic dependent launch they are
+  // in flight while the previous kernel drains. Each later round's loads are issued after the
+  // previous round is used, as in a plain loop.
+  constexpr int kStep = 32 * WPR * UNROLL;
+  int c0 = (warp % WPR) * 32 + lane;
+  uint4 wv[UNROLL][RPW];
+  auto load_round = [&](int first) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32 * WPR;
+      const int c = first + u * 32 * WPR;
 #pragma unroll
       for (int q = 0; q < RPW; ++q)
         wv[u][q] = c < nchunk ? load_stream16(rows[q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
     }
+  };
+  load_round(c0);
+  pdl_begin();
+  for (; c0 < nchunk; c0 += kStep) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int c = c0 + u * 32 * WPR;
@@ -186,6 +196,7 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
           for (int e = 0; e < V; ++e) acc[q][t] = fmaf(wf[q][e], xv[e], acc[q][t]);
       }
     }
+    if (c0 + kStep < nchunk) load_round(c0 + kStep);
   }
 #pragma unroll
   for (int q = 0; q < RPW; ++q)
@@ -262,6 +273,7 @@ template <typename T, int NT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_scalar_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
                        int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
+  pdl_begin();
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (r >= R) return;
@@ -289,9 +301,9 @@ template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s,
                             const float* scales = nullptr, GemvEpilogue ep = {}) {
   const int rows_per_block = kGemvWarps / WPR * RPW;
-  gemv_vec_kernel<T, NT, RPW, UNROLL, WPR>
-      <<<unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s>>>(
-          W, x, y, R, K, scales, ep);
+  launch(gemv_vec_kernel<T, NT, RPW, UNROLL, WPR>,
+         unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s, W, x, y, R, K,
+         scales, ep);
 }
 
 // `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
@@ -300,18 +312,17 @@ inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cud
   const int rows_per_block = kGemvWarps / WPR * RPW;
   int R = 0;
   for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
-  gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR>
-      <<<dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
-         kGemvWarps * 32, 0, s>>>(jobs, K);
+  launch(gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR>,
+         dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
+         kGemvWarps * 32, 0, s, jobs, K);
 }
 
 template <typename T, int NT>
 inline void launch_gemv_scalar(const T* W, const float* x, float* y, int R, int K,
                                cudaStream_t s, const float* scales = nullptr,
                                GemvEpilogue ep = {}) {
-  gemv_scalar_kernel<T, NT>
-      <<<unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0, s>>>(W, x, y, R, K,
-                                                                              scales, ep);
+  launch(gemv_scalar_kernel<T, NT>, unsigned((R + kGemvWarps - 1) / kGemvWarps), kGemvWarps * 32, 0,
+         s, W, x, y, R, K, scales, ep);
 }
 
 }  // namespace rwkvpp::cuda

@@ -16,6 +16,7 @@ constexpr int kWarps = 8;
 
 __global__ void head_l2_normalize_kernel(const float* x, float* y, int64_t groups, int64_t N,
                                          float eps) {
+  pdl_begin();
   const int lane = threadIdx.x & 31;
   for (int64_t g = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); g < groups;
        g += int64_t(gridDim.x) * kWarps) {
@@ -31,6 +32,7 @@ __global__ void head_l2_normalize_kernel(const float* x, float* y, int64_t group
 __global__ void head_dot_add_kernel(const float* __restrict__ a, const float* __restrict__ b,
                                     const float* __restrict__ w, const float* __restrict__ c,
                                     float* __restrict__ y, int64_t groups, int64_t H, int64_t N) {
+  pdl_begin();
   const int lane = threadIdx.x & 31;
   for (int64_t g = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); g < groups;
        g += int64_t(gridDim.x) * kWarps) {
@@ -52,7 +54,7 @@ void head_l2_normalize(const float* x, float* y, int64_t n, int64_t H, int64_t N
                        cudaStream_t s) {
   const int64_t groups = n * H;
   if (groups == 0 || N == 0) return;
-  head_l2_normalize_kernel<<<groups_grid(groups), kWarps * 32, 0, s>>>(x, y, groups, N, eps);
+  launch(head_l2_normalize_kernel, groups_grid(groups), kWarps * 32, 0, s, x, y, groups, N, eps);
   RWKVPP_CUDA_LAUNCHED("head_l2_normalize_kernel");
 }
 
@@ -60,7 +62,7 @@ void head_dot_add(const float* a, const float* b, const float* w, const float* c
                   int64_t n, int64_t H, int64_t N, cudaStream_t s) {
   const int64_t groups = n * H;
   if (groups == 0 || N == 0) return;
-  head_dot_add_kernel<<<groups_grid(groups), kWarps * 32, 0, s>>>(a, b, w, c, y, groups, H, N);
+  launch(head_dot_add_kernel, groups_grid(groups), kWarps * 32, 0, s, a, b, w, c, y, groups, H, N);
   RWKVPP_CUDA_LAUNCHED("head_dot_add_kernel");
 }
 

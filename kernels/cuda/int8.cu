@@ -23,6 +23,7 @@ __device__ __forceinline__ __half2 i8x2_to_half2(uint32_t p_xor, unsigned sel) {
 // halves (two uint4). Requires q and out 16-byte aligned; chunks = count / 16.
 __global__ void dequant_vec_kernel(const uint4* __restrict__ q, uint4* __restrict__ out,
                                    int64_t chunks) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < chunks;
        i += int64_t(gridDim.x) * blockDim.x) {
     const uint4 u = q[i];
@@ -45,6 +46,7 @@ __global__ void dequant_vec_kernel(const uint4* __restrict__ q, uint4* __restric
 // Scalar kernel for [begin, count): one value per thread and step.
 __global__ void dequant_scalar_kernel(const int8_t* __restrict__ q, __half* __restrict__ out,
                                       int64_t begin, int64_t count) {
+  pdl_begin();
   for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __int2half_rn(int(q[i]));
@@ -60,14 +62,15 @@ void dequant_i8_f16(const int8_t* q, __half* out, int64_t count, cudaStream_t s)
   if (aligned16(q) && aligned16(out)) {
     const int64_t chunks = count / 16;
     if (chunks > 0) {
-      dequant_vec_kernel<<<grid_for(chunks, kThreads), kThreads, 0, s>>>(
-          reinterpret_cast<const uint4*>(q), reinterpret_cast<uint4*>(out), chunks);
+      launch(dequant_vec_kernel, grid_for(chunks, kThreads), kThreads, 0, s,
+             reinterpret_cast<const uint4*>(q), reinterpret_cast<uint4*>(out), chunks);
       RWKVPP_CUDA_LAUNCHED("dequant_vec_kernel");
     }
     done = chunks * 16;
   }
   if (done < count) {
-    dequant_scalar_kernel<<<grid_for(count - done, kThreads), kThreads, 0, s>>>(q, out, done, count);
+    launch(dequant_scalar_kernel, grid_for(count - done, kThreads), kThreads, 0, s, q, out, done,
+           count);
     RWKVPP_CUDA_LAUNCHED("dequant_scalar_kernel");
   }
 }

@@ -16,6 +16,7 @@ namespace {
 __global__ void norm_rows_kernel(const float* x, const float* __restrict__ w,
                                  const float* __restrict__ b, float* y, int64_t rows,
                                  int64_t width, int64_t period, float eps) {
+  pdl_begin();
   __shared__ float red[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * width;
@@ -48,7 +49,7 @@ void norm_rows(const float* x, const float* w, const float* b, float* y, int64_t
   // Round the width up to whole warps; 256 threads at most (wider rows loop).
   const int threads = int(std::min<int64_t>(256, (width + 31) / 32 * 32));
   const unsigned grid = unsigned(std::min<int64_t>(rows, 1 << 20));
-  norm_rows_kernel<<<grid, threads, 0, s>>>(x, w, b, y, rows, width, period, eps);
+  launch(norm_rows_kernel, grid, threads, 0, s, x, w, b, y, rows, width, period, eps);
   RWKVPP_CUDA_LAUNCHED("norm_rows_kernel");
 }
 

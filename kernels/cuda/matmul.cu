@@ -179,6 +179,7 @@ __device__ float block_max(float v) {
 // Block (b, j) writes the largest |input j| over its grid-stride share to partials[j * G + b].
 template <bool RELU2>
 __global__ void amax_blocks_kernel(ConvJobs jobs, float* partials) {
+  pdl_begin();
   const int j = blockIdx.y;
   const float* x = j == 0 ? jobs.x[0] : j == 1 ? jobs.x[1] : jobs.x[2];
   const int64_t count = j == 0 ? jobs.count[0] : j == 1 ? jobs.count[1] : jobs.count[2];
@@ -204,6 +205,7 @@ __global__ void amax_blocks_kernel(ConvJobs jobs, float* partials) {
 template <bool RELU2, bool SHARED>
 __global__ void convert_f16_kernel(ConvJobs jobs, const float* partials, int G, int njobs,
                                    float* alphas) {
+  pdl_begin();
   const int j = blockIdx.y;
   const int lo = SHARED ? 0 : j * G, hi = SHARED ? njobs * G : (j + 1) * G;
   float m = 0.0f;
@@ -244,14 +246,24 @@ void convert_x_f16(const ConvJobs& jobs, int njobs, bool shared, bool relu2, flo
   const unsigned ga = std::max(1u, std::min<unsigned>((g + 7) / 8, kAmaxBlocks));
   float* partials = consts + kConstPartials;
   const dim3 grid_a(ga, unsigned(njobs)), grid_c(std::min(g, kConvertBlocks), unsigned(njobs));
-  if (relu2) amax_blocks_kernel<true><<<grid_a, kThreads, 0, s>>>(jobs, partials);
-  else amax_blocks_kernel<false><<<grid_a, kThreads, 0, s>>>(jobs, partials);
+  if (relu2)
+    launch(amax_blocks_kernel<true>, grid_a, kThreads, 0, s, jobs, partials);
+  else
+    launch(amax_blocks_kernel<false>, grid_a, kThreads, 0, s, jobs, partials);
   RWKVPP_CUDA_LAUNCHED("amax_blocks_kernel");
   float* alphas = consts + kConstAlpha;
-  if (relu2 && shared) convert_f16_kernel<true, true><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
-  else if (relu2) convert_f16_kernel<true, false><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
-  else if (shared) convert_f16_kernel<false, true><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
-  else convert_f16_kernel<false, false><<<grid_c, kThreads, 0, s>>>(jobs, partials, int(ga), njobs, alphas);
+  if (relu2 && shared)
+    launch(convert_f16_kernel<true, true>, grid_c, kThreads, 0, s, jobs, partials, int(ga), njobs,
+           alphas);
+  else if (relu2)
+    launch(convert_f16_kernel<true, false>, grid_c, kThreads, 0, s, jobs, partials, int(ga), njobs,
+           alphas);
+  else if (shared)
+    launch(convert_f16_kernel<false, true>, grid_c, kThreads, 0, s, jobs, partials, int(ga), njobs,
+           alphas);
+  else
+    launch(convert_f16_kernel<false, false>, grid_c, kThreads, 0, s, jobs, partials, int(ga), njobs,
+           alphas);
   RWKVPP_CUDA_LAUNCHED("convert_f16_kernel");
 }
 
@@ -279,12 +291,14 @@ ConvJobs scratch_jobs(const float* const* x, int count, int64_t cnt, __half* xh)
 // out[i] = bf16(x[i]), one thread per element (grid-stride).
 __global__ void convert_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ out,
                                     int64_t count) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = __float2bfloat16_rn(x[i]);
 }
 
 __global__ void epilogue_kernel(const float* v, float* y, int64_t count, GemvEpilogue ep) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
     ep.store(y, i, v[i]);
@@ -294,6 +308,7 @@ __global__ void epilogue_kernel(const float* v, float* y, int64_t count, GemvEpi
 // count values, then lo. One thread per element (grid-stride).
 __global__ void split_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ out,
                                   int64_t count) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float v = x[i];
@@ -373,7 +388,7 @@ bool matmul_folds(const WeightView& W, int64_t n, const MatmulOpts& o) {
 void apply_epilogue(const float* v, float* y, int64_t count, const GemvEpilogue& ep,
                     cudaStream_t s) {
   if (count == 0) return;
-  epilogue_kernel<<<grid_for(count, kThreads), kThreads, 0, s>>>(v, y, count, ep);
+  launch(epilogue_kernel, grid_for(count, kThreads), kThreads, 0, s, v, y, count, ep);
   RWKVPP_CUDA_LAUNCHED("epilogue_kernel");
 }
 
@@ -417,7 +432,7 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
     auto* xs = static_cast<__nv_bfloat16*>(scratch);
     float* ys = reinterpret_cast<float*>(static_cast<char*>(scratch) +
                                          round256(size_t(2 * count) * 2));
-    split_bf16_kernel<<<g, kThreads, 0, s>>>(x, xs, count);
+    launch(split_bf16_kernel, g, kThreads, 0, s, x, xs, count);
     RWKVPP_CUDA_LAUNCHED("split_bf16_kernel");
     RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(2 * n), int(K), &one,
                                      W.data, CUDA_R_16BF, int(K), xs, CUDA_R_16BF, int(K), &zero,
@@ -428,7 +443,7 @@ void matmul(cublasHandle_t h, const WeightView& W, const float* x, float* y, int
   }
   if (W.dtype == DType::BF16) {
     auto* xb = static_cast<__nv_bfloat16*>(scratch);
-    convert_bf16_kernel<<<g, kThreads, 0, s>>>(x, xb, count);
+    launch(convert_bf16_kernel, g, kThreads, 0, s, x, xb, count);
     RWKVPP_CUDA_LAUNCHED("convert_bf16_kernel");
     RWKVPP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(R), int(n), int(K), &one,
                                      W.data, CUDA_R_16BF, int(K), xb, CUDA_R_16BF, int(K), &zero,

@@ -18,6 +18,7 @@ constexpr int kThreads = 256;
 __global__ void token_shift_kernel(const float* __restrict__ x, int64_t d,
                                    const Segment* __restrict__ segs, float* state, int64_t stride,
                                    int64_t off, float* __restrict__ prev) {
+  pdl_begin();
   const Segment sg = segs[blockIdx.y];
   const int64_t count = int64_t(sg.len) * d;
   float* st = state + int64_t(sg.slot) * stride + off;
@@ -79,6 +80,7 @@ __global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* 
                                       const float* __restrict__ b, float eps, int64_t d,
                                       const Segment* __restrict__ segs, float* state,
                                       int64_t stride, int64_t off, MixOut mix, int64_t slice) {
+  pdl_begin();
   __shared__ float red[32];
   const Segment sg = segs[blockIdx.y];
   const float* xr = x + int64_t(sg.start) * d;
@@ -127,10 +129,22 @@ void norm_shift_mix_decode(const float* x, const float* w, const float* b, float
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const dim3 g(unsigned(slices), unsigned(std::min<int64_t>(n_segs - s0, 65535)));
     switch (nmix) {
-      case 1: norm_shift_mix_kernel<1><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix, slice); break;
-      case 2: norm_shift_mix_kernel<2><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix, slice); break;
-      case 3: norm_shift_mix_kernel<3><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix, slice); break;
-      case 4: norm_shift_mix_kernel<4><<<g, threads, 0, s>>>(x, w, b, eps, d, segs + s0, state, stride, off, mix, slice); break;
+      case 1:
+        launch(norm_shift_mix_kernel<1>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
+               stride, off, mix, slice);
+        break;
+      case 2:
+        launch(norm_shift_mix_kernel<2>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
+               stride, off, mix, slice);
+        break;
+      case 3:
+        launch(norm_shift_mix_kernel<3>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
+               stride, off, mix, slice);
+        break;
+      case 4:
+        launch(norm_shift_mix_kernel<4>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
+               stride, off, mix, slice);
+        break;
       default: fail_msg("norm_shift_mix: 1 to 4 mixes");
     }
     RWKVPP_CUDA_LAUNCHED("norm_shift_mix_kernel");
@@ -143,7 +157,8 @@ void token_shift(const float* x, int64_t d, const Segment* segs, int64_t n_segs,
   const unsigned gx = std::min<unsigned>(grid_for(int64_t(max_len) * d, kThreads), 1024);
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const unsigned gy = unsigned(std::min<int64_t>(n_segs - s0, 65535));
-    token_shift_kernel<<<dim3(gx, gy), kThreads, 0, s>>>(x, d, segs + s0, state, stride, off, prev);
+    launch(token_shift_kernel, dim3(gx, gy), kThreads, 0, s, x, d, segs + s0, state, stride, off,
+           prev);
     RWKVPP_CUDA_LAUNCHED("token_shift_kernel");
   }
 }

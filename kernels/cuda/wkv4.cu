@@ -23,6 +23,7 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
                             const Segment* __restrict__ segs, float* state, int64_t stride,
                             int64_t off_aa, float* __restrict__ out, int64_t d,
                             const float* __restrict__ gate) {
+  pdl_begin();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= d) return;
   const Segment sg = segs[blockIdx.y];
@@ -63,8 +64,8 @@ void wkv4(const float* k, const float* v, const float* w, const float* u, const 
   const unsigned gx = unsigned((d + kThreads - 1) / kThreads);
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const unsigned gy = unsigned(std::min<int64_t>(n_segs - s0, 65535));
-    wkv4_kernel<<<dim3(gx, gy), kThreads, 0, s>>>(k, v, w, u, segs + s0, state, stride, off_aa,
-                                                   out, d, gate);
+    launch(wkv4_kernel, dim3(gx, gy), kThreads, 0, s, k, v, w, u, segs + s0, state, stride, off_aa,
+           out, d, gate);
     RWKVPP_CUDA_LAUNCHED("wkv4_kernel");
   }
 }

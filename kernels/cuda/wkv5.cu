@@ -28,6 +28,7 @@ __global__ void __launch_bounds__(N) wkv5_reg(const float* __restrict__ r, const
                                               const Segment* __restrict__ segs, float* state,
                                               int64_t stride, int64_t off, float* __restrict__ out,
                                               int64_t H) {
+  pdl_begin();
   __shared__ float sr[N], sk[N], sw[N], su[N];
   const int h = blockIdx.x, j = threadIdx.x;
   const Segment sg = segs[blockIdx.y];
@@ -80,6 +81,7 @@ __global__ void wkv5_any(const float* __restrict__ r, const float* __restrict__ 
                          const float* __restrict__ u, const Segment* __restrict__ segs,
                          float* state, int64_t stride, int64_t off, float* __restrict__ out,
                          int64_t H, int N) {
+  pdl_begin();
   extern __shared__ float sh[];
   float *sr = sh, *sk = sh + N, *sw = sh + 2 * N, *su = sh + 3 * N;
   const int h = blockIdx.x, j = threadIdx.x;
@@ -126,13 +128,15 @@ void wkv5(const float* r, const float* k, const float* v, const float* w, bool w
     const dim3 grid(unsigned(H), unsigned(std::min<int64_t>(n_segs - s0, 65535)));
     const Segment* sg = segs + s0;
     if (N == 64) {
-      wkv5_reg<64><<<grid, 64, 0, s>>>(r, k, v, w, w_per_token, u, sg, state, stride, off, out, H);
+      launch(wkv5_reg<64>, grid, 64, 0, s, r, k, v, w, w_per_token, u, sg, state, stride, off, out,
+             H);
     } else if (N == 32) {
-      wkv5_reg<32><<<grid, 32, 0, s>>>(r, k, v, w, w_per_token, u, sg, state, stride, off, out, H);
+      launch(wkv5_reg<32>, grid, 32, 0, s, r, k, v, w, w_per_token, u, sg, state, stride, off, out,
+             H);
     } else {
       const int threads = int((N + 31) / 32 * 32);
-      wkv5_any<<<grid, threads, size_t(4 * N) * sizeof(float), s>>>(
-          r, k, v, w, w_per_token, u, sg, state, stride, off, out, H, int(N));
+      launch(wkv5_any, grid, threads, size_t(4 * N) * sizeof(float), s, r, k, v, w, w_per_token, u,
+             sg, state, stride, off, out, H, int(N));
     }
     RWKVPP_CUDA_LAUNCHED("wkv5_kernel");
   }

@@ -30,6 +30,7 @@ __global__ void __launch_bounds__(N) wkv7_reg(const float* __restrict__ r, const
                                               const Segment* __restrict__ segs, float* state,
                                               int64_t stride, int64_t off, float* __restrict__ out,
                                               int64_t H) {
+  pdl_begin();
   __shared__ float tile[N][N + 1];  // +1: row-wise reads by thread j hit distinct banks
   __shared__ float sr[N], sw[N], sk[N], sa[N], sb[N];
   const int h = blockIdx.x, j = threadIdx.x;
@@ -103,6 +104,7 @@ __global__ void wkv7_any(const float* __restrict__ r, const float* __restrict__ 
                          const float* __restrict__ a, const float* __restrict__ b,
                          const Segment* __restrict__ segs, float* state, int64_t stride,
                          int64_t off, float* __restrict__ out, int64_t H, int N) {
+  pdl_begin();
   extern __shared__ float sh[];
   float *sr = sh, *sw = sh + N, *sk = sh + 2 * N, *sa = sh + 3 * N, *sb = sh + 4 * N;
   const int h = blockIdx.x, j = threadIdx.x;
@@ -148,13 +150,13 @@ void wkv7(const float* r, const float* w, const float* k, const float* v, const 
     const dim3 grid(unsigned(H), unsigned(std::min<int64_t>(n_segs - s0, 65535)));
     const Segment* sg = segs + s0;
     if (N == 64) {
-      wkv7_reg<64><<<grid, 64, 0, s>>>(r, w, k, v, a, b, sg, state, stride, off, out, H);
+      launch(wkv7_reg<64>, grid, 64, 0, s, r, w, k, v, a, b, sg, state, stride, off, out, H);
     } else if (N == 32) {
-      wkv7_reg<32><<<grid, 32, 0, s>>>(r, w, k, v, a, b, sg, state, stride, off, out, H);
+      launch(wkv7_reg<32>, grid, 32, 0, s, r, w, k, v, a, b, sg, state, stride, off, out, H);
     } else {
       const int threads = int((N + 31) / 32 * 32);
-      wkv7_any<<<grid, threads, size_t(5 * N) * sizeof(float), s>>>(r, w, k, v, a, b, sg, state,
-                                                                     stride, off, out, H, int(N));
+      launch(wkv7_any, grid, threads, size_t(5 * N) * sizeof(float), s, r, w, k, v, a, b, sg, state,
+             stride, off, out, H, int(N));
     }
     RWKVPP_CUDA_LAUNCHED("wkv7_kernel");
   }
