@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "common/trace.h"
 #include "kernels/backend.h"
 #include "shards/model_reader.h"
 #include "shards/synthetic.h"
@@ -95,6 +96,7 @@ void serve_steps(Transport& t, StepLoop& loop, int coord) {
     if (!busy) t.wait_some(std::chrono::milliseconds(1));
   }
   loop.drain();
+  trace::dump(t.rank());
   send_blocking(t, coord, kTagCtrl, encode_stats(loop.stats()));
 }
 
@@ -292,6 +294,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         auto b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
         stats.push_back(decode_stats(decode_message(b, kCtrlCap), fmt::format("Stats from rank {}", r)));
       }
+      trace::dump(rank);
       if (opt.on_report) opt.on_report(ClusterReport{stage_ranks, plan, readies, stats});
       if (opt.stats) {
         double wall = std::max(engine.run_seconds(), 1e-9);

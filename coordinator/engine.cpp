@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <deque>
 
+#include "common/trace.h"
 #include "worker/step_loop.h"
 
 namespace rwkvpp {
@@ -157,6 +158,7 @@ bool Engine::schedule() {
   tokens_ += uint64_t(tokens);
   f.keep.push_back(encode_step(m, nullptr, 0));
   f.send = t_.post_send(stage_ranks_.front(), kTagStep, f.keep.back().data(), f.keep.back().size());
+  trace::mark(trace::Point::StepPosted, m.step);
   inflight_.emplace(m.step, std::move(f));
   return true;
 }
@@ -199,6 +201,7 @@ void Engine::handle_result(const ResultMsg& r) {
 bool Engine::poll_results() {
   Completion c;
   if (!t_.test(rreq_, &c)) return false;
+  const uint64_t arrived = trace::now_ns();
   // Double buffering: the next result lands in the spare buffer while this one is handled.
   std::swap(rbuf_, rspare_);
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
@@ -206,7 +209,9 @@ bool Engine::poll_results() {
   last_seen_[c.peer] = Clock::now();
   std::string what = fmt::format("Result from rank {}", c.peer);
   Message msg = decode_message({cur.data(), c.bytes}, rbuf_.size());
-  handle_result(decode_result(msg, what));
+  ResultMsg r = decode_result(msg, what);
+  trace::mark(trace::Point::ResultIn, r.step, arrived);
+  handle_result(r);
   return true;
 }
 

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <utility>
 
+#include "common/trace.h"
+
 namespace rwkvpp {
 
 using Clock = std::chrono::steady_clock;
@@ -291,10 +293,12 @@ bool StepLoop::poll() {
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
   rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
+  arrived_ns_ = trace::now_ns();
   auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
+  if (trace::on() && traced_step_ != ~uint64_t(0)) trace::mark(trace::Point::StepQueued, traced_step_);
   idle_since_ = Clock::now();
   stats_.handle_s += std::chrono::duration<double>(idle_since_ - t0).count();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes
@@ -308,10 +312,13 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
+  traced_step_ = ~uint64_t(0);
   if (msg.header.msg_type() == MsgType::Share) return on_accept(msg);
   if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", what, msg_type_name(msg.header.type));
   std::span<const uint8_t> hidden_bytes;
   StepMsg s = decode_step(msg, what, &hidden_bytes);
+  traced_step_ = s.step;
+  trace::mark(trace::Point::StepArrived, s.step, arrived_ns_);
 
   for (const SlotOp& op : s.ops) {
     if (op.slot < 0 || op.slot >= a_.max_slots) fail("{}: slot {} out of range", what, op.slot);
@@ -480,6 +487,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     std::copy(marks, marks + 5, o.marks);
     o.fence = be.fence();
     o.make = [this, s = std::move(s), m](const uint8_t* p) {
+      trace::mark(trace::Point::ResultReady, s.step);
       auto* ids = reinterpret_cast<const int32_t*>(p);
       return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), sampling_, penalty_));
     };

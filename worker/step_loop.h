@@ -132,6 +132,8 @@ class StepLoop {
   std::chrono::steady_clock::time_point step_started_;
   uint64_t hb_seq_ = 0;
   StatsMsg stats_;
+  // RWKVPP_TRACE (common/trace.h): when the Step being handled arrived, and its number.
+  uint64_t arrived_ns_ = 0, traced_step_ = ~uint64_t(0);
 };
 
 }  // namespace rwkvpp
