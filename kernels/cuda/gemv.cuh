@@ -95,41 +95,6 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
   return u;
 }
 
-// Bytes of weights a GEMV launch asks the L2 to fetch ahead, over its whole grid: each block,
-// before pdl_begin(), prefetches the start of its own rows (one contiguous range) with
-// cp.async.bulk.prefetch.L2, its share being this over the number of blocks. Under programmatic
-// dependent launch the blocks that are resident while the previous kernel still runs (a layer
-// norm, the WKV: short kernels that leave the memory idle) thus start the weight stream early.
-// RWKVPP_GEMV_PREFETCH_MB sets it (default 16, a third of an H100's L2; 0: none). Read once.
-inline uint64_t gemv_prefetch_bytes() {
-  static const uint64_t b = [] {
-    const char* e = std::getenv("RWKVPP_GEMV_PREFETCH_MB");
-    const long mb = e && *e ? std::atol(e) : 16;
-    return uint64_t(mb > 0 ? mb : 0) << 20;
-  }();
-  return b;
-}
-
-// The block's part of a grid-wide prefetch of `total` bytes: rows [first, first + rows) of W
-// (K elements each), from their start, at most total / (blocks in the grid) bytes, split over
-// the block's threads in 16-byte multiples. W rows are 16-byte aligned (as the vector kernel
-// requires). A hint: nothing waits for it.
-template <typename T>
-__device__ __forceinline__ void prefetch_rows_l2(const T* W, int first, int rows, int K,
-                                                 uint64_t total) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (total == 0 || rows <= 0) return;
-  const uint64_t share = total / (uint64_t(gridDim.x) * gridDim.y);
-  const uint64_t bytes = min(uint64_t(rows) * uint64_t(K) * sizeof(T), share) & ~uint64_t(15);
-  const uint64_t per = ((bytes + blockDim.x - 1) / blockDim.x + 15) & ~uint64_t(15);
-  const uint64_t off = uint64_t(threadIdx.x) * per;
-  if (off >= bytes) return;
-  const char* p = reinterpret_cast<const char*>(W + int64_t(first) * K) + off;
-  const uint32_t n = uint32_t(min(per, bytes - off));
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(n) : "memory");
-#endif
-}
-
 // What a GEMV does with each result v before storing it (Backend::Epilogue): an activation,
 // a gate multiply, and accumulation into y. Uniform across the grid, so the branches cost
 // nothing; the default stores v as it is.
@@ -168,16 +133,11 @@ template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const float* __restrict__ x,
                                               float* __restrict__ y, int R, int K,
                                               const float* __restrict__ scales,
-                                              const GemvEpilogue& ep, uint64_t prefetch) {
+                                              const GemvEpilogue& ep) {
   static_assert(kGemvWarps % WPR == 0, "WPR divides the block's warps");
   constexpr int V = Pack16<T>::n;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = (blockIdx.x * (kGemvWarps / WPR) + warp / WPR) * RPW;
-  {
-    constexpr int kRowsPerBlock = kGemvWarps / WPR * RPW;
-    const int first = int(blockIdx.x) * kRowsPerBlock;
-    prefetch_rows_l2(W, first, min(kRowsPerBlock, R - first), K, prefetch);
-  }
   if constexpr (WPR == 1) {
     if (r0 >= R) return;  // reads and writes nothing: needs no pdl_begin()
   }
@@ -273,9 +233,8 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
 template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                    int R, int K, const float* __restrict__ scales, GemvEpilogue ep,
-                    uint64_t prefetch) {
-  gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(W, x, y, R, K, scales, ep, prefetch);
+                    int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
+  gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(W, x, y, R, K, scales, ep);
 }
 
 // Several GEMVs with the same K (and dtype, token count) in one launch: blockIdx.y picks the
@@ -298,17 +257,13 @@ struct GemvJobs {
 };
 
 template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_vec_group_kernel(GemvJobs<T> jobs, int K, uint64_t prefetch) {
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs, int K) {
   if (blockIdx.y == 0)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K,
-                                           jobs.j[0].scales, jobs.j[0].ep, prefetch);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K, jobs.j[0].scales, jobs.j[0].ep);
   else if (blockIdx.y == 1)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K,
-                                           jobs.j[1].scales, jobs.j[1].ep, prefetch);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K, jobs.j[1].scales, jobs.j[1].ep);
   else
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K,
-                                           jobs.j[2].scales, jobs.j[2].ep, prefetch);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K, jobs.j[2].scales, jobs.j[2].ep);
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
@@ -348,7 +303,7 @@ inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, 
   const int rows_per_block = kGemvWarps / WPR * RPW;
   launch(gemv_vec_kernel<T, NT, RPW, UNROLL, WPR>,
          unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s, W, x, y, R, K,
-         scales, ep, gemv_prefetch_bytes());
+         scales, ep);
 }
 
 // `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
@@ -359,7 +314,7 @@ inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cud
   for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
   launch(gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR>,
          dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
-         kGemvWarps * 32, 0, s, jobs, K, gemv_prefetch_bytes());
+         kGemvWarps * 32, 0, s, jobs, K);
 }
 
 template <typename T, int NT>
