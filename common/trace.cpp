@@ -36,6 +36,8 @@ const char* name(Point p) {
   switch (p) {
     case Point::StepPosted: return "step_posted";
     case Point::StepArrived: return "step_arrived";
+    case Point::InputQueued: return "input_queued";
+    case Point::LayersQueued: return "layers_queued";
     case Point::StepQueued: return "step_queued";
     case Point::ResultReady: return "result_ready";
     case Point::ResultIn: return "result_in";

@@ -12,6 +12,8 @@ namespace rwkvpp::trace {
 enum class Point : uint8_t {
   StepPosted,   // coordinator: the Step is handed to MPI for stage 0
   StepArrived,  // stage: the Step's message has arrived (receive completed)
+  InputQueued,  // stage: its input (embedding, or the hidden vectors' copy) is queued
+  LayersQueued, // stage: its layers are queued (a graph launched, or each op)
   StepQueued,   // stage: its work is queued on the device and its message to the next stage posted
   ResultReady,  // last stage: the device has written the sampled ids (its fence passed)
   ResultIn,     // coordinator: the Result has arrived

@@ -4,7 +4,10 @@ common/trace.h) and prints where a step's time goes between hosts, as medians ov
 (a batch-1 decode run is mostly alike steps, so the median is the decode step):
   engine        the coordinator's Result arrived -> the next Step posted
   to stage i    the message posted (or the previous stage's work queued) -> stage i's host has it
-  queue i       stage i's host: the Step arrived -> its work queued (graph launched, header sent)
+  queue i       stage i's host: the Step arrived -> its work queued (graph launched, header sent),
+                split into: input i (-> the embedding or the hidden vectors' copy queued), layers i
+                (-> its layers queued) and out i (-> the head or the copy to the next stage queued,
+                the message posted)
   device tail   the last stage's work queued -> its sampled ids seen by its host (device time of
                 the layers not yet done when it queued, the hops between devices, the head)
   result        the ids seen -> the Result at the coordinator
@@ -38,6 +41,11 @@ for s in steps:
         arr, q = ev[i]["step_arrived"][s], ev[i]["step_queued"][s]
         add(f"to stage {i}", arr - prev)
         add(f"queue {i}", q - arr)
+        inp, lay = ev[i].get("input_queued", {}).get(s), ev[i].get("layers_queued", {}).get(s)
+        if inp is not None and lay is not None:
+            add(f"  input {i}", inp - arr)
+            add(f"  layers {i}", lay - inp)
+            add(f"  out {i}", q - lay)
         prev = q
     add("device tail", ready[s] - prev)
     add("result", res_in[s] - ready[s])

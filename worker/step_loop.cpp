@@ -412,9 +412,11 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       main_used_[b] = true;
     }
   };
+  trace::mark(trace::Point::InputQueued, s.step);
   marks[1] = mark();
   stage_.forward(s.segs, h);
   marks[2] = mark();
+  trace::mark(trace::Point::LayersQueued, s.step);
   // Marks of a step that sends no fenced message are not read.
   auto drop_marks = [&] {
     for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
