@@ -1,8 +1,6 @@
 #include "worker/stage.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/error.h"
 
@@ -33,7 +31,6 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
     head_ = std::make_unique<Head>(be, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
                                    src.tensor("head.weight"), spec.dtype);
   pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
-  if (const char* e = std::getenv("RWKVPP_GRAPH_SPLIT"); e && *e) graph_split_ = std::max(0, std::atoi(e));
 }
 
 size_t Stage::weight_bytes() const {
@@ -68,8 +65,7 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h) {
   for (const Segment& s : segs)
     if (s.slot < 0 || s.slot >= spec_.max_slots)
       fail("state slot {} is out of range (this stage has {} slots)", s.slot, spec_.max_slots);
-  const size_t L = blocks_.size();
-  if (graphs_ && L > 0 && h.n <= kGraphMaxTokens && st.max_len == 1) {
+  if (graphs_ && !blocks_.empty() && h.n <= kGraphMaxTokens && st.max_len == 1) {
     // What the recorded kernels bake in: this stage (its weights, state and workspace, whose
     // reallocation frees memory and so drops every recording), the batch size (== segments),
     // the hidden buffer, and the segment table's device copy, refilled above before a replay.
@@ -79,33 +75,24 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h) {
                        uint64_t(reinterpret_cast<uintptr_t>(h.v_first)),
                        uint64_t(reinterpret_cast<uintptr_t>(st.device))})
       key = (key ^ v) * 1099511628211ull;
-    // Two recordings when split: the first `graph_split_` layers, then the rest, so the device
-    // starts on the short first one while the host still launches the second.
-    const size_t split = graph_split_ > 0 && size_t(graph_split_) < L ? size_t(graph_split_) : L;
-    const size_t parts[3] = {0, split, L};
-    for (int p = 0; p < 2 && parts[p] < parts[p + 1]; ++p) {
-      const uint64_t k = (key ^ (uint64_t(parts[p]) << 32 | parts[p + 1])) * 1099511628211ull;
-      if (be_.graph_launch(k)) continue;
-      if (graph_seen_.size() > 4096) graph_seen_.clear();
-      if (!graph_seen_.insert(k).second && be_.graph_begin(k)) {
-        try {
-          run_layers(st, h, parts[p], parts[p + 1]);
-        } catch (...) {
-          be_.graph_cancel();
-          throw;
-        }
-        be_.graph_end(k);
-        continue;
+    if (be_.graph_launch(key)) return;
+    if (graph_seen_.size() > 4096) graph_seen_.clear();
+    if (!graph_seen_.insert(key).second && be_.graph_begin(key)) {
+      try {
+        run_layers(st, h);
+      } catch (...) {
+        be_.graph_cancel();
+        throw;
       }
-      run_layers(st, h, parts[p], parts[p + 1]);
+      be_.graph_end(key);
+      return;
     }
-    return;
   }
-  run_layers(st, h, 0, L);
+  run_layers(st, h);
 }
 
-void Stage::run_layers(const SegTable& st, Hidden& h, size_t first, size_t last) {
-  for (size_t i = first; i < last; ++i) blocks_[i]->forward(be_, ws_, st, h, pool_->layer_state(i));
+void Stage::run_layers(const SegTable& st, Hidden& h) {
+  for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i]->forward(be_, ws_, st, h, pool_->layer_state(i));
 }
 
 void Stage::logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out) {

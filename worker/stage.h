@@ -71,10 +71,7 @@ class Stage {
   bool graphs_ = true;
   std::unordered_set<uint64_t> graph_seen_;  // keys of decode shapes run once already
 
-  // Decode recordings: the first graph_split_ layers, then the rest, as two graphs (0: one).
-  // RWKVPP_GRAPH_SPLIT sets it (measurements, docs/perf.md).
-  int graph_split_ = 0;
-  void run_layers(const SegTable& st, Hidden& h, size_t first, size_t last);
+  void run_layers(const SegTable& st, Hidden& h);
 };
 
 }  // namespace rwkvpp
