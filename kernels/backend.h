@@ -127,15 +127,16 @@ class SharedBuffer {
 };
 
 // Ordering between the queues of two processes' devices (Backend::signal_create/open):
-// record() marks the ops queued so far on this side; wait() makes the ops queued from now on
-// wait until the device has got past the last record() made before the call (the other
-// process's host must have made it first: the protocol sends a message after recording).
-// Synchronous devices order everything on the host already: their signals do nothing.
+// record() marks the ops queued so far on this side; wait(count) makes the ops queued from now
+// on wait until the device has got past the count-th record() (counting from 1; the other
+// process's host must have made it first: the protocol sends a message after recording, and
+// knows how many it made; count 0 waits for nothing). Synchronous devices order everything on
+// the host already: their signals do nothing.
 class SharedSignal {
  public:
   virtual ~SharedSignal() = default;
   virtual void record() = 0;
-  virtual void wait() = 0;
+  virtual void wait(uint64_t count) = 0;
   virtual const std::vector<uint8_t>& handle() const = 0;
 };
 

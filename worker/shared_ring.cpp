@@ -45,7 +45,8 @@ void SharedRx::take(int slot, void* dst, size_t bytes, const std::string& what) 
   if (slot != next_) fail("{}: hidden vectors in shared slot {}, expected slot {}", what, slot, next_);
   if (bytes > slot_bytes_) fail("{}: {} bytes of hidden vectors do not fit a {}-byte slot", what, bytes, slot_bytes_);
   next_ = (next_ + 1) % kSlots;
-  written_[size_t(slot)]->wait();
+  // The slot's u-th use (from 0) follows the predecessor's (u + 1)-th write of it.
+  written_[size_t(slot)]->wait(++uses_[size_t(slot)]);
   be_.copy(dst, slots_[size_t(slot)]->data(), bytes);
   consumed_[size_t(slot)]->record();
 }
@@ -63,6 +64,7 @@ SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : b
     consumed_.push_back(be.signal_open(m.signals[i]));
     written_.push_back(be.signal_create());
   }
+  uses_.assign(slots_.size(), 0);
   credits_ = int(slots_.size());
 }
 
@@ -87,7 +89,8 @@ int SharedTx::put(const void* src, size_t bytes) {
   const int slot = next_;
   next_ = (next_ + 1) % int(slots_.size());
   --credits_;
-  consumed_[size_t(slot)]->wait();
+  // The u-th write of the slot (from 0) follows the successor's u-th reading of it.
+  consumed_[size_t(slot)]->wait(uses_[size_t(slot)]++);
   be_.copy(slots_[size_t(slot)]->data(), src, bytes);
   written_[size_t(slot)]->record();
   return slot;

@@ -44,6 +44,7 @@ class SharedRx {
   std::vector<std::unique_ptr<SharedSignal>> consumed_, written_;
   bool accepted_ = false;
   int next_ = 0;
+  uint64_t uses_[kSlots] = {};  // times each slot has been taken
 };
 
 // The sending stage's side: the successor's slots, opened here.
@@ -64,6 +65,7 @@ class SharedTx {
   size_t slot_bytes_;
   std::vector<std::unique_ptr<SharedBuffer>> slots_;
   std::vector<std::unique_ptr<SharedSignal>> consumed_, written_;
+  std::vector<uint64_t> uses_;  // times each slot has been written
   int credits_ = 0, next_ = 0, oldest_ = 0;
 };
 

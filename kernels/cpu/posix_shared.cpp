@@ -52,7 +52,7 @@ void* map(int fd, size_t bytes, const std::string& name) {
 class HostSignal final : public SharedSignal {
  public:
   void record() override {}
-  void wait() override {}
+  void wait(uint64_t) override {}
   const std::vector<uint8_t>& handle() const override { return handle_; }
 
  private:

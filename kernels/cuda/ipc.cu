@@ -1,5 +1,8 @@
 #include "kernels/cuda/ipc.cuh"
 
+#include <cudaTypedefs.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -36,6 +39,11 @@ class IpcBuffer final : public SharedBuffer {
   std::vector<uint8_t> handle_;
 };
 
+// The first byte of a signal's handle says its kind; the rest is the kind's IPC handle.
+constexpr uint8_t kEventSignal = 'E', kFlagSignal = 'F';
+
+// An interprocess event: record() records it on the stream, wait() makes the stream wait for
+// its last recording (the count is implied).
 class IpcSignal final : public SharedSignal {
  public:
   IpcSignal(int device, cudaEvent_t e, cudaStream_t s, std::vector<uint8_t> handle)
@@ -45,7 +53,9 @@ class IpcSignal final : public SharedSignal {
     cudaEventDestroy(ev_);
   }
   void record() override { RWKVPP_CUDA_CHECK(cudaEventRecord(ev_, s_)); }
-  void wait() override { RWKVPP_CUDA_CHECK(cudaStreamWaitEvent(s_, ev_, 0)); }
+  void wait(uint64_t count) override {
+    if (count > 0) RWKVPP_CUDA_CHECK(cudaStreamWaitEvent(s_, ev_, 0));
+  }
   const std::vector<uint8_t>& handle() const override { return handle_; }
 
  private:
@@ -54,6 +64,86 @@ class IpcSignal final : public SharedSignal {
   cudaStream_t s_;
   std::vector<uint8_t> handle_;
 };
+
+// Stream memory operations of the driver (cuStreamWriteValue32 / cuStreamWaitValue32), found
+// through the runtime so that nothing links libcuda directly; null where the driver lacks them.
+struct MemOps {
+  PFN_cuStreamWriteValue32_v11070 write = nullptr;
+  PFN_cuStreamWaitValue32_v11070 wait = nullptr;
+};
+const MemOps& memops() {
+  static const MemOps m = [] {
+    MemOps r;
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &p, 12000, cudaEnableDefault, &q) ==
+            cudaSuccess && q == cudaDriverEntryPointSuccess)
+      r.write = reinterpret_cast<PFN_cuStreamWriteValue32_v11070>(p);
+    if (cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &p, 12000, cudaEnableDefault, &q) ==
+            cudaSuccess && q == cudaDriverEntryPointSuccess)
+      r.wait = reinterpret_cast<PFN_cuStreamWaitValue32_v11070>(p);
+    cudaGetLastError();
+    if (!r.write || !r.wait) r = MemOps{};
+    return r;
+  }();
+  return m;
+}
+
+// A counter in GPU memory (the recorder's, mapped by the waiter through CUDA IPC): record()
+// writes the number of recordings so far from the stream, after every write queued before it
+// (the driver's default memory barrier); wait(count) makes the stream wait until the counter
+// reaches count (compared modulo 2^32). Waiting is done by the GPU's front end, not a kernel.
+class FlagSignal final : public SharedSignal {
+ public:
+  FlagSignal(int device, uint32_t* flag, bool owner, cudaStream_t s, std::vector<uint8_t> handle)
+      : device_(device), flag_(flag), owner_(owner), s_(s), handle_(std::move(handle)) {}
+  ~FlagSignal() override {
+    cudaSetDevice(device_);
+    if (owner_) cudaFree(flag_);
+    else cudaIpcCloseMemHandle(flag_);
+  }
+  void record() override {
+    check(memops().write(s_, reinterpret_cast<CUdeviceptr>(flag_), ++count_, CU_STREAM_WRITE_VALUE_DEFAULT),
+          "cuStreamWriteValue32");
+  }
+  void wait(uint64_t count) override {
+    if (count == 0) return;
+    check(memops().wait(s_, reinterpret_cast<CUdeviceptr>(flag_), uint32_t(count), CU_STREAM_WAIT_VALUE_GEQ),
+          "cuStreamWaitValue32");
+  }
+  const std::vector<uint8_t>& handle() const override { return handle_; }
+
+ private:
+  void check(CUresult r, const char* what) const {
+    if (r != CUDA_SUCCESS)
+      fail_msg("cuda:" + std::to_string(device_) + ": " + what + " on a shared signal failed (driver error " +
+               std::to_string(int(r)) + ")");
+  }
+  int device_;
+  uint32_t* flag_;
+  bool owner_;
+  cudaStream_t s_;
+  std::vector<uint8_t> handle_;
+  uint32_t count_ = 0;
+};
+
+// Flags where the driver has the memory operations, unless RWKVPP_SHARE_SIGNAL=event.
+bool use_flags() {
+  static const bool on = [] {
+    const char* e = std::getenv("RWKVPP_SHARE_SIGNAL");
+    if (e && std::strcmp(e, "event") == 0) return false;
+    if (e && std::strcmp(e, "flag") == 0) return memops().wait != nullptr;
+    return false;  // default until measured (docs/perf.md)
+  }();
+  return on;
+}
+
+std::vector<uint8_t> tagged(uint8_t kind, const void* p, size_t n) {
+  std::vector<uint8_t> v(1 + n);
+  v[0] = kind;
+  std::memcpy(v.data() + 1, p, n);
+  return v;
+}
 
 }  // namespace
 
@@ -88,6 +178,19 @@ std::unique_ptr<SharedBuffer> ipc_open(int device, std::span<const uint8_t> hand
 
 std::unique_ptr<SharedSignal> ipc_signal_create(int device, cudaStream_t s) {
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));
+  if (use_flags()) {
+    uint32_t* f = nullptr;
+    RWKVPP_CUDA_CHECK(cudaMalloc(&f, sizeof(uint32_t)));
+    cudaIpcMemHandle_t h;
+    const cudaError_t e = cudaIpcGetMemHandle(&h, f);
+    if (e != cudaSuccess) {
+      cudaFree(f);
+      fail_msg("cuda:" + std::to_string(device) + ": no IPC handle for a signal flag: " + cudaGetErrorString(e));
+    }
+    RWKVPP_CUDA_CHECK(cudaMemsetAsync(f, 0, sizeof(uint32_t), s));
+    RWKVPP_CUDA_CHECK(cudaStreamSynchronize(s));
+    return std::make_unique<FlagSignal>(device, f, true, s, tagged(kFlagSignal, &h, sizeof h));
+  }
   cudaEvent_t e;
   RWKVPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
   cudaIpcEventHandle_t h;
@@ -96,21 +199,36 @@ std::unique_ptr<SharedSignal> ipc_signal_create(int device, cudaStream_t s) {
     cudaEventDestroy(e);
     fail_msg("cuda:" + std::to_string(device) + ": no IPC handle for an event: " + cudaGetErrorString(err));
   }
-  return std::make_unique<IpcSignal>(device, e, s, bytes_of(&h, sizeof h));
+  return std::make_unique<IpcSignal>(device, e, s, tagged(kEventSignal, &h, sizeof h));
 }
 
 std::unique_ptr<SharedSignal> ipc_signal_open(int device, std::span<const uint8_t> handle, cudaStream_t s) {
-  cudaIpcEventHandle_t h;
-  if (handle.size() != sizeof h) fail_msg("cuda:" + std::to_string(device) + ": an IPC event handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(sizeof h));
-  std::memcpy(&h, handle.data(), sizeof h);
+  const std::string dev = "cuda:" + std::to_string(device);
+  const std::vector<uint8_t> kept(handle.begin(), handle.end());
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));
+  if (!handle.empty() && handle[0] == kFlagSignal) {
+    cudaIpcMemHandle_t h;
+    if (handle.size() != 1 + sizeof h) fail_msg(dev + ": a signal flag's handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(1 + sizeof h));
+    if (!memops().wait) fail_msg(dev + ": the peer signals through memory flags, which this driver cannot wait on");
+    std::memcpy(&h, handle.data() + 1, sizeof h);
+    void* p = nullptr;
+    const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      fail_msg(dev + ": cannot open the peer's signal flag: " + cudaGetErrorString(e));
+    }
+    return std::make_unique<FlagSignal>(device, static_cast<uint32_t*>(p), false, s, kept);
+  }
+  cudaIpcEventHandle_t h;
+  if (handle.size() != 1 + sizeof h || handle[0] != kEventSignal) fail_msg(dev + ": an IPC event handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(1 + sizeof h));
+  std::memcpy(&h, handle.data() + 1, sizeof h);
   cudaEvent_t e;
   const cudaError_t err = cudaIpcOpenEventHandle(&e, h);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    fail_msg("cuda:" + std::to_string(device) + ": cannot open the peer's IPC event: " + cudaGetErrorString(err));
+    fail_msg(dev + ": cannot open the peer's IPC event: " + cudaGetErrorString(err));
   }
-  return std::make_unique<IpcSignal>(device, e, s, std::vector<uint8_t>(handle.begin(), handle.end()));
+  return std::make_unique<IpcSignal>(device, e, s, kept);
 }
 
 }  // namespace rwkvpp::cuda
