@@ -260,17 +260,8 @@ class CudaBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
-    // Small aligned copies by a kernel where RWKVPP_COPY_KERNEL=1 (measurements, docs/perf.md).
-    static const bool by_kernel = [] {
-      const char* e = std::getenv("RWKVPP_COPY_KERNEL");
-      return e && std::string(e) == "1";
-    }();
-    if (by_kernel && bytes <= kKernelCopyMax && bytes % 16 == 0 &&
-        ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15u) == 0)
-      return cuda::copy16(dst, src, bytes, stream_);
     RWKVPP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
-  static constexpr size_t kKernelCopyMax = size_t(1) << 20;
   void copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
                  size_t rows) override {
     if (row_bytes == 0 || rows == 0) return;

@@ -95,23 +95,7 @@ void launch_binary(const float* a, const float* b, float* y, int64_t count, int6
   launch(binary_kernel<OP>, grid_for(count, kThreads), kThreads, 0, s, a, b, y, count, d);
 }
 
-// dst[i] = src[i] over 16-byte words; either side may be a peer GPU's memory (IPC-mapped).
-__global__ void copy16_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, int64_t n) {
-  pdl_begin();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = src[i];
-}
-
 }  // namespace
-
-void copy16(void* dst, const void* src, size_t bytes, cudaStream_t s) {
-  const int64_t n = int64_t(bytes / 16);
-  if (n == 0) return;
-  launch(copy16_kernel, std::min<unsigned>(grid_for(n, kThreads), 264u), kThreads, 0, s,
-         static_cast<const uint4*>(src), static_cast<uint4*>(dst), n);
-  RWKVPP_CUDA_LAUNCHED("copy16_kernel");
-}
 
 void mix(const float* x, const float* prev, const float* mu, float* y, int64_t n, int64_t d,
          cudaStream_t s) {

@@ -28,9 +28,6 @@ void lerp(const float* a, const float* b, const float* m, float* y, int64_t coun
 void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_t n, float* y,
                cudaStream_t s);
 // y[j, :] = x[rows[j], :] for j < m; rows in device memory.
-// A device copy by a kernel (bytes a multiple of 16, both pointers 16-byte aligned): for small
-// copies, whose copy-engine launch costs more than the copy (the hidden vectors between stages).
-void copy16(void* dst, const void* src, size_t bytes, cudaStream_t s);
 void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y,
                  cudaStream_t s);
 

@@ -1,7 +1,10 @@
-// Memory and events shared with another process on the same host (Backend::share_alloc,
+// Memory and signals shared with another process on the same host (Backend::share_alloc,
 // share_open, signal_create, signal_open for CUDA): IPC memory handles, opened with peer
 // access enabled (the peer's GPU is reached over NVLink or PCIe, not through the host), and
-// interprocess events that one process records on its stream and the other's stream waits for.
+// signals that one process records on its stream and the other's stream waits for: a counter
+// in the recorder's GPU memory, written with cuStreamWriteValue32 and waited for with
+// cuStreamWaitValue32 by the other GPU's front end (where the driver has stream memory
+// operations), else an interprocess event (RWKVPP_SHARE_SIGNAL=event forces events).
 #pragma once
 
 #include <cuda_runtime.h>
