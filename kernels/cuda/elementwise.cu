@@ -114,29 +114,18 @@ void lerp(const float* a, const float* b, const float* m, float* y, int64_t coun
 void unary(Unary op, const float* x, float* y, int64_t count, cudaStream_t s) {
   if (count == 0) return;
   const unsigned g = grid_for(count, kThreads);
+  void (*kernel)(const float*, float*, int64_t) = nullptr;
   switch (op) {
-    case Unary::Sigmoid:
-      launch(unary_kernel<Unary::Sigmoid>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::ReluSquare:
-      launch(unary_kernel<Unary::ReluSquare>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::Silu:
-      launch(unary_kernel<Unary::Silu>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::Tanh:
-      launch(unary_kernel<Unary::Tanh>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::Exp:
-      launch(unary_kernel<Unary::Exp>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::NegExp:
-      launch(unary_kernel<Unary::NegExp>, g, kThreads, 0, s, x, y, count);
-      break;
-    case Unary::ExpNegExp:
-      launch(unary_kernel<Unary::ExpNegExp>, g, kThreads, 0, s, x, y, count);
-      break;
+    case Unary::Sigmoid: kernel = unary_kernel<Unary::Sigmoid>; break;
+    case Unary::ReluSquare: kernel = unary_kernel<Unary::ReluSquare>; break;
+    case Unary::Silu: kernel = unary_kernel<Unary::Silu>; break;
+    case Unary::Tanh: kernel = unary_kernel<Unary::Tanh>; break;
+    case Unary::Exp: kernel = unary_kernel<Unary::Exp>; break;
+    case Unary::NegExp: kernel = unary_kernel<Unary::NegExp>; break;
+    case Unary::ExpNegExp: kernel = unary_kernel<Unary::ExpNegExp>; break;
   }
+  if (!kernel) fail_msg("unary: unknown op");
+  launch(kernel, g, kThreads, 0, s, x, y, count);
   RWKVPP_CUDA_LAUNCHED("unary_kernel");
 }
 

@@ -121,6 +121,11 @@ void norm_shift_mix_decode(const float* x, const float* w, const float* b, float
                            const Segment* segs, int64_t n_segs, float* state, int64_t stride,
                            int64_t off, const MixOut& mix, int nmix, cudaStream_t s) {
   if (n_segs == 0 || d == 0) return;
+  if (nmix < 1 || nmix > 4) fail_msg("norm_shift_mix: 1 to 4 mixes");
+  constexpr decltype(&norm_shift_mix_kernel<1>) kernels[] = {
+      norm_shift_mix_kernel<1>, norm_shift_mix_kernel<2>, norm_shift_mix_kernel<3>,
+      norm_shift_mix_kernel<4>};
+  const auto kernel = kernels[nmix - 1];
   const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
   // Slices per token: enough blocks for the card when tokens are few, one per token otherwise.
   const int64_t max_slices = (d + kMinSliceCols - 1) / kMinSliceCols;
@@ -128,25 +133,7 @@ void norm_shift_mix_decode(const float* x, const float* w, const float* b, float
   const int64_t slice = (d + slices - 1) / slices;
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const dim3 g(unsigned(slices), unsigned(std::min<int64_t>(n_segs - s0, 65535)));
-    switch (nmix) {
-      case 1:
-        launch(norm_shift_mix_kernel<1>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
-               stride, off, mix, slice);
-        break;
-      case 2:
-        launch(norm_shift_mix_kernel<2>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
-               stride, off, mix, slice);
-        break;
-      case 3:
-        launch(norm_shift_mix_kernel<3>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
-               stride, off, mix, slice);
-        break;
-      case 4:
-        launch(norm_shift_mix_kernel<4>, g, threads, 0, s, x, w, b, eps, d, segs + s0, state,
-               stride, off, mix, slice);
-        break;
-      default: fail_msg("norm_shift_mix: 1 to 4 mixes");
-    }
+    launch(kernel, g, threads, 0, s, x, w, b, eps, d, segs + s0, state, stride, off, mix, slice);
     RWKVPP_CUDA_LAUNCHED("norm_shift_mix_kernel");
   }
 }

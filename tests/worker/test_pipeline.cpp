@@ -4,9 +4,11 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <sstream>
 
 #include "catch.h"
 #include "common/npy.h"
@@ -230,4 +232,49 @@ TEST_CASE("bad partitions are refused before any weight is read", "[mpi][pipelin
   auto r = run(mpirun(6) + rwkvpp_binary() + " generate -m " + fx().model + " --prompt-tokens 1 -n 1", 120);
   CHECK(r.exit_code != 0);
   CHECK(r.err.find("6 stages for a model of 4 layers") != std::string::npos);
+}
+
+TEST_CASE("RWKVPP_TRACE stamps every step on every rank, in the order the protocol hands it on", "[mpi][pipeline]") {
+  TempDir d;
+  const std::string prefix = d / "tr";
+  auto r = run("RWKVPP_TRACE=" + prefix + " " + mpirun(2) + rwkvpp_binary() + " logits -m " + fx().model +
+                   fx().token_args() + " --chunk 16 --layers 0-1,2-3 -o " + d / "o.npy",
+               300);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  // point -> step -> ns, per rank
+  std::map<std::string, std::map<uint64_t, uint64_t>> ev[2];
+  for (int rank = 0; rank < 2; ++rank) {
+    std::istringstream in(read_file(prefix + "." + std::to_string(rank) + ".csv"));
+    std::string line;
+    std::getline(in, line);
+    CHECK(line == "point,step,ns");
+    while (std::getline(in, line)) {
+      const size_t a = line.find(','), b = line.rfind(',');
+      REQUIRE((a != std::string::npos && b > a));
+      ev[rank][line.substr(0, a)][std::stoull(line.substr(a + 1, b - a - 1))] = std::stoull(line.substr(b + 1));
+    }
+  }
+  // 70 tokens in chunks of 16 per sequence (48, 17, 5): steps of the coordinator's making, each
+  // through both stages and back.
+  const auto& posted = ev[0]["step_posted"];
+  REQUIRE(posted.size() >= 3);
+  for (const auto& [step, t_posted] : posted) {
+    INFO("step " << step);
+    REQUIRE(ev[0]["result_in"].count(step) == 1);
+    uint64_t prev = t_posted;
+    for (int rank = 0; rank < 2; ++rank) {
+      auto& e = ev[rank];
+      REQUIRE(e["step_arrived"].count(step) == 1);
+      REQUIRE(e["input_queued"].count(step) == 1);
+      REQUIRE(e["layers_queued"].count(step) == 1);
+      REQUIRE(e["step_queued"].count(step) == 1);
+      CHECK(prev <= e["step_arrived"][step]);  // the message left the previous rank first
+      CHECK(e["step_arrived"][step] <= e["input_queued"][step]);
+      CHECK(e["input_queued"][step] <= e["layers_queued"][step]);
+      CHECK(e["layers_queued"][step] <= e["step_queued"][step]);
+      prev = e["step_arrived"][step];
+    }
+    CHECK(prev <= ev[0]["result_in"][step]);
+  }
 }
