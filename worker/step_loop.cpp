@@ -298,7 +298,7 @@ bool StepLoop::poll() {
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
-  if (trace::on() && traced_step_ != ~uint64_t(0)) trace::mark(trace::Point::StepQueued, traced_step_);
+  if (traced_step_ != ~uint64_t(0)) trace::mark(trace::Point::StepQueued, traced_step_);
   idle_since_ = Clock::now();
   stats_.handle_s += std::chrono::duration<double>(idle_since_ - t0).count();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes

@@ -89,39 +89,33 @@ const MemOps& memops() {
   return m;
 }
 
-// A counter in GPU memory (the recorder's, mapped by the waiter through CUDA IPC): record()
-// writes the number of recordings so far from the stream, after every write queued before it
-// (the driver's default memory barrier); wait(count) makes the stream wait until the counter
-// reaches count (compared modulo 2^32). Waiting is done by the GPU's front end, not a kernel.
+// A counter in GPU memory (the recorder's, mapped by the waiter through CUDA IPC: the
+// SharedBuffer of ipc_alloc / ipc_open): record() writes the number of recordings so far from
+// the stream, after every write queued before it (the driver's default memory barrier);
+// wait(count) makes the stream wait until the counter reaches count (compared modulo 2^32).
+// Waiting is done by the GPU's front end, not a kernel.
 class FlagSignal final : public SharedSignal {
  public:
-  FlagSignal(int device, uint32_t* flag, bool owner, cudaStream_t s, std::vector<uint8_t> handle)
-      : device_(device), flag_(flag), owner_(owner), s_(s), handle_(std::move(handle)) {}
-  ~FlagSignal() override {
-    cudaSetDevice(device_);
-    if (owner_) cudaFree(flag_);
-    else cudaIpcCloseMemHandle(flag_);
-  }
+  FlagSignal(int device, std::unique_ptr<SharedBuffer> mem, cudaStream_t s, std::vector<uint8_t> handle)
+      : device_(device), mem_(std::move(mem)), s_(s), handle_(std::move(handle)) {}
   void record() override {
-    check(memops().write(s_, reinterpret_cast<CUdeviceptr>(flag_), ++count_, CU_STREAM_WRITE_VALUE_DEFAULT),
-          "cuStreamWriteValue32");
+    check(memops().write(s_, flag(), ++count_, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
   }
   void wait(uint64_t count) override {
     if (count == 0) return;
-    check(memops().wait(s_, reinterpret_cast<CUdeviceptr>(flag_), uint32_t(count), CU_STREAM_WAIT_VALUE_GEQ),
-          "cuStreamWaitValue32");
+    check(memops().wait(s_, flag(), uint32_t(count), CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
   }
   const std::vector<uint8_t>& handle() const override { return handle_; }
 
  private:
+  CUdeviceptr flag() const { return reinterpret_cast<CUdeviceptr>(mem_->data()); }
   void check(CUresult r, const char* what) const {
     if (r != CUDA_SUCCESS)
       fail_msg("cuda:" + std::to_string(device_) + ": " + what + " on a shared signal failed (driver error " +
                std::to_string(int(r)) + ")");
   }
   int device_;
-  uint32_t* flag_;
-  bool owner_;
+  std::unique_ptr<SharedBuffer> mem_;
   cudaStream_t s_;
   std::vector<uint8_t> handle_;
   uint32_t count_ = 0;
@@ -180,17 +174,9 @@ std::unique_ptr<SharedBuffer> ipc_open(int device, std::span<const uint8_t> hand
 std::unique_ptr<SharedSignal> ipc_signal_create(int device, cudaStream_t s) {
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));
   if (use_flags()) {
-    uint32_t* f = nullptr;
-    RWKVPP_CUDA_CHECK(cudaMalloc(&f, sizeof(uint32_t)));
-    cudaIpcMemHandle_t h;
-    const cudaError_t e = cudaIpcGetMemHandle(&h, f);
-    if (e != cudaSuccess) {
-      cudaFree(f);
-      fail_msg("cuda:" + std::to_string(device) + ": no IPC handle for a signal flag: " + cudaGetErrorString(e));
-    }
-    RWKVPP_CUDA_CHECK(cudaMemsetAsync(f, 0, sizeof(uint32_t), s));
-    RWKVPP_CUDA_CHECK(cudaStreamSynchronize(s));
-    return std::make_unique<FlagSignal>(device, f, true, s, tagged(kFlagSignal, &h, sizeof h));
+    auto mem = ipc_alloc(device, sizeof(uint32_t), s);  // zero-filled
+    std::vector<uint8_t> h = tagged(kFlagSignal, mem->handle().data(), mem->handle().size());
+    return std::make_unique<FlagSignal>(device, std::move(mem), s, std::move(h));
   }
   cudaEvent_t e;
   RWKVPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
@@ -208,17 +194,8 @@ std::unique_ptr<SharedSignal> ipc_signal_open(int device, std::span<const uint8_
   const std::vector<uint8_t> kept(handle.begin(), handle.end());
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));
   if (!handle.empty() && handle[0] == kFlagSignal) {
-    cudaIpcMemHandle_t h;
-    if (handle.size() != 1 + sizeof h) fail_msg(dev + ": a signal flag's handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(1 + sizeof h));
     if (!memops().wait) fail_msg(dev + ": the peer signals through memory flags, which this driver cannot wait on");
-    std::memcpy(&h, handle.data() + 1, sizeof h);
-    void* p = nullptr;
-    const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      fail_msg(dev + ": cannot open the peer's signal flag: " + cudaGetErrorString(e));
-    }
-    return std::make_unique<FlagSignal>(device, static_cast<uint32_t*>(p), false, s, kept);
+    return std::make_unique<FlagSignal>(device, ipc_open(device, handle.subspan(1), sizeof(uint32_t)), s, kept);
   }
   cudaIpcEventHandle_t h;
   if (handle.size() != 1 + sizeof h || handle[0] != kEventSignal) fail_msg(dev + ": an IPC event handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(1 + sizeof h));
