@@ -36,8 +36,9 @@ namespace rwkvpp::cuda {
 // graph) is still running. Each kernel therefore begins with pdl_begin(): it waits until the
 // previous kernel has finished and its writes are visible (griddepcontrol.wait), then lets
 // the next kernel be scheduled (launch_dependents). Before the wait a kernel may only read
-// what no kernel writes (the weights: the GEMV issues its first weight loads there) and must
-// write nothing. Without the attribute (RWKVPP_PDL=0, older GPUs) both are no-ops.
+// what no kernel writes (the weights: the GEMV issues its first weight loads there; the segment
+// tables, which only copies write) and must write nothing. Without the attribute (RWKVPP_PDL=0,
+// older GPUs) both are no-ops.
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -58,19 +58,28 @@ template <int NMIX>
 struct ColBatch {
   float x[kColBatch], w[kColBatch], b[kColBatch], prev[kColBatch], mu[NMIX][kColBatch];
 
-  __device__ __forceinline__ void load(const float* xr, const float* wp, const float* bp,
-                                       const float* st, const MixOut& mix, int64_t c0,
-                                       int64_t step, int64_t c_end) {
+  // The weights (w, b, every mu): no kernel writes them, so they may be read before pdl_begin().
+  __device__ __forceinline__ void load_params(const float* wp, const float* bp, const MixOut& mix,
+                                              int64_t c0, int64_t step, int64_t c_end) {
+#pragma unroll
+    for (int k = 0; k < kColBatch; ++k) {
+      const int64_t c = c0 + k * step;
+      const bool in = c < c_end;
+      w[k] = in ? wp[c] : 0.0f;
+      b[k] = in ? bp[c] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < NMIX; ++j) mu[j][k] = in ? mix.mu[j][c] : 0.0f;
+    }
+  }
+  // x and the state: written by kernels, read after pdl_begin().
+  __device__ __forceinline__ void load_data(const float* xr, const float* st, int64_t c0,
+                                            int64_t step, int64_t c_end) {
 #pragma unroll
     for (int k = 0; k < kColBatch; ++k) {
       const int64_t c = c0 + k * step;
       const bool in = c < c_end;
       x[k] = in ? xr[c] : 0.0f;
-      w[k] = in ? wp[c] : 0.0f;
-      b[k] = in ? bp[c] : 0.0f;
       prev[k] = in ? st[c] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NMIX; ++j) mu[j][k] = in ? mix.mu[j][c] : 0.0f;
     }
   }
 };
@@ -80,15 +89,19 @@ __global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* 
                                       const float* __restrict__ b, float eps, int64_t d,
                                       const Segment* __restrict__ segs, float* state,
                                       int64_t stride, int64_t off, MixOut mix, int64_t slice) {
-  pdl_begin();
   __shared__ float red[32];
+  // The segment table (uploaded by copies, never written by a kernel) and the first columns'
+  // weights are read before the wait: under programmatic dependent launch their latency passes
+  // while the previous kernel drains.
   const Segment sg = segs[blockIdx.y];
-  const float* xr = x + int64_t(sg.start) * d;
-  float* st = state + int64_t(sg.slot) * stride + off;
   const int64_t step = int64_t(blockDim.x), c_end = min(d, int64_t(blockIdx.x + 1) * slice);
   int64_t c0 = blockIdx.x * slice + threadIdx.x;
   ColBatch<NMIX> in;
-  in.load(xr, w, b, st, mix, c0, step, c_end);
+  in.load_params(w, b, mix, c0, step, c_end);
+  pdl_begin();
+  const float* xr = x + int64_t(sg.start) * d;
+  float* st = state + int64_t(sg.slot) * stride + off;
+  in.load_data(xr, st, c0, step, c_end);
   float2 stats;
   if (d <= int64_t(kRowRegs) * blockDim.x) {
     float v[kRowRegs];
@@ -111,7 +124,8 @@ __global__ void norm_shift_mix_kernel(const float* __restrict__ x, const float* 
     }
     c0 += step * kColBatch;
     if (c0 >= c_end) break;
-    in.load(xr, w, b, st, mix, c0, step, c_end);
+    in.load_params(w, b, mix, c0, step, c_end);
+    in.load_data(xr, st, c0, step, c_end);
   }
 }
 

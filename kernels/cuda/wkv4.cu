@@ -23,13 +23,14 @@ __global__ void wkv4_kernel(const float* __restrict__ k, const float* __restrict
                             const Segment* __restrict__ segs, float* state, int64_t stride,
                             int64_t off_aa, float* __restrict__ out, int64_t d,
                             const float* __restrict__ gate) {
-  pdl_begin();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= d) return;
+  if (c >= d) return;  // reads and writes nothing: needs no pdl_begin()
+  // Read before the wait (no kernel writes them): the segment table, w and u.
   const Segment sg = segs[blockIdx.y];
+  const float wc = w[c], uc = u[c];
+  pdl_begin();
   float* st = state + int64_t(sg.slot) * stride + off_aa;
   float aa = st[c], bb = st[d + c], pp = st[2 * d + c];
-  const float wc = w[c], uc = u[c];
   // Token t + 1's k and v are loaded while token t computes, hiding the load latency.
   const int64_t t_end = int64_t(sg.start) + sg.len;
   float nk = 0, nv = 0;
