@@ -129,7 +129,7 @@ struct GemvEpilogue {
 // H100). One warp per row gives too few warps where rows are few (1.5B: 2048 rows, ~16 warps
 // per SM, each lane's chunks read in dependent rounds of UNROLL: 1.3-2.3 TB/s measured);
 // splitting K over WPR warps multiplies the loads in flight by WPR.
-template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
 __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const float* __restrict__ x,
                                               float* __restrict__ y, int R, int K,
                                               const float* __restrict__ scales,
@@ -154,12 +154,14 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
 
   // The weights of the lane's first round are loaded before pdl_begin() (they do not depend on
   // the kernels before this one; x and y do), so under programmatic dependent launch they are
-  // in flight while the previous kernel drains. Each later round's loads are issued after the
-  // previous round is used, as in a plain loop.
+  // in flight while the previous kernel drains. Without PIPE each later round's loads are
+  // issued after the previous round is used, as in a plain loop (nothing of this warp in
+  // flight while it computes); with PIPE the next round's loads are issued before the current
+  // round is used (twice the weight registers, loads in flight throughout).
   constexpr int kStep = 32 * WPR * UNROLL;
   int c0 = (warp % WPR) * 32 + lane;
-  uint4 wv[UNROLL][RPW];
-  auto load_round = [&](int first) {
+  using Round = uint4[UNROLL][RPW];
+  auto load_round = [&](Round& wv, int first) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int c = first + u * 32 * WPR;
@@ -168,12 +170,10 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
         wv[u][q] = c < nchunk ? load_stream16(rows[q] + int64_t(c) * V) : make_uint4(0, 0, 0, 0);
     }
   };
-  load_round(c0);
-  pdl_begin();
-  for (; c0 < nchunk; c0 += kStep) {
+  auto use_round = [&](const Round& wv, int first) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int c = c0 + u * 32 * WPR;
+      const int c = first + u * 32 * WPR;
       if (c >= nchunk) break;
       float wf[RPW][V];
 #pragma unroll
@@ -196,7 +196,25 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
           for (int e = 0; e < V; ++e) acc[q][t] = fmaf(wf[q][e], xv[e], acc[q][t]);
       }
     }
-    if (c0 + kStep < nchunk) load_round(c0 + kStep);
+  };
+  Round wv;
+  load_round(wv, c0);
+  pdl_begin();
+  if constexpr (PIPE) {
+    for (; c0 < nchunk; c0 += kStep) {
+      Round nv;
+      load_round(nv, c0 + kStep);  // past the row's end: zeros, no load
+      use_round(wv, c0);
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+        for (int q = 0; q < RPW; ++q) wv[u][q] = nv[u][q];
+    }
+  } else {
+    for (; c0 < nchunk; c0 += kStep) {
+      use_round(wv, c0);
+      if (c0 + kStep < nchunk) load_round(wv, c0 + kStep);
+    }
   }
 #pragma unroll
   for (int q = 0; q < RPW; ++q)
@@ -230,11 +248,11 @@ __device__ __forceinline__ void gemv_vec_rows(const T* __restrict__ W, const flo
     }
 }
 
-template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_vec_kernel(const T* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
                     int R, int K, const float* __restrict__ scales, GemvEpilogue ep) {
-  gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(W, x, y, R, K, scales, ep);
+  gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(W, x, y, R, K, scales, ep);
 }
 
 // Several GEMVs with the same K (and dtype, token count) in one launch: blockIdx.y picks the
@@ -256,14 +274,17 @@ struct GemvJobs {
   GemvJob<T> j[kGemvMaxJobs];
 };
 
-template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs, int K) {
   if (blockIdx.y == 0)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R, K, jobs.j[0].scales, jobs.j[0].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R,
+                                                 K, jobs.j[0].scales, jobs.j[0].ep);
   else if (blockIdx.y == 1)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R, K, jobs.j[1].scales, jobs.j[1].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R,
+                                                 K, jobs.j[1].scales, jobs.j[1].ep);
   else
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R, K, jobs.j[2].scales, jobs.j[2].ep);
+    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R,
+                                                 K, jobs.j[2].scales, jobs.j[2].ep);
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
@@ -297,22 +318,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 }
 
 // `scales`: the row scales of int8 W (required then); ignored for the other dtypes.
-template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
 inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, cudaStream_t s,
                             const float* scales = nullptr, GemvEpilogue ep = {}) {
   const int rows_per_block = kGemvWarps / WPR * RPW;
-  launch(gemv_vec_kernel<T, NT, RPW, UNROLL, WPR>,
+  launch(gemv_vec_kernel<T, NT, RPW, UNROLL, WPR, PIPE>,
          unsigned((R + rows_per_block - 1) / rows_per_block), kGemvWarps * 32, 0, s, W, x, y, R, K,
          scales, ep);
 }
 
 // `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
-template <typename T, int NT, int RPW, int UNROLL, int WPR = 1>
+template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
 inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cudaStream_t s) {
   const int rows_per_block = kGemvWarps / WPR * RPW;
   int R = 0;
   for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
-  launch(gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR>,
+  launch(gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR, PIPE>,
          dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
          kGemvWarps * 32, 0, s, jobs, K);
 }

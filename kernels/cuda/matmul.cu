@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise.cuh"
@@ -49,10 +50,11 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // Warps per row group of the vector GEMV (gemv.cuh, WPR) for one or two tokens, from the kernel
 // lab's table on an H100 (docs/perf.md, fourth session): two tokens 4; one token of int8 2 (its
-// unpacking wants more warps; 4 and 8 were slower on the 14B shapes); one token of fp16, bf16
-// or fp32 doubled from 1 while the grid has fewer than kGemvWarpsPerSm warps per SM (1.5B's
-// 2048-row products: 4; 14B's, 5120 rows and more: 1, where 2 was 8-10 % slower). Never more
-// than leaves each lane UNROLL chunks of its rows. RWKVPP_GEMV_WPR=1|2|4|8 fixes it
+// unpacking wants more warps; 4 and 8 were slower on the 14B shapes; with the pipelined loop 1
+// was faster in the lab on 5120-row products but slower end to end, sixth session); one token
+// of fp16, bf16 or fp32 doubled from 1 while the grid has fewer than kGemvWarpsPerSm warps per
+// SM (1.5B's 2048-row products: 4; 14B's, 5120 rows and more: 1, where 2 was 8-10 % slower).
+// Never more than leaves each lane UNROLL chunks of its rows. RWKVPP_GEMV_WPR=1|2|4|8 fixes it
 // (measurements).
 constexpr int kGemvWarpsPerSm = 32;
 
@@ -66,10 +68,14 @@ int sm_count() {
   return cached[dev];
 }
 
+int env_int(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoi(e) : fallback;
+}
+
 int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll) {
   static const int forced = [] {
-    const char* e = std::getenv("RWKVPP_GEMV_WPR");
-    const int r = e ? std::atoi(e) : 0;
+    const int r = env_int("RWKVPP_GEMV_WPR", 0);
     return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
   }();
   const int64_t nchunk = K / pack;
@@ -83,21 +89,65 @@ int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, in
   return wpr;
 }
 
-// One launch of the vector GEMV with WPR chosen at run time (one or two tokens; more tokens
-// bring enough rows of work per warp).
+// The one-token loop (gemv.cuh, PIPE): 0 two chunks per lane loaded, then used (UNROLL 2);
+// 1 one chunk per lane, the next one's loads issued before it is used (the same registers);
+// 2 two chunks so, the next two in flight while they are used (twice the weight registers).
+// Default: 1 for int8 (14B batch 1 on an H100: 5.49 / 5.49 ms against 5.70), 0 for the others
+// (1.5B fp16: 1.36 / 1.36 ms against 1.31 / 1.32); RWKVPP_GEMV_PIPE=0|1|2 fixes it (docs/perf.md,
+// sixth session).
+int gemv_pipe_mode(bool row_scaled) {
+  static const int forced = env_int("RWKVPP_GEMV_PIPE", -1);
+  if (forced >= 0 && forced <= 2) return forced;
+  return row_scaled ? 1 : 0;
+}
+
+// Calls f(integral_constant UNROLL, bool_constant PIPE) for NT tokens of T: the pipe mode's for
+// one token, (gemv_unroll(NT), false) otherwise.
+template <typename T, int NT, typename F>
+void with_loop(F&& f) {
+  if constexpr (NT == 1) {
+    switch (gemv_pipe_mode(kRowScaled<T>)) {
+      case 1:
+        return f(std::integral_constant<int, 1>{}, std::true_type{});
+      case 2:
+        return f(std::integral_constant<int, 2>{}, std::true_type{});
+      default:
+        break;
+    }
+  }
+  f(std::integral_constant<int, gemv_unroll(NT)>{}, std::false_type{});
+}
+
+// Calls f(UNROLL, WPR, PIPE), each a std::integral_constant, with the vector GEMV's shape for
+// NT tokens of T over `rows` rows of K: the loop of with_loop and WPR chosen at run time (one
+// or two tokens; more tokens bring enough rows of work per warp: WPR 1).
+template <typename T, int NT, typename F>
+void with_gemv_shape(int64_t rows, int K, F&& f) {
+  with_loop<T, NT>([&](auto uc, auto pc) {
+    if constexpr (NT <= 2) {
+      constexpr int u = decltype(uc)::value;
+      switch (gemv_wpr(NT, kRowScaled<T>, rows, K, Pack16<T>::n, gemv_rows<T>(NT), u)) {
+        case 2:
+          return f(uc, std::integral_constant<int, 2>{}, pc);
+        case 4:
+          return f(uc, std::integral_constant<int, 4>{}, pc);
+        case 8:
+          return f(uc, std::integral_constant<int, 8>{}, pc);
+        default:
+          break;
+      }
+    }
+    f(uc, std::integral_constant<int, 1>{}, pc);
+  });
+}
+
 template <typename T, int NT>
 void launch_vec(const T* W, const float* x, float* y, int R, int K, const float* scales,
                 cudaStream_t s, const GemvEpilogue& ep) {
-  constexpr int rpw = gemv_rows<T>(NT), u = gemv_unroll(NT);
-  if constexpr (NT <= 2) {
-    switch (gemv_wpr(NT, kRowScaled<T>, R, K, Pack16<T>::n, rpw, u)) {
-      case 2: return launch_gemv_vec<T, NT, rpw, u, 2>(W, x, y, R, K, s, scales, ep);
-      case 4: return launch_gemv_vec<T, NT, rpw, u, 4>(W, x, y, R, K, s, scales, ep);
-      case 8: return launch_gemv_vec<T, NT, rpw, u, 8>(W, x, y, R, K, s, scales, ep);
-      default: break;
-    }
-  }
-  launch_gemv_vec<T, NT, rpw, u>(W, x, y, R, K, s, scales, ep);
+  with_gemv_shape<T, NT>(R, K, [&](auto u, auto w, auto p) {
+    launch_gemv_vec<T, NT, gemv_rows<T>(NT), decltype(u)::value, decltype(w)::value,
+                    decltype(p)::value>(W, x, y, R, K, s, scales, ep);
+  });
 }
 
 template <typename T, int NT>
@@ -495,16 +545,10 @@ void launch_group_nt(const WeightView* const* W, const float* const* x, float* c
     jobs.j[i] = {static_cast<const T*>(W[i]->data), x[i], y[i], W[i]->scales, ep[i], int(W[i]->rows)};
     rows += W[i]->rows;
   }
-  constexpr int rpw = gemv_rows<T>(NT), u = gemv_unroll(NT);
-  if constexpr (NT <= 2) {
-    switch (gemv_wpr(NT, kRowScaled<T>, rows, K, Pack16<T>::n, rpw, u)) {
-      case 2: return launch_gemv_vec_group<T, NT, rpw, u, 2>(jobs, count, K, s);
-      case 4: return launch_gemv_vec_group<T, NT, rpw, u, 4>(jobs, count, K, s);
-      case 8: return launch_gemv_vec_group<T, NT, rpw, u, 8>(jobs, count, K, s);
-      default: break;
-    }
-  }
-  launch_gemv_vec_group<T, NT, rpw, u>(jobs, count, K, s);
+  with_gemv_shape<T, NT>(rows, K, [&](auto u, auto w, auto p) {
+    launch_gemv_vec_group<T, NT, gemv_rows<T>(NT), decltype(u)::value, decltype(w)::value,
+                          decltype(p)::value>(jobs, count, K, s);
+  });
 }
 
 template <typename T>

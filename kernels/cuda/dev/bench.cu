@@ -117,19 +117,16 @@ struct GemvVariant {
   std::function<void(const void* W, const float* x, float* y, int R, int K, int n)> run;
 };
 
-template <typename T, int RPW, int U, int WPR = 1>
+template <typename T, int RPW, int U, int WPR = 1, bool PIPE = false>
 void run_vec(const void* W, const float* x, float* y, int R, int K, int n) {
-  const T* w = static_cast<const T*>(W);
-  switch (n) {
-    case 1: launch_gemv_vec<T, 1, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 2: launch_gemv_vec<T, 2, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 3: launch_gemv_vec<T, 3, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 4: launch_gemv_vec<T, 4, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 5: launch_gemv_vec<T, 5, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 6: launch_gemv_vec<T, 6, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 7: launch_gemv_vec<T, 7, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-    case 8: launch_gemv_vec<T, 8, RPW, U, WPR>(w, x, y, R, K, 0, g_scales); break;
-  }
+  using Launch =
+      void (*)(const T*, const float*, float*, int, int, cudaStream_t, const float*, GemvEpilogue);
+  static constexpr Launch by_n[] = {
+      launch_gemv_vec<T, 1, RPW, U, WPR, PIPE>, launch_gemv_vec<T, 2, RPW, U, WPR, PIPE>,
+      launch_gemv_vec<T, 3, RPW, U, WPR, PIPE>, launch_gemv_vec<T, 4, RPW, U, WPR, PIPE>,
+      launch_gemv_vec<T, 5, RPW, U, WPR, PIPE>, launch_gemv_vec<T, 6, RPW, U, WPR, PIPE>,
+      launch_gemv_vec<T, 7, RPW, U, WPR, PIPE>, launch_gemv_vec<T, 8, RPW, U, WPR, PIPE>};
+  by_n[n - 1](static_cast<const T*>(W), x, y, R, K, 0, g_scales, GemvEpilogue{});
 }
 
 template <typename T>
@@ -149,6 +146,26 @@ void run_scalar(const void* W, const float* x, float* y, int R, int K, int n) {
 
 template <typename T>
 std::vector<GemvVariant> variants() {
+  if (std::getenv("LAB_PIPE")) {  // next round's loads issued before the current one is used
+    if constexpr (std::is_same_v<T, int8_t>)
+      return {{"v0 scalar", run_scalar<T>},
+              {"rpw4 u2 w2", run_vec<T, 4, 2, 2>},
+              {"P rpw4 u1 w2", run_vec<T, 4, 1, 2, true>},
+              {"P rpw4 u2 w2", run_vec<T, 4, 2, 2, true>},
+              {"P rpw4 u1 w4", run_vec<T, 4, 1, 4, true>},
+              {"P rpw4 u1", run_vec<T, 4, 1, 1, true>},
+              {"P rpw2 u2 w2", run_vec<T, 2, 2, 2, true>},
+              {"P rpw2 u1 w4", run_vec<T, 2, 1, 4, true>}};
+    else
+      return {{"v0 scalar", run_scalar<T>},
+              {"rpw1 u2", run_vec<T, 1, 2>},
+              {"rpw1 u2 w4", run_vec<T, 1, 2, 4>},
+              {"P rpw1 u1", run_vec<T, 1, 1, 1, true>},
+              {"P rpw1 u2", run_vec<T, 1, 2, 1, true>},
+              {"P rpw1 u1 w4", run_vec<T, 1, 1, 4, true>},
+              {"P rpw1 u2 w4", run_vec<T, 1, 2, 4, true>},
+              {"P rpw2 u1 w2", run_vec<T, 2, 1, 2, true>}};
+  }
   if (std::getenv("LAB_WPR")) {  // K split over warps (WPR) at one and two tokens
     if constexpr (std::is_same_v<T, int8_t>)
       return {{"v0 scalar", run_scalar<T>},         {"rpw4 u2", run_vec<T, 4, 2>},
