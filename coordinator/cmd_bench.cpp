@@ -5,14 +5,14 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
 #include "coordinator/partition.h"
 #include "coordinator/tokenizer/tokenizer_bench.h"
-
-#include <iostream>
 
 namespace rwkvpp {
 
@@ -24,12 +24,29 @@ struct BenchArgs {
   int gen = 128;
 };
 
-std::vector<int> parse_list(const std::string& s, const char* flag) {
+// "1,32,256" (commas or spaces) -> sizes, each a whole number from 1 to `max`.
+std::vector<int> parse_list(const std::string& s, const char* flag, int max) {
   std::vector<int> v;
-  for (int32_t x : parse_ids(s, flag)) {
-    if (x <= 0) fail("{}: sizes must be positive", flag);
-    v.push_back(x);
+  std::string p;
+  std::stringstream ss(s);
+  while (ss >> p) {
+    std::stringstream parts(p);
+    std::string item;
+    while (std::getline(parts, item, ',')) {
+      if (item.empty()) continue;
+      size_t used = 0;
+      long long x = 0;
+      try {
+        x = std::stoll(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != item.size()) fail("{}: '{}' is not a whole number", flag, item);
+      if (x < 1 || x > max) fail("{}: {} is out of range (1 to {})", flag, item, max);
+      v.push_back(int(x));
+    }
   }
+  if (v.empty()) fail("{}: no sizes given", flag);
   return v;
 }
 
@@ -110,7 +127,9 @@ void add_bench_command(CLI::App& app, Action& run) {
       "(idle_upload_s); 0 otherwise and on the CPU. Always: the host's time handling steps\n"
       "(handle_s) and blocked on receive buffers the device still reads or on the next stage's\n"
       "shared slots (ring_wait_s), and the hidden vectors received through shared slots\n"
-      "(bytes_shared: stages on one host exchange them device to device, see RWKVPP_SHARE).");
+      "(bytes_shared: stages on one host exchange them device to device, see RWKVPP_SHARE).\n"
+      "Every stage figure covers the whole run (warm-up, prefill and decode steps; steps and\n"
+      "tokens say how many).");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
   std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
@@ -125,9 +144,11 @@ void add_bench_command(CLI::App& app, Action& run) {
   c->callback([a, &run] {
     run = [a] {
       if (a->cluster.model.empty() && a->cluster.synthetic.empty()) fail("bench needs --model or --synthetic");
-      auto batches = parse_list(a->batches, "--batch");
-      auto prompts = parse_list(a->prompts, "--prompt");
-      auto contexts = a->contexts.empty() ? std::vector<int>{} : parse_list(a->contexts, "--context");
+      auto batches = parse_list(a->batches, "--batch", 1 << 16);
+      auto prompts = parse_list(a->prompts, "--prompt", 1 << 24);
+      auto contexts =
+          a->contexts.empty() ? std::vector<int>{} : parse_list(a->contexts, "--context", 1 << 24);
+      if (a->gen < 1) fail("--gen: {} tokens; at least 1 is needed to time a decode step", a->gen);
       ClusterOptions opt = a->cluster;
       opt.measure_floors = true;
       int max_b = *std::max_element(batches.begin(), batches.end());
@@ -144,7 +165,14 @@ void add_bench_command(CLI::App& app, Action& run) {
         coordinator = true;
       };
       ModelConfig cfg;
+      std::ofstream out_file;
       int code = run_cluster(opt, [&](Engine& e) {
+        // The coordinator opens --out before measuring, so that a path it cannot write fails
+        // at once rather than after a long run.
+        if (!a->out.empty()) {
+          out_file.open(a->out);
+          if (!out_file) fail("--out: cannot write '{}'", a->out);
+        }
         cfg = e.config();
         time_decode(e, 1, 4, 0);  // warm-up: first-touch allocations, workspaces, graphs
         for (int b : batches) {
@@ -183,32 +211,35 @@ void add_bench_command(CLI::App& app, Action& run) {
         copy_min = std::min(copy_min, rd.copy_GBps);
         uint64_t mem = rd.weight_bytes + rd.state_bytes;
         mem_total += mem;
-        stages.push_back({{"rank", report.stage_ranks[i]},
-                          {"backend", rd.backend},
-                          {"layers", {report.plan[i].first, report.plan[i].last - 1}},
-                          {"memory_bytes", mem},
-                          {"weight_bytes", rd.weight_bytes},
-                          {"state_bytes", rd.state_bytes},
-                          {"copy_GBps", rd.copy_GBps},
-                          {"gemm_TFLOPs", rd.gemm_TFLOPs},
-                          {"compute_s", st.compute_s},
-                          {"wait_s", st.wait_s},
-                          {"device_s", st.device_s},
-                          {"layers_s", st.layers_s},
-                          {"out_s", st.out_s},
-                          {"idle_host_s", st.idle_host_s},
-                          {"idle_upload_s", st.idle_upload_s},
-                          {"handle_s", st.handle_s},
-                          {"ring_wait_s", st.ring_wait_s},
-                          {"bytes_sent", st.bytes_sent},
-                          {"bytes_received", st.bytes_received},
-                          {"bytes_shared", st.bytes_shared},
-                          {"tokens", st.tokens},
-                          {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
+        stages.push_back(
+            {{"rank", report.stage_ranks[i]},
+             {"backend", rd.backend},
+             {"layers", {report.plan[i].first, report.plan[i].last - 1}},
+             {"memory_bytes", mem},
+             {"weight_bytes", rd.weight_bytes},
+             {"state_bytes", rd.state_bytes},
+             {"copy_GBps", rd.copy_GBps},
+             {"gemm_TFLOPs", rd.gemm_TFLOPs},
+             {"compute_s", st.compute_s},
+             {"wait_s", st.wait_s},
+             {"device_s", st.device_s},
+             {"layers_s", st.layers_s},
+             {"out_s", st.out_s},
+             {"idle_host_s", st.idle_host_s},
+             {"idle_upload_s", st.idle_upload_s},
+             {"handle_s", st.handle_s},
+             {"ring_wait_s", st.ring_wait_s},
+             {"bytes_sent", st.bytes_sent},
+             {"bytes_received", st.bytes_received},
+             {"bytes_shared", st.bytes_shared},
+             {"tokens", st.tokens},
+             {"steps", st.steps},
+             {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
       }
       out["model"] = opt.synthetic.empty() ? opt.model : "synthetic:" + opt.synthetic;
       out["n_layer"] = cfg.n_layer;
       out["n_embd"] = cfg.n_embd;
+      out["vocab_size"] = cfg.vocab_size;
       out["dtype"] = dtype_name(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
       out["floors"] = {{"copy_GBps", copy_min}, {"gemm_TFLOPs", gemm_min}, {"decode_b1_floor_ms", floor_s * 1e3}};
       out["memory_bytes"] = mem_total;
@@ -223,10 +254,10 @@ void add_bench_command(CLI::App& app, Action& run) {
       for (auto& p : out["prefill"]) p["gemm_fraction"] = p["tokens_per_s"].get<double>() * flops_per_token / (gemm_min * 1e12);
       std::string text = out.dump(2);
       fmt::print("{}\n", text);
-      if (!a->out.empty()) {
-        std::ofstream f(a->out);
-        f << text << "\n";
-        if (!f) fail("cannot write '{}'", a->out);
+      if (out_file.is_open()) {
+        out_file << text << "\n";
+        out_file.close();
+        if (!out_file) fail("--out: cannot write '{}'", a->out);
       }
       return code;
     };
