@@ -129,7 +129,8 @@ void add_bench_command(CLI::App& app, Action& run) {
       "shared slots (ring_wait_s), and the hidden vectors received through shared slots\n"
       "(bytes_shared: stages on one host exchange them device to device, see RWKVPP_SHARE).\n"
       "Every stage figure covers the whole run (warm-up, prefill and decode steps; steps and\n"
-      "tokens say how many).");
+      "tokens say how many), except decode_layers_s: the layers' device time of its\n"
+      "decode_steps (one token per segment) alone.");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
   std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
@@ -234,6 +235,8 @@ void add_bench_command(CLI::App& app, Action& run) {
              {"bytes_shared", st.bytes_shared},
              {"tokens", st.tokens},
              {"steps", st.steps},
+             {"decode_steps", st.decode_steps},
+             {"decode_layers_s", st.decode_layers_s},
              {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
       }
       out["model"] = opt.synthetic.empty() ? opt.model : "synthetic:" + opt.synthetic;

@@ -86,15 +86,17 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
 // The seconds a Stats message carries, in wire order (one list for encoding and decoding).
 template <typename M>
 auto stats_seconds(M& m) {
-  return std::array{&m.compute_s, &m.wait_s,       &m.device_s, &m.layers_s,
-                    &m.idle_host_s, &m.idle_upload_s, &m.handle_s, &m.ring_wait_s, &m.out_s};
+  return std::array{&m.compute_s,     &m.wait_s,   &m.device_s,    &m.layers_s, &m.idle_host_s,
+                    &m.idle_upload_s, &m.handle_s, &m.ring_wait_s, &m.out_s,    &m.decode_layers_s};
 }
 
 std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   auto w = ctrl(Ctrl::Stats);
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
   for (const double* d : stats_seconds(m)) w.put_raw(d, 8);
-  for (uint64_t v : {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared}) w.put_u64(v);
+  for (uint64_t v :
+       {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared, m.decode_steps})
+    w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
 }
@@ -244,6 +246,7 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   m.tokens = r.get_u64();
   m.steps = r.get_u64();
   m.bytes_shared = r.get_u64();
+  m.decode_steps = r.get_u64();
   m.backend = r.get_string(256);
   r.expect_end();
   return m;

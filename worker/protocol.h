@@ -80,6 +80,10 @@ struct StatsMsg {
   double handle_s = 0, ring_wait_s = 0;
   uint64_t bytes_sent = 0, bytes_received = 0, tokens = 0, steps = 0;
   uint64_t bytes_shared = 0;  // hidden vectors received through shared slots (not in bytes_received)
+  // Decode steps (one token per segment: the recorded graphs' path) among `steps`, and the
+  // layers' device time of those (0 on the CPU, and without device timing).
+  uint64_t decode_steps = 0;
+  double decode_layers_s = 0;
   std::string backend;
 };
 

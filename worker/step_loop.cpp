@@ -215,10 +215,12 @@ void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
 // Device time of a step whose marks have passed, and the device's idle time before it: from
 // the end of the previous step's ops to this step's first op (the host had not queued it
 // yet), and from there to its start (waiting for the upload).
-void StepLoop::count_device(const uint64_t (&m)[5], bool side_download) {
+void StepLoop::count_device(const uint64_t (&m)[5], bool side_download, bool decode) {
   Backend& be = stage_.backend();
   stats_.device_s += be.seconds_between(m[0], m[3]);
-  stats_.layers_s += be.seconds_between(m[1], m[2]);
+  const double layers = be.seconds_between(m[1], m[2]);
+  stats_.layers_s += layers;
+  if (decode) stats_.decode_layers_s += layers;
   stats_.out_s += be.seconds_between(m[2], m[3]);
   if (prev_end_) stats_.idle_host_s += be.seconds_between(prev_end_, m[4]);
   stats_.idle_upload_s += be.seconds_between(m[4], m[0]);
@@ -231,14 +233,14 @@ void StepLoop::count_device(const uint64_t (&m)[5], bool side_download) {
 void StepLoop::flush_ready() {
   while (!timed_.empty() && stage_.backend().fence_done(timed_.front().fence)) {
     count_busy(timed_.front().started, Clock::now());
-    if (timed_.front().marks[3]) count_device(timed_.front().marks, false);
+    if (timed_.front().marks[3]) count_device(timed_.front().marks, false, timed_.front().decode);
     timed_.pop_front();
   }
   while (!ready_.empty() && ready_to_send(ready_.front())) {
     Outgoing o = std::move(ready_.front());
     ready_.pop_front();
     if (o.fence || o.mark) count_busy(o.started, Clock::now());  // the device finished its step now
-    if (o.marks[3]) count_device(o.marks, o.mark != 0);
+    if (o.marks[3]) count_device(o.marks, o.mark != 0, o.decode);
     if (o.mark) stage_.backend().timer_release(o.mark);
     if (o.make) {  // a Result made from what the device wrote into the buffer
       o.vec = o.make(bufs_[size_t(o.buf)].data());
@@ -337,8 +339,11 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     }
   }
   const int64_t n = s.n_tokens();
+  const bool decode = n > 0 && std::all_of(s.segs.begin(), s.segs.end(),
+                                           [](const Segment& g) { return g.len == 1; });
   stats_.steps += 1;
   stats_.tokens += uint64_t(n);
+  if (decode) stats_.decode_steps += 1;
   if (n == 0) {
     if (!a_.head) send(a_.next_rank, kTagStep, encode_step(s, nullptr, 0));
     else send(a_.coord_rank, kTagResult, encode_result(ResultMsg{s.step, {}}));
@@ -430,6 +435,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     marks[3] = mark();
     Timed t;
     std::copy(marks, marks + 5, t.marks);
+    t.decode = decode;
     t.fence = be.fence();
     t.started = step_started_;
     timed_.push_back(t);
@@ -459,6 +465,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       o.fence = be.fence();
     }
     std::copy(marks, marks + 5, o.marks);
+    o.decode = decode;
     ready_.push_back(std::move(o));
     return;
   }
@@ -487,6 +494,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     own_free_mark();
     marks[3] = mark();
     std::copy(marks, marks + 5, o.marks);
+    o.decode = decode;
     o.fence = be.fence();
     o.make = [this, s = std::move(s), m](const uint8_t* p) {
       trace::mark(trace::Point::ResultReady, s.step);

@@ -54,8 +54,9 @@ class StepLoop {
     std::chrono::steady_clock::time_point started;  // when its step began (compute time)
     RequestId req = 0;
     // Device timing marks: step start, layers start and end, step end, and before the step's
-    // first wait (pre).
+    // first wait (pre); whether the step had one token per segment.
     uint64_t marks[5] = {};
+    bool decode = false;
   };
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
   // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
@@ -75,7 +76,7 @@ class StepLoop {
   void reap_sends();
   int take_buffer(size_t bytes);
   void count_busy(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to);
-  void count_device(const uint64_t (&marks)[5], bool side_download);
+  void count_device(const uint64_t (&marks)[5], bool side_download, bool decode);
   uint64_t prev_end_ = 0;  // the mark where the previous step's ops ended on the device
 
   Transport& t_;
@@ -117,6 +118,7 @@ class StepLoop {
     uint64_t fence = 0;
     std::chrono::steady_clock::time_point started;
     uint64_t marks[5] = {};
+    bool decode = false;  // one token per segment
   };
   std::deque<Timed> timed_;
   int rcur_ = 0;

@@ -53,6 +53,12 @@ void check_bench_json(const json& j, int stages) {
     CHECK(s.at("steps").get<double>() > 0);
     CHECK(s.at("steps") == j.at("stages")[0].at("steps"));
     CHECK(s.at("tokens") == j.at("stages")[0].at("tokens"));
+    // Decode steps (one token per segment) are most of a bench's steps, not all: the prefill
+    // steps are not among them.
+    CHECK(s.at("decode_steps").get<double>() > 0);
+    CHECK(s.at("decode_steps").get<double>() < s.at("steps").get<double>());
+    CHECK(s.at("decode_steps") == j.at("stages")[0].at("decode_steps"));
+    CHECK(s.at("decode_layers_s").get<double>() == 0);  // no device timing on the CPU
   }
   CHECK(next_layer == j.at("n_layer").get<int>());
   CHECK(close(f.at("decode_b1_floor_ms").get<double>(), floor_s * 1e3));
