@@ -124,6 +124,15 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
   if (rank != coord) std::signal(SIGTERM, SIG_IGN);
   try {
     if (opt.coordinator_only && size < 2) fail("--coordinator-only needs at least 2 ranks (mpirun -np K with K >= 2)");
+    if (opt.limits.max_batch < 1)
+      fail("--max-batch: {} sequences per step; at least 1", opt.limits.max_batch);
+    if (opt.limits.chunk < 1)
+      fail("--chunk: {} prompt tokens per step; at least 1", opt.limits.chunk);
+    if (opt.limits.microbatches < 0)
+      fail("--microbatches: {}; 0 (two per stage, one for a single stage) or more",
+           opt.limits.microbatches);
+    if (opt.threads < 0)
+      fail("--threads: {}; 0 (the host's cores shared among its ranks) or more", opt.threads);
     std::vector<int> stage_ranks;
     for (int r = opt.coordinator_only ? 1 : 0; r < size; ++r) stage_ranks.push_back(r);
     const bool is_stage = !(opt.coordinator_only && rank == coord);

@@ -37,6 +37,12 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
     : t_(t), cfg_(cfg), stage_ranks_(std::move(stage_ranks)), plan_(std::move(plan)), lim_(lim),
       local_poll_(std::move(local_poll)) {
   if (lim_.microbatches <= 0) lim_.microbatches = default_microbatches(int(stage_ranks_.size()));
+  // A step must be able to carry something, or run() would wait forever.
+  if (lim_.max_batch < 1 || lim_.chunk < 1 || lim_.max_tokens < 1 || lim_.max_slots < 1)
+    fail(
+        "engine limits: max batch {}, chunk {}, tokens per step {} and slots {} must each be at "
+        "least 1",
+        lim_.max_batch, lim_.chunk, lim_.max_tokens, lim_.max_slots);
   max_batch_limit_ = lim_.max_batch;
   for (int s = lim_.max_slots - 1; s >= 0; --s) free_slots_.push_back(s);
   rbuf_.resize(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));

@@ -2,7 +2,8 @@
 // GPU issue specifies (floors measured in the same run, decode per batch, prefill per prompt,
 // memory, each stage's figures), its figures consistent with their definitions there (the
 // batch-1 floor is the weight bytes a token reads at the copy bandwidth; tokens/s is
-// sequences over the step time), and clear errors for bad options.
+// sequences over the step time), and clear errors for bad options, the pipeline's tuning
+// options (shared by every model command) among them.
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -135,4 +136,30 @@ TEST_CASE("rwkvpp bench under mpirun reports both stages of a 2-stage pipeline",
   // Stages on one host pass hidden vectors through shared slots (RWKVPP_SHARE).
   CHECK(j.at("stages")[1].at("bytes_shared").get<double>() > 0);
   CHECK(j.at("stages")[0].at("bytes_shared").get<double>() == 0);
+}
+
+TEST_CASE("the pipeline's tuning options refuse values that cannot work", "[bench]") {
+  TempDir d;
+  auto synth = run(rwkvpp_binary() + " synth --shape tiny -o " + d / "m", 120);
+  INFO(synth.err);
+  REQUIRE(synth.exit_code == 0);
+  struct Case {
+    const char* args;
+    const char* message;
+  };
+  // --max-batch 0 used to wait forever for a step that could carry nothing.
+  const Case cases[] = {
+      {" --max-batch 0", "--max-batch: 0 sequences per step; at least 1"},
+      {" --chunk 0", "--chunk: 0 prompt tokens per step; at least 1"},
+      {" --microbatches -1", "--microbatches: -1; 0 (two per stage"},
+      {" --threads -2", "--threads: -2; 0 (the host's cores"},
+  };
+  for (const Case& c : cases) {
+    auto r = run(rwkvpp_binary() + " generate -m " + d / "m" +
+                     " --device cpu --prompt-tokens 1,2,3 -n 2" + c.args,
+                 60);
+    INFO(c.args << "\n" << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find(c.message) != std::string::npos);
+  }
 }
