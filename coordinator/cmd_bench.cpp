@@ -7,7 +7,6 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
@@ -27,25 +26,11 @@ struct BenchArgs {
 // "1,32,256" (commas or spaces) -> sizes, each a whole number from 1 to `max`.
 std::vector<int> parse_list(const std::string& s, const char* flag, int max) {
   std::vector<int> v;
-  std::string p;
-  std::stringstream ss(s);
-  while (ss >> p) {
-    std::stringstream parts(p);
-    std::string item;
-    while (std::getline(parts, item, ',')) {
-      if (item.empty()) continue;
-      size_t used = 0;
-      long long x = 0;
-      try {
-        x = std::stoll(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != item.size()) fail("{}: '{}' is not a whole number", flag, item);
-      if (x < 1 || x > max) fail("{}: {} is out of range (1 to {})", flag, item, max);
-      v.push_back(int(x));
-    }
-  }
+  for_each_number(s, [&](const std::string& item, std::optional<long long> x) {
+    if (!x) fail("{}: '{}' is not a whole number", flag, item);
+    if (*x < 1 || *x > max) fail("{}: {} is out of range (1 to {})", flag, item, max);
+    v.push_back(int(*x));
+  });
   if (v.empty()) fail("{}: no sizes given", flag);
   return v;
 }

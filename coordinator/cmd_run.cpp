@@ -14,8 +14,9 @@
 
 namespace rwkvpp {
 
-std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
-  std::vector<int32_t> ids;
+void for_each_number(
+    const std::string& s,
+    const std::function<void(const std::string&, std::optional<long long>)>& on_item) {
   std::string tok;
   std::stringstream ss(s);
   while (ss >> tok) {
@@ -30,10 +31,17 @@ std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
       } catch (const std::exception&) {
         used = 0;
       }
-      if (used != p.size() || v < 0 || v > INT32_MAX) fail("{}: '{}' is not a token id", what, p);
-      ids.push_back(int32_t(v));
+      on_item(p, used == p.size() ? std::optional<long long>(v) : std::nullopt);
     }
   }
+}
+
+std::vector<int32_t> parse_ids(const std::string& s, const std::string& what) {
+  std::vector<int32_t> ids;
+  for_each_number(s, [&](const std::string& p, std::optional<long long> v) {
+    if (!v || *v < 0 || *v > INT32_MAX) fail("{}: '{}' is not a token id", what, p);
+    ids.push_back(int32_t(*v));
+  });
   return ids;
 }
 

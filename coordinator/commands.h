@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <optional>
+#include <string>
 
 namespace rwkvpp {
 
@@ -30,6 +32,11 @@ void add_batch_command(CLI::App& app, Action& run);  // batch (coordinator/batch
 namespace rwkvpp {
 // Parses token ids separated by commas and/or whitespace; `what` names the source in errors.
 std::vector<int32_t> parse_ids(const std::string& s, const std::string& what);
+// The items of a list of whole numbers separated by commas or white space ("1,32 256"), in
+// order: on_item(item, value), value empty where the item is not a whole number that fits.
+void for_each_number(
+    const std::string& s,
+    const std::function<void(const std::string&, std::optional<long long>)>& on_item);
 // The sampling flags shared by every command that samples.
 void add_sampling_options(CLI::App* c, SamplingParams& sp, int& max_tokens);
 // Reads a tokenizer file (or the word "bytes") for embedding into a converted model.
