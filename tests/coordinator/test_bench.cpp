@@ -85,6 +85,23 @@ void check_bench_json(const json& j, int stages) {
   for (const auto& e : p) CHECK(e.at("tokens_per_s").get<double>() > 0);
 }
 
+struct Refusal {
+  const char* args;
+  const char* message;
+};
+
+// `command` + each case's args must fail with exit code 1, the message on stderr and no
+// measurement on stdout.
+void check_refused(const std::string& command, std::initializer_list<Refusal> cases) {
+  for (const Refusal& c : cases) {
+    auto r = run(command + c.args, 60);
+    INFO(c.args << "\n" << r.err);
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK(r.out.find("decode") == std::string::npos);  // failed before any measurement
+  }
+}
+
 }  // namespace
 
 TEST_CASE("rwkvpp bench on the CPU prints the JSON the GPU issue specifies", "[bench]") {
@@ -98,27 +115,19 @@ TEST_CASE("rwkvpp bench on the CPU prints the JSON the GPU issue specifies", "[b
 }
 
 TEST_CASE("rwkvpp bench refuses bad sizes and an unwritable --out before measuring", "[bench]") {
-  struct Case {
-    const char* args;
-    const char* message;
-  };
-  const Case cases[] = {
-      {" --synthetic tiny --batch 1,x --prompt 8 --gen 2", "--batch: 'x' is not a whole number"},
-      {" --synthetic tiny --batch 0 --prompt 8 --gen 2", "--batch: 0 is out of range"},
-      {" --synthetic tiny --batch 1 --prompt 99999999999 --gen 2",
-       "--prompt: 99999999999 is out of range"},
-      {" --synthetic tiny --batch 1 --prompt 8 --gen 0", "--gen: 0 tokens"},
-      {" --synthetic 99b", "unknown synthetic shape '99b' (known: tiny,"},
-      {" --synthetic tiny --batch 1 --prompt 8 --gen 2 -o /nonexistent-dir/b.json",
-       "--out: cannot write '/nonexistent-dir/b.json'"},
-  };
-  for (const Case& c : cases) {
-    auto r = run(rwkvpp_binary() + " bench --device cpu --threads 1" + c.args, 60);
-    INFO(c.args << "\n" << r.err);
-    CHECK(r.exit_code != 0);
-    CHECK(r.err.find(c.message) != std::string::npos);
-    CHECK(r.out.find("decode") == std::string::npos);  // failed before any measurement
-  }
+  check_refused(
+      rwkvpp_binary() + " bench --device cpu --threads 1",
+      {
+          {" --synthetic tiny --batch 1,x --prompt 8 --gen 2",
+           "--batch: 'x' is not a whole number"},
+          {" --synthetic tiny --batch 0 --prompt 8 --gen 2", "--batch: 0 is out of range"},
+          {" --synthetic tiny --batch 1 --prompt 99999999999 --gen 2",
+           "--prompt: 99999999999 is out of range"},
+          {" --synthetic tiny --batch 1 --prompt 8 --gen 0", "--gen: 0 tokens"},
+          {" --synthetic 99b", "unknown synthetic shape '99b' (known: tiny,"},
+          {" --synthetic tiny --batch 1 --prompt 8 --gen 2 -o /nonexistent-dir/b.json",
+           "--out: cannot write '/nonexistent-dir/b.json'"},
+      });
   auto none = run(rwkvpp_binary() + " bench --device cpu", 60);
   CHECK(none.exit_code != 0);
   CHECK(none.err.find("bench needs --model or --synthetic") != std::string::npos);
@@ -143,23 +152,13 @@ TEST_CASE("the pipeline's tuning options refuse values that cannot work", "[benc
   auto synth = run(rwkvpp_binary() + " synth --shape tiny -o " + d / "m", 120);
   INFO(synth.err);
   REQUIRE(synth.exit_code == 0);
-  struct Case {
-    const char* args;
-    const char* message;
-  };
   // --max-batch 0 used to wait forever for a step that could carry nothing.
-  const Case cases[] = {
-      {" --max-batch 0", "--max-batch: 0 sequences per step; at least 1"},
-      {" --chunk 0", "--chunk: 0 prompt tokens per step; at least 1"},
-      {" --microbatches -1", "--microbatches: -1; 0 (two per stage"},
-      {" --threads -2", "--threads: -2; 0 (the host's cores"},
-  };
-  for (const Case& c : cases) {
-    auto r = run(rwkvpp_binary() + " generate -m " + d / "m" +
-                     " --device cpu --prompt-tokens 1,2,3 -n 2" + c.args,
-                 60);
-    INFO(c.args << "\n" << r.err);
-    CHECK(r.exit_code == 1);
-    CHECK(r.err.find(c.message) != std::string::npos);
-  }
+  check_refused(
+      rwkvpp_binary() + " generate -m " + d / "m" + " --device cpu --prompt-tokens 1,2,3 -n 2",
+      {
+          {" --max-batch 0", "--max-batch: 0 sequences per step; at least 1"},
+          {" --chunk 0", "--chunk: 0 prompt tokens per step; at least 1"},
+          {" --microbatches -1", "--microbatches: -1; 0 (two per stage"},
+          {" --threads -2", "--threads: -2; 0 (the host's cores"},
+      });
 }
