@@ -89,31 +89,22 @@ int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, in
   return wpr;
 }
 
-// The one-token loop (gemv.cuh, PIPE): 0 two chunks per lane loaded, then used (UNROLL 2);
-// 1 one chunk per lane, the next one's loads issued before it is used (the same registers);
-// 2 two chunks so, the next two in flight while they are used (twice the weight registers).
-// Default: 1 for int8 (14B batch 1 on an H100: 5.49 / 5.49 ms against 5.70), 0 for the others
-// (1.5B fp16: 1.36 / 1.36 ms against 1.31 / 1.32); RWKVPP_GEMV_PIPE=0|1|2 fixes it (docs/perf.md,
-// sixth session).
-int gemv_pipe_mode(bool row_scaled) {
+// The one-token loop (gemv.cuh, PIPE): plain, two chunks per lane loaded, then used (UNROLL 2);
+// or pipelined, one chunk per lane, the next one's loads issued before it is used (the same
+// registers). Pipelined for int8 (14B batch 1 on an H100: 5.49 / 5.49 ms against 5.70), plain
+// for the others (1.5B fp16: 1.36 / 1.36 ms against 1.31 / 1.32; two chunks pipelined, twice
+// the registers, lost everywhere: docs/perf.md, sixth session). RWKVPP_GEMV_PIPE=0|1 fixes it.
+bool gemv_pipelined(bool row_scaled) {
   static const int forced = env_int("RWKVPP_GEMV_PIPE", -1);
-  if (forced >= 0 && forced <= 2) return forced;
-  return row_scaled ? 1 : 0;
+  return forced == 0 || forced == 1 ? forced == 1 : row_scaled;
 }
 
-// Calls f(integral_constant UNROLL, bool_constant PIPE) for NT tokens of T: the pipe mode's for
-// one token, (gemv_unroll(NT), false) otherwise.
+// Calls f(integral_constant UNROLL, bool_constant PIPE) for NT tokens of T: (1, true) for a
+// pipelined one-token loop, (gemv_unroll(NT), false) otherwise.
 template <typename T, int NT, typename F>
 void with_loop(F&& f) {
   if constexpr (NT == 1) {
-    switch (gemv_pipe_mode(kRowScaled<T>)) {
-      case 1:
-        return f(std::integral_constant<int, 1>{}, std::true_type{});
-      case 2:
-        return f(std::integral_constant<int, 2>{}, std::true_type{});
-      default:
-        break;
-    }
+    if (gemv_pipelined(kRowScaled<T>)) return f(std::integral_constant<int, 1>{}, std::true_type{});
   }
   f(std::integral_constant<int, gemv_unroll(NT)>{}, std::false_type{});
 }

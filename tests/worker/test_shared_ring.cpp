@@ -152,8 +152,8 @@ TEST_CASE("CUDA shared memory and signals: zero-filled slots, handles of IPC siz
   be->download(host.data(), buf->data(), host.size());
   CHECK(std::all_of(host.begin(), host.end(), [](uint8_t b) { return b == 0; }));
   auto sig = be->signal_create();
-  // A kind byte, then cudaIpcEventHandle_t (or, with RWKVPP_SHARE_SIGNAL=flag, the flag's
-  // cudaIpcMemHandle_t): 64 bytes either way.
+  // A kind byte, then the flag's cudaIpcMemHandle_t (or, with RWKVPP_SHARE_SIGNAL=event, a
+  // cudaIpcEventHandle_t): 64 bytes either way.
   CHECK(sig->handle().size() == 65);
   sig->record();
   sig->wait(1);
