@@ -266,6 +266,12 @@ std::unique_ptr<SharedSignal> Backend::signal_create() {
 std::unique_ptr<SharedSignal> Backend::signal_open(std::span<const uint8_t>) {
   fail("backend {} shares no signals with other processes", name());
 }
+void Backend::share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after,
+                         uint64_t count, SharedSignal& done) {
+  after.wait(count);
+  copy(dst, src, bytes);
+  done.record();
+}
 
 bool Backend::graph_begin(uint64_t) { return false; }
 void Backend::graph_end(uint64_t) {}

@@ -208,6 +208,12 @@ class Backend {
   virtual std::unique_ptr<SharedBuffer> share_open(std::span<const uint8_t> handle, size_t bytes);
   virtual std::unique_ptr<SharedSignal> signal_create();
   virtual std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t> handle);
+  // One hop through a shared slot: queues a wait until `after` has been recorded `count` times
+  // (after.wait(count)), a copy of `bytes` from src to dst (either may be shared memory), then
+  // done.record(). The default queues the three; a device may fuse them (CUDA: one kernel that
+  // polls and stores the memory flags itself, for small copies).
+  virtual void share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after,
+                          uint64_t count, SharedSignal& done);
 
   // Makes the segment table visible to the device; the returned table stays valid until the
   // next call. `segs` must outlive the returned table (its host span points into it).

@@ -3,6 +3,7 @@
 # scripts/gpu_stage.sh and the Open MPI runtime staged by scripts/gpu_stage_mpi.sh: runs
 # `rwkvpp bench` under mpirun with 1, 2, ... ranks (one GPU each, one stage each) and writes
 # the JSON of each to $OUT/scale-SHAPE-npN.json, then prints the scaling table.
+# RWKVPP=path runs another rwkvpp binary (e.g. an earlier build, to compare within one call).
 # Usage: scripts/gpu_scaling.sh SHAPE "BENCH ARGS" NP...   e.g. 14b "--batch 1,256 --prompt 4096" 1 2 4
 set -u
 OUT=${OUT:-/tmp/out}
@@ -22,7 +23,7 @@ for np in "$@"; do
   # shellcheck disable=SC2086
   timeout 500 mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" \
     -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_PREFIX -x PMIX_MCA_mca_base_component_path "${fwd[@]}" \
-    "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args -o "$OUT/scale-$shape-np$np.json" \
+    "${RWKVPP:-$D/bin/rwkvpp}" bench --synthetic "$shape" --device cuda $args -o "$OUT/scale-$shape-np$np.json" \
     > "$OUT/scale-$shape-np$np.log" 2>&1
   echo "rc=$?"
   [ -s "$OUT/scale-$shape-np$np.json" ] || tail -20 "$OUT/scale-$shape-np$np.log"

@@ -15,7 +15,8 @@ std::string this_host() {
 SharedRx::SharedRx(Backend& be, size_t slot_bytes) : be_(be), slot_bytes_(slot_bytes) {
   for (int i = 0; i < kSlots; ++i) {
     slots_.push_back(be.share_alloc(slot_bytes));
-    consumed_.push_back(be.signal_create());
+    written_.push_back(
+        be.signal_create());  // waited for here: created here (a flag is polled locally)
   }
 }
 
@@ -27,7 +28,7 @@ ShareMsg SharedRx::offer() const {
   m.slot_bytes = slot_bytes_;
   for (int i = 0; i < kSlots; ++i) {
     m.buffers.push_back(slots_[size_t(i)]->handle());
-    m.signals.push_back(consumed_[size_t(i)]->handle());
+    m.signals.push_back(written_[size_t(i)]->handle());
   }
   return m;
 }
@@ -35,7 +36,7 @@ ShareMsg SharedRx::offer() const {
 void SharedRx::accept(const ShareMsg& m) {
   if (m.signals.size() != size_t(kSlots))
     fail("shared slots: the accept carries {} signals for {} slots", m.signals.size(), kSlots);
-  for (auto& h : m.signals) written_.push_back(be_.signal_open(h));
+  for (auto& h : m.signals) consumed_.push_back(be_.signal_open(h));
   for (auto& s : slots_) s->unlink();  // the peer has them open
   accepted_ = true;
 }
@@ -46,9 +47,8 @@ void SharedRx::take(int slot, void* dst, size_t bytes, const std::string& what) 
   if (bytes > slot_bytes_) fail("{}: {} bytes of hidden vectors do not fit a {}-byte slot", what, bytes, slot_bytes_);
   next_ = (next_ + 1) % kSlots;
   // The slot's u-th use (from 0) follows the predecessor's (u + 1)-th write of it.
-  written_[size_t(slot)]->wait(++uses_[size_t(slot)]);
-  be_.copy(dst, slots_[size_t(slot)]->data(), bytes);
-  consumed_[size_t(slot)]->record();
+  be_.share_copy(dst, slots_[size_t(slot)]->data(), bytes, *written_[size_t(slot)],
+                 ++uses_[size_t(slot)], *consumed_[size_t(slot)]);
 }
 
 SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : be_(be), slot_bytes_(m.slot_bytes) {
@@ -61,8 +61,8 @@ SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : b
     fail("the offer carries {} slots and {} signals", m.buffers.size(), m.signals.size());
   for (size_t i = 0; i < m.buffers.size(); ++i) {
     slots_.push_back(be.share_open(m.buffers[i], size_t(m.slot_bytes)));
-    consumed_.push_back(be.signal_open(m.signals[i]));
-    written_.push_back(be.signal_create());
+    written_.push_back(be.signal_open(m.signals[i]));
+    consumed_.push_back(be.signal_create());  // waited for here: created here
   }
   uses_.assign(slots_.size(), 0);
   credits_ = int(slots_.size());
@@ -72,7 +72,7 @@ ShareMsg SharedTx::accept() const {
   ShareMsg m;
   m.kind = ShareKind::Accept;
   m.ok = 1;
-  for (auto& s : written_) m.signals.push_back(s->handle());
+  for (auto& s : consumed_) m.signals.push_back(s->handle());
   return m;
 }
 
@@ -90,9 +90,8 @@ int SharedTx::put(const void* src, size_t bytes) {
   next_ = (next_ + 1) % int(slots_.size());
   --credits_;
   // The u-th write of the slot (from 0) follows the successor's u-th reading of it.
-  consumed_[size_t(slot)]->wait(uses_[size_t(slot)]++);
-  be_.copy(slots_[size_t(slot)]->data(), src, bytes);
-  written_[size_t(slot)]->record();
+  be_.share_copy(slots_[size_t(slot)]->data(), src, bytes, *consumed_[size_t(slot)],
+                 uses_[size_t(slot)]++, *written_[size_t(slot)]);
   return slot;
 }
 

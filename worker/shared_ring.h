@@ -7,8 +7,11 @@
 // its host returns the slot with a Credit message, and the predecessor's device waits for
 // "consumed" before it writes the slot again. So neither host waits for a device on the way,
 // and a token's hop costs a device-to-device copy and a signal instead of two copies through
-// host memory and a message of the whole payload. Handshake and messages: worker/protocol.h
-// (ShareMsg).
+// host memory and a message of the whole payload. Each signal is created by the side that waits
+// for it (the offer carries the "written" signals, the accept the "consumed" ones): a memory
+// flag lives in the waiter's memory and is polled there, and only the recorder's store crosses
+// the link. Each wait, copy and record is one Backend::share_copy (on CUDA, one kernel for
+// small copies). Handshake and messages: worker/protocol.h (ShareMsg).
 #pragma once
 
 #include <memory>
@@ -30,7 +33,7 @@ class SharedRx {
   // Allocates the slots; throws Error when the backend cannot share.
   SharedRx(Backend& be, size_t slot_bytes);
   ShareMsg offer() const;
-  // The predecessor's answer: opens its "written" signals. Throws Error on a malformed one.
+  // The predecessor's answer: opens its "consumed" signals. Throws Error on a malformed one.
   void accept(const ShareMsg& m);
   bool accepted() const { return accepted_; }
   // Queues, on the device: wait for slot `slot`'s write, copy `bytes` of it to `dst`, record

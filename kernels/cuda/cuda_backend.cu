@@ -277,6 +277,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t> h) override {
     return cuda::ipc_signal_open(device_, h, stream_);
   }
+  void share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after, uint64_t count,
+                  SharedSignal& done) override {
+    if (!cuda::share_copy_fused(stream_, dst, src, bytes, after, count, done))
+      Backend::share_copy(dst, src, bytes, after, count, done);
+  }
   void synchronize() override {
     use_device();
     for (cudaStream_t s : {stream_, up_, down_})

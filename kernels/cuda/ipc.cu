@@ -89,7 +89,7 @@ const MemOps& memops() {
   return m;
 }
 
-// A counter in GPU memory (the recorder's, mapped by the waiter through CUDA IPC: the
+// A counter in GPU memory (the creator's, mapped by the other side through CUDA IPC: the
 // SharedBuffer of ipc_alloc / ipc_open): record() writes the number of recordings so far from
 // the stream, after every write queued before it (the driver's default memory barrier);
 // wait(count) makes the stream wait until the counter reaches count (compared modulo 2^32).
@@ -106,6 +106,9 @@ class FlagSignal final : public SharedSignal {
     check(memops().wait(s_, flag(), uint32_t(count), CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
   }
   const std::vector<uint8_t>& handle() const override { return handle_; }
+  // For a kernel that records it: counts the recording and returns the value to store.
+  uint32_t next_count() { return ++count_; }
+  uint32_t* word() const { return static_cast<uint32_t*>(mem_->data()); }
 
  private:
   CUdeviceptr flag() const { return reinterpret_cast<CUdeviceptr>(mem_->data()); }
@@ -140,7 +143,64 @@ std::vector<uint8_t> tagged(uint8_t kind, const void* p, size_t n) {
   return v;
 }
 
+__device__ __forceinline__ uint32_t load_acquire_sys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+constexpr int kShareThreads = 1024;
+
+// One block: wait for the peer's counter, copy n words (16 bytes at a time where both pointers
+// allow), make the stores visible system-wide, then store the done counter. Loads and stores
+// go through L2 only (.cg): a slot's lines may sit in this SM's L1 from its last use.
+__global__ void __launch_bounds__(kShareThreads)
+    share_copy_kernel(uint32_t* __restrict__ dst, const uint32_t* __restrict__ src, unsigned n,
+                      const uint32_t* after, uint32_t count, uint32_t* done, uint32_t done_value) {
+  if (threadIdx.x == 0 && count != 0)
+    while (int32_t(load_acquire_sys(after) - count) < 0) {
+    }
+  __syncthreads();
+  pdl_begin();
+  unsigned i = threadIdx.x;
+  if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0) {
+    const unsigned n4 = n / 4;
+    auto* d4 = reinterpret_cast<uint4*>(dst);
+    const auto* s4 = reinterpret_cast<const uint4*>(src);
+#pragma unroll 4
+    for (; i < n4; i += kShareThreads) __stcg(d4 + i, __ldcg(s4 + i));
+    i = n4 * 4 + threadIdx.x;
+  }
+  for (; i < n; i += kShareThreads) __stcg(dst + i, __ldcg(src + i));
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x == 0) store_release_sys(done, done_value);
+}
+
+size_t share_fused_max() {
+  static const size_t max = [] {
+    const char* e = std::getenv("RWKVPP_SHARE_KERNEL");
+    return e && std::strcmp(e, "0") == 0 ? size_t(0) : size_t(64) << 10;
+  }();
+  return max;
+}
+
 }  // namespace
+
+bool share_copy_fused(cudaStream_t s, void* dst, const void* src, size_t bytes, SharedSignal& after,
+                      uint64_t count, SharedSignal& done) {
+  auto* a = dynamic_cast<FlagSignal*>(&after);
+  auto* d = dynamic_cast<FlagSignal*>(&done);
+  if (!a || !d || bytes % 4 != 0 || bytes > share_fused_max()) return false;
+  launch(share_copy_kernel, dim3(1), dim3(kShareThreads), 0, s, static_cast<uint32_t*>(dst),
+         static_cast<const uint32_t*>(src), unsigned(bytes / 4), a->word(), uint32_t(count),
+         d->word(), d->next_count());
+  return true;
+}
 
 std::unique_ptr<SharedBuffer> ipc_alloc(int device, size_t bytes, cudaStream_t s) {
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));

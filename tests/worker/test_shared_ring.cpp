@@ -162,3 +162,37 @@ TEST_CASE("CUDA shared memory and signals: zero-filled slots, handles of IPC siz
   CHECK(error_of([&] { be->share_open(short_handle, 16); }).find("handle has 3 bytes, not 64") != std::string::npos);
   CHECK(error_of([&] { be->signal_open(short_handle); }).find("handle has 3 bytes, not 65") != std::string::npos);
 }
+
+TEST_CASE("CUDA share_copy: a hop's wait, copy and record, fused or not, over sizes and alignments",
+          "[cuda][shared]") {
+  RWKVPP_REQUIRE_CUDA();
+  auto be = make_cuda_backend(0);
+  auto after = be->signal_create();
+  auto done = be->signal_create();
+  const size_t cap = 256 << 10;
+  auto* src = static_cast<uint8_t*>(be->alloc(cap));
+  auto* dst = static_cast<uint8_t*>(be->alloc(cap));
+  // (bytes, src offset, dst offset): one word; 14B's and 1.5B's hidden vector at batch 1; words
+  // off the 16-byte grid; the fused kernel's limit (64 KiB) and past it (the queued ops).
+  const size_t cases[][3] = {{4, 0, 0},       {20480, 0, 0}, {8192, 4, 0},     {8196, 0, 12},
+                             {65536, 16, 32}, {65540, 0, 0}, {200000, 8, 1024}};
+  std::vector<uint8_t> in(cap), out(cap), fill(cap, 0xab);
+  uint64_t n = 0;
+  for (const auto& c : cases) {
+    const size_t bytes = c[0], so = c[1], dof = c[2];
+    for (size_t i = 0; i < cap; ++i) in[i] = uint8_t((i * 131 + n * 7 + 1) % 251);
+    be->upload(src, in.data(), cap);
+    be->upload(dst, fill.data(), cap);
+    after->record();  // the peer's signal, recorded here: the copy waits for its count
+    be->share_copy(dst + dof, src + so, bytes, *after, ++n, *done);
+    done->wait(n);  // recorded once per share_copy, fused or not
+    be->download(out.data(), dst, cap);
+    INFO("bytes " << bytes << ", src offset " << so << ", dst offset " << dof);
+    CHECK(std::memcmp(out.data() + dof, in.data() + so, bytes) == 0);
+    CHECK(std::all_of(out.begin(), out.begin() + long(dof), [](uint8_t b) { return b == 0xab; }));
+    CHECK(std::all_of(out.begin() + long(dof + bytes), out.end(),
+                      [](uint8_t b) { return b == 0xab; }));
+  }
+  be->free(src);
+  be->free(dst);
+}
