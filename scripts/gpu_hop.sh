@@ -4,9 +4,10 @@
 # way docs/perf.md measures it (fifth session): runs at 1 rank and at each NP alternate for
 # ROUNDS rounds, so that a machine's drift shows in every configuration alike, and the figure
 # is the median over rounds of (T_np - T_1) / (np - 1). One run alone moves by up to ~40 us.
-# HOP_CONFIGS="name:VAR=value,VAR=value other:..." runs each NP once per configuration (the
-# variables set for that run only; RWKVPP=path picks another binary), alternating within each
-# round; the 1-rank run uses none of them. By default one configuration, "default".
+# HOP_CONFIGS="name:VAR=value,VAR=value other:..." runs 1 rank and each NP once per
+# configuration (the variables set for those runs only; RWKVPP=path picks another binary),
+# alternating within each round; each configuration's hop is against its own 1-rank runs. By
+# default one configuration, "default".
 # With RWKVPP_DEVICE_TIMES=1 set, also the same with each run's own layers' device time per
 # decode step taken out (so that a process's compute speed does not count as hop time).
 # Usage: [HOP_CONFIGS=...] [GEN=512] scripts/gpu_hop.sh SHAPE ROUNDS NP...   e.g. 1.5b 6 2 4
@@ -19,10 +20,9 @@ configs=${HOP_CONFIGS:-default:}
 json() { echo "$OUT/hop/$1/$2/scale-$shape-np$3.json"; }
 for rep in $(seq 1 "$rounds"); do
   line="round $rep:"
-  for run in "base:-1" $(for c in $configs; do for np in "$@"; do echo "$c-$np"; done; done); do
+  for run in $(for c in $configs; do for np in 1 "$@"; do echo "$c-$np"; done; done); do
     name=${run%%:*} rest=${run#*:}
     np=${rest##*-} vars=${rest%-*}
-    [ "$name" = base ] && vars="" && np=1
     envs=()
     IFS=, read -ra envs <<< "$vars"
     env "${envs[@]}" OUT="$OUT/hop/$rep/$name" timeout 120 bash scripts/gpu_scaling.sh "$shape" \
@@ -44,11 +44,13 @@ def rest(d):  # the step less the run's own layers' device time per decode step 
     if not d or not d.get("stages") or any(s.get("decode_layers_s", 0) <= 0 for s in d["stages"]): return None
     return ms(d) - sum(s["decode_layers_s"] / s["decode_steps"] for s in d["stages"]) * 1e6
 for name in names:
+    one = [ms(load(r, name, 1)) for r in range(1, rounds + 1)]
+    if all(one): print(f"{name}, 1 rank: {st.median(one):.1f} us per step (median of {rounds} rounds)")
     for np in nps:
         for what, f in (("", ms), (" (less each run's layers: RWKVPP_DEVICE_TIMES=1)", rest)):
             d = []
             for r in range(1, rounds + 1):
-                a, b = f(load(r, name, np)), f(load(r, "base", 1))
+                a, b = f(load(r, name, np)), f(load(r, name, 1))
                 if a and b: d.append((a - b) / (np - 1))
             if d:
                 print(f"{name}, {np} ranks: +{st.median(d):.1f} us per hop{what} (median of {len(d)} rounds;"

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -302,8 +303,17 @@ class CudaBackend final : public Backend {
       t.max_len = std::max(t.max_len, s.len);
     }
     if (!segs.empty()) {
+      const size_t had = segs_.bytes;
       auto* d = static_cast<Segment*>(grow(segs_, segs.size_bytes()));
-      upload(d, segs.data(), segs.size_bytes());
+      // Decode steps mostly repeat the last table (the same sequences, one token each). Nothing
+      // but this upload writes the device copy, so an equal table is not uploaded again: a
+      // pageable host-to-device copy less in the step's path (RWKVPP_SEG_CACHE=0: always).
+      const bool same = seg_cache() && segs_.bytes == had && segs.size() == segs_last_.size() &&
+                        std::memcmp(segs.data(), segs_last_.data(), segs.size_bytes()) == 0;
+      if (!same) {
+        upload(d, segs.data(), segs.size_bytes());
+        segs_last_.assign(segs.begin(), segs.end());
+      }
       t.device = d;
     }
     return t;
@@ -407,16 +417,14 @@ class CudaBackend final : public Backend {
       if (ids[i] < 0 || ids[i] >= E.rows)
         fail_msg("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
                  " is outside the vocabulary [0, " + std::to_string(E.rows) + ")");
-    const int32_t* d = upload_indices(ids, n);
-    cuda::embedding(E.data, E.dtype, E.cols, d, n, y, stream_);
+    cuda::embedding(E.data, E.dtype, E.cols, indices(ids, n), n, y, stream_);
   }
 
   void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y) override {
     if (m == 0) return;
     for (int64_t j = 0; j < m; ++j)
       if (rows[j] < 0) fail_msg("gather_rows: negative row index " + std::to_string(rows[j]));
-    const int32_t* r = upload_indices(rows, m);
-    cuda::gather_rows(x, r, m, d, y, stream_);
+    cuda::gather_rows(x, indices(rows, m), m, d, y, stream_);
   }
 
   void token_shift(const float* x, int64_t d, const SegTable& segs, float* state, int64_t stride,
@@ -639,10 +647,22 @@ class CudaBackend final : public Backend {
     graphs_.clear();
   }
 
-  const int32_t* upload_indices(const int32_t* host, int64_t n) {
+  // A few indices travel by value in the kernel's parameters (RWKVPP_INLINE_IDS=0: never);
+  // more are copied to the device.
+  cuda::IdList indices(const int32_t* host, int64_t n) {
+    cuda::IdList l;
+    static const bool inl = [] {
+      const char* e = std::getenv("RWKVPP_INLINE_IDS");
+      return !(e && std::strcmp(e, "0") == 0);
+    }();
+    if (inl && n <= cuda::IdList::kInlineIds) {
+      std::copy(host, host + n, l.inl);
+      return l;
+    }
     auto* d = static_cast<int32_t*>(grow(ids_, size_t(n) * sizeof(int32_t)));
     upload(d, host, size_t(n) * sizeof(int32_t));
-    return d;
+    l.dev = d;
+    return l;
   }
 
   // Makes this backend's device current for the calling thread (several backends, one per
@@ -664,6 +684,14 @@ class CudaBackend final : public Backend {
   void* blas_ws_ = nullptr;
   float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
   Scratch segs_, ids_, scratch_, argmax_, argmax_parts_, group_scratch_;
+  std::vector<Segment> segs_last_;  // what segs_ holds on the device
+  static bool seg_cache() {
+    static const bool on = [] {
+      const char* e = std::getenv("RWKVPP_SEG_CACHE");
+      return !(e && std::strcmp(e, "0") == 0);
+    }();
+    return on;
+  }
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
   static constexpr size_t kMaxGraphs = 256;

@@ -72,11 +72,11 @@ __global__ void binary_kernel(const float* a, const float* b, float* y, int64_t 
 
 // One block-row per output row: blockIdx.y walks rows (grid-stride), threads walk columns.
 template <typename T>
-__global__ void embedding_kernel(const T* __restrict__ E, int64_t cols,
-                                 const int32_t* __restrict__ ids, int64_t n, float* y) {
+__global__ void embedding_kernel(const T* __restrict__ E, int64_t cols, const IdList ids, int64_t n,
+                                 float* y) {
   pdl_begin();
   for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
-    const T* row = E + int64_t(ids[i]) * cols;
+    const T* row = E + int64_t(ids.dev ? ids.dev[i] : ids.inl[i]) * cols;
     for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
          c += int64_t(gridDim.x) * blockDim.x)
       y[i * cols + c] = to_float(row[c]);
@@ -149,7 +149,7 @@ void binary_row(Binary op, const float* a, const float* v, float* y, int64_t n, 
   binary_any(op, a, v, y, n * d, d, s);
 }
 
-void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_t n, float* y,
+void embedding(const void* E, DType dt, int64_t cols, const IdList& ids, int64_t n, float* y,
                cudaStream_t s) {
   if (n == 0 || cols == 0) return;
   const dim3 g = row_grid(n, cols);
@@ -171,7 +171,7 @@ void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_
   RWKVPP_CUDA_LAUNCHED("embedding_kernel");
 }
 
-void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y,
+void gather_rows(const float* x, const IdList& rows, int64_t m, int64_t d, float* y,
                  cudaStream_t s) {
   if (m == 0 || d == 0) return;
   // The same kernel as the fp32 embedding: x plays the table.

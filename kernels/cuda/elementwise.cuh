@@ -23,12 +23,20 @@ void binary_row(Binary op, const float* a, const float* v, float* y, int64_t n, 
                 cudaStream_t s);
 // y = a + (b - a) * m element-wise. y may alias a, b or m.
 void lerp(const float* a, const float* b, const float* m, float* y, int64_t count, cudaStream_t s);
-// y[i, :] = E[ids[i], :] widened to fp32; E [rows, cols] of dtype `dt`; ids in device memory,
-// already checked to lie in [0, rows).
-void embedding(const void* E, DType dt, int64_t cols, const int32_t* ids, int64_t n, float* y,
+// Row indices for embedding and gather_rows: in device memory (dev), or, for up to kInlineIds
+// of them (a decode step's few tokens), by value in the launch's parameters, so that no
+// host-to-device copy precedes the kernel (dev null).
+struct IdList {
+  static constexpr int kInlineIds = 8;
+  const int32_t* dev = nullptr;
+  int32_t inl[kInlineIds] = {};
+};
+// y[i, :] = E[ids[i], :] widened to fp32; E [rows, cols] of dtype `dt`; ids already checked to
+// lie in [0, rows).
+void embedding(const void* E, DType dt, int64_t cols, const IdList& ids, int64_t n, float* y,
                cudaStream_t s);
-// y[j, :] = x[rows[j], :] for j < m; rows in device memory.
-void gather_rows(const float* x, const int32_t* rows, int64_t m, int64_t d, float* y,
+// y[j, :] = x[rows[j], :] for j < m.
+void gather_rows(const float* x, const IdList& rows, int64_t m, int64_t d, float* y,
                  cudaStream_t s);
 
 }  // namespace rwkvpp::cuda
