@@ -96,18 +96,40 @@ const MemOps& memops() {
 // Waiting is done by the GPU's front end, not a kernel.
 class FlagSignal final : public SharedSignal {
  public:
-  FlagSignal(int device, std::unique_ptr<SharedBuffer> mem, cudaStream_t s, std::vector<uint8_t> handle)
-      : device_(device), mem_(std::move(mem)), s_(s), handle_(std::move(handle)) {}
+  FlagSignal(int device, std::unique_ptr<SharedBuffer> mem, cudaStream_t s,
+             std::vector<uint8_t> handle, bool own)
+      : device_(device), mem_(std::move(mem)), s_(s), handle_(std::move(handle)), own_(own) {}
+  // A flag in this process's memory is waited for here and recorded by the peer: if the peer
+  // is gone, a wait still queued would hold the device forever, and with it the frees and
+  // synchronisations of teardown. So the flag is first moved past every count waited for (from
+  // another queue, which the waiting one does not block); the waits end, their copies run on
+  // and nothing is lost that was not already lost with the peer.
+  ~FlagSignal() override {
+    if (!own_ || waited_ == 0) return;
+    cudaSetDevice(device_);
+    const uint32_t past = waited_ + (1u << 30);
+    cudaStream_t q;
+    if (cudaStreamCreateWithFlags(&q, cudaStreamNonBlocking) != cudaSuccess) return;
+    cudaMemcpyAsync(word(), &past, sizeof past, cudaMemcpyHostToDevice, q);
+    cudaStreamSynchronize(q);
+    cudaStreamDestroy(q);
+  }
   void record() override {
     check(memops().write(s_, flag(), ++count_, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
   }
   void wait(uint64_t count) override {
     if (count == 0) return;
-    check(memops().wait(s_, flag(), uint32_t(count), CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+    check(memops().wait(s_, flag(), note_wait(count), CU_STREAM_WAIT_VALUE_GEQ),
+          "cuStreamWaitValue32");
   }
   const std::vector<uint8_t>& handle() const override { return handle_; }
   // For a kernel that records it: counts the recording and returns the value to store.
   uint32_t next_count() { return ++count_; }
+  // For a kernel that waits for it: the count as the kernel compares it (modulo 2^32).
+  uint32_t note_wait(uint64_t count) {
+    if (int32_t(uint32_t(count) - waited_) > 0) waited_ = uint32_t(count);
+    return uint32_t(count);
+  }
   uint32_t* word() const { return static_cast<uint32_t*>(mem_->data()); }
 
  private:
@@ -121,7 +143,9 @@ class FlagSignal final : public SharedSignal {
   std::unique_ptr<SharedBuffer> mem_;
   cudaStream_t s_;
   std::vector<uint8_t> handle_;
-  uint32_t count_ = 0;
+  bool own_;             // created here, so waited for here
+  uint32_t count_ = 0;   // recordings made here
+  uint32_t waited_ = 0;  // the highest count waited for here
 };
 
 // Flags where the driver has the memory operations (measured ~14 us faster per hop than IPC
@@ -197,7 +221,7 @@ bool share_copy_fused(cudaStream_t s, void* dst, const void* src, size_t bytes, 
   auto* d = dynamic_cast<FlagSignal*>(&done);
   if (!a || !d || bytes % 4 != 0 || bytes > share_fused_max()) return false;
   launch(share_copy_kernel, dim3(1), dim3(kShareThreads), 0, s, static_cast<uint32_t*>(dst),
-         static_cast<const uint32_t*>(src), unsigned(bytes / 4), a->word(), uint32_t(count),
+         static_cast<const uint32_t*>(src), unsigned(bytes / 4), a->word(), a->note_wait(count),
          d->word(), d->next_count());
   return true;
 }
@@ -236,7 +260,7 @@ std::unique_ptr<SharedSignal> ipc_signal_create(int device, cudaStream_t s) {
   if (use_flags()) {
     auto mem = ipc_alloc(device, sizeof(uint32_t), s);  // zero-filled
     std::vector<uint8_t> h = tagged(kFlagSignal, mem->handle().data(), mem->handle().size());
-    return std::make_unique<FlagSignal>(device, std::move(mem), s, std::move(h));
+    return std::make_unique<FlagSignal>(device, std::move(mem), s, std::move(h), true);
   }
   cudaEvent_t e;
   RWKVPP_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
@@ -255,7 +279,8 @@ std::unique_ptr<SharedSignal> ipc_signal_open(int device, std::span<const uint8_
   RWKVPP_CUDA_CHECK(cudaSetDevice(device));
   if (!handle.empty() && handle[0] == kFlagSignal) {
     if (!memops().wait) fail_msg(dev + ": the peer signals through memory flags, which this driver cannot wait on");
-    return std::make_unique<FlagSignal>(device, ipc_open(device, handle.subspan(1), sizeof(uint32_t)), s, kept);
+    return std::make_unique<FlagSignal>(
+        device, ipc_open(device, handle.subspan(1), sizeof(uint32_t)), s, kept, false);
   }
   cudaIpcEventHandle_t h;
   if (handle.size() != 1 + sizeof h || handle[0] != kEventSignal) fail_msg(dev + ": an IPC event handle has " + std::to_string(handle.size()) + " bytes, not " + std::to_string(1 + sizeof h));

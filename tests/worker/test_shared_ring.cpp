@@ -196,3 +196,26 @@ TEST_CASE("CUDA share_copy: a hop's wait, copy and record, fused or not, over si
   be->free(src);
   be->free(dst);
 }
+
+TEST_CASE("CUDA: waits for a peer that never signals end when the signal is destroyed",
+          "[cuda][shared]") {
+  RWKVPP_REQUIRE_CUDA();
+  auto be = make_cuda_backend(0);
+  auto done = be->signal_create();
+  std::vector<float> in(16), out(16, 0.0f);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = float(i) + 0.5f;
+  auto* src = static_cast<float*>(be->alloc(in.size() * 4));
+  auto* dst = static_cast<float*>(be->alloc(in.size() * 4));
+  be->upload(src, in.data(), in.size() * 4);
+  {
+    // As if the peer had died before recording: a fused copy (a kernel polling the flag) and a
+    // queued wait, both for counts nobody will write.
+    auto never = be->signal_create();
+    be->share_copy(dst, src, in.size() * 4, *never, 1, *done);
+    never->wait(2);
+  }                                               // teardown must not hang on them
+  be->download(out.data(), dst, out.size() * 4);  // synchronises
+  CHECK(out == in);                               // the copy behind the wait ran
+  be->free(src);
+  be->free(dst);
+}
