@@ -266,6 +266,11 @@ std::unique_ptr<SharedSignal> Backend::signal_create() {
 std::unique_ptr<SharedSignal> Backend::signal_open(std::span<const uint8_t>) {
   fail("backend {} shares no signals with other processes", name());
 }
+std::unique_ptr<SharedRing> Backend::share_ring(bool, std::span<SharedBuffer* const>,
+                                                std::span<SharedSignal* const>,
+                                                std::span<SharedSignal* const>) {
+  return nullptr;
+}
 void Backend::share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after,
                          uint64_t count, SharedSignal& done) {
   after.wait(count);

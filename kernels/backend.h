@@ -138,6 +138,34 @@ class SharedSignal {
   virtual void record() = 0;
   virtual void wait(uint64_t count) = 0;
   virtual const std::vector<uint8_t>& handle() const = 0;
+  // The device waited for `count` or recorded the signal by itself (a SharedRing's hop): keeps
+  // this side's counts in step (the next record()'s value; what teardown must release).
+  virtual void device_waited(uint64_t count) { (void)count; }
+  virtual void device_recorded() {}
+  // Teardown: ends every wait queued on this side for this signal, recorded or not (a peer that
+  // died will never record it; a wait left queued would hold the device in every later free
+  // and synchronisation). The copies behind those waits run on with whatever the slots hold.
+  virtual void release_waits() {}
+};
+
+// A ring of shared slots whose hops the device sequences itself (Backend::share_ring): the next
+// slot and each slot's count live in device memory, so a hop's operation is the same at every
+// step and may be part of a recording (graph_begin .. graph_end) that is replayed. Every hop of
+// such a ring goes through hop() or advance(); the host keeps its own counts in step
+// (SharedSignal::device_*).
+class SharedRing {
+ public:
+  virtual ~SharedRing() = default;
+  // Whether hop() takes a copy of `bytes`; larger ones go through Backend::share_copy (with the
+  // host's counts), followed by advance().
+  virtual bool takes(size_t bytes) const = 0;
+  // Queues the ring's next hop. Receiving: wait until the slot is written, copy it to `local`,
+  // signal it consumed. Sending: wait until the slot is consumed, copy `local` into it, signal
+  // it written.
+  virtual void hop(void* local, size_t bytes) = 0;
+  // Queues moving the device's sequence past a hop the host did itself: slot `slot` has now
+  // seen `count` hops.
+  virtual void advance(int slot, uint64_t count) = 0;
 };
 
 class Backend {
@@ -214,6 +242,12 @@ class Backend {
   // polls and stores the memory flags itself, for small copies).
   virtual void share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after,
                           uint64_t count, SharedSignal& done);
+  // A ring over `slots` (waits[i] and dones[i]: slot i's signals, as share_copy's `after` and
+  // `done`), or null where the device cannot sequence hops itself (the default; CUDA without
+  // memory flags, or RWKVPP_SHARE_KERNEL=0).
+  virtual std::unique_ptr<SharedRing> share_ring(bool receive, std::span<SharedBuffer* const> slots,
+                                                 std::span<SharedSignal* const> waits,
+                                                 std::span<SharedSignal* const> dones);
 
   // Makes the segment table visible to the device; the returned table stays valid until the
   // next call. `segs` must outlive the returned table (its host span points into it).

@@ -2,9 +2,39 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include "common/error.h"
 
 namespace rwkvpp {
+
+namespace {
+
+// Device-sequenced rings (hops inside the layers' recording) only with RWKVPP_SHARE_GRAPH=1:
+// faster by ~8 us per hop in their first form (docs/perf.md, seventh session, item 6), not yet
+// run on a GPU in this one.
+bool rings_wanted() {
+  static const bool on = [] {
+    const char* e = std::getenv("RWKVPP_SHARE_GRAPH");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+
+std::unique_ptr<SharedRing> make_ring(Backend& be, bool receive,
+                                      const std::vector<std::unique_ptr<SharedBuffer>>& slots,
+                                      const std::vector<std::unique_ptr<SharedSignal>>& waits,
+                                      const std::vector<std::unique_ptr<SharedSignal>>& dones) {
+  if (!rings_wanted()) return nullptr;
+  std::vector<SharedBuffer*> b;
+  std::vector<SharedSignal*> w, d;
+  for (auto& x : slots) b.push_back(x.get());
+  for (auto& x : waits) w.push_back(x.get());
+  for (auto& x : dones) d.push_back(x.get());
+  return be.share_ring(receive, b, w, d);
+}
+
+}  // namespace
 
 std::string this_host() {
   char name[256] = {};
@@ -18,6 +48,10 @@ SharedRx::SharedRx(Backend& be, size_t slot_bytes) : be_(be), slot_bytes_(slot_b
     written_.push_back(
         be.signal_create());  // waited for here: created here (a flag is polled locally)
   }
+}
+
+SharedRx::~SharedRx() {
+  for (auto& w : written_) w->release_waits();
 }
 
 ShareMsg SharedRx::offer() const {
@@ -38,17 +72,28 @@ void SharedRx::accept(const ShareMsg& m) {
     fail("shared slots: the accept carries {} signals for {} slots", m.signals.size(), kSlots);
   for (auto& h : m.signals) consumed_.push_back(be_.signal_open(h));
   for (auto& s : slots_) s->unlink();  // the peer has them open
+  ring_ = make_ring(be_, true, slots_, written_, consumed_);
   accepted_ = true;
 }
 
-void SharedRx::take(int slot, void* dst, size_t bytes, const std::string& what) {
+std::function<void()> SharedRx::take_op(int slot, void* dst, size_t bytes,
+                                        const std::string& what) {
   if (!accepted_) fail("{}: hidden vectors in shared slot {}, but no shared slots were agreed", what, slot);
   if (slot != next_) fail("{}: hidden vectors in shared slot {}, expected slot {}", what, slot, next_);
   if (bytes > slot_bytes_) fail("{}: {} bytes of hidden vectors do not fit a {}-byte slot", what, bytes, slot_bytes_);
   next_ = (next_ + 1) % kSlots;
   // The slot's u-th use (from 0) follows the predecessor's (u + 1)-th write of it.
-  be_.share_copy(dst, slots_[size_t(slot)]->data(), bytes, *written_[size_t(slot)],
-                 ++uses_[size_t(slot)], *consumed_[size_t(slot)]);
+  const uint64_t u = ++uses_[size_t(slot)];
+  SharedSignal &written = *written_[size_t(slot)], &consumed = *consumed_[size_t(slot)];
+  if (replayable(bytes)) {
+    written.device_waited(u);
+    consumed.device_recorded();
+    return [r = ring_.get(), dst, bytes] { r->hop(dst, bytes); };
+  }
+  return [this, dst, bytes, slot, u, &written, &consumed] {
+    be_.share_copy(dst, slots_[size_t(slot)]->data(), bytes, written, u, consumed);
+    if (ring_) ring_->advance(slot, u);
+  };
 }
 
 SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : be_(be), slot_bytes_(m.slot_bytes) {
@@ -66,6 +111,11 @@ SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : b
   }
   uses_.assign(slots_.size(), 0);
   credits_ = int(slots_.size());
+  ring_ = make_ring(be, false, slots_, consumed_, written_);
+}
+
+SharedTx::~SharedTx() {
+  for (auto& c : consumed_) c->release_waits();
 }
 
 ShareMsg SharedTx::accept() const {
@@ -84,15 +134,23 @@ void SharedTx::credit(uint32_t slot, const std::string& what) {
   ++credits_;
 }
 
-int SharedTx::put(const void* src, size_t bytes) {
+std::pair<int, std::function<void()>> SharedTx::put_op(const void* src, size_t bytes) {
   RWKVPP_CHECK(credits_ > 0 && bytes <= slot_bytes_);
   const int slot = next_;
   next_ = (next_ + 1) % int(slots_.size());
   --credits_;
   // The u-th write of the slot (from 0) follows the successor's u-th reading of it.
-  be_.share_copy(slots_[size_t(slot)]->data(), src, bytes, *consumed_[size_t(slot)],
-                 uses_[size_t(slot)]++, *written_[size_t(slot)]);
-  return slot;
+  const uint64_t u = uses_[size_t(slot)]++;
+  SharedSignal &consumed = *consumed_[size_t(slot)], &written = *written_[size_t(slot)];
+  if (replayable(bytes)) {
+    consumed.device_waited(u);
+    written.device_recorded();
+    return {slot, [r = ring_.get(), src, bytes] { r->hop(const_cast<void*>(src), bytes); }};
+  }
+  return {slot, [this, src, bytes, slot, u, &consumed, &written] {
+            be_.share_copy(slots_[size_t(slot)]->data(), src, bytes, consumed, u, written);
+            if (ring_) ring_->advance(slot, u + 1);
+          }};
 }
 
 }  // namespace rwkvpp

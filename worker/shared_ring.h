@@ -14,8 +14,10 @@
 // small copies). Handshake and messages: worker/protocol.h (ShareMsg).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -32,19 +34,29 @@ class SharedRx {
   static constexpr int kSlots = 3;
   // Allocates the slots; throws Error when the backend cannot share.
   SharedRx(Backend& be, size_t slot_bytes);
+  ~SharedRx();  // releases the waits still queued (SharedSignal::release_waits) before any free
   ShareMsg offer() const;
   // The predecessor's answer: opens its "consumed" signals. Throws Error on a malformed one.
   void accept(const ShareMsg& m);
   bool accepted() const { return accepted_; }
   // Queues, on the device: wait for slot `slot`'s write, copy `bytes` of it to `dst`, record
   // that the slot is consumed. Slots must be taken in ring order (checked).
-  void take(int slot, void* dst, size_t bytes, const std::string& what);
+  void take(int slot, void* dst, size_t bytes, const std::string& what) {
+    take_op(slot, dst, bytes, what)();
+  }
+  // The same checks and counts now; returns the operation that queues the device's part. Where
+  // replayable(bytes), that operation is the same at every step and may be recorded for replay
+  // (Stage::forward's hooks); otherwise it holds this step's counts and must run once, now.
+  std::function<void()> take_op(int slot, void* dst, size_t bytes, const std::string& what);
+  // Whether the device sequences hops of `bytes` itself (Backend::share_ring; small copies).
+  bool replayable(size_t bytes) const { return ring_ && ring_->takes(bytes); }
 
  private:
   Backend& be_;
   size_t slot_bytes_;
   std::vector<std::unique_ptr<SharedBuffer>> slots_;
   std::vector<std::unique_ptr<SharedSignal>> consumed_, written_;
+  std::unique_ptr<SharedRing> ring_;  // the device sequences the hops (Backend::share_ring)
   bool accepted_ = false;
   int next_ = 0;
   uint64_t uses_[kSlots] = {};  // times each slot has been taken
@@ -55,13 +67,21 @@ class SharedTx {
  public:
   // Opens the offered slots and signals; throws Error (the reason to refuse) when it cannot.
   SharedTx(Backend& be, const ShareMsg& offer, size_t slot_bytes_needed);
+  ~SharedTx();
   ShareMsg accept() const;
   bool has_credit() const { return credits_ > 0; }
   // A Credit from the successor: the slot it names must be the oldest one in use.
   void credit(uint32_t slot, const std::string& what);
   // Queues, on the device: wait until the successor is done with the next slot, copy `bytes`
   // from `src` into it, record that it is written. Needs a credit; returns the slot.
-  int put(const void* src, size_t bytes);
+  int put(const void* src, size_t bytes) {
+    auto [slot, op] = put_op(src, bytes);
+    op();
+    return slot;
+  }
+  // As SharedRx::take_op: the slot, and the operation that queues the device's part.
+  std::pair<int, std::function<void()>> put_op(const void* src, size_t bytes);
+  bool replayable(size_t bytes) const { return ring_ && ring_->takes(bytes); }
 
  private:
   Backend& be_;
@@ -69,6 +89,7 @@ class SharedTx {
   std::vector<std::unique_ptr<SharedBuffer>> slots_;
   std::vector<std::unique_ptr<SharedSignal>> consumed_, written_;
   std::vector<uint64_t> uses_;  // times each slot has been written
+  std::unique_ptr<SharedRing> ring_;
   int credits_ = 0, next_ = 0, oldest_ = 0;
 };
 

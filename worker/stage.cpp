@@ -59,7 +59,13 @@ void Stage::embed(const int32_t* ids, int64_t n, Hidden& h) {
   embedder_->forward(be_, ids, n, h.x);
 }
 
-void Stage::forward(std::span<const Segment> segs, Hidden& h) {
+void Stage::forward(std::span<const Segment> segs, Hidden& h, const Hooks* hooks) {
+  const bool before = hooks && hooks->before, after = hooks && hooks->after;
+  auto run = [&](const SegTable& st) {
+    if (before) hooks->before();
+    run_layers(st, h);
+    if (after) hooks->after();
+  };
   SegTable st = be_.stage_segments(segs);
   RWKVPP_CHECK(st.n_tokens == h.n, "segments do not cover the batch");
   for (const Segment& s : segs)
@@ -73,13 +79,14 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h) {
     for (uint64_t v : {uint64_t(reinterpret_cast<uintptr_t>(this)), uint64_t(h.n),
                        uint64_t(reinterpret_cast<uintptr_t>(h.x)),
                        uint64_t(reinterpret_cast<uintptr_t>(h.v_first)),
-                       uint64_t(reinterpret_cast<uintptr_t>(st.device))})
+                       uint64_t(reinterpret_cast<uintptr_t>(st.device)),
+                       uint64_t(before) | uint64_t(after) << 1})
       key = (key ^ v) * 1099511628211ull;
     if (be_.graph_launch(key)) return;
     if (graph_seen_.size() > 4096) graph_seen_.clear();
     if (!graph_seen_.insert(key).second && be_.graph_begin(key)) {
       try {
-        run_layers(st, h);
+        run(st);
       } catch (...) {
         be_.graph_cancel();
         throw;
@@ -88,7 +95,7 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h) {
       return;
     }
   }
-  run_layers(st, h);
+  run(st);
 }
 
 void Stage::run_layers(const SegTable& st, Hidden& h) {

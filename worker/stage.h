@@ -3,6 +3,7 @@
 // every slot. The step loop (worker/step_loop.h) drives it; tests drive it directly.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <unordered_set>
 #include <vector>
@@ -46,7 +47,13 @@ class Stage {
   // most kGraphMaxTokens) replay a recording of the layer loop where the backend records
   // (Backend::graph_begin): the first step of a shape runs normally (growing every buffer), the
   // second records, later ones replay.
-  void forward(std::span<const Segment> segs, Hidden& h);
+  // Hooks run just before and after the layers, inside the recording where there is one (a
+  // hop through shared slots whose device op is the same at every step: SharedRing). The graph
+  // key tells steps with and without each hook apart; they must not change otherwise.
+  struct Hooks {
+    std::function<void()> before, after;
+  };
+  void forward(std::span<const Segment> segs, Hidden& h, const Hooks* hooks = nullptr);
   // Turns recording and replaying of decode steps on (the default) or off.
   void use_graphs(bool on) { graphs_ = on; }
   static constexpr int64_t kGraphMaxTokens = 256;

@@ -361,6 +361,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   // Hidden vectors in and out through shared slots (worker/shared_ring.h) are copied in order.
   const bool shared_in = s.shared_slot >= 0, shared_out = !a_.head && tx_;
   const bool side = side_ && hf * 4 >= side_min_bytes_ && !shared_in && !shared_out;
+  Stage::Hooks hooks;
   const int b = side ? hcur_ : 0;
   if (side) hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
@@ -377,7 +378,13 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     if (!rx_) fail("{}: hidden vectors in shared slot {}, but no slots are shared", what, s.shared_slot);
     be.wait_mark(free_at);
     marks[0] = mark();
-    rx_->take(s.shared_slot, h.x, hf * 4, what);
+    // Inside the layers' recording where the device sequences the ring (not when timing: the
+    // layers' marks would take in the wait for the previous stage).
+    std::function<void()> op = rx_->take_op(s.shared_slot, h.x, hf * 4, what);
+    if (rx_->replayable(hf * 4) && !timing_)
+      hooks.before = std::move(op);
+    else
+      op();
     stats_.bytes_shared += hf * 4;
     ShareMsg credit;
     credit.kind = ShareKind::Credit;
@@ -419,7 +426,15 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   };
   trace::mark(trace::Point::InputQueued, s.step);
   marks[1] = mark();
-  stage_.forward(s.segs, h);
+  // Out through a device-sequenced ring: inside the recording too, when a slot is free now
+  // (otherwise after the layers, once a credit has come: the layers need not wait for it).
+  int out_slot = -1;
+  if (shared_out && tx_->replayable(hf * 4) && !timing_ && tx_->has_credit()) {
+    auto [slot, op] = tx_->put_op(h.x, hf * 4);
+    out_slot = slot;
+    hooks.after = std::move(op);
+  }
+  stage_.forward(s.segs, h, &hooks);
   marks[2] = mark();
   trace::mark(trace::Point::LayersQueued, s.step);
   // Marks of a step that sends no fenced message are not read.
@@ -429,8 +444,11 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
 
   if (shared_out) {
     // Into the next stage's slot on the device; the message leaves now, its device waits.
-    wait_share(true);
-    s.shared_slot = tx_->put(h.x, hf * 4);
+    if (out_slot < 0) {
+      wait_share(true);
+      out_slot = tx_->put(h.x, hf * 4);
+    }
+    s.shared_slot = out_slot;
     own_free_mark();
     marks[3] = mark();
     Timed t;

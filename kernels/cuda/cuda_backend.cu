@@ -278,6 +278,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<SharedSignal> signal_open(std::span<const uint8_t> h) override {
     return cuda::ipc_signal_open(device_, h, stream_);
   }
+  std::unique_ptr<SharedRing> share_ring(bool receive, std::span<SharedBuffer* const> slots,
+                                         std::span<SharedSignal* const> waits,
+                                         std::span<SharedSignal* const> dones) override {
+    return cuda::ipc_ring(device_, stream_, receive, slots, waits, dones);
+  }
   void share_copy(void* dst, const void* src, size_t bytes, SharedSignal& after, uint64_t count,
                   SharedSignal& done) override {
     if (!cuda::share_copy_fused(stream_, dst, src, bytes, after, count, done))

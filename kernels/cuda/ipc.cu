@@ -1,7 +1,6 @@
-#include "kernels/cuda/ipc.cuh"
-
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -9,6 +8,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/ipc.cuh"
 
 namespace rwkvpp::cuda {
 namespace {
@@ -101,10 +101,11 @@ class FlagSignal final : public SharedSignal {
       : device_(device), mem_(std::move(mem)), s_(s), handle_(std::move(handle)), own_(own) {}
   // A flag in this process's memory is waited for here and recorded by the peer: if the peer
   // is gone, a wait still queued would hold the device forever, and with it the frees and
-  // synchronisations of teardown. So the flag is first moved past every count waited for (from
-  // another queue, which the waiting one does not block); the waits end, their copies run on
-  // and nothing is lost that was not already lost with the peer.
-  ~FlagSignal() override {
+  // synchronisations of teardown. So release_waits() (and the destructor) moves the flag past
+  // every count waited for (from another queue, which the waiting one does not block); the
+  // waits end, their copies run on and nothing is lost that was not already lost with the peer.
+  ~FlagSignal() override { release_waits(); }
+  void release_waits() override {
     if (!own_ || waited_ == 0) return;
     cudaSetDevice(device_);
     const uint32_t past = waited_ + (1u << 30);
@@ -131,6 +132,8 @@ class FlagSignal final : public SharedSignal {
     return uint32_t(count);
   }
   uint32_t* word() const { return static_cast<uint32_t*>(mem_->data()); }
+  void device_waited(uint64_t count) override { note_wait(count); }
+  void device_recorded() override { ++count_; }
 
  private:
   CUdeviceptr flag() const { return reinterpret_cast<CUdeviceptr>(mem_->data()); }
@@ -213,7 +216,136 @@ size_t share_fused_max() {
   return max;
 }
 
+// A ring's hop (SharedRing): which slot, and how many hops each slot has seen, are read from
+// `state` in device memory ([0] next slot, [1 + i] hops through slot i) and advanced by the hop
+// itself, so that one launch, recorded once, serves every step. The state is read before
+// griddepcontrol.wait: the ring's previous operation wrote it, and it ran at least two launches
+// earlier on this stream (a stage's layers lie between two hops of a ring), so it has completed
+// (a kernel starts only once its predecessor passed its own wait, i.e. once the kernel before
+// that one completed). One block, as share_copy_kernel: hops of up to share_fused_max() bytes.
+constexpr int kRingMax = 4;
+struct RingArgs {
+  uint32_t* slots[kRingMax];
+  const uint32_t* waits[kRingMax];
+  uint32_t* dones[kRingMax];
+  uint32_t* state;
+  unsigned n_slots;
+  unsigned receive;  // 1: slot -> local, after the (u + 1)-th write; 0: local -> slot, after the
+                     // u-th read
+};
+
+// Element `i` of a parameter array without indexing it by a variable (which would copy the
+// whole parameter block to each thread's stack).
+template <typename T>
+__device__ __forceinline__ T pick(const T (&a)[kRingMax], unsigned i) {
+  static_assert(kRingMax == 4);
+  return i == 0 ? a[0] : i == 1 ? a[1] : i == 2 ? a[2] : a[3];
+}
+
+__global__ void __launch_bounds__(kShareThreads)
+    ring_hop_kernel(RingArgs r, uint32_t* local, unsigned n) {
+  __shared__ unsigned s_slot, s_u;
+  __shared__ uint32_t* s_shared;
+  if (threadIdx.x == 0) {
+    const auto* st = static_cast<volatile uint32_t*>(r.state);
+    const unsigned slot = st[0];
+    const uint32_t u = st[1 + slot];
+    const uint32_t want = u + r.receive;
+    const uint32_t* wait = pick(r.waits, slot);
+    if (want != 0)
+      while (int32_t(load_acquire_sys(wait) - want) < 0) {
+      }
+    s_slot = slot;
+    s_u = u;
+    s_shared = pick(r.slots, slot);
+  }
+  __syncthreads();
+  pdl_begin();
+  const unsigned slot = s_slot;
+  uint32_t* __restrict__ dst = r.receive ? local : s_shared;
+  const uint32_t* __restrict__ src = r.receive ? s_shared : local;
+  unsigned i = threadIdx.x;
+  if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0) {
+    const unsigned n4 = n / 4;
+#pragma unroll 4
+    for (; i < n4; i += kShareThreads)
+      __stcg(reinterpret_cast<uint4*>(dst) + i, __ldcg(reinterpret_cast<const uint4*>(src) + i));
+    i = n4 * 4 + threadIdx.x;
+  }
+  for (; i < n; i += kShareThreads) __stcg(dst + i, __ldcg(src + i));
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    r.state[1 + slot] = s_u + 1;
+    r.state[0] = (slot + 1) % r.n_slots;
+    store_release_sys(pick(r.dones, slot), s_u + 1);
+  }
+}
+
+// The host did a hop of the ring itself (a large copy through share_copy): the device's sequence
+// moves past it.
+__global__ void ring_advance_kernel(uint32_t* state, unsigned slot, uint32_t count,
+                                    unsigned n_slots) {
+  pdl_begin();
+  state[1 + slot] = count;
+  state[0] = (slot + 1) % n_slots;
+}
+
+class CudaRing final : public SharedRing {
+ public:
+  CudaRing(int device, cudaStream_t s, const RingArgs& a) : device_(device), s_(s), args_(a) {}
+  ~CudaRing() override {
+    cudaSetDevice(device_);
+    cudaFree(args_.state);
+  }
+  bool takes(size_t bytes) const override { return bytes % 4 == 0 && bytes <= share_fused_max(); }
+  void hop(void* local, size_t bytes) override {
+    if (!takes(bytes))
+      fail_msg("cuda:" + std::to_string(device_) + ": a shared ring's hop of " +
+               std::to_string(bytes) + " bytes (the kernel takes multiples of 4 up to " +
+               std::to_string(share_fused_max()) + ")");
+    launch(ring_hop_kernel, dim3(1), dim3(kShareThreads), 0, s_, args_,
+           static_cast<uint32_t*>(local), unsigned(bytes / 4));
+  }
+  void advance(int slot, uint64_t count) override {
+    launch(ring_advance_kernel, dim3(1), dim3(1), 0, s_, args_.state, unsigned(slot),
+           uint32_t(count), args_.n_slots);
+  }
+
+ private:
+  int device_;
+  cudaStream_t s_;
+  RingArgs args_;
+};
+
+bool ring_allowed() { return share_fused_max() > 0; }
+
 }  // namespace
+
+std::unique_ptr<SharedRing> ipc_ring(int device, cudaStream_t s, bool receive,
+                                     std::span<SharedBuffer* const> slots,
+                                     std::span<SharedSignal* const> waits,
+                                     std::span<SharedSignal* const> dones) {
+  if (!ring_allowed() || slots.empty() || slots.size() > size_t(kRingMax) ||
+      waits.size() != slots.size() || dones.size() != slots.size())
+    return nullptr;
+  RingArgs a = {};
+  for (size_t i = 0; i < slots.size(); ++i) {
+    auto* w = dynamic_cast<FlagSignal*>(waits[i]);
+    auto* d = dynamic_cast<FlagSignal*>(dones[i]);
+    if (!w || !d) return nullptr;
+    a.slots[i] = static_cast<uint32_t*>(slots[i]->data());
+    a.waits[i] = w->word();
+    a.dones[i] = d->word();
+  }
+  a.n_slots = unsigned(slots.size());
+  a.receive = receive ? 1 : 0;
+  RWKVPP_CUDA_CHECK(cudaSetDevice(device));
+  RWKVPP_CUDA_CHECK(cudaMalloc(&a.state, (1 + kRingMax) * sizeof(uint32_t)));
+  RWKVPP_CUDA_CHECK(cudaMemsetAsync(a.state, 0, (1 + kRingMax) * sizeof(uint32_t), s));
+  RWKVPP_CUDA_CHECK(cudaStreamSynchronize(s));
+  return std::make_unique<CudaRing>(device, s, a);
+}
 
 bool share_copy_fused(cudaStream_t s, void* dst, const void* src, size_t bytes, SharedSignal& after,
                       uint64_t count, SharedSignal& done) {

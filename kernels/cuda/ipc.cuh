@@ -31,4 +31,12 @@ std::unique_ptr<SharedSignal> ipc_signal_open(int device, std::span<const uint8_
 bool share_copy_fused(cudaStream_t s, void* dst, const void* src, size_t bytes, SharedSignal& after,
                       uint64_t count, SharedSignal& done);
 
+// Backend::share_ring: a ring whose hops of up to 64 KiB are one kernel each, sequenced by the
+// device (kernels/cuda/ipc.cu); null unless every signal is a memory flag and
+// RWKVPP_SHARE_KERNEL is not 0.
+std::unique_ptr<SharedRing> ipc_ring(int device, cudaStream_t s, bool receive,
+                                     std::span<SharedBuffer* const> slots,
+                                     std::span<SharedSignal* const> waits,
+                                     std::span<SharedSignal* const> dones);
+
 }  // namespace rwkvpp::cuda

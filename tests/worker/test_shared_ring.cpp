@@ -219,3 +219,98 @@ TEST_CASE("CUDA: waits for a peer that never signals end when the signal is dest
   be->free(src);
   be->free(dst);
 }
+
+TEST_CASE(
+    "CUDA shared ring: hops sequenced by the device, direct, replayed, and mixed with the host's",
+    "[cuda][shared]") {
+  RWKVPP_REQUIRE_CUDA();
+  auto be = make_cuda_backend(0);
+  const size_t cap = 2 << 20;
+  std::vector<std::unique_ptr<SharedBuffer>> slots;
+  std::vector<std::unique_ptr<SharedSignal>> written, consumed;
+  std::vector<SharedBuffer*> s;
+  std::vector<SharedSignal*> w, c;
+  for (int i = 0; i < 3; ++i) {
+    slots.push_back(be->share_alloc(cap));
+    written.push_back(be->signal_create());
+    consumed.push_back(be->signal_create());
+    s.push_back(slots.back().get());
+    w.push_back(written.back().get());
+    c.push_back(consumed.back().get());
+  }
+  // One process plays both sides on one queue: the sender's hop, then the receiver's.
+  auto tx = be->share_ring(false, s, c, w);
+  auto rx = be->share_ring(true, s, w, c);
+  if (!tx || !rx) {  // RWKVPP_SHARE_GRAPH=0, RWKVPP_SHARE_KERNEL=0 or event signals
+    WARN("no device-sequenced rings here");
+    return;
+  }
+  auto* src = static_cast<uint8_t*>(be->alloc(cap));
+  auto* dst = static_cast<uint8_t*>(be->alloc(cap));
+  std::vector<uint8_t> in(cap), out(cap);
+  int step = 0;
+  auto fill = [&] {
+    ++step;
+    for (size_t i = 0; i < cap; ++i) in[i] = uint8_t((i * 17 + size_t(step) * 29 + 3) % 253);
+    be->upload(src, in.data(), cap);
+  };
+  // The host's side of the ring, as SharedTx / SharedRx keep it: the next slot and its count.
+  int next = 0;
+  uint64_t uses[3] = {};
+  // A hop each way: through the device's ring where it takes the size, else with the host's
+  // counts (share_copy) and the ring advanced past it. `record`: queue it (not for a replay).
+  auto hop_pair = [&](size_t bytes, bool record) {
+    const int slot = next;
+    next = (next + 1) % 3;
+    const uint64_t u = uses[slot]++;
+    if (tx->takes(bytes)) {
+      c[size_t(slot)]->device_waited(u);
+      w[size_t(slot)]->device_recorded();
+      w[size_t(slot)]->device_waited(u + 1);
+      c[size_t(slot)]->device_recorded();
+      if (record) {
+        tx->hop(src, bytes);
+        rx->hop(dst, bytes);
+      }
+      return;
+    }
+    REQUIRE(record);
+    be->share_copy(s[size_t(slot)]->data(), src, bytes, *c[size_t(slot)], u, *w[size_t(slot)]);
+    tx->advance(slot, u + 1);
+    be->share_copy(dst, s[size_t(slot)]->data(), bytes, *w[size_t(slot)], u + 1, *c[size_t(slot)]);
+    rx->advance(slot, u + 1);
+  };
+  auto check = [&](size_t bytes, const char* how) {
+    be->download(out.data(), dst, cap);
+    INFO(how << " hop of " << bytes << " bytes, step " << step);
+    CHECK(std::memcmp(out.data(), in.data(), bytes) == 0);
+  };
+  CHECK_FALSE(tx->takes((64 << 10) + 4));
+  // Directly: one word up to the kernel's 64 KiB, and larger ones the host sequences, mixed.
+  for (size_t bytes : {size_t(4), size_t(8192), size_t(20484), size_t((1 << 20) + 4), size_t(65536),
+                       size_t(8), size_t(1 << 20), size_t(1 << 20), size_t(20480)}) {
+    fill();
+    hop_pair(bytes, true);
+    check(bytes, "a direct");
+  }
+  // Recorded once, replayed: each replay must take the next slot and count.
+  for (size_t bytes : {size_t(20480), size_t(65536)}) {
+    const uint64_t key = 0x51a7e + bytes;
+    fill();
+    REQUIRE(be->graph_begin(key));
+    hop_pair(bytes, true);
+    be->graph_end(key);  // runs it once
+    check(bytes, "a recorded");
+    for (int r = 0; r < 7; ++r) {
+      fill();
+      hop_pair(bytes, false);
+      REQUIRE(be->graph_launch(key));
+      check(bytes, "a replayed");
+    }
+    fill();
+    hop_pair((1 << 20) + 8, true);  // the host's counts still agree with the device's
+    check((1 << 20) + 8, "a host-sequenced");
+  }
+  be->free(src);
+  be->free(dst);
+}
