@@ -45,8 +45,8 @@ std::string this_host() {
 SharedRx::SharedRx(Backend& be, size_t slot_bytes) : be_(be), slot_bytes_(slot_bytes) {
   for (int i = 0; i < kSlots; ++i) {
     slots_.push_back(be.share_alloc(slot_bytes));
-    written_.push_back(
-        be.signal_create());  // waited for here: created here (a flag is polled locally)
+    // Waited for here, so created here: a memory flag is then polled in local memory.
+    written_.push_back(be.signal_create());
   }
 }
 
@@ -107,7 +107,7 @@ SharedTx::SharedTx(Backend& be, const ShareMsg& m, size_t slot_bytes_needed) : b
   for (size_t i = 0; i < m.buffers.size(); ++i) {
     slots_.push_back(be.share_open(m.buffers[i], size_t(m.slot_bytes)));
     written_.push_back(be.signal_open(m.signals[i]));
-    consumed_.push_back(be.signal_create());  // waited for here: created here
+    consumed_.push_back(be.signal_create());  // waited for here, so created here
   }
   uses_.assign(slots_.size(), 0);
   credits_ = int(slots_.size());

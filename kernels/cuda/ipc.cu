@@ -1,6 +1,5 @@
 #include <cudaTypedefs.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -182,29 +181,38 @@ __device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
 
 constexpr int kShareThreads = 1024;
 
-// One block: wait for the peer's counter, copy n words (16 bytes at a time where both pointers
-// allow), make the stores visible system-wide, then store the done counter. Loads and stores
-// go through L2 only (.cg): a slot's lines may sit in this SM's L1 from its last use.
-__global__ void __launch_bounds__(kShareThreads)
-    share_copy_kernel(uint32_t* __restrict__ dst, const uint32_t* __restrict__ src, unsigned n,
-                      const uint32_t* after, uint32_t count, uint32_t* done, uint32_t done_value) {
-  if (threadIdx.x == 0 && count != 0)
-    while (int32_t(load_acquire_sys(after) - count) < 0) {
+// The pieces of a hop kernel (one block): thread 0 polls a counter the peer writes until it
+// reaches `want` (0: nothing to wait for); the block copies n words, 16 bytes at a time where
+// both pointers allow, through L2 only (.cg: a slot's lines may sit in this SM's L1 from its
+// last use), and fences them system-wide; then thread 0 stores the done counter.
+__device__ __forceinline__ void spin_until(const uint32_t* word, uint32_t want) {
+  if (want != 0)
+    while (int32_t(load_acquire_sys(word) - want) < 0) {
     }
-  __syncthreads();
-  pdl_begin();
+}
+
+__device__ __forceinline__ void block_copy(uint32_t* __restrict__ dst,
+                                           const uint32_t* __restrict__ src, unsigned n) {
   unsigned i = threadIdx.x;
   if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0) {
     const unsigned n4 = n / 4;
-    auto* d4 = reinterpret_cast<uint4*>(dst);
-    const auto* s4 = reinterpret_cast<const uint4*>(src);
 #pragma unroll 4
-    for (; i < n4; i += kShareThreads) __stcg(d4 + i, __ldcg(s4 + i));
+    for (; i < n4; i += kShareThreads)
+      __stcg(reinterpret_cast<uint4*>(dst) + i, __ldcg(reinterpret_cast<const uint4*>(src) + i));
     i = n4 * 4 + threadIdx.x;
   }
   for (; i < n; i += kShareThreads) __stcg(dst + i, __ldcg(src + i));
   __threadfence_system();
   __syncthreads();
+}
+
+__global__ void __launch_bounds__(kShareThreads)
+    share_copy_kernel(uint32_t* __restrict__ dst, const uint32_t* __restrict__ src, unsigned n,
+                      const uint32_t* after, uint32_t count, uint32_t* done, uint32_t done_value) {
+  if (threadIdx.x == 0) spin_until(after, count);
+  __syncthreads();
+  pdl_begin();
+  block_copy(dst, src, n);
   if (threadIdx.x == 0) store_release_sys(done, done_value);
 }
 
@@ -250,11 +258,7 @@ __global__ void __launch_bounds__(kShareThreads)
     const auto* st = static_cast<volatile uint32_t*>(r.state);
     const unsigned slot = st[0];
     const uint32_t u = st[1 + slot];
-    const uint32_t want = u + r.receive;
-    const uint32_t* wait = pick(r.waits, slot);
-    if (want != 0)
-      while (int32_t(load_acquire_sys(wait) - want) < 0) {
-      }
+    spin_until(pick(r.waits, slot), u + r.receive);
     s_slot = slot;
     s_u = u;
     s_shared = pick(r.slots, slot);
@@ -262,19 +266,10 @@ __global__ void __launch_bounds__(kShareThreads)
   __syncthreads();
   pdl_begin();
   const unsigned slot = s_slot;
-  uint32_t* __restrict__ dst = r.receive ? local : s_shared;
-  const uint32_t* __restrict__ src = r.receive ? s_shared : local;
-  unsigned i = threadIdx.x;
-  if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0) {
-    const unsigned n4 = n / 4;
-#pragma unroll 4
-    for (; i < n4; i += kShareThreads)
-      __stcg(reinterpret_cast<uint4*>(dst) + i, __ldcg(reinterpret_cast<const uint4*>(src) + i));
-    i = n4 * 4 + threadIdx.x;
-  }
-  for (; i < n; i += kShareThreads) __stcg(dst + i, __ldcg(src + i));
-  __threadfence_system();
-  __syncthreads();
+  if (r.receive)
+    block_copy(local, s_shared, n);
+  else
+    block_copy(s_shared, local, n);
   if (threadIdx.x == 0) {
     r.state[1 + slot] = s_u + 1;
     r.state[0] = (slot + 1) % r.n_slots;
@@ -318,15 +313,13 @@ class CudaRing final : public SharedRing {
   RingArgs args_;
 };
 
-bool ring_allowed() { return share_fused_max() > 0; }
-
 }  // namespace
 
 std::unique_ptr<SharedRing> ipc_ring(int device, cudaStream_t s, bool receive,
                                      std::span<SharedBuffer* const> slots,
                                      std::span<SharedSignal* const> waits,
                                      std::span<SharedSignal* const> dones) {
-  if (!ring_allowed() || slots.empty() || slots.size() > size_t(kRingMax) ||
+  if (share_fused_max() == 0 || slots.empty() || slots.size() > size_t(kRingMax) ||
       waits.size() != slots.size() || dones.size() != slots.size())
     return nullptr;
   RingArgs a = {};
