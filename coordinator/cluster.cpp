@@ -246,6 +246,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         ready.backend = be->name();
         if (opt.measure_floors) {
           ready.copy_GBps = be->measure_copy_GBps();
+          ready.read_GBps = be->measure_read_GBps();
           ready.gemm_TFLOPs = be->measure_gemm_TFLOPs(DType::F16);
         }
         send_blocking(t, coord, kTagCtrl, encode_ready(ready));

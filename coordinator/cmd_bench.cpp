@@ -181,8 +181,8 @@ void add_bench_command(CLI::App& app, Action& run) {
       });
       if (!coordinator) return code;
       // Floors: the batch-1 decode must read every weight once per token (the embedding only one
-      // row), at each stage's copy bandwidth; stages run one after another for one sequence.
-      double floor_s = 0, gemm_min = 1e30, copy_min = 1e30;
+      // row), at each stage's read bandwidth; stages run one after another for one sequence.
+      double floor_s = 0, gemm_min = 1e30, copy_min = 1e30, read_min = 1e30;
       uint64_t mem_total = 0;
       // The embedding stays fp16 under int8 (Embedder); weight_bytes counts int8 matrices with their scales.
       const uint64_t emb_bytes = uint64_t(cfg.vocab_size * cfg.n_embd) *
@@ -192,9 +192,10 @@ void add_bench_command(CLI::App& app, Action& run) {
         const auto& rd = report.ready[i];
         const auto& st = report.stats[i];
         uint64_t read_per_token = rd.weight_bytes - (report.plan[i].embed ? std::min(emb_bytes, rd.weight_bytes) : 0);
-        floor_s += double(read_per_token) / (rd.copy_GBps * 1e9);
+        floor_s += double(read_per_token) / (rd.read_GBps * 1e9);
         gemm_min = std::min(gemm_min, rd.gemm_TFLOPs);
         copy_min = std::min(copy_min, rd.copy_GBps);
+        read_min = std::min(read_min, rd.read_GBps);
         uint64_t mem = rd.weight_bytes + rd.state_bytes;
         mem_total += mem;
         stages.push_back(
@@ -205,6 +206,7 @@ void add_bench_command(CLI::App& app, Action& run) {
              {"weight_bytes", rd.weight_bytes},
              {"state_bytes", rd.state_bytes},
              {"copy_GBps", rd.copy_GBps},
+             {"read_GBps", rd.read_GBps},
              {"gemm_TFLOPs", rd.gemm_TFLOPs},
              {"compute_s", st.compute_s},
              {"wait_s", st.wait_s},
@@ -229,7 +231,10 @@ void add_bench_command(CLI::App& app, Action& run) {
       out["n_embd"] = cfg.n_embd;
       out["vocab_size"] = cfg.vocab_size;
       out["dtype"] = dtype_name(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
-      out["floors"] = {{"copy_GBps", copy_min}, {"gemm_TFLOPs", gemm_min}, {"decode_b1_floor_ms", floor_s * 1e3}};
+      out["floors"] = {{"copy_GBps", copy_min},
+                       {"read_GBps", read_min},
+                       {"gemm_TFLOPs", gemm_min},
+                       {"decode_b1_floor_ms", floor_s * 1e3}};
       out["memory_bytes"] = mem_total;
       out["stages"] = stages;
       // Ratios against the floors. Matrix FLOPs per token: 2 x matrix parameters.

@@ -131,6 +131,8 @@ double Backend::measure_copy_GBps() {
   return 2.0 * double(bytes) / s / 1e9;
 }
 
+double Backend::measure_read_GBps() { return measure_copy_GBps(); }
+
 double Backend::measure_gemm_TFLOPs(DType dtype) {
   const int64_t R = 4096, K = 4096, n = host_memory() ? 256 : 4096;
   HostTensor w;

@@ -262,6 +262,10 @@ class Backend {
   // ---- floors, measured on this device for benchmarks (never datasheet numbers) ------------
   // Copy bandwidth in GB/s, counting bytes read plus bytes written, from a large copy().
   virtual double measure_copy_GBps();
+  // Bandwidth in GB/s of reading a large buffer the way a decode step reads its weights: the
+  // batch-1 floor. The default is measure_copy_GBps() (on GPUs a streaming copy reaches what a
+  // streaming read does); the CPU reads with all of its threads.
+  virtual double measure_read_GBps();
   // Dense matrix-product rate in TFLOP/s with `dtype` weights, at a size that fills the device,
   // through the backend's fastest GEMM (the default times matmul()).
   virtual double measure_gemm_TFLOPs(DType dtype);

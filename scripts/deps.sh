@@ -4,7 +4,7 @@
 # reach for apt-get at all. Usage: scripts/deps.sh [--slurm]
 set -euo pipefail
 
-pkgs=(cmake ninja-build g++ pkg-config zlib1g-dev libhdf5-dev libopenblas-dev libopenmpi-dev
+pkgs=(cmake ninja-build g++ pkg-config zlib1g-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libucx-dev libboost-dev catch2 libcli11-dev libfmt-dev libspdlog-dev
       nlohmann-json3-dev libpcre2-dev libutf8proc-dev)
 if [[ "${1:-}" == "--slurm" ]]; then pkgs+=(slurm-wlm munge); fi

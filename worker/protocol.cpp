@@ -78,6 +78,7 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
   for (auto& f : m.files) w.put_string(f);
   w.put_raw(&m.load_seconds, 8);
   w.put_raw(&m.copy_GBps, 8);
+  w.put_raw(&m.read_GBps, 8);
   w.put_raw(&m.gemm_TFLOPs, 8);
   w.put_string(m.backend);
   return w.finish();
@@ -228,6 +229,7 @@ ReadyMsg decode_ready(const Message& msg, const std::string& what) {
   for (uint64_t i = 0; i < n; ++i) m.files.push_back(r.get_string(4096));
   r.get_raw(&m.load_seconds, 8);
   r.get_raw(&m.copy_GBps, 8);
+  r.get_raw(&m.read_GBps, 8);
   r.get_raw(&m.gemm_TFLOPs, 8);
   m.backend = r.get_string(256);
   r.expect_end();

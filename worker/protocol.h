@@ -58,7 +58,7 @@ struct ReadyMsg {
   uint64_t weight_bytes = 0, state_bytes = 0, bytes_read = 0;
   std::vector<std::string> files;  // files the rank opened to load its layers
   double load_seconds = 0;
-  double copy_GBps = 0, gemm_TFLOPs = 0;  // measured floors (benchmarks only; else 0)
+  double copy_GBps = 0, read_GBps = 0, gemm_TFLOPs = 0;  // measured floors (benchmarks only; else 0)
   std::string backend;
 };
 

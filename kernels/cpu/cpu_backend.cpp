@@ -1,13 +1,13 @@
-// The CPU backend: the reference every other backend is tested against. Matrix products go
-// through OpenBLAS (sgemm); fp16/bf16 weights stay in their stored dtype and are widened to fp32
-// a block of rows at a time, so memory matches the file. Everything else is plain loops in
-// the order DESIGN.md writes the math, chosen for clarity.
-#ifdef RWKVPP_HAVE_OPENBLAS
-#include <cblas.h>
-#endif
+// The CPU backend: the reference every other backend is tested against. Matrix products run on
+// the own kernels of kernels/cpu/gemm.h (weights packed once when loaded, read in their stored
+// dtype, every output element one fma chain in k order, so results do not depend on the
+// batch, the threads or the instruction set); everything else is plain loops in the order
+// DESIGN.md writes the math, chosen for clarity.
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,47 +19,25 @@
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/host_memory.h"
 #include "kernels/cpu/posix_shared.h"
 #include "kernels/cpu/thread_pool.h"
-#include "kernels/quantize.h"
 
 namespace rwkvpp {
 namespace {
 
 using cpu::ThreadPool;
 
-#ifndef RWKVPP_HAVE_OPENBLAS
-// Fallback for builds without OpenBLAS: y[n, R] = x[n, K] * W[R, K]^T (row-major, ldy = ldy).
-void sgemm_nt(int n, int R, int K, const float* x, const float* W, float* y, int ldy) {
-  for (int i = 0; i < n; ++i)
-    for (int r = 0; r < R; ++r) {
-      float acc = 0;
-      for (int k = 0; k < K; ++k) acc += x[size_t(i) * K + k] * W[size_t(r) * K + k];
-      y[size_t(i) * ldy + r] = acc;
-    }
-}
-#else
-void sgemm_nt(int n, int R, int K, const float* x, const float* W, float* y, int ldy) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, K, 1.0f, x, K, W, K, 0.0f, y, ldy);
-}
-#endif
-
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
-#ifdef RWKVPP_HAVE_OPENBLAS
-    openblas_set_num_threads(1);  // we split the work ourselves (see matmul)
-#endif
-  }
+  explicit CpuBackend(int threads)
+      : pool_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {}
   std::string name() const override { return "cpu"; }
   bool host_memory() const override { return true; }
 
-  void* alloc(size_t bytes) override {
-    void* p = std::calloc(1, std::max<size_t>(bytes, 1));
-    if (!p) fail("out of host memory allocating {} bytes", bytes);
-    return p;
-  }
-  void free(void* p) noexcept override { std::free(p); }
+  void* alloc(size_t bytes) override { return cpu::host_alloc(bytes); }
+  void free(void* p) noexcept override { cpu::host_free(p); }
   void upload(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void download(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void copy(void* dst, const void* src, size_t n) override { std::memmove(dst, src, n); }
@@ -80,6 +58,33 @@ class CpuBackend final : public Backend {
     while (f >> key >> kb >> unit)
       if (key == "MemAvailable:") return kb * 1024;
     return size_t(sysconf(_SC_AVPHYS_PAGES)) * size_t(sysconf(_SC_PAGESIZE));
+  }
+
+  // Every thread reads its share of a buffer that leaves the caches, median of 5 passes after a
+  // warm-up. The reading is memchr's for a byte the buffer does not hold: the C library's
+  // vector loop, far faster than memory, so the figure is the memory's.
+  double measure_read_GBps() override {
+    size_t bytes = std::min<size_t>(size_t(1) << 30, free_memory() / 8);
+    bytes = std::max<size_t>(bytes, size_t(64) << 20) & ~size_t(4095);
+    DeviceBuffer a(this, bytes);
+    auto* b = static_cast<uint8_t*>(a.get());
+    for (size_t i = 0; i < bytes; ++i) b[i] = uint8_t(1 + i % 251);  // touched, and no zero byte
+    const int64_t parts = pool_.size();
+    std::atomic<int> found{0};
+    auto read = [&](int64_t p) {
+      const size_t s = bytes * size_t(p) / size_t(parts), e = bytes * size_t(p + 1) / size_t(parts);
+      if (std::memchr(b + s, 0, e - s)) found.fetch_add(1);
+    };
+    std::vector<double> t;
+    for (int rep = 0; rep < 6; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      pool_.parallel_for(parts, read);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep > 0) t.push_back(sec);
+    }
+    RWKVPP_CHECK(found.load() == 0, "measure_read_GBps: a zero byte in the buffer");
+    std::sort(t.begin(), t.end());
+    return double(bytes) / t[t.size() / 2] / 1e9;
   }
 
   SegTable stage_segments(std::span<const Segment> segs) override {
@@ -106,53 +111,41 @@ class CpuBackend final : public Backend {
       }
   }
 
-  // The output rows are cut into fixed blocks of kRowBlock rows, each computed by one
-  // single-threaded sgemm, and the blocks are shared among threads. The blocking does not depend
-  // on the thread count, so results are bit-identical for any --threads and any number of ranks
-  // (a multi-threaded sgemm changes its summation order with the thread count). fp16/bf16 rows
-  // are widened to fp32 a block at a time, so weights stay in their stored dtype; int8 rows are
-  // dequantised (q * scale, kernels/quantize.h) the same way, so the product is exactly the fp32
-  // product with the dequantised weights.
-  void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
-    const int64_t R = W.rows, K = W.cols;
-    const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
-    const bool wide = W.dtype == DType::F32;
-    auto block = [&](int64_t b) {
-      // One widening buffer per thread, kept between calls (a fresh 100+ KiB allocation per
-      // call costs page faults on every step).
-      thread_local std::vector<float> scratch;
-      const int64_t r0 = b * kRowBlock, rb = std::min(kRowBlock, R - r0);
-      const float* wb;
-      if (wide) {
-        wb = static_cast<const float*>(W.data) + r0 * K;
-      } else if (W.dtype == DType::I8) {
-        if (scratch.size() < size_t(kRowBlock * K)) scratch.resize(size_t(kRowBlock * K));
-        dequantize_rows_i8(static_cast<const int8_t*>(W.data) + r0 * K, W.scales + r0, rb, K,
-                           scratch.data());
-        wb = scratch.data();
-      } else {
-        if (scratch.size() < size_t(kRowBlock * K)) scratch.resize(size_t(kRowBlock * K));
-        to_f32(W.dtype, static_cast<const uint16_t*>(W.data) + r0 * K, scratch.data(), size_t(rb * K));
-        wb = scratch.data();
-      }
-      sgemm_nt(int(n), int(rb), int(K), x, wb, y + r0, int(R));
-    };
-    if (R * K * std::max<int64_t>(n, 1) < (int64_t(1) << 20)) {
-      for (int64_t b = 0; b < blocks; ++b) block(b);  // too small to be worth waking threads
-    } else {
-      pool_.parallel_for(blocks, block);
-    }
+  // Weights are packed once (kernels/cpu/gemm.h): rows in blocks of 128, k-major inside a block,
+  // in the requested dtype (int8 quantised per row). Only this backend reads the layout.
+  WeightView load_weight(const HostTensor& t, DType want, std::unique_ptr<DeviceBuffer>& owner) override {
+    RWKVPP_CHECK(t.shape.size() == 2, "weight must be 2-D");
+    const int64_t R = t.shape[0], K = t.shape[1];
+    RWKVPP_CHECK(t.nbytes() == size_t(R * K) * dtype_size(t.dtype), "weight data size does not match its shape");
+    owner = std::make_unique<DeviceBuffer>(this, cpu::packed_bytes(want, R, K));
+    auto* base = static_cast<uint8_t*>(owner->get());
+    cpu::pack_weight(t.dtype, t.data.data(), R, K, want, base);
+    const float* scales =
+        want == DType::I8 ? reinterpret_cast<const float*>(base + cpu::packed_scales_offset(R, K)) : nullptr;
+    return WeightView{base, want, R, K, scales};
   }
 
-
+  void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
+    const MatmulJob job{&W, x, y, {}};
+    run_jobs(&job, 1, n, nullptr);
+  }
+  void matmul_ex(const WeightView& W, const float* x, float* y, int64_t n, const Epilogue& ep,
+                 float* scratch) override {
+    RWKVPP_CHECK(!ep.accumulate || scratch, "matmul_ex: accumulate needs scratch");
+    const MatmulJob job{&W, x, y, ep};
+    run_jobs(&job, 1, n, scratch);
+  }
+  void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
+    for (int i = 0; i < count; ++i) RWKVPP_CHECK(!jobs[i].ep.accumulate, "matmul_group: jobs do not accumulate");
+    run_jobs(jobs, count, n, nullptr);
+  }
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
     const int64_t C = E.cols;
     if (E.dtype == DType::I8) fail("embedding: int8 tables are not supported (the embedding stays fp16)");
     for (int64_t i = 0; i < n; ++i) {
       RWKVPP_CHECK(ids[i] >= 0 && ids[i] < E.rows, "token id out of range");
-      const auto* row = static_cast<const uint8_t*>(E.data) + size_t(ids[i]) * C * dtype_size(E.dtype);
-      to_f32(E.dtype, row, y + i * C, size_t(C));
+      cpu::packed_row(E, ids[i], y + i * C);
     }
   }
 
@@ -213,7 +206,45 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  static constexpr int64_t kRowBlock = 128;
+  // The products of `jobs` (all with n tokens), each followed by its epilogue, as one parallel
+  // loop over their row blocks: a block's epilogue runs right after its rows, on the same thread,
+  // with the per-element operations of Backend::matmul_ex's default sequence (so the results
+  // are those of the plain ops, bit for bit). `scratch` holds v for an accumulating job.
+  void run_jobs(const MatmulJob* jobs, int count, int64_t n, float* scratch) {
+    if (n <= 0) return;
+    int64_t first[4] = {0, 0, 0, 0}, work = 0;
+    RWKVPP_CHECK(count >= 1 && count <= 3, "matmul_group: 1 to 3 jobs");
+    for (int j = 0; j < count; ++j) {
+      first[j + 1] = first[j] + cpu::row_blocks(jobs[j].W->rows);
+      work += jobs[j].W->rows * jobs[j].W->cols * n;
+    }
+    auto item = [&](int64_t i) {
+      int j = 0;
+      while (i >= first[j + 1]) ++j;
+      const MatmulJob& J = jobs[j];
+      const int64_t b = i - first[j], R = J.W->rows;
+      float* v = J.ep.accumulate ? scratch : J.y;
+      cpu::gemm_blocks(*J.W, J.x, v, n, b, b + 1);
+      const int64_t r0 = b * cpu::kBlockRows, nr = std::min(cpu::kBlockRows, R - r0);
+      for (int64_t t = 0; t < n; ++t) epilogue(J.ep, v + t * R + r0, J.y + t * R + r0, t * R + r0, nr);
+    };
+    if (work < (int64_t(1) << 18)) {  // too small to be worth waking threads
+      for (int64_t i = 0; i < first[count]; ++i) item(i);
+    } else {
+      pool_.parallel_for(first[count], item);
+    }
+  }
+
+  // Backend::matmul_ex's epilogue on nr values v of one token (y: the same values' outputs;
+  // `at`: their index into [n, R], for the gate).
+  static void epilogue(const Epilogue& ep, float* v, float* y, int64_t at, int64_t nr) {
+    if (ep.has_act) cpu::unary(ep.act, v, v, nr);
+    if (ep.gate)
+      for (int64_t c = 0; c < nr; ++c) v[c] = cpu::apply(Binary::Mul, ep.gate[at + c], v[c]);
+    if (ep.accumulate)
+      for (int64_t c = 0; c < nr; ++c) y[c] = cpu::apply(Binary::Add, y[c], v[c]);
+  }
+
   ThreadPool pool_;
 };
 

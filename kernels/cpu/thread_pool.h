@@ -1,9 +1,15 @@
 // A small fork-join pool for the CPU backend: parallel_for(n, fn) runs fn(i) for i < n on the
-// calling thread and the pool's workers, and returns when all are done. Idle workers sleep on a
-// condition variable rather than spinning: ranks often share a few cores (mpirun
-// --oversubscribe), where OpenMP's default busy-waiting made steps 10-40x slower.
+// calling thread and the pool's workers, and returns when all are done.
+//
+// A decode step calls it ~10 times per layer, tens of microseconds apart, so waking sleeping
+// threads each time (a futex round trip, 5-50 us) would cost as much as the work. Workers
+// therefore spin for a while after each job (RWKVPP_CPU_SPIN_US, default 200 us: the gaps inside
+// one step), then sleep on a condition variable: a step wakes them about once, and ranks that
+// share a few cores (mpirun --oversubscribe, where OpenMP-style endless busy-waiting made steps
+// 10-40x slower) lose at most that long per idle gap.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -21,20 +27,28 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return int(workers_.size()) + 1; }
-  // Runs fn(i) for every i in [0, n), each exactly once, spread over the threads.
+  // Runs fn(i) for every i in [0, n), each exactly once, spread over the threads. Not
+  // reentrant: fn must not call parallel_for. Exceptions from fn are not allowed (terminate).
   void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
  private:
   void work();
-  void drain(std::unique_lock<std::mutex>& l);
+  // Claims and runs items of generation `gen` until none are left.
+  void drain(uint64_t gen);
 
   std::vector<std::thread> workers_;
+  // claim_ = generation << 32 | next item: a worker claims an item only for the generation it
+  // joined, so one that arrives late can never run an item of a later job with a stale fn_.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
+  std::atomic<int64_t> n_{0};
+  std::atomic<int64_t> finished_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
   std::mutex mu_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, next_ = 0, finished_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::condition_variable wake_;
+  int64_t spin_ns_ = 200000;
 };
 
 }  // namespace rwkvpp::cpu

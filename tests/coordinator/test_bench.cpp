@@ -30,10 +30,11 @@ void check_bench_json(const json& j, int stages) {
   REQUIRE(j.at("model") == "synthetic:tiny");
   const auto& f = j.at("floors");
   CHECK(f.at("copy_GBps").get<double>() > 0);
+  CHECK(f.at("read_GBps").get<double>() > 0);
   CHECK(f.at("gemm_TFLOPs").get<double>() > 0);
   REQUIRE(j.at("stages").size() == size_t(stages));
   // Batch-1 floor: every stage reads its weights once per token (the embedding one row, so
-  // its matrix is left out) at its own copy bandwidth, one stage after another.
+  // its matrix is left out) at its own read bandwidth, one stage after another.
   const double emb_bytes =
       j.at("vocab_size").get<double>() * j.at("n_embd").get<double>() * 2;  // fp16
   double floor_s = 0, memory = 0;
@@ -46,7 +47,7 @@ void check_bench_json(const json& j, int stages) {
     next_layer = s.at("layers")[1].get<int>() + 1;
     const double read = s.at("weight_bytes").get<double>() - (i == 0 ? emb_bytes : 0.0);
     CHECK(read > 0);
-    floor_s += read / (s.at("copy_GBps").get<double>() * 1e9);
+    floor_s += read / (s.at("read_GBps").get<double>() * 1e9);
     CHECK(s.at("memory_bytes").get<double>() ==
           s.at("weight_bytes").get<double>() + s.at("state_bytes").get<double>());
     memory += s.at("memory_bytes").get<double>();

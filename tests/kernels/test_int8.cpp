@@ -20,6 +20,7 @@
 #include "common/tensor.h"
 #include "helpers.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/quantize.h"
 #include "shards/checkpoint.h"
 #include "test_support.h"
@@ -163,7 +164,8 @@ TEST_CASE("int8 quantiser: error at most half a step, zero rows, outliers", "[ke
   }
 }
 
-TEST_CASE("int8 matmul on the CPU equals the fp32 matmul of the dequantised weights", "[kernels][int8]") {
+TEST_CASE("int8 matmul on the CPU: the row-scaled sum over q, near the product of the original weights",
+          "[kernels][int8]") {
   auto be = make_cpu_backend(3);
   std::mt19937_64 g(11);
   struct Shape {
@@ -178,23 +180,30 @@ TEST_CASE("int8 matmul on the CPU equals the fp32 matmul of the dequantised weig
     auto w = random_matrix(g, sh.R, sh.K, 0.1f);
     auto x = random_matrix(g, sh.n, sh.K, 1.0f);
     HostTensor wt = HostTensor::from_f32(w, {sh.R, sh.K});
-    std::unique_ptr<DeviceBuffer> own8, own32;
+    std::unique_ptr<DeviceBuffer> own8;
     WeightView W8 = be->load_weight(wt, DType::I8, own8);
     REQUIRE(W8.dtype == DType::I8);
     REQUIRE(W8.scales != nullptr);
-    REQUIRE(own8->bytes() == i8_weight_bytes(sh.R, sh.K));
+    REQUIRE(own8->bytes() == cpu::packed_bytes(DType::I8, sh.R, sh.K));
     REQUIRE(reinterpret_cast<uintptr_t>(W8.scales) % 16 == 0);
+    // The CPU stores its own layout (kernels/cpu/gemm.h): every weight it stands for is the
+    // quantiser's q * scale, and the scales are the quantiser's.
     Quantised qz = quantise(w, sh.R, sh.K);
-    REQUIRE(std::memcmp(W8.data, qz.q.data(), qz.q.size()) == 0);
     REQUIRE(std::memcmp(W8.scales, qz.scales.data(), qz.scales.size() * 4) == 0);
-    std::vector<float> deq(w.size());
-    dequantize_rows_i8(qz.q.data(), qz.scales.data(), sh.R, sh.K, deq.data());
-    WeightView W32 = be->load_weight(HostTensor::from_f32(deq, {sh.R, sh.K}), DType::F32, own32);
-    std::vector<float> y8(size_t(sh.n * sh.R), -1.0f), y32(size_t(sh.n * sh.R), -2.0f);
+    for (int64_t r = 0; r < sh.R; ++r)
+      for (int64_t c = 0; c < sh.K; ++c)
+        REQUIRE(cpu::packed_at(W8, r, c) == float(qz.q[size_t(r * sh.K + c)]) * qz.scales[size_t(r)]);
+    std::vector<float> y8(size_t(sh.n * sh.R), -1.0f);
     be->matmul(W8, x.data(), y8.data(), sh.n);
-    be->matmul(W32, x.data(), y32.data(), sh.n);
-    // Same fixed row blocks, same sgemm, same fp32 weights: bit for bit.
-    CHECK(std::memcmp(y8.data(), y32.data(), y8.size() * 4) == 0);
+    // Exactly the sum over q in k order with fused multiply-adds, then times the row's scale
+    // (the contract of kernels/cpu/gemm.h, written out here on its own).
+    for (int64_t t = 0; t < sh.n; ++t)
+      for (int64_t r = 0; r < sh.R; ++r) {
+        float acc = 0.0f;
+        for (int64_t c = 0; c < sh.K; ++c)
+          acc = std::fma(x[size_t(t * sh.K + c)], float(qz.q[size_t(r * sh.K + c)]), acc);
+        REQUIRE(y8[size_t(t * sh.R + r)] == acc * qz.scales[size_t(r)]);
+      }
     // And close to the product with the original weights: each term off by at most half a
     // step of its row, so |err| <= sum_c |x_c| * scale_r / 2 (plus fp32 summation).
     std::vector<float> yo(y8.size());
@@ -216,9 +225,10 @@ TEST_CASE("int8 matmul on the CPU equals the fp32 matmul of the dequantised weig
   CHECK_THROWS_AS(be->embedding(E, &id, 1, y), Error);
 }
 
-// Whole models in int8 on the CPU: exactly the fp32 model whose matrices are the dequantised
-// weights (the embedding, kept fp16, and the fixtures' weights are fp16-exact, so fp16 changes
-// nothing there), and within a bound of the outside reference.
+// Whole models in int8 on the CPU: the fp32 model whose matrices are the dequantised weights up
+// to rounding (int8 scales each finished sum, the fp32 model each weight: kernels/cpu/gemm.h;
+// the embedding, kept fp16, and the fixtures' weights are fp16-exact, so fp16 changes nothing
+// there), and within a bound of the outside reference.
 //
 // The bound. Per-row int8 moves each weight by up to scale / 2 = max|row| / 254; in these
 // tiny random-weight fixtures (no outlier structure, few columns) that is a few % of a typical
@@ -227,9 +237,12 @@ TEST_CASE("int8 matmul on the CPU equals the fp32 matmul of the dequantised weig
 // 1.26e-1, pip-rwkv7-small 8.7e-2. The bounds are about 2x those. They can fail: with every
 // dequantised weight 2 % too large (scale * 1.02) the errors were 2.1e-1, 3.8e-1 and 2.7e-1.
 // (Scales from max / 100, which clips the largest values of each row, gave 6.8e-2, 1.45e-1 and
-// 1.2e-1, inside the v6 and v7 bounds: the exact comparison with the dequantised model is the
-// sharp test of the int8 path, the reference bound a check of the quantisation scheme.)
-TEST_CASE("int8 models on the CPU: the dequantised fp32 model bit for bit, and near the reference",
+// 1.2e-1, inside the v6 and v7 bounds: the comparison with the dequantised model, within
+// kDeqTol, is the sharp test of the int8 path, the reference bound a check of the quantisation
+// scheme.) kDeqTol: the two roundings differ by a few fp32 ulps per product; measured here
+// (max over every logit; six models) 7.4e-6 at most, against 2e-1 for scales 2 % off.
+constexpr double kDeqTol = 5e-5;
+TEST_CASE("int8 models on the CPU: the dequantised fp32 model up to rounding, and near the reference",
           "[kernels][int8]") {
   struct Case {
     const char* name;
@@ -250,17 +263,18 @@ TEST_CASE("int8 models on the CPU: the dequantised fp32 model bit for bit, and n
     const auto l8 = m8.run(0, tokens, 1);
     const auto l32 = m32.run(0, tokens, 1);
     REQUIRE(l8.size() == ref.size());
-    CHECK(max_abs_diff(l8, l32) == 0.0);
+    const double e_deq = max_abs_diff(l8, l32);
+    CHECK(e_deq < kDeqTol);
     const double e_ref = max_abs_diff(l8, ref);
     // The fp32 model for scale: how far int8 moved the logits.
     LocalModel mf(src, DType::F32, 1);
     const double e_f32 = max_abs_diff(mf.run(0, tokens, 1), ref);
     const auto chunked = m8.run(1, tokens, 16);
     const double e_chunk = max_abs_diff(chunked, l8);
-    std::printf("[int8] %-26s max|int8-ref| %.2e (fp32: %.2e)  chunked vs token by token %.2e\n",
-                c.name, e_ref, e_f32, e_chunk);
+    std::printf("[int8] %-26s max|int8-ref| %.2e (fp32: %.2e)  |int8-dequantised| %.2e  chunked vs token by token %.2e\n",
+                c.name, e_ref, e_f32, e_deq, e_chunk);
     CHECK(e_ref < c.tol);
-    CHECK(e_chunk < 1e-5);
+    CHECK(e_chunk == 0.0);  // the CPU kernels do not depend on the batch (kernels/cpu/gemm.h)
     // Memory: matrices at a byte per weight plus a scale per row, well under half of fp32.
     CHECK(m8.stage->weight_bytes() < mf.stage->weight_bytes() / 2);
   }
@@ -269,7 +283,7 @@ TEST_CASE("int8 models on the CPU: the dequantised fp32 model bit for bit, and n
 // RWKV-5.1, 5.2 and the rwkv.cpp RWKV-7 (fp32 weights, not fp16-exact: the embedding and
 // RWKV-7's low-rank factors are rounded to fp16 under int8, so the fp32 comparison model gets
 // the same rounded values).
-TEST_CASE("int8 rwkv.cpp models (RWKV-5.1, 5.2, 7) equal their dequantised fp32 model", "[kernels][int8]") {
+TEST_CASE("int8 rwkv.cpp models (RWKV-5.1, 5.2, 7) match their dequantised fp32 model", "[kernels][int8]") {
   for (const char* name : {"tiny-rwkv-5v1-730K", "tiny-rwkv-5v2-730K", "tiny-rwkv-7v0-834K"}) {
     INFO(name);
     CheckpointSource src(read_checkpoint(fixture(std::string("rwkv-cpp-tiny/") + name + "-FP32.bin")));
@@ -278,7 +292,9 @@ TEST_CASE("int8 rwkv.cpp models (RWKV-5.1, 5.2, 7) equal their dequantised fp32 
     LocalModel m8(src, DType::I8, 1);
     LocalModel m32(deq, DType::F32, 1);
     const auto l8 = m8.run(0, tokens, 1);
-    CHECK(max_abs_diff(l8, m32.run(0, tokens, 1)) == 0.0);
+    const double e_deq = max_abs_diff(l8, m32.run(0, tokens, 1));
+    std::printf("[int8] %-26s |int8-dequantised| %.2e\n", name, e_deq);
+    CHECK(e_deq < kDeqTol);
     const std::string ref_name = "expected-logits-" + std::string(name).substr(10);  // after "tiny-rwkv-"
     const auto ref = read_f32(fixture("rwkv-cpp-tiny/" + ref_name + ".bin"));
     std::vector<float> last(l8.end() - int64_t(ref.size()), l8.end());

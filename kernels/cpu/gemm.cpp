@@ -1,0 +1,194 @@
+// Packing, instruction-set choice and the block loop of the CPU matrix product (gemm.h).
+#include "kernels/cpu/gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "kernels/quantize.h"
+
+namespace rwkvpp::cpu {
+
+size_t packed_bytes(DType dt, int64_t rows, int64_t cols) {
+  const size_t elems = size_t(padded_rows(rows)) * size_t(cols);
+  if (dt == DType::I8) return packed_scales_offset(rows, cols) + size_t(padded_rows(rows)) * 4;
+  return elems * dtype_size(dt);
+}
+
+namespace {
+
+// Writes rows [r0, r0 + nr) of one block (its rows converted to `dt`, row-major in `rows_dt`,
+// esize bytes per element) into the block's k-major layout at `block` (width wb).
+void scatter_block(const uint8_t* rows_dt, int64_t nr, int64_t cols, size_t esize, int64_t wb,
+                   uint8_t* block) {
+  for (int64_t j = 0; j < nr; ++j) {
+    const uint8_t* src = rows_dt + size_t(j) * size_t(cols) * esize;
+    for (int64_t k = 0; k < cols; ++k)
+      std::memcpy(block + (size_t(k) * size_t(wb) + size_t(j)) * esize, src + size_t(k) * esize, esize);
+  }
+}
+
+}  // namespace
+
+void pack_weight(DType src_dtype, const void* src, int64_t rows, int64_t cols, DType dt, void* dst) {
+  RWKVPP_CHECK(rows >= 0 && cols >= 0 && src_dtype != DType::I8, "pack_weight: bad arguments");
+  const int64_t Rp = padded_rows(rows);
+  auto* out = static_cast<uint8_t*>(dst);
+  const auto* in = static_cast<const uint8_t*>(src);
+  const size_t src_row = size_t(cols) * dtype_size(src_dtype);
+  if (dt == DType::I8) {
+    // Quantise the whole matrix (shared among threads), then lay the bytes out by blocks.
+    std::vector<int8_t> q(size_t(rows) * size_t(cols));
+    auto* scales = reinterpret_cast<float*>(out + packed_scales_offset(rows, cols));
+    quantize_rows_i8(src_dtype, src, rows, cols, q.data(), scales);
+    for (int64_t r0 = 0; r0 < Rp; r0 += kBlockRows) {
+      const int64_t wb = std::min(kBlockRows, Rp - r0), nr = std::max<int64_t>(0, std::min(wb, rows - r0));
+      scatter_block(reinterpret_cast<const uint8_t*>(q.data()) + size_t(r0) * size_t(cols), nr, cols, 1,
+                    wb, out + size_t(r0) * size_t(cols));
+    }
+    return;
+  }
+  const size_t esize = dtype_size(dt);
+  std::vector<float> f(static_cast<size_t>(cols));
+  std::vector<uint8_t> rows_dt(size_t(kBlockRows) * size_t(cols) * esize);
+  for (int64_t r0 = 0; r0 < Rp; r0 += kBlockRows) {
+    const int64_t wb = std::min(kBlockRows, Rp - r0), nr = std::max<int64_t>(0, std::min(wb, rows - r0));
+    for (int64_t j = 0; j < nr; ++j) {
+      const uint8_t* s = in + size_t(r0 + j) * src_row;
+      uint8_t* d = rows_dt.data() + size_t(j) * size_t(cols) * esize;
+      if (src_dtype == dt) {
+        std::memcpy(d, s, src_row);
+      } else {
+        to_f32(src_dtype, s, f.data(), size_t(cols));
+        from_f32(dt, f.data(), d, size_t(cols));
+      }
+    }
+    scatter_block(rows_dt.data(), nr, cols, esize, wb, out + size_t(r0) * size_t(cols) * esize);
+  }
+}
+
+float packed_at(const WeightView& W, int64_t r, int64_t c) {
+  RWKVPP_CHECK(r >= 0 && r < W.rows && c >= 0 && c < W.cols, "packed_at: out of range");
+  const int64_t Rp = padded_rows(W.rows), b = r / kBlockRows, row0 = b * kBlockRows;
+  const int64_t wb = std::min(kBlockRows, Rp - row0);
+  const size_t i = size_t(row0) * size_t(W.cols) + size_t(c) * size_t(wb) + size_t(r - row0);
+  switch (W.dtype) {
+    case DType::F32: return static_cast<const float*>(W.data)[i];
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
+    case DType::I8: return float(static_cast<const int8_t*>(W.data)[i]) * W.scales[r];
+  }
+  return 0;
+}
+
+void packed_row(const WeightView& W, int64_t r, float* out) {
+  RWKVPP_CHECK(r >= 0 && r < W.rows, "packed_row: out of range");
+  const int64_t Rp = padded_rows(W.rows), row0 = r / kBlockRows * kBlockRows;
+  const size_t wb = size_t(std::min(kBlockRows, Rp - row0));
+  const size_t base = size_t(row0) * size_t(W.cols) + size_t(r - row0);
+  const int64_t K = W.cols;
+  switch (W.dtype) {
+    case DType::F32:
+      for (int64_t c = 0; c < K; ++c) out[c] = static_cast<const float*>(W.data)[base + size_t(c) * wb];
+      return;
+    case DType::F16:
+      for (int64_t c = 0; c < K; ++c) out[c] = f16_to_f32(static_cast<const uint16_t*>(W.data)[base + size_t(c) * wb]);
+      return;
+    case DType::BF16:
+      for (int64_t c = 0; c < K; ++c) out[c] = bf16_to_f32(static_cast<const uint16_t*>(W.data)[base + size_t(c) * wb]);
+      return;
+    case DType::I8:
+      for (int64_t c = 0; c < K; ++c)
+        out[c] = float(static_cast<const int8_t*>(W.data)[base + size_t(c) * wb]) * W.scales[r];
+      return;
+  }
+}
+
+// ---- instruction sets ------------------------------------------------------------------------
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+#if defined(__x86_64__)
+    case Isa::Avx2:
+      return gemm_block_avx2() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::Avx512:
+      return gemm_block_avx512() && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    case Isa::Avx2:
+    case Isa::Avx512: return false;
+#endif
+  }
+  return false;
+}
+
+namespace {
+
+Isa choose_isa() {
+  if (const char* e = std::getenv("RWKVPP_CPU_ISA"); e && *e) {
+    const std::string s = e;
+    for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+      if (s == isa_name(i)) {
+        if (!isa_supported(i)) fail("RWKVPP_CPU_ISA={}: this CPU (or build) lacks it", s);
+        return i;
+      }
+    fail("RWKVPP_CPU_ISA={}: expected scalar, avx2 or avx512", s);
+  }
+  if (isa_supported(Isa::Avx512)) return Isa::Avx512;
+  if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+std::atomic<int>& isa_slot() {
+  static std::atomic<int> slot{int(choose_isa())};
+  return slot;
+}
+
+GemmBlockFn block_fn(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return gemm_block_avx512();
+    case Isa::Avx2: return gemm_block_avx2();
+    case Isa::Scalar: break;
+  }
+  return gemm_block_scalar();
+}
+
+}  // namespace
+
+Isa current_isa() { return Isa(isa_slot().load(std::memory_order_relaxed)); }
+
+void set_isa(Isa isa) {
+  if (!isa_supported(isa)) fail("instruction set {} is not available on this CPU", isa_name(isa));
+  isa_slot().store(int(isa), std::memory_order_relaxed);
+}
+
+void gemm_blocks(const WeightView& W, const float* x, float* y, int64_t n, int64_t b0, int64_t b1) {
+  const GemmView v{W.data, GemmDType(uint8_t(W.dtype)), W.rows, W.cols, W.scales};
+  const GemmBlockFn fn = block_fn(current_isa());
+  for (int64_t b = b0; b < b1; ++b) fn(v, x, y, n, b);
+}
+
+}  // namespace rwkvpp::cpu
+
+#if !defined(__x86_64__)
+namespace rwkvpp::cpu {
+GemmBlockFn gemm_block_avx2() { return nullptr; }
+GemmBlockFn gemm_block_avx512() { return nullptr; }
+}  // namespace rwkvpp::cpu
+#endif
