@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "common/memory_use.h"
 #include "common/trace.h"
 #include "kernels/backend.h"
 #include "shards/model_reader.h"
@@ -244,6 +245,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         }
         ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         ready.backend = be->name();
+        ready.peak_rss_bytes = peak_resident_bytes();
         if (opt.measure_floors) {
           ready.copy_GBps = be->measure_copy_GBps();
           ready.read_GBps = be->measure_read_GBps();

@@ -45,8 +45,8 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
         lim_.max_batch, lim_.chunk, lim_.max_tokens, lim_.max_slots);
   max_batch_limit_ = lim_.max_batch;
   for (int s = lim_.max_slots - 1; s >= 0; --s) free_slots_.push_back(s);
-  rbuf_.resize(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
-  rspare_.resize(rbuf_.size());
+  rbuf_ = ByteBuffer(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
+  rspare_ = ByteBuffer(rbuf_.size());
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
   hbuf_.resize(kHeaderBytes + 64);
   hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
@@ -211,7 +211,7 @@ bool Engine::poll_results() {
   // Double buffering: the next result lands in the spare buffer while this one is handled.
   std::swap(rbuf_, rspare_);
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
-  const std::vector<uint8_t>& cur = rspare_;
+  const ByteBuffer& cur = rspare_;
   last_seen_[c.peer] = Clock::now();
   std::string what = fmt::format("Result from rank {}", c.peer);
   Message msg = decode_message({cur.data(), c.bytes}, rbuf_.size());

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/byte_buffer.h"
 #include "coordinator/partition.h"
 #include "net/transport.h"
 #include "worker/protocol.h"
@@ -117,7 +118,8 @@ class Engine {
     RequestId send = 0;
   };
   std::map<uint64_t, InFlight> inflight_;
-  std::vector<uint8_t> rbuf_, rspare_, hbuf_;
+  ByteBuffer rbuf_, rspare_;  // Results: sized for the largest, resident only where written
+  std::vector<uint8_t> hbuf_;
   RequestId rreq_ = 0, hreq_ = 0;
   std::map<int, std::chrono::steady_clock::time_point> last_seen_;
   std::chrono::milliseconds peer_timeout_;

@@ -173,6 +173,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;       // "cpu", "cuda:0"
   virtual bool host_memory() const = 0;       // true when pointers are host-addressable
+  // The multiple of rows a large product's output (the head) should have for the device's
+  // fastest kernels; the caller pads the matrix with zero rows. 1: any count (the default).
+  virtual int64_t row_align() const { return 1; }
 
   // ---- memory -----------------------------------------------------------------------------
   virtual void* alloc(size_t bytes) = 0;      // zero-filled; throws Error when out of memory

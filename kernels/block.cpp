@@ -1,5 +1,7 @@
 #include "kernels/block.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "kernels/versions.h"
 
@@ -112,7 +114,8 @@ static WeightView load_matrix(Backend& be, const HostTensor& t, int64_t rows, in
                               const char* what, DType dtype, std::unique_ptr<DeviceBuffer>& own) {
   if (t.numel() != rows * cols)
     fail("tensor '{}' has shape {}, expected [{}, {}]", what, t.shape_str(), rows, cols);
-  HostTensor m = t;
+  if (t.shape == std::vector<int64_t>{rows, cols}) return be.load_weight(t, dtype, own);
+  HostTensor m = t;  // another shape of the same elements: a reshaped copy
   m.shape = {rows, cols};
   return be.load_weight(m, dtype, own);
 }
@@ -153,7 +156,8 @@ Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const Ho
   ln_b_ = load_vec(be, ln_b, cfg.n_embd, "ln_out.bias");
   if (head.numel() != cfg.vocab_size * cfg.n_embd)
     fail("tensor 'head.weight' has shape {}, expected [{}, {}]", head.shape_str(), cfg.vocab_size, cfg.n_embd);
-  rows_ = (cfg.vocab_size + kRowAlign - 1) / kRowAlign * kRowAlign;
+  const int64_t align = std::max<int64_t>(1, be.row_align());
+  rows_ = (cfg.vocab_size + align - 1) / align * align;
   if (rows_ == cfg.vocab_size) {
     head_ = load_matrix(be, head, rows_, cfg.n_embd, "head.weight", dtype, head_buf_);
     return;

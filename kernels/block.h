@@ -96,11 +96,9 @@ class Head {
  private:
   ModelConfig cfg_;
   std::unique_ptr<DeviceBuffer> head_buf_, ln_w_, ln_b_;
-  // The matrix with its rows padded to a multiple of kRowAlign by zero rows: cuBLAS takes its
-  // fast (Hopper) kernels only for row counts that keep fp32 output rows 16-byte aligned; the
-  // RWKV vocabulary has 50277 words (the 14B head at 256 tokens ran at 95 TFLOP/s unpadded).
-  // The padded logits are compacted into the caller's rows.
-  static constexpr int64_t kRowAlign = 8;
+  // The matrix with its rows padded to a multiple of Backend::row_align() by zero rows (CUDA:
+  // 8, for cuBLAS's fast kernels; the CPU pads nothing and copies nothing). The padded logits
+  // are compacted into the caller's rows.
   int64_t rows_ = 0;
   WeightView head_;
 };

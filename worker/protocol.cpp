@@ -80,6 +80,7 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
   w.put_raw(&m.copy_GBps, 8);
   w.put_raw(&m.read_GBps, 8);
   w.put_raw(&m.gemm_TFLOPs, 8);
+  w.put_u64(m.peak_rss_bytes);
   w.put_string(m.backend);
   return w.finish();
 }
@@ -96,7 +97,7 @@ std::vector<uint8_t> encode_stats(const StatsMsg& m) {
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
   for (const double* d : stats_seconds(m)) w.put_raw(d, 8);
   for (uint64_t v :
-       {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared, m.decode_steps})
+       {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared, m.decode_steps, m.rss_bytes})
     w.put_u64(v);
   w.put_string(m.backend);
   return w.finish();
@@ -231,6 +232,7 @@ ReadyMsg decode_ready(const Message& msg, const std::string& what) {
   r.get_raw(&m.copy_GBps, 8);
   r.get_raw(&m.read_GBps, 8);
   r.get_raw(&m.gemm_TFLOPs, 8);
+  m.peak_rss_bytes = r.get_u64();
   m.backend = r.get_string(256);
   r.expect_end();
   return m;
@@ -249,6 +251,7 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   m.steps = r.get_u64();
   m.bytes_shared = r.get_u64();
   m.decode_steps = r.get_u64();
+  m.rss_bytes = r.get_u64();
   m.backend = r.get_string(256);
   r.expect_end();
   return m;

@@ -59,6 +59,7 @@ struct ReadyMsg {
   std::vector<std::string> files;  // files the rank opened to load its layers
   double load_seconds = 0;
   double copy_GBps = 0, read_GBps = 0, gemm_TFLOPs = 0;  // measured floors (benchmarks only; else 0)
+  uint64_t peak_rss_bytes = 0;  // the rank's peak resident memory once loaded (before any floor)
   std::string backend;
 };
 
@@ -84,6 +85,7 @@ struct StatsMsg {
   // layers' device time of those (0 on the CPU, and without device timing).
   uint64_t decode_steps = 0;
   double decode_layers_s = 0;
+  uint64_t rss_bytes = 0;  // the rank's resident memory when it reports (VmRSS)
   std::string backend;
 };
 

@@ -10,26 +10,20 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
     : be_(be), spec_(spec), cfg_(src.config()), ws_(be) {
   if (spec.first < 0 || spec.last > cfg_.n_layer || spec.first > spec.last)
     fail("stage layers [{}, {}) are outside the model's {} layers", spec.first, spec.last, cfg_.n_layer);
-  std::vector<const Block*> raw;
-  for (int i = spec.first; i < spec.last; ++i) {
-    auto t = src.layer(i);
-    if (spec.embed && i == 0) {
-      embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"),
-                                             require(t, 0, "ln0.weight", cfg_.n_embd),
-                                             require(t, 0, "ln0.bias", cfg_.n_embd), spec.dtype);
-    }
-    blocks_.push_back(make_block(be, cfg_, i, t, spec.dtype));
-    raw.push_back(blocks_.back().get());
-  }
-  if (spec.embed && !embedder_) {
-    auto t0 = src.layer(0);
-    embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"),
-                                           require(t0, 0, "ln0.weight", cfg_.n_embd),
-                                           require(t0, 0, "ln0.bias", cfg_.n_embd), spec.dtype);
-  }
+  // The head and the embedding first: they are the largest tensors, and each is read whole
+  // into host memory before it is stored, so loading them while little else is resident keeps
+  // the peak near the stage's weight bytes (a layer's tensors, read later, are small).
   if (spec.head)
     head_ = std::make_unique<Head>(be, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
                                    src.tensor("head.weight"), spec.dtype);
+  if (spec.embed)
+    embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"), src.tensor("blocks.0.ln0.weight"),
+                                           src.tensor("blocks.0.ln0.bias"), spec.dtype);
+  std::vector<const Block*> raw;
+  for (int i = spec.first; i < spec.last; ++i) {
+    blocks_.push_back(make_block(be, cfg_, i, src.layer(i), spec.dtype));
+    raw.push_back(blocks_.back().get());
+  }
   pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
 }
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/memory_use.h"
 #include "common/trace.h"
 
 namespace rwkvpp {
@@ -553,6 +554,10 @@ void StepLoop::drain() {
   }
 }
 
-StatsMsg StepLoop::stats() const { return stats_; }
+StatsMsg StepLoop::stats() const {
+  StatsMsg s = stats_;
+  s.rss_bytes = resident_bytes();
+  return s;
+}
 
 }  // namespace rwkvpp

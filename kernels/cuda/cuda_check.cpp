@@ -1,7 +1,7 @@
 // Turns CUDA and cuBLAS status codes into rwkvpp::Error (see cuda_check.h).
 #include "kernels/cuda/cuda_check.h"
 
-#include <cublas_v2.h>
+#include "kernels/cuda/cublas_lazy.h"
 #include <cuda_runtime.h>
 
 #include "common/error.h"

@@ -2,7 +2,7 @@
 // fp32, fp16, bf16 or int8 (with row scales), fp32 accumulation.
 #pragma once
 
-#include <cublas_v2.h>
+#include "kernels/cuda/cublas_lazy.h"
 #include <cuda_runtime.h>
 
 #include <cstddef>

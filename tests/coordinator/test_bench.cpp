@@ -51,6 +51,10 @@ void check_bench_json(const json& j, int stages) {
     CHECK(s.at("memory_bytes").get<double>() ==
           s.at("weight_bytes").get<double>() + s.at("state_bytes").get<double>());
     memory += s.at("memory_bytes").get<double>();
+    // The weights are resident (the CPU reads them every step), so the rank's peak resident
+    // memory once loaded is at least their bytes.
+    CHECK(s.at("peak_rss_bytes").get<double>() >= s.at("weight_bytes").get<double>());
+    CHECK(s.at("rss_bytes").get<double>() > 0);
     // Every step passes through every stage.
     CHECK(s.at("steps").get<double>() > 0);
     CHECK(s.at("steps") == j.at("stages")[0].at("steps"));
