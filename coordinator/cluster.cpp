@@ -17,6 +17,25 @@
 
 namespace rwkvpp {
 
+PipelineNumerics pipeline_numerics(DType dtype, const std::vector<StagePlan>& plan,
+                                   const std::vector<ReadyMsg>& readies) {
+  PipelineNumerics n;
+  n.dtype = dtype_name(dtype);
+  n.batch_invariant = true;
+  std::vector<std::pair<std::pair<int, int>, std::string>> runs;  // [first, last] layers, numerics
+  for (size_t s = 0; s < plan.size() && s < readies.size(); ++s) {
+    n.batch_invariant = n.batch_invariant && readies[s].batch_invariant;
+    if (plan[s].first >= plan[s].last) continue;
+    if (!runs.empty() && runs.back().second == readies[s].numerics)
+      runs.back().first.second = plan[s].last - 1;
+    else
+      runs.push_back({{plan[s].first, plan[s].last - 1}, readies[s].numerics});
+  }
+  for (size_t i = 0; i < runs.size(); ++i)
+    n.layers += fmt::format("{}{}-{} {}", i ? "; " : "", runs[i].first.first, runs[i].first.second, runs[i].second);
+  return n;
+}
+
 using Clock = std::chrono::steady_clock;
 
 void add_cluster_options(CLI::App* c, ClusterOptions& o) {
@@ -246,6 +265,8 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         ready.backend = be->name();
         ready.peak_rss_bytes = peak_resident_bytes();
+        ready.numerics = be->numerics();
+        ready.batch_invariant = be->batch_invariant() ? 1 : 0;
         if (opt.measure_floors) {
           ready.copy_GBps = be->measure_copy_GBps();
           ready.read_GBps = be->measure_read_GBps();
@@ -292,6 +313,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     int code;
     {
       Engine engine(t, cfg, stage_ranks, plan, lim, loop ? std::function<bool()>([&] { return loop->poll(); }) : nullptr);
+      engine.set_numerics(pipeline_numerics(dtype, plan, readies));
       code = body(engine);
       // Shut down: every stage reports its statistics.
       for (int r : stage_ranks)

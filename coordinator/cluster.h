@@ -40,6 +40,10 @@ void add_cluster_options(CLI::App* cmd, ClusterOptions& o);
 // The same without --model (for commands that may run without a model file, e.g. bench).
 void add_cluster_tuning_options(CLI::App* cmd, ClusterOptions& o);
 
+// The pipeline's arithmetic from the plan and the stages' Ready messages (PipelineNumerics).
+PipelineNumerics pipeline_numerics(DType dtype, const std::vector<StagePlan>& plan,
+                                   const std::vector<ReadyMsg>& readies);
+
 // Runs the pipeline; returns the exit code (body's on rank 0, 0 on workers).
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body);
 

@@ -58,6 +58,17 @@ struct EngineLimits {
 // coordinator's scheduling); one for a single stage (docs/perf-log.md, pipeline scaling).
 inline int default_microbatches(int stages) { return stages > 1 ? 2 * stages : 1; }
 
+// What decides the pipeline's arithmetic (from the stages' Ready messages): the compute dtype
+// and, per range of layers, the numerics of the device that computes them (Backend::numerics),
+// with neighbouring ranges of the same numerics merged, so that a re-partition over the same
+// kind of device gives the same description. Records are reproducible across runs that agree
+// on it; `batch_invariant` says whether they also do not depend on batching.
+struct PipelineNumerics {
+  std::string dtype;
+  std::string layers;  // e.g. "0-11 cpu", or "0-5 cpu; 6-11 cuda NVIDIA H100 80GB HBM3 sm_90"
+  bool batch_invariant = false;
+};
+
 class Engine {
  public:
   // `stage_ranks`: rank of every stage in order; `local_poll` runs the coordinator rank's own
@@ -92,8 +103,11 @@ class Engine {
   uint64_t tokens_generated() const { return generated_; }
   double run_seconds() const { return run_s_; }
   const ModelConfig& config() const { return cfg_; }
+  void set_numerics(PipelineNumerics n) { numerics_ = std::move(n); }
+  const PipelineNumerics& numerics() const { return numerics_; }
 
  private:
+  PipelineNumerics numerics_;
   struct Seq;
   bool schedule();
   bool poll_results();

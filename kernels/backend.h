@@ -173,6 +173,12 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;       // "cpu", "cuda:0"
   virtual bool host_memory() const = 0;       // true when pointers are host-addressable
+  // What decides this backend's arithmetic, for records that must be reproducible (a resumed
+  // batch job): two stages that report the same string compute the same layers bit for bit.
+  // batch_invariant(): whether a sequence's results also do not depend on what else shares its
+  // steps (batch size, position in the batch, prompt chunks); docs/architecture.md.
+  virtual std::string numerics() const { return name(); }
+  virtual bool batch_invariant() const { return false; }
   // The multiple of rows a large product's output (the head) should have for the device's
   // fastest kernels; the caller pads the matrix with zero rows. 1: any count (the default).
   virtual int64_t row_align() const { return 1; }

@@ -81,6 +81,8 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
   w.put_raw(&m.read_GBps, 8);
   w.put_raw(&m.gemm_TFLOPs, 8);
   w.put_u64(m.peak_rss_bytes);
+  w.put_string(m.numerics);
+  w.put_u8(m.batch_invariant);
   w.put_string(m.backend);
   return w.finish();
 }
@@ -233,6 +235,8 @@ ReadyMsg decode_ready(const Message& msg, const std::string& what) {
   r.get_raw(&m.read_GBps, 8);
   r.get_raw(&m.gemm_TFLOPs, 8);
   m.peak_rss_bytes = r.get_u64();
+  m.numerics = r.get_string(256);
+  m.batch_invariant = r.get_u8();
   m.backend = r.get_string(256);
   r.expect_end();
   return m;

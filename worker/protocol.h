@@ -60,6 +60,8 @@ struct ReadyMsg {
   double load_seconds = 0;
   double copy_GBps = 0, read_GBps = 0, gemm_TFLOPs = 0;  // measured floors (benchmarks only; else 0)
   uint64_t peak_rss_bytes = 0;  // the rank's peak resident memory once loaded (before any floor)
+  std::string numerics;         // Backend::numerics()
+  uint8_t batch_invariant = 0;  // Backend::batch_invariant()
   std::string backend;
 };
 

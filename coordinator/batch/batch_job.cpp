@@ -61,6 +61,7 @@ ordered_json sampling_json(const BatchOptions& o) {
   d["stop"] = o.defaults.stop;
   d["stop_ids"] = o.stop_ids;
   d["logprobs"] = o.logprobs;
+  d["token_ids"] = o.token_ids;
   return d;
 }
 
@@ -220,6 +221,7 @@ class BatchRunner {
         rec["prompt_tokens"] = g.prompt_tokens;
         rec["completion_tokens"] = res.completion_tokens;
         if (o_.logprobs) rec["logprobs"] = res.logprobs;
+        if (o_.token_ids) rec["token_ids"] = res.ids;
         // Text that is not valid UTF-8 (a sample may end inside a character) is written with
         // U+FFFD.
         j_.append(rec.dump(-1, ' ', false, ordered_json::error_handler_t::replace));
@@ -307,6 +309,16 @@ int batch_body(Engine& e, const BatchOptions& o) {
   meta["tokenizer"] = {{"kind", tok->kind()}, {"flag", o.tokenizer}};
   meta["prefix"] = prefix_meta;
   meta["defaults"] = sampling_json(o);
+  // What decides the records' arithmetic: a resume on other devices or another compute dtype
+  // would not continue the same records (docs/batch.md, Reproducibility).
+  const PipelineNumerics& num = e.numerics();
+  meta["numerics"] = {{"dtype", num.dtype}, {"layers", num.layers}, {"batch_invariant", num.batch_invariant}};
+  if (!num.batch_invariant)
+    fmt::print(stderr,
+               "batch: warning: this pipeline's products depend on how sequences are batched ({}); "
+               "records are reproducible only by an identical run, and a resumed job will differ "
+               "from an uninterrupted one\n",
+               num.layers);
   std::unique_ptr<Journal> journal_owner;
   try {
     journal_owner = std::make_unique<Journal>(o.output, meta, o.fsync_interval_s);

@@ -33,6 +33,7 @@ struct BatchOptions {
   BatchDefaults defaults;   // n, max_tokens, sampling (its seed is the job seed), stop strings
   std::vector<int32_t> stop_ids;
   bool logprobs = false;
+  bool token_ids = false;   // records carry "token_ids"
   double fsync_interval_s = 1.0;
   double log_interval_s = 10.0;
   std::string progress = "auto";  // auto, bar, log, none

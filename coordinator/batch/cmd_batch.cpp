@@ -17,7 +17,7 @@ void add_batch_command(CLI::App& app, Action& run) {
                                "  {\"id\": \"q1\", \"prompt\": \"...\"} with optional max_tokens, "
                                "temperature, top_p, top_k, seed, n, stop.\n"
                                "Output lines: {\"id\", \"index\", \"text\", \"finish_reason\", "
-                               "\"prompt_tokens\", \"completion_tokens\"[, \"logprobs\"]}.\n"
+                               "\"prompt_tokens\", \"completion_tokens\"[, \"logprobs\"][, \"token_ids\"]}.\n"
                                "Bad input lines go to the rejects file with their line number and "
                                "the reason. See docs/batch.md.");
   add_cluster_options(c, a->cluster);
@@ -37,6 +37,9 @@ void add_batch_command(CLI::App& app, Action& run) {
   c->add_option("--rejects", a->rejects,
                 "where bad input lines go (default: OUTPUT.rejects.jsonl)");
   c->add_flag("--logprobs", a->logprobs, "add each sample's per-token log-probabilities");
+  c->add_flag("--token-ids", a->token_ids,
+              "add each sample's generated token ids (exactly what the model produced, before any "
+              "text decoding)");
   c->add_option("--tokenizer", a->tokenizer,
                 "tokenizer file or 'bytes' (default: the model's embedded one)");
   c->add_option("--fsync-interval", a->fsync_interval_s,

@@ -99,10 +99,18 @@ std::string meta_mismatch(const ordered_json& old, const ordered_json& now) {
     return fmt::format("the --prefix-file differs: now {}, the output was made with {}",
                        now.value("prefix", ordered_json()).dump(),
                        old.value("prefix", ordered_json()).dump());
+  // Outputs started before the numerics were recorded have none: accepted as they are.
+  if (old.contains("numerics") && old["numerics"] != now.value("numerics", ordered_json()))
+    return fmt::format(
+        "the arithmetic differs: this run computes {}, the output was made with {}; the remaining "
+        "records would not be those of an uninterrupted run (same compute dtype and the same kind of "
+        "device for every layer are needed)",
+        now.value("numerics", ordered_json()).dump(), old["numerics"].dump());
   ordered_json od = old.value("defaults", ordered_json::object()),
                nd = now.value("defaults", ordered_json::object());
   for (auto& [k, v] : nd.items())
-    if (!od.contains(k) || od[k] != v)
+    // A flag added after the output was started (absent there) matches while it is off.
+    if ((!od.contains(k) && v != false) || (od.contains(k) && od[k] != v))
       return fmt::format("the default '{}' differs: now {}, the output was made with {}", k,
                          v.dump(), od.contains(k) ? od[k].dump() : "nothing");
   for (auto& [k, v] : od.items())

@@ -34,6 +34,11 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads)
       : pool_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {}
   std::string name() const override { return "cpu"; }
+  // Every product is one fma chain per element in k order (kernels/cpu/gemm.h) and every other
+  // op works per row or per sequence, so results depend on nothing but the inputs; the
+  // instruction sets give the same bits, so the CPU model is not part of it.
+  std::string numerics() const override { return "cpu"; }
+  bool batch_invariant() const override { return true; }
   bool host_memory() const override { return true; }
 
   void* alloc(size_t bytes) override { return cpu::host_alloc(bytes); }

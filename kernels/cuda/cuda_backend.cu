@@ -84,6 +84,13 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
+  // The GPU model decides the kernels' arithmetic; the products' reduction order depends on the
+  // batch (GEMV splits, cuBLAS's choice of kernel), so results are not batch-invariant yet.
+  std::string numerics() const override {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, device_) != cudaSuccess) return "cuda";
+    return std::string("cuda ") + p.name + " sm_" + std::to_string(p.major * 10 + p.minor);
+  }
   bool host_memory() const override { return false; }
   // cuBLAS takes its fast (Hopper) kernels only for row counts that keep fp32 output rows
   // 16-byte aligned; the RWKV vocabulary has 50277 words (the 14B head at 256 tokens ran at
