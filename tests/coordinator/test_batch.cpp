@@ -217,6 +217,14 @@ TEST_CASE("an output made from another input, model or defaults is refused with 
   CHECK(r.exit_code != 0);
   CHECK(r.err.find("the default 'temperature' differs") != std::string::npos);
 
+  // Other arithmetic: the model's fp32 matrices computed as int8 would not continue the
+  // same records. The meta names what the output was made with.
+  CHECK(read_file(d / "out.jsonl.meta.json").find("\"layers\": \"0-3 cpu\"") != std::string::npos);
+  r = run(batch(d.path(), "-n 3 --compute-dtype int8"));
+  CHECK(r.exit_code != 0);
+  CHECK(r.err.find("the arithmetic differs") != std::string::npos);
+  CHECK(r.err.find("int8") != std::string::npos);
+
   // An existing file that no batch job wrote.
   write_file(d / "other.jsonl", "{\"something\": 1}\n");
   r = run(rwkvpp_binary() + " batch -m " + byte_model() + " -i " + d / "in.jsonl" + " -o " +
