@@ -96,7 +96,8 @@ uint64_t parse_seed(const std::string& v) {
 const char kUsage[] =
     "usage: rwkvcpp_write --shape SHAPE --dtype fp32|fp16 [--seed N] -o FILE.bin\n"
     "Writes rwkvpp's synthetic RWKV-4 weights (the same as `rwkvpp synth --shape SHAPE --seed N`)\n"
-    "in rwkv.cpp's model file format. SHAPE: tiny, 169m, 430m, 1.5b, 3b, 7b, 14b. Seed default 1.\n";
+    "in rwkv.cpp's model file format. SHAPE: tiny, 169m, 430m, 1.5b, 3b, 7b, 14b. Seed default "
+    "1.\n";
 
 }  // namespace
 
@@ -123,7 +124,8 @@ int main(int argc, char** argv) {
       else
         fail("unknown argument '{}'\n{}", a, kUsage);
     }
-    if (shape.empty() || dtype.empty() || out.empty()) fail("--shape, --dtype and -o are needed\n{}", kUsage);
+    if (shape.empty() || dtype.empty() || out.empty())
+      fail("--shape, --dtype and -o are needed\n{}", kUsage);
     write_model(shape, dtype, seed, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rwkvcpp_write: %s\n", e.what());

@@ -109,7 +109,8 @@ class Model {
       throw std::runtime_error("token " + std::to_string(token) + " is outside the vocabulary of " +
                                std::to_string(vocab()));
     if (!rwkv_eval(ctx_, token, state_.data(), state_.data(), logits_.data()))
-      throw std::runtime_error("rwkv_eval failed (error flags 0x" + hex(rwkv_get_last_error(ctx_)) + ")");
+      throw std::runtime_error("rwkv_eval failed (error flags 0x" + hex(rwkv_get_last_error(ctx_)) +
+                               ")");
   }
   uint32_t argmax() const {
     return uint32_t(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
@@ -126,14 +127,17 @@ class Model {
 };
 
 int cmd_logits(const Args& a) {
-  if (a.out.empty() || a.tokens.empty()) throw std::runtime_error(std::string("logits needs --tokens and -o\n") + kUsage);
+  if (a.out.empty() || a.tokens.empty())
+    throw std::runtime_error(std::string("logits needs --tokens and -o\n") + kUsage);
   Model m(a.model, a.threads);
   for (uint32_t t : parse_tokens(a.tokens)) m.eval(t);
   FILE* f = std::fopen(a.out.c_str(), "wb");
   if (!f) throw std::runtime_error("'" + a.out + "': cannot open for writing");
   const size_t n = std::fwrite(m.logits().data(), sizeof(float), m.vocab(), f);
-  if (std::fclose(f) != 0 || n != m.vocab()) throw std::runtime_error("'" + a.out + "': write failed");
-  std::fprintf(stderr, "rwkvcpp_driver: %zu logits after the last token written to %s\n", m.vocab(), a.out.c_str());
+  if (std::fclose(f) != 0 || n != m.vocab())
+    throw std::runtime_error("'" + a.out + "': write failed");
+  std::fprintf(stderr, "rwkvcpp_driver: %zu logits after the last token written to %s\n", m.vocab(),
+               a.out.c_str());
   return 0;
 }
 
@@ -155,7 +159,8 @@ int cmd_bench(const Args& a) {
     tok = m.argmax();
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
-  const double mean = std::chrono::duration<double, std::milli>(clock::now() - start).count() / a.gen;
+  const double mean =
+      std::chrono::duration<double, std::milli>(clock::now() - start).count() / a.gen;
   std::vector<double> s = ms;
   std::sort(s.begin(), s.end());
   const size_t n = s.size();
@@ -183,7 +188,8 @@ int main(int argc, char** argv) {
     if (cmd == "quantize") {
       if (argc != 5) throw std::runtime_error(std::string("quantize needs IN OUT TYPE\n") + kUsage);
       if (!rwkv_quantize_model_file(argv[2], argv[3], argv[4]))
-        throw std::runtime_error(std::string("rwkv_quantize_model_file failed for '") + argv[2] + "'");
+        throw std::runtime_error(std::string("rwkv_quantize_model_file failed for '") + argv[2] +
+                                 "'");
       return 0;
     }
     if (cmd == "logits") return cmd_logits(parse(argc, argv));
