@@ -13,8 +13,18 @@ size_t dtype_size(DType t) {
     case DType::F16:
     case DType::BF16: return 2;
     case DType::I8: return 1;
+    case DType::I4: break;
   }
-  return 0;
+  fail("int4 has no size per element (two weights a byte); matrix_bytes gives a matrix's bytes");
+}
+
+uint64_t matrix_bytes(DType t, int64_t rows, int64_t cols) {
+  const uint64_t r = uint64_t(rows), c = uint64_t(cols);
+  switch (t) {
+    case DType::I8: return r * c + r * 4;
+    case DType::I4: return (r * c + 1) / 2 + r * ((c + uint64_t(kI4Group) - 1) / uint64_t(kI4Group)) * 4;
+    default: return r * c * dtype_size(t);
+  }
 }
 
 const char* dtype_name(DType t) {
@@ -23,6 +33,7 @@ const char* dtype_name(DType t) {
     case DType::F16: return "fp16";
     case DType::BF16: return "bf16";
     case DType::I8: return "int8";
+    case DType::I4: return "int4";
   }
   return "?";
 }
@@ -32,14 +43,15 @@ DType parse_dtype(std::string_view n) {
   if (n == "fp16" || n == "f16" || n == "float16") return DType::F16;
   if (n == "bf16" || n == "bfloat16") return DType::BF16;
   if (n == "int8" || n == "i8") return DType::I8;
-  fail("unknown dtype '{}' (expected fp32, fp16, bf16 or int8)", n);
+  if (n == "int4" || n == "i4") return DType::I4;
+  fail("unknown dtype '{}' (expected fp32, fp16, bf16, int8 or int4)", n);
 }
 
 void require_storage_dtype(DType t, std::string_view what) {
-  if (t == DType::I8)
-    fail("{}: int8 is a compute dtype only (--compute-dtype int8 quantises the matrices when a stage "
+  if (t == DType::I8 || t == DType::I4)
+    fail("{}: {} is a compute dtype only (--compute-dtype {} quantises the matrices when a stage "
          "loads them); model files store fp32, fp16 or bf16",
-         what);
+         what, dtype_name(t), dtype_name(t));
 }
 
 DType parse_storage_dtype(std::string_view n, std::string_view what) {
@@ -125,9 +137,10 @@ void to_f32(DType from, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
-    case DType::I8: break;
+    case DType::I8:
+    case DType::I4: break;
   }
-  fail("to_f32: int8 values need their row scales (dequantise with kernels/quantize.h)");
+  fail("to_f32: quantised values need their scales (dequantise with kernels/quantize.h)");
 }
 
 void from_f32(DType to, const float* src, void* dst, size_t n) {
@@ -143,9 +156,10 @@ void from_f32(DType to, const float* src, void* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
       return;
     }
-    case DType::I8: break;
+    case DType::I8:
+    case DType::I4: break;
   }
-  fail("from_f32: int8 needs per-row scales (quantise with quantize_rows_i8, kernels/quantize.h)");
+  fail("from_f32: quantised dtypes need scales (quantise with kernels/quantize.h)");
 }
 
 }  // namespace rwkvpp

@@ -9,11 +9,18 @@
 
 namespace rwkvpp {
 
-// I8 is a compute dtype only: weight matrices quantised to int8 with one fp32 scale per row
-// when a backend loads them (kernels/quantize.h); files never store it.
-enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
+// I8 and I4 are compute dtypes only: weight matrices quantised when a backend loads them
+// (kernels/quantize.h), files never store them. I8: one fp32 scale per row. I4: 4 bits a weight
+// in groups of kI4Group along the input dimension, an fp16 scale and offset per group.
+enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3, I4 = 4 };
+inline constexpr int64_t kI4Group = 32;
 
+// Bytes per element; int4 has none (two weights a byte: see matrix_bytes) and throws Error.
 size_t dtype_size(DType t);
+// Bytes a backend holds for a [rows, cols] weight matrix computed as t, before any padding:
+// rows * cols elements, plus an fp32 scale per row for int8, or half a byte a weight and two
+// fp16 per group of kI4Group per row for int4.
+uint64_t matrix_bytes(DType t, int64_t rows, int64_t cols);
 const char* dtype_name(DType t);          // "fp32", "fp16", "bf16", "int8"
 // Accepts fp32/f32/float32, fp16/f16/float16, bf16/bfloat16, int8/i8; throws Error.
 DType parse_dtype(std::string_view name);
@@ -24,7 +31,11 @@ DType parse_storage_dtype(std::string_view name, std::string_view what);
 void require_storage_dtype(DType t, std::string_view what);
 // The floating dtype for tensors that int8 compute does not quantise (the embedding, RWKV-6/7's
 // low-rank matrices, a synthetic model's stored weights): fp16 for int8, else t itself.
-inline DType unquantised_dtype(DType t) { return t == DType::I8 ? DType::F16 : t; }
+inline DType unquantised_dtype(DType t) { return t == DType::I8 || t == DType::I4 ? DType::F16 : t; }
+// The head's dtype when the layers compute as t: int4 keeps the head in fp16, as rwkv.cpp's
+// formats do (an int8 head, one scale per row, doubled int4's KL divergence on a trained RWKV-7:
+// docs/perf-cpu.md); int8 quantises it like every other matrix.
+inline DType head_dtype(DType t) { return t == DType::I4 ? DType::F16 : t; }
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;

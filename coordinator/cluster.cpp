@@ -49,7 +49,7 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
       ->capture_default_str();
   c->add_flag("--coordinator-only", o.coordinator_only, "rank 0 holds no layers (K ranks give K-1 stages)");
   c->add_option("--device", o.device, "auto (a GPU per rank when present), cpu or cuda")->capture_default_str();
-  c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16, bf16 or int8 (per-row scales, quantised when loaded; the embedding stays fp16) (default: as stored)");
+  c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16, bf16, int8 (per-row scales) or int4 (groups of 32 columns with an fp16 scale and offset, the head in fp16; CPU only so far); int8 and int4 are quantised when a stage loads its layers, the embedding stays fp16 (default: as stored)");
   c->add_option("--threads", o.threads, "CPU threads per rank (0: the host's cores shared among its ranks)");
   c->add_option("--batch-invariant", o.batch_invariant,
                 "on: products whose results do not depend on what shares a step (the CPU's always are; "

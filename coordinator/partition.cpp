@@ -10,13 +10,10 @@ namespace rwkvpp {
 
 uint64_t layer_weight_bytes(const ModelConfig& c, DType dtype) {
   // Matrices: att key/value/receptance/output (+ gate for v5+), ffn key/value/receptance.
-  uint64_t att = (c.version == RwkvVersion::V4 ? 4 : 5) * uint64_t(c.n_embd * c.n_embd);
-  uint64_t ffn = uint64_t(2 * c.n_embd * c.ffn_dim + c.n_embd * c.n_embd);
-  // int8 adds one fp32 scale per matrix row (outputs): C per att matrix, F + 2C for the ffn.
-  uint64_t scales = dtype == DType::I8 ? ((c.version == RwkvVersion::V4 ? 4 : 5) * uint64_t(c.n_embd) +
-                                          uint64_t(c.ffn_dim + 2 * c.n_embd)) * 4
-                                       : 0;
-  return (att + ffn) * dtype_size(dtype) + scales + uint64_t(32 * c.n_embd) * 4;
+  const int64_t C = c.n_embd, F = c.ffn_dim;
+  const uint64_t att = uint64_t(c.version == RwkvVersion::V4 ? 4 : 5) * matrix_bytes(dtype, C, C);
+  const uint64_t ffn = matrix_bytes(dtype, F, C) + matrix_bytes(dtype, C, F) + matrix_bytes(dtype, C, C);
+  return att + ffn + uint64_t(32 * c.n_embd) * 4;
 }
 
 uint64_t layer_state_bytes(const ModelConfig& c) {
@@ -28,7 +25,7 @@ static uint64_t stage_bytes(const PlanInputs& in, int first, int last, bool embe
   const ModelConfig& c = in.cfg;
   uint64_t b = uint64_t(last - first) * (layer_weight_bytes(c, in.dtype) + layer_state_bytes(c) * uint64_t(in.max_slots));
   if (embed) b += uint64_t(c.vocab_size * c.n_embd) * dtype_size(unquantised_dtype(in.dtype));  // never int8
-  if (head) b += uint64_t(c.vocab_size * c.n_embd) * dtype_size(in.dtype) + (in.dtype == DType::I8 ? uint64_t(c.vocab_size) * 4 : 0);
+  if (head) b += matrix_bytes(head_dtype(in.dtype), c.vocab_size, c.n_embd);
   return b;
 }
 

@@ -76,6 +76,10 @@ void Backend::mark_wait(uint64_t) {}
 WeightView Backend::load_weight(const HostTensor& t, DType want,
                                 std::unique_ptr<DeviceBuffer>& owner) {
   RWKVPP_CHECK(t.shape.size() == 2, "weight must be 2-D");
+  if (want == DType::I4)
+    fail("backend {}: int4 weights are computed on the CPU backend only so far (use --compute-dtype "
+         "int8 or fp16 here)",
+         name());
   if (want == DType::I8) {
     const int64_t R = t.shape[0], K = t.shape[1];
     RWKVPP_CHECK(t.nbytes() == size_t(R * K) * dtype_size(t.dtype), "weight data size does not match its shape");

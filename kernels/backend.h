@@ -41,16 +41,20 @@ struct SegTable {
   int32_t max_len = 0;               // longest segment
 };
 
-// A weight matrix W of shape [rows, cols] (rows = outputs, cols = inputs), row-major, in
-// backend memory. For int8 weights (DType::I8) `data` holds q [rows, cols] int8 (16-byte
-// aligned) and `scales` one fp32 scale per row, W[r, c] = q[r, c] * scales[r]
-// (kernels/quantize.h); `scales` is null for the other dtypes.
+// A weight matrix W of shape [rows, cols] (rows = outputs, cols = inputs) in backend memory,
+// in the backend's own layout (row-major on CUDA; blocks of rows on the CPU, kernels/cpu/gemm.h).
+// For int8 weights (DType::I8) `data` holds q [rows, cols] int8 (16-byte aligned) and `scales`
+// one fp32 scale per row, W[r, c] = q[r, c] * scales[r] (kernels/quantize.h); `scales` is null
+// for the other dtypes. int4 (DType::I4, CPU only so far): 4-bit q, and per row and group of
+// `group` columns an fp16 scale d and offset m in `aux`, W[r, c] = q * d + m.
 struct WeightView {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
   const float* scales = nullptr;
+  const void* aux = nullptr;  // int4: the groups' fp16 scales and offsets (backend layout)
+  int64_t group = 0;          // int4: columns per group (kI4Group)
 };
 
 enum class Unary : uint8_t {

@@ -197,6 +197,7 @@ Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const Ho
     fail("tensor 'head.weight' has shape {}, expected [{}, {}]", head.shape_str(), cfg.vocab_size, cfg.n_embd);
   const int64_t align = std::max<int64_t>(1, be.row_align());
   rows_ = (cfg.vocab_size + align - 1) / align * align;
+  dtype = head_dtype(dtype);
   if (rows_ == cfg.vocab_size) {
     head_ = load_matrix(be, head, rows_, cfg.n_embd, "head.weight", dtype, head_buf_);
     return;

@@ -215,7 +215,7 @@ AssignMsg decode_assign(const Message& msg, const std::string& what) {
   m.max_slots = r.get_i32();
   m.max_tokens = r.get_i32();
   uint8_t d = r.get_u8();
-  if (d > uint8_t(DType::I8)) fail("{}: bad dtype {}", what, int(d));
+  if (d > uint8_t(DType::I4)) fail("{}: bad dtype {}", what, int(d));
   m.dtype = DType(d);
   r.expect_end();
   return m;

@@ -125,9 +125,7 @@ class CpuBackend final : public Backend {
     owner = std::make_unique<DeviceBuffer>(this, cpu::packed_bytes(want, R, K));
     auto* base = static_cast<uint8_t*>(owner->get());
     cpu::pack_weight(t.dtype, t.data.data(), R, K, want, base);
-    const float* scales =
-        want == DType::I8 ? reinterpret_cast<const float*>(base + cpu::packed_scales_offset(R, K)) : nullptr;
-    return WeightView{base, want, R, K, scales};
+    return cpu::packed_view(base, want, R, K);
   }
 
   void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
@@ -147,7 +145,8 @@ class CpuBackend final : public Backend {
 
   void embedding(const WeightView& E, const int32_t* ids, int64_t n, float* y) override {
     const int64_t C = E.cols;
-    if (E.dtype == DType::I8) fail("embedding: int8 tables are not supported (the embedding stays fp16)");
+    if (E.dtype == DType::I8 || E.dtype == DType::I4)
+      fail("embedding: quantised tables are not supported (the embedding stays fp16)");
     for (int64_t i = 0; i < n; ++i) {
       RWKVPP_CHECK(ids[i] >= 0 && ids[i] < E.rows, "token id out of range");
       cpu::packed_row(E, ids[i], y + i * C);

@@ -8,14 +8,16 @@
 
 namespace rwkvpp::cpu {
 
-enum class GemmDType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };  // == DType's values
+enum class GemmDType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, I8 = 3, I4 = 4 };  // == DType's values
 
-// A packed matrix W [rows, cols] (rows padded to 16, blocks of 128 rows; gemm.h).
+// A packed matrix W [rows, cols] (rows padded to 32, blocks of 128 rows; gemm.h).
 struct GemmView {
   const void* data;
   GemmDType dtype;
   int64_t rows, cols;
   const float* scales;  // int8: [padded rows]; null otherwise
+  const uint16_t* aux;  // int4: the groups' fp16 scales and offsets (gemm.h); null otherwise
+  int64_t group;        // int4: columns per group
 };
 
 // Rows [128 b, 128 b + 128) of y[n, rows] = x[n, cols] * W^T for block b.

@@ -7,7 +7,8 @@
 // I provides: V (a vector of I::L floats), zero(), set1(float), fma(a, b, c) = a * b + c fused,
 // mul(a, b), load(const float*), load_n(const float*, int n) / store(float*, V) /
 // store_n(float*, V, int n) (the first n lanes), and the widening loads f16(const uint16_t*),
-// bf16(const uint16_t*), i8(const int8_t*) of L stored values. And the tile shapes:
+// bf16(const uint16_t*), i8(const int8_t*) of L stored values, nib2(const uint8_t* p, V& lo,
+// V& hi) (the low and the high nibbles of the L bytes at p as floats). And the tile shapes:
 // kWideNV and kWideT (vectors per k step and tokens of the wide tile: a whole block where it
 // fits, read once per token tile), kTileNV and kTileT (the tall tile for kTallFrom tokens and
 // more: fewer rows, more tokens per loaded weight vector).
@@ -22,7 +23,7 @@ namespace {
 
 constexpr int64_t kBlock = 128;  // == kBlockRows (gemm.h)
 constexpr int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-constexpr int64_t pad16(int64_t r) { return (r + 15) / 16 * 16; }
+constexpr int64_t pad32(int64_t r) { return (r + 31) / 32 * 32; }
 
 struct F32E {
   using T = float;
@@ -146,7 +147,7 @@ void block(const GemmView& W, const float* x, float* y, int64_t n, int64_t b) {
   static constexpr TileSet<I, E, I::kWideNV, I::kWideT> wide;
   static constexpr TileSet<I, E, I::kTileNV, I::kTileT> many;
   static constexpr TileSet<I, E, 1, I::kTileT> narrow;
-  const int64_t R = W.rows, K = W.cols, Rp = pad16(R);
+  const int64_t R = W.rows, K = W.cols, Rp = pad32(R);
   const int64_t row0 = b * kBlock, wb = min64(kBlock, Rp - row0), valid = min64(wb, R - row0);
   const auto* wbase = static_cast<const typename E::T*>(W.data) + row0 * K;
   const float* sc = W.scales ? W.scales + row0 : nullptr;
@@ -175,6 +176,80 @@ void block(const GemmView& W, const float* x, float* y, int64_t n, int64_t b) {
   }
 }
 
+// int4 (gemm.h's contract and layout): one tile is the whole block (NV vectors: the low-nibble
+// half's NV / 2 and the high-nibble half's, each load of wb / 2 bytes feeding both) for one
+// token, over whole groups [k0, k1).
+template <class I, int NV>
+void tile_i4(const uint8_t* wblock, int64_t wb, const uint16_t* meta, int64_t G, const float* x,
+             int64_t k0, int64_t k1, float* y, int64_t valid, bool first) {
+  using V = typename I::V;
+  constexpr int L = I::L, NP = NV / 2;
+  const int64_t half = wb / 2;
+  auto row_of = [&](int v) { return v < NP ? int64_t(v) * L : half + int64_t(v - NP) * L; };
+  V T[NV];
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const int64_t left = valid - row_of(v);
+    if (first || left <= 0) T[v] = I::zero();
+    else if (left >= L) T[v] = I::load(y + row_of(v));
+    else T[v] = I::load_n(y + row_of(v), int(left));
+  }
+  for (int64_t kg = k0; kg < k1; kg += G) {
+    const int64_t ke = min64(kg + G, k1);
+    V A[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) A[v] = I::zero();
+    float X = 0.0f;
+    const uint8_t* wk = wblock + kg * half;
+    for (int64_t k = kg; k < ke; ++k, wk += half) {
+      const float xv = x[k];
+      X = X + xv;
+      const V xb = I::set1(xv);
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        V lo, hi;
+        I::nib2(wk + p * L, lo, hi);
+        A[p] = I::fma(xb, lo, A[p]);
+        A[NP + p] = I::fma(xb, hi, A[NP + p]);
+      }
+    }
+    const uint16_t* dm = meta + (kg / G) * 2 * wb;
+    const V Xb = I::set1(X);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      T[v] = I::fma(I::f16(dm + row_of(v)), A[v], T[v]);
+      T[v] = I::fma(I::f16(dm + wb + row_of(v)), Xb, T[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const int64_t left = valid - row_of(v);
+    if (left >= L) I::store(y + row_of(v), T[v]);
+    else if (left > 0) I::store_n(y + row_of(v), T[v], int(left));
+  }
+}
+
+template <class I>
+void block_i4(const GemmView& W, const float* x, float* y, int64_t n, int64_t b) {
+  constexpr int L = I::L;
+  const int64_t R = W.rows, K = W.cols, Rp = pad32(R), G = W.group, ng = (K + G - 1) / G;
+  const int64_t row0 = b * kBlock, wb = min64(kBlock, Rp - row0), valid = min64(wb, R - row0);
+  const auto* wblock = static_cast<const uint8_t*>(W.data) + row0 * K / 2;
+  const uint16_t* meta = W.aux + row0 * ng * 2;
+  // ~32 KiB of packed weights per chunk, whole groups (the chunk stays in cache while each token
+  // passes over it).
+  const int64_t kc = n == 1 ? K : min64(K, (int64_t(32768) / (wb / 2) / G + 1) * G);
+  using Tile = void (*)(const uint8_t*, int64_t, const uint16_t*, int64_t, const float*, int64_t,
+                        int64_t, float*, int64_t, bool);
+  static constexpr Tile tiles[4] = {&tile_i4<I, 32 / L>, &tile_i4<I, 64 / L>, &tile_i4<I, 96 / L>,
+                                    &tile_i4<I, 128 / L>};
+  const Tile fn = tiles[wb / 32 - 1];
+  for (int64_t k0 = 0; k0 < K; k0 += kc) {
+    const int64_t k1 = min64(K, k0 + kc);
+    for (int64_t t = 0; t < n; ++t) fn(wblock, wb, meta, G, x + t * K, k0, k1, y + t * R + row0, valid, k0 == 0);
+  }
+}
+
 template <class I>
 void block_any(const GemmView& W, const float* x, float* y, int64_t n, int64_t b) {
   switch (W.dtype) {
@@ -182,6 +257,7 @@ void block_any(const GemmView& W, const float* x, float* y, int64_t n, int64_t b
     case GemmDType::F16: return block<I, F16E>(W, x, y, n, b);
     case GemmDType::BF16: return block<I, BF16E>(W, x, y, n, b);
     case GemmDType::I8: return block<I, I8E>(W, x, y, n, b);
+    case GemmDType::I4: return block_i4<I>(W, x, y, n, b);
   }
 }
 

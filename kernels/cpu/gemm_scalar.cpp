@@ -50,6 +50,10 @@ struct Scalar {
     return f;
   }
   static V i8(const int8_t* p) { return float(*p); }
+  static void nib2(const uint8_t* p, V& lo, V& hi) {
+    lo = float(*p & 15);
+    hi = float(*p >> 4);
+  }
 };
 
 }  // namespace

@@ -166,7 +166,8 @@ void embedding(const void* E, DType dt, int64_t cols, const IdList& ids, int64_t
       launch(embedding_kernel<__nv_bfloat16>, g, kThreads, 0, s,
              static_cast<const __nv_bfloat16*>(E), cols, ids, n, y);
       break;
-    case DType::I8: fail_msg("embedding: int8 tables are not supported (the embedding stays fp16)");
+    case DType::I8:
+    case DType::I4: fail_msg("embedding: quantised tables are not supported (the embedding stays fp16)");
   }
   RWKVPP_CUDA_LAUNCHED("embedding_kernel");
 }

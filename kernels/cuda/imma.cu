@@ -488,8 +488,9 @@ void imma(const WeightView& W, const float* x, float* y, int64_t n, bool relu_sq
       case DType::F16: return run_plain<__half>(W, x, y, n, relu_square_x, ep, s);
       case DType::BF16: return run_plain<__nv_bfloat16>(W, x, y, n, relu_square_x, ep, s);
       case DType::I8: return run_plain<int8_t>(W, x, y, n, relu_square_x, ep, s);
+      case DType::I4: break;
     }
-    return;
+    fail_msg("imma: int4 weights are not supported on CUDA");
   }
   auto* base = static_cast<unsigned char*>(scratch);
   ImmaArgs a{};
@@ -519,7 +520,8 @@ void imma(const WeightView& W, const float* x, float* y, int64_t n, bool relu_sq
     case DType::F16: run_mma<__half>(p.cfg, a, s); break;
     case DType::BF16: run_mma<__nv_bfloat16>(p.cfg, a, s); break;
     case DType::I8: run_mma<int8_t>(p.cfg, a, s); break;
-    case DType::F32: break;
+    case DType::F32:
+    case DType::I4: break;
   }
   if (a.part) {
     const int64_t count = n * W.rows;

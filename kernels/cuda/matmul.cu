@@ -521,6 +521,7 @@ bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n
       if (!W.scales) fail_msg("matmul: int8 weights without their row scales");
       gemv(static_cast<const int8_t*>(W.data), x, y, int(R), int(K), int(n), s, W.scales, ep);
       break;
+    case DType::I4: return false;
   }
   return true;
 }
@@ -578,6 +579,7 @@ bool gemv_group(const WeightView* const* W, const float* const* x, float* const*
     case DType::F16: launch_group<__half>(W, x, y, ep, count, int(K), int(n), s); break;
     case DType::BF16: launch_group<__nv_bfloat16>(W, x, y, ep, count, int(K), int(n), s); break;
     case DType::I8: launch_group<int8_t>(W, x, y, ep, count, int(K), int(n), s); break;
+    case DType::I4: return false;
   }
   return true;
 }

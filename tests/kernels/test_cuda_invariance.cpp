@@ -43,6 +43,7 @@ double product_tol(DType dt) {
     case DType::BF16: return 1e-4;
     case DType::F16:
     case DType::I8: return 2e-3;
+    case DType::I4: break;
   }
   return 0;
 }

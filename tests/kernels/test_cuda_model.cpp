@@ -40,7 +40,8 @@ double tol_chunk(DType dt) {
     case DType::F32: return 5e-5;
     case DType::F16: return 2e-2;
     case DType::BF16: return 2e-4;
-    case DType::I8: break;  // int8 has its own test (test_cuda_int8.cpp)
+    case DType::I8:
+    case DType::I4: break;  // int8 has its own test (test_cuda_int8.cpp); no int4 on CUDA
   }
   return 0;
 }

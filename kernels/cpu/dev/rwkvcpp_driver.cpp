@@ -1,9 +1,9 @@
 // A small driver for rwkv.cpp (the peer engine of scripts/bench_rwkvcpp.sh): our own program
 // against rwkv.cpp's public C API (rwkv.h), compiled by that script against a librwkv built
 // outside this repository. Not part of rwkvpp's build; it includes nothing of ours.
-//   rwkvcpp_driver logits MODEL.bin --threads N --tokens 1,2,3 -o LOGITS.f32
+//   rwkvcpp_driver logits MODEL.bin --threads N --tokens 1,2,3 -o LOGITS.f32 [--every 1]
 //       the logits after the last token (fed one at a time from the empty state), n_vocab
-//       float32 little-endian values
+//       float32 little-endian values; with --every 1 the logits after every token, [T, n_vocab]
 //   rwkvcpp_driver bench MODEL.bin --threads N [--warmup 8] [--gen 64] [--token 0]
 //       decode at batch 1 as rwkvpp bench times it: after an untimed warm-up decode, one
 //       sequence from the empty state and a 1-token prompt, `gen` greedy steps (rwkv_eval with
@@ -26,14 +26,14 @@
 namespace {
 
 const char kUsage[] =
-    "usage: rwkvcpp_driver logits MODEL.bin --threads N --tokens 1,2,3 -o LOGITS.f32\n"
+    "usage: rwkvcpp_driver logits MODEL.bin --threads N --tokens 1,2,3 -o LOGITS.f32 [--every 1]\n"
     "       rwkvcpp_driver bench MODEL.bin --threads N [--warmup 8] [--gen 64] [--token 0]\n"
     "       rwkvcpp_driver quantize IN.bin OUT.bin TYPE   (TYPE: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0)\n"
     "       rwkvcpp_driver info\n";
 
 struct Args {
   std::string model, out, tokens;
-  int threads = 1, warmup = 8, gen = 64, token = 0;
+  int threads = 1, warmup = 8, gen = 64, token = 0, every = 0;
 };
 
 int to_int(const std::string& flag, const std::string& v, int lo) {
@@ -58,6 +58,8 @@ Args parse(int argc, char** argv) {
       a.warmup = to_int(f, v, 0);
     else if (f == "--gen")
       a.gen = to_int(f, v, 1);
+    else if (f == "--every")
+      a.every = to_int(f, v, 0);
     else if (f == "--token")
       a.token = to_int(f, v, 0);
     else if (f == "--tokens")
@@ -130,14 +132,19 @@ int cmd_logits(const Args& a) {
   if (a.out.empty() || a.tokens.empty())
     throw std::runtime_error(std::string("logits needs --tokens and -o\n") + kUsage);
   Model m(a.model, a.threads);
-  for (uint32_t t : parse_tokens(a.tokens)) m.eval(t);
+  std::vector<float> out;
+  for (uint32_t t : parse_tokens(a.tokens)) {
+    m.eval(t);
+    if (a.every) out.insert(out.end(), m.logits().begin(), m.logits().end());
+  }
+  if (!a.every) out = m.logits();
   FILE* f = std::fopen(a.out.c_str(), "wb");
   if (!f) throw std::runtime_error("'" + a.out + "': cannot open for writing");
-  const size_t n = std::fwrite(m.logits().data(), sizeof(float), m.vocab(), f);
-  if (std::fclose(f) != 0 || n != m.vocab())
+  const size_t n = std::fwrite(out.data(), sizeof(float), out.size(), f);
+  if (std::fclose(f) != 0 || n != out.size())
     throw std::runtime_error("'" + a.out + "': write failed");
-  std::fprintf(stderr, "rwkvcpp_driver: %zu logits after the last token written to %s\n", m.vocab(),
-               a.out.c_str());
+  std::fprintf(stderr, "rwkvcpp_driver: %zu logits (%s) written to %s\n", out.size(),
+               a.every ? "after every token" : "after the last token", a.out.c_str());
   return 0;
 }
 
