@@ -29,6 +29,8 @@ struct Engine::Seq {
   int generated = 0;
   bool in_flight = false, admitted = false, done = false;
   bool is_prefix = false;  // a shared prefix: keeps its slot when done, until released
+  bool cancel = false;     // cancel() asked for it: ends at the next turn or when its step returns
+  bool cancelled = false;  // finished with Finish::Cancelled
   int64_t logits_pos = 0;
 };
 
@@ -48,7 +50,7 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
   rbuf_ = ByteBuffer(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
   rspare_ = ByteBuffer(rbuf_.size());
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
-  hbuf_.resize(kHeaderBytes + 64);
+  hbuf_.resize(kHeaderBytes + 4096);
   hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
   // The same liveness timeout as the transport's (net/liveness.h): a stage that sent nothing,
   // not even a heartbeat, for this long while steps are in flight is named as lost.
@@ -99,6 +101,7 @@ void Engine::release_prefix(int id) {
 
 void Engine::finish(Seq& s, Finish why) {
   s.done = true;
+  s.cancelled = why == Finish::Cancelled;
   if (s.req.keep_state) s.is_prefix = true;
   if (!s.is_prefix) {  // a prefix keeps its slot until release_prefix()
     if (s.slot >= 0) free_slots_.push_back(s.slot);
@@ -121,13 +124,17 @@ bool Engine::schedule() {
   int tokens = 0, logit_rows = 0;
   for (auto& [id, sp] : seqs_) {
     Seq& s = *sp;
-    if (s.done || s.in_flight || s.pending.empty()) continue;
+    if (s.done || s.in_flight || s.cancel || s.pending.empty()) continue;
     if (int(m.segs.size()) >= lim_.max_batch || tokens >= lim_.max_tokens) break;
     if (!s.admitted) {
       const Seq* prefix = nullptr;
       if (s.req.prefix >= 0) {
         prefix = seqs_.at(s.req.prefix).get();
         if (!prefix->done) continue;  // the prefix is still being read
+        if (prefix->cancelled) {  // its state is incomplete: nothing can continue it
+          finish(s, Finish::Cancelled);
+          continue;
+        }
       }
       if (free_slots_.empty()) continue;
       s.slot = free_slots_.back();
@@ -180,6 +187,10 @@ void Engine::handle_result(const ResultMsg& r) {
   for (size_t i = 0; i < r.segs.size(); ++i) {
     Seq& s = *seqs_.at(f.seq_ids[i]);
     s.in_flight = false;
+    if (s.cancel) {  // what the step brought for it is dropped
+      finish(s, Finish::Cancelled);
+      continue;
+    }
     const SegmentResult& g = r.segs[i];
     if (s.req.logits_all && !g.logits.empty()) {
       int64_t rows = int64_t(g.logits.size()) / cfg_.vocab_size;
@@ -225,6 +236,9 @@ void Engine::poll_heartbeats() {
   Completion c;
   while (t_.test(hreq_, &c)) {
     last_seen_[c.peer] = Clock::now();
+    // The stage's statistics ride in its heartbeat (decoded before the buffer is reused).
+    Message m = decode_message({hbuf_.data(), c.bytes}, hbuf_.size());
+    if (!m.payload.empty()) heard_stats_[c.peer] = decode_heartbeat(m, fmt::format("Heartbeat from rank {}", c.peer));
     hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
   }
   auto now = Clock::now();
@@ -243,22 +257,73 @@ void Engine::poll_heartbeats() {
   }
 }
 
+bool Engine::turn() {
+  // A stop cancels whatever is not in flight, cancel() what it named; what is in flight comes
+  // back first (handle_result).
+  if (stop_requested() || cancels_ > 0) {
+    const bool all = stop_requested();
+    cancels_ = 0;
+    for (auto& [id, s] : seqs_)
+      if (!s->done && !s->in_flight && (all || s->cancel)) finish(*s, Finish::Cancelled);
+  }
+  for (int id : reap_) seqs_.erase(id);
+  reap_.clear();
+  bool busy = false;
+  while (schedule()) busy = true;
+  if (local_poll_ && local_poll_()) busy = true;
+  if (poll_results()) busy = true;
+  poll_heartbeats();
+  return busy;
+}
+
+bool Engine::idle() const {
+  return inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
+}
+
+bool Engine::poll(std::chrono::milliseconds wait) {
+  const bool busy = turn();
+  if (!busy && !inflight_.empty()) t_.wait_some(wait);
+  return busy;
+}
+
+bool Engine::cancel(int id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end() || it->second->done || it->second->is_prefix) return false;
+  if (!it->second->cancel) ++cancels_;
+  it->second->cancel = true;
+  return true;
+}
+
+std::vector<double> Engine::stage_silence_s() const {
+  const auto now = Clock::now();
+  std::vector<double> out;
+  for (int r : stage_ranks_) {
+    auto it = last_seen_.find(r);
+    out.push_back(r == t_.rank() || it == last_seen_.end() ? 0.0
+                                                           : std::chrono::duration<double>(now - it->second).count());
+  }
+  return out;
+}
+
+std::vector<StatsMsg> Engine::stage_stats() const {
+  std::vector<StatsMsg> out;
+  for (int r : stage_ranks_) {
+    if (r == t_.rank()) {
+      out.push_back(local_stats_ ? local_stats_() : StatsMsg{});
+      continue;
+    }
+    auto it = heard_stats_.find(r);
+    out.push_back(it == heard_stats_.end() ? StatsMsg{} : it->second);
+  }
+  return out;
+}
+
 void Engine::run() {
   auto t0 = Clock::now();
   for (auto& [r, when] : last_seen_) when = t0;  // time spent outside run() does not count
   for (;;) {
-    if (stop_requested())  // cancel whatever is not in flight; what is comes back, then stops
-      for (auto& [id, s] : seqs_)
-        if (!s->done && !s->in_flight) finish(*s, Finish::Cancelled);
-    for (int id : reap_) seqs_.erase(id);
-    reap_.clear();
-    bool busy = false;
-    while (schedule()) busy = true;
-    if (local_poll_ && local_poll_()) busy = true;
-    if (poll_results()) busy = true;
-    poll_heartbeats();
-    bool all_done = inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
-    if (all_done) break;
+    const bool busy = turn();
+    if (idle()) break;
     if (!busy && inflight_.empty() && free_slots_.empty())
       fail("every state slot is held (by {} sequences and shared prefixes) and nothing can proceed: raise --max-batch "
            "or release prefixes", seqs_.size());

@@ -88,6 +88,32 @@ class Engine {
   // and release_prefix() (of another sequence) to feed run() as it goes; a finished sequence is
   // forgotten as soon as its on_finish returns, so a run() of millions of requests stays small.
   void run();
+  // One turn of run()'s loop, for a caller that keeps its own loop (rwkvpp serve): cancels what
+  // cancel() and request_stop() asked for, admits and schedules what it can, drives the local
+  // stage, handles an arrived result (callbacks run inside, as in run()) and the stages'
+  // heartbeats; then, when it did nothing while steps are in flight, waits up to `wait` on the
+  // transport. Returns true when it did work. Call it at least every few seconds even when
+  // idle(): it is what keeps this rank's transport heartbeats going and names a silent stage
+  // (PeerLost, as run() does).
+  bool poll(std::chrono::milliseconds wait);
+  // True when no step is in flight and every submitted request has finished (kept prefixes may
+  // stay).
+  bool idle() const;
+  // Cancels request `id` (a submit() id): it ends with Finish::Cancelled and its slot is free
+  // for the next step. A sequence not in a step in flight ends at the next turn of poll() or
+  // run(); one in flight ends when that step's result comes back, whose token is dropped (so
+  // the slot is free within one step). Requests waiting for a prefix that ended cancelled are
+  // cancelled too. Returns false when `id` is not a live request (finished, unknown, or a
+  // prefix: those go with release_prefix()). Safe from callbacks; not thread-safe.
+  bool cancel(int id);
+  // Per stage, in order: seconds since the coordinator last heard from it (a result or a
+  // heartbeat); 0 for a stage on this rank and for a stage not heard from before the first poll.
+  std::vector<double> stage_silence_s() const;
+  // Per stage, in order: its statistics as of its last heartbeat (cumulative since it started;
+  // a stage on this rank: as of now, through set_local_stats(); default-constructed until the
+  // first heartbeat).
+  std::vector<StatsMsg> stage_stats() const;
+  void set_local_stats(std::function<StatsMsg()> f) { local_stats_ = std::move(f); }
   // Asks run() to return soon: nothing new is admitted or scheduled, the steps in flight are
   // awaited, and every unfinished request ends with Finish::Cancelled (kept states stay until
   // release_prefix()). Only sets an atomic flag: safe from any thread and from a signal
@@ -103,6 +129,8 @@ class Engine {
   uint64_t tokens_generated() const { return generated_; }
   double run_seconds() const { return run_s_; }
   const ModelConfig& config() const { return cfg_; }
+  const std::vector<int>& stage_ranks() const { return stage_ranks_; }
+  const std::vector<StagePlan>& plan() const { return plan_; }
   void set_numerics(PipelineNumerics n) { numerics_ = std::move(n); }
   const PipelineNumerics& numerics() const { return numerics_; }
 
@@ -110,6 +138,7 @@ class Engine {
   PipelineNumerics numerics_;
   struct Seq;
   bool schedule();
+  bool turn();  // one turn of the loop (poll() and run()); true when it did work
   bool poll_results();
   void poll_heartbeats();
   void handle_result(const ResultMsg& r);
@@ -133,9 +162,12 @@ class Engine {
   };
   std::map<uint64_t, InFlight> inflight_;
   ByteBuffer rbuf_, rspare_;  // Results: sized for the largest, resident only where written
-  std::vector<uint8_t> hbuf_;
+  std::vector<uint8_t> hbuf_;  // heartbeats, with the stage's statistics
   RequestId rreq_ = 0, hreq_ = 0;
   std::map<int, std::chrono::steady_clock::time_point> last_seen_;
+  std::map<int, StatsMsg> heard_stats_;  // per rank: the stats of its last heartbeat
+  std::function<StatsMsg()> local_stats_;
+  int cancels_ = 0;  // cancel() calls not yet applied by a turn
   std::chrono::milliseconds peer_timeout_;
   uint64_t tokens_ = 0, generated_ = 0;
   double run_s_ = 0;
