@@ -153,6 +153,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
            opt.limits.microbatches);
     if (opt.threads < 0)
       fail("--threads: {}; 0 (the host's cores shared among its ranks) or more", opt.threads);
+    if (rank == coord && opt.on_coordinator_start) opt.on_coordinator_start();
     std::vector<int> stage_ranks;
     for (int r = opt.coordinator_only ? 1 : 0; r < size; ++r) stage_ranks.push_back(r);
     const bool is_stage = !(opt.coordinator_only && rank == coord);
@@ -314,6 +315,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     {
       Engine engine(t, cfg, stage_ranks, plan, lim, loop ? std::function<bool()>([&] { return loop->poll(); }) : nullptr);
       engine.set_numerics(pipeline_numerics(dtype, plan, readies));
+      if (loop) engine.set_local_stats([&] { return loop->stats(); });
       code = body(engine);
       // Shut down: every stage reports its statistics.
       for (int r : stage_ranks)

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   rwkvpp::add_tokenizer_bench_command(app, run);
   rwkvpp::add_text_commands(app, run);
   rwkvpp::add_batch_command(app, run);
+  rwkvpp::add_serve_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
