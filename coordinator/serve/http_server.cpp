@@ -90,14 +90,14 @@ class Session : public std::enable_shared_from_this<Session> {
                          fmt::format("the request body is larger than {} bytes (--max-body-bytes)",
                                      srv_.opt.max_body_bytes),
                          {}, "body_too_large")),
-            false);
+            false, true);
       return;
     }
     if (ec) {
       if (!connection_error(ec))
         reply(error_reply(ApiError(400, fmt::format("malformed HTTP request: {}", ec.message()), {},
                                    "bad_request")),
-              false);
+              false, true);
       else
         close();
       return;
@@ -121,7 +121,10 @@ class Session : public std::enable_shared_from_this<Session> {
       start_generation(std::move(std::get<StartedGeneration>(result)));
   }
 
-  void reply(HttpReply r, bool keep_alive) {
+  // `unread`: the request was not read to its end (too large, malformed): after the reply the
+  // rest is read and dropped before the connection closes, so that a client still sending gets
+  // the reply instead of a reset.
+  void reply(HttpReply r, bool keep_alive, bool unread = false) {
     auto res = std::make_shared<http::response<http::string_body>>();
     res->version(version_);
     res->result(unsigned(r.status));
@@ -134,12 +137,33 @@ class Session : public std::enable_shared_from_this<Session> {
     srv_.metrics.count_response(r.status);
     stream_.expires_after(ms(srv_.opt.idle_timeout_s));
     http::async_write(stream_, *res,
-                      [self = shared_from_this(), res](beast::error_code ec, size_t) {
-                        if (ec || !res->keep_alive())
+                      [self = shared_from_this(), res, unread](beast::error_code ec, size_t) {
+                        if (!ec && unread)
+                          self->drain();
+                        else if (ec || !res->keep_alive())
                           self->close();
                         else
                           self->read();
                       });
+  }
+
+  // Half-closes, then reads and drops what the client still sends, for a few seconds at most.
+  void drain() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::seconds(5));
+    drop_.resize(64 << 10);
+    drain_more();
+  }
+
+  void drain_more() {
+    stream_.async_read_some(net::buffer(drop_),
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec)
+                                self->close();
+                              else
+                                self->drain_more();
+                            });
   }
 
   void start_generation(StartedGeneration g) {
@@ -295,6 +319,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool has_job_ = false, ended_ = false, gen_active_ = false, stream_mode_ = false;
   bool chunked_ = true, writing_ = false, last_sent_ = false;
   std::string pending_, out_;  // to write; being written
+  std::vector<char> drop_;     // what drain() reads
   std::unique_ptr<http::response<http::empty_body>> head_;
   std::unique_ptr<http::response_serializer<http::empty_body>> serializer_;
 };
