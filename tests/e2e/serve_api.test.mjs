@@ -2,11 +2,12 @@
 // driven by the official OpenAI client over 127.0.0.1. Chat and completions, whole and
 // streamed; n = 2; stop strings; seeds (equal to `rwkvpp generate` with the same seed); 401
 // without the key; 400s on bad bodies; a client that disconnects mid-stream frees its slot
-// (seen in /metrics); SIGTERM ends streams with an error event and the server exits 0.
+// (seen in /metrics); /ready names a stage that stops answering; SIGTERM ends streams with an
+// error event and the server exits 0.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { binary, loadOpenAI, skipWhy, tinyModel, startServer, metrics, metric, until, alive, sleep, within } from './server.mjs';
+import { binary, loadOpenAI, skipWhy, tinyModel, startServer, metrics, metric, until, alive, sleep, within, rankPid } from './server.mjs';
 
 const OpenAI = await loadOpenAI();
 const skip = OpenAI ? false : skipWhy;
@@ -16,7 +17,7 @@ let model, srv, client;
 before(async () => {
   if (!OpenAI) return;
   model = tinyModel();
-  srv = await startServer({ model, ranks: 3, args: ['--api-key', KEY, '--max-tokens-limit', '200000'] });
+  srv = await startServer({ model, ranks: 3, args: ['--api-key', KEY, '--max-tokens-limit', '200000', '--ready-silence', '2'] });
   client = new OpenAI({ apiKey: KEY, baseURL: `${srv.baseURL}/v1`, maxRetries: 0, timeout: 60000 });
 });
 
@@ -190,6 +191,24 @@ test('per-stage compute and wait seconds of the 3 stages are in /metrics', { ski
   assert.ok(metric(t, 'rwkvpp_time_to_first_token_seconds_count') > 0);
   assert.ok(metric(t, 'rwkvpp_inter_token_latency_seconds_count') > 0);
   assert.ok(metric(t, 'rwkvpp_e2e_request_latency_seconds_count') > 0);
+});
+
+test('/ready answers 503 naming a stage that stopped answering, and 200 when it is back', { skip }, async () => {
+  const pid = rankPid(srv.launcher, 2);
+  assert.ok(pid, 'rank 2 not found');
+  process.kill(pid, 'SIGSTOP');
+  try {
+    const r = await until(async () => {
+      const res = await fetch(`${srv.baseURL}/ready`);
+      return res.status === 503 ? res.json() : null;
+    }, 8000, '/ready to notice the stopped stage');
+    assert.equal(r.status, 'unreachable');
+    assert.match(r.message, /^stage 2 \(rank 2, layers 3-3\) has not been heard from for/);
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  await until(async () => (await fetch(`${srv.baseURL}/ready`)).status === 200, 8000, '/ready to recover');
+  assert.equal((await client.completions.create({ model: 'tiny', prompt: 'back', max_tokens: 4 })).usage.completion_tokens, 4);
 });
 
 // Last: it ends the server.

@@ -75,6 +75,19 @@ function descendants(pid) {
   return out;
 }
 
+// The pid of MPI rank `rank` among the launcher's descendants (its environment says).
+export function rankPid(launcherPid, rank) {
+  for (const p of descendants(launcherPid)) {
+    try {
+      const env = readFileSync(`/proc/${p}/environ`, 'utf8').split('\0');
+      if (env.includes(`OMPI_COMM_WORLD_RANK=${rank}`) && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('serve')) return p;
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return null;
+}
+
 export function alive(pid) {
   try {
     const s = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -139,6 +152,7 @@ export async function startServer({ model, ranks = 3, args = [], env = {} }) {
   return {
     baseURL,
     pid: Number(m[3]),
+    launcher: proc.pid,
     exited,
     stderr: () => err,
     async stop() {
