@@ -330,6 +330,10 @@ void HttpServer::Impl::accept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
     if (!acceptor.is_open()) return;
     if (!ec) {
+      // Stream chunks are small writes one after another: without this, Nagle's algorithm
+      // holds each behind the client's delayed ACK (some 40 ms).
+      beast::error_code nd;
+      s.set_option(tcp::no_delay(true), nd);
       std::make_shared<Session>(std::move(s), *this)->run();
       accept();
       return;
