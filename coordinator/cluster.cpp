@@ -51,6 +51,12 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--device", o.device, "auto (a GPU per rank when present), cpu or cuda")->capture_default_str();
   c->add_option("--compute-dtype", o.dtype, "matrix dtype on the devices: fp32, fp16, bf16 or int8 (per-row scales, quantised when loaded; the embedding stays fp16) (default: as stored)");
   c->add_option("--threads", o.threads, "CPU threads per rank (0: the host's cores shared among its ranks)");
+  c->add_option("--batch-invariant", o.batch_invariant,
+                "on: products whose results do not depend on what shares a step (the CPU's always are; "
+                "CUDA: kernels/cuda/imma.cuh, opt-in); off: the device's fastest; auto: the device's default "
+                "(RWKVPP_INVARIANT on CUDA)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   c->add_option("--max-batch", o.limits.max_batch, "most sequences in one step")->capture_default_str();
   c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: two per stage, one for a single stage)")->capture_default_str();
   c->add_option("--chunk", o.limits.chunk, "prompt tokens per sequence per step")->capture_default_str();
@@ -186,6 +192,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     std::unique_ptr<Backend> be;
     if (is_stage) {
       be = choose_backend(opt, threads);
+      if (opt.batch_invariant != "auto") be->set_batch_invariant(opt.batch_invariant == "on");
       // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
       // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf-log.md).
       if (!be->host_memory()) t.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));

@@ -34,6 +34,7 @@ struct ClusterOptions {
   std::string device = "auto";  // auto, cpu, cuda
   std::string dtype;            // matrix dtype on the devices; default: as stored
   int threads = 0;              // CPU threads per rank; 0 = cores / ranks on this host
+  std::string batch_invariant = "auto";  // on, off or auto (Backend::set_batch_invariant)
   EngineLimits limits;
   bool stats = false;
 };

@@ -179,6 +179,9 @@ class Backend {
   // steps (batch size, position in the batch, prompt chunks); docs/architecture.md.
   virtual std::string numerics() const { return name(); }
   virtual bool batch_invariant() const { return false; }
+  // Asks for batch-invariant products (on) or the device's fastest ones (off); returns
+  // batch_invariant() afterwards (a backend with only one kind keeps it). Call before loading.
+  virtual bool set_batch_invariant(bool on) { (void)on; return batch_invariant(); }
   // The multiple of rows a large product's output (the head) should have for the device's
   // fastest kernels; the caller pads the matrix with zero rows. 1: any count (the default).
   virtual int64_t row_align() const { return 1; }

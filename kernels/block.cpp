@@ -7,43 +7,84 @@
 
 namespace rwkvpp {
 
-const HostTensor& require(const TensorMap& t, int layer, const std::string& name, int64_t numel) {
-  auto it = t.find(name);
-  if (it == t.end()) fail("layer {}: tensor '{}' is missing", layer, name);
-  if (it->second.numel() != numel)
-    fail("layer {}: tensor '{}' has shape {} ({} elements), expected {} elements", layer, name,
-         it->second.shape_str(), it->second.numel(), numel);
+const HostTensor& LayerLoader::get(const std::string& name) const {
+  auto it = t_.find(name);
+  if (it == t_.end()) fail("layer {}: tensor '{}' is missing", layer_, name);
   return it->second;
 }
 
-WeightView load_layer_matrix(Backend& be, const TensorMap& t, int layer, const std::string& name,
-                             int64_t rows, int64_t cols, DType dtype,
-                             std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
-  const HostTensor& h = require(t, layer, name, rows * cols);
-  if (h.shape != std::vector<int64_t>{rows, cols})
-    fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer, name, h.shape_str(), rows, cols);
-  keep.emplace_back();
-  return be.load_weight(h, dtype, keep.back());
+const HostTensor& LayerLoader::get(const std::string& name, int64_t numel) const {
+  const HostTensor& h = get(name);
+  if (h.numel() != numel)
+    fail("layer {}: tensor '{}' has shape {} ({} elements), expected {} elements", layer_, name,
+         h.shape_str(), h.numel(), numel);
+  return h;
 }
 
-float* upload_f32(Backend& be, const std::vector<float>& v,
-                  std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
-  keep.push_back(std::make_unique<DeviceBuffer>(&be, v.size() * 4));
-  be.upload(keep.back()->get(), v.data(), v.size() * 4);
-  return keep.back()->f32();
+const HostTensor& LayerLoader::get(const std::string& name, const std::vector<int64_t>& shape) const {
+  const HostTensor& h = get(name);
+  if (h.shape != shape)
+    fail("layer {}: tensor '{}' has shape {}, expected {}", layer_, name, h.shape_str(), shape_to_string(shape));
+  return h;
 }
 
-float* upload_one_minus(Backend& be, const TensorMap& t, int layer, const std::string& name,
-                        int64_t numel, std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
-  auto v = require(t, layer, name, numel).to_f32();
+float* LayerLoader::values(const std::vector<float>& v) const {
+  keep_.push_back(std::make_unique<DeviceBuffer>(&be_, v.size() * 4));
+  be_.upload(keep_.back()->get(), v.data(), v.size() * 4);
+  return keep_.back()->f32();
+}
+
+float* LayerLoader::vec(const std::string& name, int64_t numel) const { return values(get(name, numel).to_f32()); }
+
+BlockNorms LayerLoader::norms(int64_t C, bool with_lnx) const {
+  BlockNorms n;
+  n.ln1_w = vec("ln1.weight", C);
+  n.ln1_b = vec("ln1.bias", C);
+  n.ln2_w = vec("ln2.weight", C);
+  n.ln2_b = vec("ln2.bias", C);
+  if (with_lnx) {
+    n.lnx_w = vec("att.ln_x.weight", C);
+    n.lnx_b = vec("att.ln_x.bias", C);
+  }
+  return n;
+}
+
+float* LayerLoader::one_minus(const std::string& name, int64_t numel) const {
+  auto v = get(name, numel).to_f32();
   for (float& e : v) e = 1.0f - e;
-  return upload_f32(be, v, keep);
+  return values(v);
 }
 
-WeightView load_small_matrix(Backend& be, const HostTensor& m, DType dtype,
-                             std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
-  keep.emplace_back();
-  return be.load_weight(m, unquantised_dtype(dtype), keep.back());
+WeightView LayerLoader::mat(const std::string& name, int64_t rows, int64_t cols) const {
+  const HostTensor& h = get(name, rows * cols);
+  if (h.shape != std::vector<int64_t>{rows, cols})
+    fail("layer {}: tensor '{}' has shape {}, expected [{}, {}]", layer_, name, h.shape_str(), rows, cols);
+  keep_.emplace_back();
+  return be_.load_weight(h, dtype_, keep_.back());
+}
+
+WeightView LayerLoader::small(const HostTensor& m) const {
+  keep_.emplace_back();
+  return be_.load_weight(m, unquantised_dtype(dtype_), keep_.back());
+}
+
+WeightView LayerLoader::small_t(const std::vector<float>& m, int64_t rows, int64_t cols) const {
+  std::vector<float> t(m.size());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) t[size_t(j * rows + i)] = m[size_t(i * cols + j)];
+  return small(HostTensor::from_f32(t, {cols, rows}));
+}
+
+int64_t LayerLoader::low_rank(const std::string& prefix, int64_t C, WeightView& m1, WeightView& m2) const {
+  const HostTensor& p1 = get(prefix + "1");
+  const auto& sh = p1.shape;
+  if (sh.size() != 2 || sh[0] != C || sh[1] <= 0)
+    fail("layer {}: tensor '{}1' has shape {}, expected [{}, D]", layer_, prefix, p1.shape_str(), C);
+  const int64_t D = sh[1];
+  const HostTensor& p2 = get(prefix + "2", std::vector<int64_t>{D, C});
+  m1 = small_t(p1.to_f32(), C, D);
+  m2 = small_t(p2.to_f32(), D, C);
+  return D;
 }
 
 std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer,
@@ -61,11 +102,11 @@ std::unique_ptr<Block> make_block(Backend& be, const ModelConfig& cfg, int layer
 void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h,
                             float* state, int64_t stride, int64_t off) const {
   const int64_t n = h.n, C = receptance.rows, F = key.rows, nc = n * C;
-  float* xln = ws.get(10, size_t(nc));
-  float* prev = ws.get(11, size_t(nc));
-  float* xk = ws.get(12, size_t(nc));
-  float* xr = ws.get(13, size_t(nc));
-  float* k = ws.get(14, size_t(n * F));
+  float* xln = ws.get(kFfnXln, size_t(nc));
+  float* prev = ws.get(kFfnPrev, size_t(nc));
+  float* xk = ws.get(kFfnXk, size_t(nc));
+  float* xr = ws.get(kFfnXr, size_t(nc));
+  float* k = ws.get(kFfnK, size_t(n * F));
   const float* mu[2] = {mix_k, mix_r};
   float* mixed[2] = {xk, xr};
   be.norm_shift_mix(h.x, ln_w, ln_b, eps, n, C, segs, state, stride, off, mu, mixed, 2, xln, prev);
@@ -88,18 +129,16 @@ void ReluSquareFfn::forward(Backend& be, Workspace& ws, const SegTable& segs, Hi
   else be.matmul_ex(value, k, h.x, n, gated_add, v);
 }
 
-ReluSquareFfn ReluSquareFfn::load(Backend& be, const TensorMap& t, int layer, int64_t C, int64_t F,
-                                  const float* ln_w, const float* ln_b, const float* mix_k,
-                                  const float* mix_r, float eps, DType dtype,
-                                  std::vector<std::unique_ptr<DeviceBuffer>>& keep) {
+ReluSquareFfn ReluSquareFfn::load(const LayerLoader& ld, int64_t C, int64_t F, const float* ln_w,
+                                  const float* ln_b, const float* mix_k, const float* mix_r, float eps) {
   ReluSquareFfn f;
   f.ln_w = ln_w;
   f.ln_b = ln_b;
   f.mix_k = mix_k;
   f.mix_r = mix_r;
-  f.key = load_layer_matrix(be, t, layer, "ffn.key.weight", F, C, dtype, keep);
-  f.value = load_layer_matrix(be, t, layer, "ffn.value.weight", C, F, dtype, keep);
-  f.receptance = load_layer_matrix(be, t, layer, "ffn.receptance.weight", C, C, dtype, keep);
+  f.key = ld.mat("ffn.key.weight", F, C);
+  f.value = ld.mat("ffn.value.weight", C, F);
+  f.receptance = ld.mat("ffn.receptance.weight", C, C);
   f.eps = eps;
   return f;
 }
@@ -173,11 +212,11 @@ Head::Head(Backend& be, const ModelConfig& cfg, const HostTensor& ln_w, const Ho
 
 void Head::forward(Backend& be, Workspace& ws, const float* x, const int32_t* rows, int64_t m,
                    float* logits) {
-  float* sel = ws.get(20, size_t(m * cfg_.n_embd));
+  float* sel = ws.get(kHeadRows, size_t(m * cfg_.n_embd));
   be.gather_rows(x, rows, m, cfg_.n_embd, sel);
   be.layer_norm(sel, ln_w_->f32(), ln_b_->f32(), sel, m, cfg_.n_embd, cfg_.layer_norm_eps);
   if (rows_ == cfg_.vocab_size) return be.matmul(head_, sel, logits, m);
-  float* full = ws.get(22, size_t(m * rows_));
+  float* full = ws.get(kHeadPadded, size_t(m * rows_));
   be.matmul(head_, sel, full, m);
   be.copy_rows(logits, size_t(cfg_.vocab_size) * 4, full, size_t(rows_) * 4, size_t(cfg_.vocab_size) * 4, size_t(m));
 }

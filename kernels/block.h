@@ -46,7 +46,17 @@ class Block {
 
 // The channel mix shared by RWKV-4, 5 and 6 (DESIGN.md, Numerics): with xk and xr the
 // token-shift mixes of ln2(x),  x += sigmoid(Wr xr) * (Wv relu(Wk xk)^2). The token-shift vector
-// lives in each slot's state at `off` (stride `stride`). Uses workspace buffers 10..14.
+// lives in each slot's state at `off` (stride `stride`). Uses the workspace buffers kFfn*.
+// Workspace buffers (Workspace::get ids) by what they hold: kAtt0 .. kAtt0 + 19 are a block's
+// time mix (each rwkv<version>.cpp names its own), then the channel mix's, the head's and the
+// stage's logits.
+enum WsId : int {
+  kAtt0 = 0,
+  kFfnXln = 20, kFfnPrev, kFfnXk, kFfnXr, kFfnK,
+  kHeadRows = 28, kLogits, kHeadPadded,
+};
+
+class LayerLoader;
 struct ReluSquareFfn {
   const float *ln_w = nullptr, *ln_b = nullptr;   // ln2, [C]
   const float *mix_k = nullptr, *mix_r = nullptr;  // [C], weight of the current token in mix()
@@ -54,12 +64,10 @@ struct ReluSquareFfn {
   float eps = 1e-5f;
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state,
                int64_t stride, int64_t off) const;
-  // Loads ffn.key, ffn.value and ffn.receptance of `layer` ([F, C], [C, F], [C, C]) as `dtype`
-  // into buffers kept in `keep`; the vectors come from the caller.
-  static ReluSquareFfn load(Backend& be, const TensorMap& t, int layer, int64_t C, int64_t F,
-                            const float* ln_w, const float* ln_b, const float* mix_k,
-                            const float* mix_r, float eps, DType dtype,
-                            std::vector<std::unique_ptr<DeviceBuffer>>& keep);
+  // Loads ffn.key, ffn.value and ffn.receptance ([F, C], [C, F], [C, C]) through `ld`; the
+  // vectors come from the caller.
+  static ReluSquareFfn load(const LayerLoader& ld, int64_t C, int64_t F, const float* ln_w,
+                            const float* ln_b, const float* mix_k, const float* mix_r, float eps);
 };
 
 // Builds layer `layer` from its tensors, uploading them to `be` with matrices stored as
@@ -103,25 +111,55 @@ class Head {
   WeightView head_;
 };
 
-// Helpers for block implementations: fetch a tensor, checking its element count against
-// `numel` (shapes like [1,1,C] and [C] are interchangeable for vectors); throws Error naming
-// layer and tensor.
-const HostTensor& require(const TensorMap& t, int layer, const std::string& name, int64_t numel);
-// Loads matrix `name` of layer `layer`, which must have shape [rows, cols], as `dtype` into a
-// new buffer kept in `keep`; throws Error naming layer, tensor and both shapes otherwise.
-WeightView load_layer_matrix(Backend& be, const TensorMap& t, int layer, const std::string& name,
-                             int64_t rows, int64_t cols, DType dtype,
-                             std::vector<std::unique_ptr<DeviceBuffer>>& keep);
-// Uploads a vector as fp32 into a new buffer kept in `keep`; returns its pointer.
-float* upload_f32(Backend& be, const std::vector<float>& v,
-                  std::vector<std::unique_ptr<DeviceBuffer>>& keep);
-// Uploads 1 - v for the [numel] vector `name` of `layer`: RWKV-6/7 store the weight m of
-// x + (prev - x) * m, Backend::mix takes mu of x * mu + prev * (1 - mu).
-float* upload_one_minus(Backend& be, const TensorMap& t, int layer, const std::string& name,
-                        int64_t numel, std::vector<std::unique_ptr<DeviceBuffer>>& keep);
-// Loads a small matrix (RWKV-6/7 low-rank factors: a few % of the bytes, feeding the decay)
-// as `dtype`, or fp16 where `dtype` is int8: these are never quantised.
-WeightView load_small_matrix(Backend& be, const HostTensor& m, DType dtype,
-                             std::vector<std::unique_ptr<DeviceBuffer>>& keep);
+// Builds one layer's tensors on a backend: every lookup and shape check names the layer and the
+// tensor in its Error, and the conversions the versions share live here, so that each
+// rwkv<version>.cpp holds only what differs. Every buffer it makes is kept in `keep` (the
+// block's), so the pointers and views it returns live as long as the block.
+// The layer norms every block has (ln1 before the time mix, ln2 before the channel mix) and, for
+// RWKV-5/6/7, the time mix's group norm ln_x: [C] fp32 weights and biases on the backend.
+struct BlockNorms {
+  const float *ln1_w = nullptr, *ln1_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr;
+  const float *lnx_w = nullptr, *lnx_b = nullptr;
+};
+
+class LayerLoader {
+ public:
+  LayerLoader(Backend& be, const TensorMap& t, int layer, DType dtype,
+              std::vector<std::unique_ptr<DeviceBuffer>>& keep)
+      : be_(be), t_(t), layer_(layer), dtype_(dtype), keep_(keep) {}
+  int layer() const { return layer_; }
+  bool has(const std::string& name) const { return t_.count(name) > 0; }
+  // The tensor; with numel, its element count is checked (shapes like [1, 1, C] and [C] are
+  // interchangeable for vectors); with a shape, the shape itself.
+  const HostTensor& get(const std::string& name) const;
+  const HostTensor& get(const std::string& name, int64_t numel) const;
+  const HostTensor& get(const std::string& name, const std::vector<int64_t>& shape) const;
+  // A vector of numel values as fp32 on the backend; `values` uploads computed ones.
+  float* vec(const std::string& name, int64_t numel) const;
+  float* values(const std::vector<float>& v) const;
+  // ln1, ln2 and (with_lnx) att.ln_x, each [C].
+  BlockNorms norms(int64_t C, bool with_lnx) const;
+  // 1 - v: RWKV-6/7 store the weight m of x + (prev - x) * m, Backend::mix takes mu of
+  // x * mu + prev * (1 - mu).
+  float* one_minus(const std::string& name, int64_t numel) const;
+  // Matrix `name` of shape [rows, cols], stored as the layer's compute dtype.
+  WeightView mat(const std::string& name, int64_t rows, int64_t cols) const;
+  // A small matrix (RWKV-6/7 low-rank factors: a few % of the bytes, feeding the decay) as the
+  // compute dtype, or fp16 where that is int8: these are never quantised. `small_t` takes a
+  // row-major [rows, cols] fp32 matrix and stores its transpose [cols, rows] (the checkpoints
+  // keep them as x @ W; Backend::matmul takes [out, in]).
+  WeightView small(const HostTensor& m) const;
+  WeightView small_t(const std::vector<float>& m, int64_t rows, int64_t cols) const;
+  // A low-rank pair `prefix`1 [C, D] and `prefix`2 [D, C], applied as x @ p1 @ p2: m1 = p1^T
+  // [D, C], m2 = p2^T [C, D]. Returns D.
+  int64_t low_rank(const std::string& prefix, int64_t C, WeightView& m1, WeightView& m2) const;
+
+ private:
+  Backend& be_;
+  const TensorMap& t_;
+  int layer_;
+  DType dtype_;
+  std::vector<std::unique_ptr<DeviceBuffer>>& keep_;
+};
 
 }  // namespace rwkvpp

@@ -10,37 +10,32 @@
 namespace rwkvpp {
 namespace {
 
+enum : int { kXln = kAtt0, kPrev, kMixK, kMixV, kMixR, kK, kV, kR };
+static_assert(int(kR) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
+
 class BlockV4 final : public Block {
  public:
   BlockV4(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
       : C_(cfg.n_embd), F_(cfg.ffn_dim), eps_(cfg.layer_norm_eps) {
-    auto vec = [&](const std::string& name) {
-      return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
-    };
-    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
-    };
-    ln1_w_ = vec("ln1.weight");
-    ln1_b_ = vec("ln1.bias");
-    ln2_w_ = vec("ln2.weight");
-    ln2_b_ = vec("ln2.bias");
-    att_mix_k_ = vec("att.time_mix_k");
-    att_mix_v_ = vec("att.time_mix_v");
-    att_mix_r_ = vec("att.time_mix_r");
-    ffn_mix_k_ = vec("ffn.time_mix_k");
-    ffn_mix_r_ = vec("ffn.time_mix_r");
+    const LayerLoader ld(be, t, layer, dtype, keep_);
+    nm_ = ld.norms(C_, false);
+    att_mix_k_ = ld.vec("att.time_mix_k", C_);
+    att_mix_v_ = ld.vec("att.time_mix_v", C_);
+    att_mix_r_ = ld.vec("att.time_mix_r", C_);
+    ffn_mix_k_ = ld.vec("ffn.time_mix_k", C_);
+    ffn_mix_r_ = ld.vec("ffn.time_mix_r", C_);
     {
       // The file keeps time_decay raw; the recurrence wants w = -exp(time_decay).
-      auto d = require(t, layer, "att.time_decay", C_).to_f32();
+      auto d = ld.get("att.time_decay", C_).to_f32();
       for (float& x : d) x = -std::exp(x);
-      decay_ = upload_f32(be, d, keep_);
+      decay_ = ld.values(d);
     }
-    first_ = vec("att.time_first");
-    att_k_ = mat("att.key.weight", C_, C_);
-    att_v_ = mat("att.value.weight", C_, C_);
-    att_r_ = mat("att.receptance.weight", C_, C_);
-    att_o_ = mat("att.output.weight", C_, C_);
-    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, eps_, dtype, keep_);
+    first_ = ld.vec("att.time_first", C_);
+    att_k_ = ld.mat("att.key.weight", C_, C_);
+    att_v_ = ld.mat("att.value.weight", C_, C_);
+    att_r_ = ld.mat("att.receptance.weight", C_, C_);
+    att_o_ = ld.mat("att.output.weight", C_, C_);
+    ffn_ = ReluSquareFfn::load(ld, C_, F_, nm_.ln2_w, nm_.ln2_b, ffn_mix_k_, ffn_mix_r_, eps_);
   }
 
   int64_t state_floats() const override { return 5 * C_; }
@@ -52,19 +47,19 @@ class BlockV4 final : public Block {
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
     float* x = h.x;
-    float* xln = ws.get(0, nc);
-    float* prev = ws.get(1, nc);
-    float* a = ws.get(2, nc);
-    float* b = ws.get(3, nc);
-    float* c = ws.get(4, nc);
-    float* k = ws.get(5, size_t(n * std::max(C, F_)));
-    float* v = ws.get(6, nc);
-    float* r = ws.get(7, nc);
+    float* xln = ws.get(kXln, nc);
+    float* prev = ws.get(kPrev, nc);
+    float* a = ws.get(kMixK, nc);  // then r * wkv
+    float* b = ws.get(kMixV, nc);  // then the output product before it is added
+    float* c = ws.get(kMixR, nc);
+    float* k = ws.get(kK, nc);
+    float* v = ws.get(kV, nc);
+    float* r = ws.get(kR, nc);
 
     // Time mix.
     const float* mu[3] = {att_mix_k_, att_mix_v_, att_mix_r_};
     float* mixed[3] = {a, b, c};
-    be.norm_shift_mix(x, ln1_w_, ln1_b_, eps_, n, C, segs, state, S, 0, mu, mixed, 3, xln, prev);
+    be.norm_shift_mix(x, nm_.ln1_w, nm_.ln1_b, eps_, n, C, segs, state, S, 0, mu, mixed, 3, xln, prev);
     Backend::Epilogue sig;
     sig.has_act = true;
     sig.act = Unary::Sigmoid;
@@ -82,7 +77,7 @@ class BlockV4 final : public Block {
   ReluSquareFfn ffn_;
   int64_t C_, F_;
   float eps_;
-  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_;
+  BlockNorms nm_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *ffn_mix_k_, *ffn_mix_r_;
   const float *decay_, *first_;
   WeightView att_k_, att_v_, att_r_, att_o_;

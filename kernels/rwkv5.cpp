@@ -29,6 +29,9 @@ namespace {
 // exists to check 64e-5 against.
 constexpr float kGroupNormEps = 1e-5f;
 
+enum : int { kXln = kAtt0, kPrev, kMixA, kMixB, kMixC, kGate, kK, kV, kR };
+static_assert(int(kR) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
+
 class BlockV5 final : public Block {
  public:
   BlockV5(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
@@ -41,60 +44,49 @@ class BlockV5 final : public Block {
     if (H_ <= 0 || N_ <= 0 || H_ * N_ != C_)
       fail("layer {}: RWKV-5 needs n_head * head_size == n_embd (got {} * {} vs {})", layer, H_,
            N_, C_);
-    auto vec = [&](const std::string& name) {
-      return upload_f32(be, require(t, layer, name, C_).to_f32(), keep_);
-    };
-    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
-    };
+    const LayerLoader ld(be, t, layer, dtype, keep_);
     // A per-head ([H]) or per-channel ([H, N]) vector, widened to one value per channel.
     auto per_channel = [&](const std::string& name) {
-      auto it = t.find(name);
-      if (it == t.end()) fail("layer {}: tensor '{}' is missing", layer, name);
-      std::vector<float> v = it->second.to_f32();
+      const HostTensor& h = ld.get(name);
+      std::vector<float> v = h.to_f32();
       if (int64_t(v.size()) == C_) return v;
       if (int64_t(v.size()) != H_)
         fail("layer {}: tensor '{}' has shape {}, expected {} (per head) or {} (per channel) "
              "elements",
-             layer, name, it->second.shape_str(), H_, C_);
+             layer, name, h.shape_str(), H_, C_);
       std::vector<float> w(static_cast<size_t>(C_));
       for (int64_t c = 0; c < C_; ++c) w[size_t(c)] = v[size_t(c / N_)];
       return w;
     };
-    ln1_w_ = vec("ln1.weight");
-    ln1_b_ = vec("ln1.bias");
-    ln2_w_ = vec("ln2.weight");
-    ln2_b_ = vec("ln2.bias");
-    lnx_w_ = vec("att.ln_x.weight");
-    lnx_b_ = vec("att.ln_x.bias");
-    att_mix_k_ = vec("att.time_mix_k");
-    att_mix_v_ = vec("att.time_mix_v");
-    att_mix_r_ = vec("att.time_mix_r");
-    ffn_mix_k_ = vec("ffn.time_mix_k");
-    ffn_mix_r_ = vec("ffn.time_mix_r");
+    nm_ = ld.norms(C_, true);
+    att_mix_k_ = ld.vec("att.time_mix_k", C_);
+    att_mix_v_ = ld.vec("att.time_mix_v", C_);
+    att_mix_r_ = ld.vec("att.time_mix_r", C_);
+    ffn_mix_k_ = ld.vec("ffn.time_mix_k", C_);
+    ffn_mix_r_ = ld.vec("ffn.time_mix_r", C_);
     {
       // The checkpoint keeps time_decay raw; the recurrence wants the factor exp(-exp(raw)).
       auto d = per_channel("att.time_decay");
       for (float& x : d) x = float(std::exp(-std::exp(double(x))));
-      decay_ = upload_f32(be, d, keep_);
+      decay_ = ld.values(d);
     }
-    if (t.count("att.time_faaaa")) {
-      first_ = upload_f32(be, per_channel("att.time_faaaa"), keep_);
+    if (ld.has("att.time_faaaa")) {
+      first_ = ld.values(per_channel("att.time_faaaa"));
     } else {
       // Early RWKV-5 checkpoints store the bonus as its logarithm, named time_first.
       auto u = per_channel("att.time_first");
       for (float& x : u) x = float(std::exp(double(x)));
-      first_ = upload_f32(be, u, keep_);
+      first_ = ld.values(u);
     }
-    att_k_ = mat("att.key.weight", C_, C_);
-    att_v_ = mat("att.value.weight", C_, C_);
-    att_r_ = mat("att.receptance.weight", C_, C_);
-    att_o_ = mat("att.output.weight", C_, C_);
+    att_k_ = ld.mat("att.key.weight", C_, C_);
+    att_v_ = ld.mat("att.value.weight", C_, C_);
+    att_r_ = ld.mat("att.receptance.weight", C_, C_);
+    att_o_ = ld.mat("att.output.weight", C_, C_);
     if (gated_) {
-      att_mix_g_ = vec("att.time_mix_g");
-      att_g_ = mat("att.gate.weight", C_, C_);
+      att_mix_g_ = ld.vec("att.time_mix_g", C_);
+      att_g_ = ld.mat("att.gate.weight", C_, C_);
     }
-    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mix_k_, ffn_mix_r_, eps_, dtype, keep_);
+    ffn_ = ReluSquareFfn::load(ld, C_, F_, nm_.ln2_w, nm_.ln2_b, ffn_mix_k_, ffn_mix_r_, eps_);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
@@ -105,18 +97,18 @@ class BlockV5 final : public Block {
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
     float* x = h.x;
-    float* xln = ws.get(0, nc);
-    float* prev = ws.get(1, nc);
-    float* a = ws.get(2, nc);
-    float* b = ws.get(3, nc);
-    float* c = ws.get(4, nc);
-    float* g = ws.get(5, nc);
-    float* k = ws.get(6, size_t(n * std::max(C, F_)));
-    float* v = ws.get(7, nc);
-    float* r = ws.get(8, nc);
+    float* xln = ws.get(kXln, nc);
+    float* prev = ws.get(kPrev, nc);
+    float* a = ws.get(kMixA, nc);  // mixes, then the WKV output
+    float* b = ws.get(kMixB, nc);  // then the output product before it is added
+    float* c = ws.get(kMixC, nc);
+    float* g = ws.get(kGate, nc);
+    float* k = ws.get(kK, nc);
+    float* v = ws.get(kV, nc);
+    float* r = ws.get(kR, nc);
 
     // Time mix.
-    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.layer_norm(x, nm_.ln1_w, nm_.ln1_b, xln, n, C, eps_);
     be.token_shift(xln, C, segs, state, S, 0, prev);
     be.mix(xln, prev, att_mix_k_, a, n, C);
     be.mix(xln, prev, att_mix_v_, b, n, C);
@@ -130,7 +122,7 @@ class BlockV5 final : public Block {
       be.unary(Unary::Silu, g, g, nc);
     }
     be.wkv5(r, k, v, decay_, false, first_, segs, state, S, 2 * C, a, H_, N_);
-    be.group_norm(a, lnx_w_, lnx_b_, a, n, H_, N_, kGroupNormEps);
+    be.group_norm(a, nm_.lnx_w, nm_.lnx_b, a, n, H_, N_, kGroupNormEps);
     if (gated_) be.binary(Binary::Mul, a, g, a, nc);
     be.matmul(att_o_, a, b, n);
     be.binary(Binary::Add, x, b, x, nc);
@@ -143,7 +135,7 @@ class BlockV5 final : public Block {
   int64_t C_, F_, H_, N_;
   float eps_;
   bool gated_;
-  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
+  BlockNorms nm_;
   const float *att_mix_k_, *att_mix_v_, *att_mix_r_, *att_mix_g_ = nullptr;
   const float *ffn_mix_k_, *ffn_mix_r_;
   const float *decay_, *first_;  // [C]: exp(-exp(time_decay)), bonus u

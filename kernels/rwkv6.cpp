@@ -30,6 +30,9 @@ namespace {
 constexpr float kGroupNormEps = 64e-5f;
 constexpr int kMixes = 5;  // w, k, v, r, g
 
+enum : int { kXln = kAtt0, kPrev, kXxx, kLow, kMix0, kR = kMix0 + kMixes, kK, kV, kGate, kDecay };
+static_assert(int(kDecay) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
+
 class BlockV6 final : public Block {
  public:
   BlockV6(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
@@ -38,84 +41,44 @@ class BlockV6 final : public Block {
     if (H_ <= 0 || N_ <= 0 || H_ * N_ != C_)
       fail("layer {}: RWKV-6 needs n_head * head_size == n_embd (got {} * {} vs {})", layer, H_,
            N_, C_);
-    auto vec_f32 = [&](const std::vector<float>& v) { return upload_f32(be, v, keep_); };
-    auto vec = [&](const std::string& name) {
-      return vec_f32(require(t, layer, name, C_).to_f32());
-    };
-    auto one_minus = [&](const std::string& name) {
-      return upload_one_minus(be, t, layer, name, C_, keep_);
-    };
-    auto shape_is = [&](const std::string& name, std::vector<int64_t> want) -> const HostTensor& {
-      auto it = t.find(name);
-      if (it == t.end()) fail("layer {}: tensor '{}' is missing", layer, name);
-      if (it->second.shape != want)
-        fail("layer {}: tensor '{}' has shape {}, expected {}", layer, name,
-             it->second.shape_str(), shape_to_string(want));
-      return it->second;
-    };
-    auto load = [&](const HostTensor& h) { return load_small_matrix(be, h, dtype, keep_); };
-    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
-    };
-    // Columns [c0, c0 + m) of a row-major [rows, cols] fp32 matrix, transposed: [m, rows].
-    auto columns_t = [&](const std::vector<float>& src, int64_t rows, int64_t cols, int64_t c0,
-                         int64_t m) {
-      std::vector<float> out(size_t(m * rows));
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < m; ++j) out[size_t(j * rows + i)] = src[size_t(i * cols + c0 + j)];
-      return load(HostTensor::from_f32(out, {m, rows}));
-    };
-
-    ln1_w_ = vec("ln1.weight");
-    ln1_b_ = vec("ln1.bias");
-    ln2_w_ = vec("ln2.weight");
-    ln2_b_ = vec("ln2.bias");
-    lnx_w_ = vec("att.ln_x.weight");
-    lnx_b_ = vec("att.ln_x.bias");
-    mu_x_ = one_minus("att.time_maa_x");
+    const LayerLoader ld(be, t, layer, dtype, keep_);
+    nm_ = ld.norms(C_, true);
+    mu_x_ = ld.one_minus("att.time_maa_x", C_);
     static const char* kMaa[kMixes] = {"att.time_maa_w", "att.time_maa_k", "att.time_maa_v",
                                        "att.time_maa_r", "att.time_maa_g"};
-    for (int s = 0; s < kMixes; ++s) maa_[s] = vec(kMaa[s]);
-    ffn_mu_k_ = one_minus("ffn.time_maa_k");
-    ffn_mu_r_ = one_minus("ffn.time_maa_r");
-    decay_ = vec("att.time_decay");  // raw; exp(-exp(.)) is applied per token
-    first_ = vec_f32(require(t, layer, "att.time_faaaa", C_).to_f32());
-
+    for (int s = 0; s < kMixes; ++s) maa_[s] = ld.vec(kMaa[s], C_);
+    ffn_mu_k_ = ld.one_minus("ffn.time_maa_k", C_);
+    ffn_mu_r_ = ld.one_minus("ffn.time_maa_r", C_);
+    decay_ = ld.vec("att.time_decay", C_);  // raw; exp(-exp(.)) is applied per token
+    first_ = ld.vec("att.time_faaaa", C_);
     {
       // time_maa_w1 [C, 5*D] and time_maa_w2 [5, D, C]: split per mix and transposed.
-      auto it = t.find("att.time_maa_w1");
-      if (it == t.end()) fail("layer {}: tensor 'att.time_maa_w1' is missing", layer);
-      const auto& sh = it->second.shape;
+      const HostTensor& w1t = ld.get("att.time_maa_w1");
+      const auto& sh = w1t.shape;
       if (sh.size() != 2 || sh[0] != C_ || sh[1] % kMixes != 0 || sh[1] == 0)
         fail("layer {}: tensor 'att.time_maa_w1' has shape {}, expected [{}, 5*D]", layer,
-             it->second.shape_str(), C_);
+             w1t.shape_str(), C_);
       D_mix_ = sh[1] / kMixes;
-      auto w1 = it->second.to_f32();
-      auto w2 = shape_is("att.time_maa_w2", {kMixes, D_mix_, C_}).to_f32();
+      const auto w1 = w1t.to_f32();
+      const auto w2 = ld.get("att.time_maa_w2", std::vector<int64_t>{kMixes, D_mix_, C_}).to_f32();
       for (int s = 0; s < kMixes; ++s) {
-        maa_w1_[s] = columns_t(w1, C_, kMixes * D_mix_, s * D_mix_, D_mix_);
+        // Columns [s D, (s + 1) D) of w1.
+        std::vector<float> w1s(size_t(C_ * D_mix_));
+        for (int64_t i = 0; i < C_; ++i)
+          for (int64_t j = 0; j < D_mix_; ++j)
+            w1s[size_t(i * D_mix_ + j)] = w1[size_t(i * kMixes * D_mix_ + s * D_mix_ + j)];
+        maa_w1_[s] = ld.small_t(w1s, C_, D_mix_);
         std::vector<float> w2s(w2.begin() + s * D_mix_ * C_, w2.begin() + (s + 1) * D_mix_ * C_);
-        maa_w2_[s] = columns_t(w2s, D_mix_, C_, 0, C_);
+        maa_w2_[s] = ld.small_t(w2s, D_mix_, C_);
       }
     }
-    {
-      auto it = t.find("att.time_decay_w1");
-      if (it == t.end()) fail("layer {}: tensor 'att.time_decay_w1' is missing", layer);
-      const auto& sh = it->second.shape;
-      if (sh.size() != 2 || sh[0] != C_ || sh[1] == 0)
-        fail("layer {}: tensor 'att.time_decay_w1' has shape {}, expected [{}, D]", layer,
-             it->second.shape_str(), C_);
-      D_decay_ = sh[1];
-      decay_w1_ = columns_t(it->second.to_f32(), C_, D_decay_, 0, D_decay_);
-      decay_w2_ = columns_t(shape_is("att.time_decay_w2", {D_decay_, C_}).to_f32(), D_decay_, C_,
-                            0, C_);
-    }
-    att_k_ = mat("att.key.weight", C_, C_);
-    att_v_ = mat("att.value.weight", C_, C_);
-    att_r_ = mat("att.receptance.weight", C_, C_);
-    att_g_ = mat("att.gate.weight", C_, C_);
-    att_o_ = mat("att.output.weight", C_, C_);
-    ffn_ = ReluSquareFfn::load(be, t, layer, C_, F_, ln2_w_, ln2_b_, ffn_mu_k_, ffn_mu_r_, eps_, dtype, keep_);
+    D_decay_ = ld.low_rank("att.time_decay_w", C_, decay_w1_, decay_w2_);
+    att_k_ = ld.mat("att.key.weight", C_, C_);
+    att_v_ = ld.mat("att.value.weight", C_, C_);
+    att_r_ = ld.mat("att.receptance.weight", C_, C_);
+    att_g_ = ld.mat("att.gate.weight", C_, C_);
+    att_o_ = ld.mat("att.output.weight", C_, C_);
+    ffn_ = ReluSquareFfn::load(ld, C_, F_, nm_.ln2_w, nm_.ln2_b, ffn_mu_k_, ffn_mu_r_, eps_);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
@@ -126,20 +89,20 @@ class BlockV6 final : public Block {
   void forward(Backend& be, Workspace& ws, const SegTable& segs, Hidden& h, float* state) override {
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
     float* x = h.x;
-    float* xln = ws.get(0, nc);
-    float* prev = ws.get(1, nc);
-    float* xxx = ws.get(2, nc);
-    float* low = ws.get(3, size_t(n * std::max(D_mix_, D_decay_)));
+    float* xln = ws.get(kXln, nc);
+    float* prev = ws.get(kPrev, nc);
+    float* xxx = ws.get(kXxx, nc);
+    float* low = ws.get(kLow, size_t(n * std::max(D_mix_, D_decay_)));
     float* xs[kMixes];  // xw, xk, xv, xr, xg
-    for (int s = 0; s < kMixes; ++s) xs[s] = ws.get(4 + s, nc);
-    float* r = ws.get(9, nc);
-    float* k = ws.get(10, size_t(n * std::max(C, F_)));
-    float* v = ws.get(11, nc);
-    float* g = ws.get(12, nc);
-    float* w = ws.get(13, nc);
+    for (int s = 0; s < kMixes; ++s) xs[s] = ws.get(kMix0 + s, nc);
+    float* r = ws.get(kR, nc);
+    float* k = ws.get(kK, nc);
+    float* v = ws.get(kV, nc);
+    float* g = ws.get(kGate, nc);
+    float* w = ws.get(kDecay, nc);
 
     // Time mix: data-dependent token shift.
-    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.layer_norm(x, nm_.ln1_w, nm_.ln1_b, xln, n, C, eps_);
     be.token_shift(xln, C, segs, state, S, 0, prev);
     be.mix(xln, prev, mu_x_, xxx, n, C);
     for (int s = 0; s < kMixes; ++s) {
@@ -163,7 +126,7 @@ class BlockV6 final : public Block {
     be.unary(Unary::Silu, g, g, nc);
     float* out = xs[0];
     be.wkv5(r, k, v, w, true, first_, segs, state, S, 2 * C, out, H_, N_);
-    be.group_norm(out, lnx_w_, lnx_b_, out, n, H_, N_, kGroupNormEps);
+    be.group_norm(out, nm_.lnx_w, nm_.lnx_b, out, n, H_, N_, kGroupNormEps);
     be.binary(Binary::Mul, out, g, out, nc);
     be.matmul(att_o_, out, v, n);
     be.binary(Binary::Add, x, v, x, nc);
@@ -176,7 +139,7 @@ class BlockV6 final : public Block {
   int64_t C_, F_, H_, N_;
   int64_t D_mix_ = 0, D_decay_ = 0;  // low-rank widths (32 and 64 in released models)
   float eps_;
-  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
+  BlockNorms nm_;
   const float* mu_x_;           // [C] 1 - time_maa_x
   const float* maa_[kMixes];    // [C] time_maa_{w,k,v,r,g}
   const float *ffn_mu_k_, *ffn_mu_r_;  // [C] 1 - ffn.time_maa_{k,r}

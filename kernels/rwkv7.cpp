@@ -33,6 +33,10 @@ constexpr float kGroupNormEps = 64e-5f;
 // torch.nn.functional.normalize's default eps, used for kk.
 constexpr float kL2Eps = 1e-12f;
 
+// Workspace buffers: the six mixes, then the products and temporaries (18 in all).
+enum : int { kXln = kAtt0, kPrev, kMix0, kLow = kMix0 + 6, kR, kDecay, kK, kV, kA, kGate, kKk, kTmp, kOut };
+static_assert(int(kOut) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
+
 class BlockV7 final : public Block {
  public:
   BlockV7(Backend& be, const ModelConfig& cfg, int layer, const TensorMap& t, DType dtype)
@@ -41,65 +45,34 @@ class BlockV7 final : public Block {
     if (H_ <= 0 || N_ <= 0 || H_ * N_ != C_)
       fail("layer {}: RWKV-7 needs n_head * head_size == n_embd (got {} * {} vs {})", layer, H_,
            N_, C_);
-    auto vec_f32 = [&](const std::vector<float>& v) { return upload_f32(be, v, keep_); };
-    auto vec = [&](const std::string& name) {
-      return vec_f32(require(t, layer, name, C_).to_f32());
-    };
-    auto one_minus = [&](const std::string& name) {
-      return upload_one_minus(be, t, layer, name, C_, keep_);
-    };
-    auto load = [&](const HostTensor& h) { return load_small_matrix(be, h, dtype, keep_); };
-    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-      return load_layer_matrix(be, t, layer, name, rows, cols, dtype, keep_);
-    };
-    // A low-rank pair p1 [C, D], p2 [D, C] (applied as x @ p1 @ p2), transposed for matmul.
+    const LayerLoader ld(be, t, layer, dtype, keep_);
     auto low_rank = [&](const std::string& p, WeightView& m1, WeightView& m2) {
-      auto it = t.find(p + "1");
-      if (it == t.end()) fail("layer {}: tensor '{}1' is missing", layer, p);
-      const auto& sh = it->second.shape;
-      if (sh.size() != 2 || sh[0] != C_ || sh[1] <= 0)
-        fail("layer {}: tensor '{}1' has shape {}, expected [{}, D]", layer, p,
-             it->second.shape_str(), C_);
-      const int64_t D = sh[1];
-      auto it2 = t.find(p + "2");
-      if (it2 == t.end()) fail("layer {}: tensor '{}2' is missing", layer, p);
-      if (it2->second.shape != std::vector<int64_t>{D, C_})
-        fail("layer {}: tensor '{}2' has shape {}, expected [{}, {}]", layer, p,
-             it2->second.shape_str(), D, C_);
-      m1 = load(transposed(it->second.to_f32(), C_, D));
-      m2 = load(transposed(it2->second.to_f32(), D, C_));
-      max_low_ = std::max(max_low_, D);
+      max_low_ = std::max(max_low_, ld.low_rank(p, C_, m1, m2));
     };
-
-    ln1_w_ = vec("ln1.weight");
-    ln1_b_ = vec("ln1.bias");
-    ln2_w_ = vec("ln2.weight");
-    ln2_b_ = vec("ln2.bias");
-    lnx_w_ = vec("att.ln_x.weight");
-    lnx_b_ = vec("att.ln_x.bias");
+    nm_ = ld.norms(C_, true);
     static const char* kMix[6] = {"att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g"};
-    for (int s = 0; s < 6; ++s) mu_[s] = one_minus(kMix[s]);
-    ffn_mu_k_ = one_minus("ffn.x_k");
-    w0_ = vec("att.w0");
-    a0_ = vec("att.a0");
-    k_k_ = vec("att.k_k");
-    k_a_ = vec("att.k_a");
-    r_k_ = vec_f32(require(t, layer, "att.r_k", C_).to_f32());
-    neg_decay_scale_ = vec_f32(std::vector<float>(size_t(C_), -float(std::exp(-0.5))));
-    neg_one_ = vec_f32(std::vector<float>(size_t(C_), -1.0f));
+    for (int s = 0; s < 6; ++s) mu_[s] = ld.one_minus(kMix[s], C_);
+    ffn_mu_k_ = ld.one_minus("ffn.x_k", C_);
+    w0_ = ld.vec("att.w0", C_);
+    a0_ = ld.vec("att.a0", C_);
+    k_k_ = ld.vec("att.k_k", C_);
+    k_a_ = ld.vec("att.k_a", C_);
+    r_k_ = ld.vec("att.r_k", C_);
+    neg_decay_scale_ = ld.values(std::vector<float>(size_t(C_), -float(std::exp(-0.5))));
+    neg_one_ = ld.values(std::vector<float>(size_t(C_), -1.0f));
     low_rank("att.w", w1_, w2_);
     low_rank("att.a", a1_, a2_);
     low_rank("att.g", g1_, g2_);
     if (!first_layer_) {  // layer 0 defines v_first and has no value residual
-      v0_ = vec("att.v0");
+      v0_ = ld.vec("att.v0", C_);
       low_rank("att.v", v1_, v2_);
     }
-    att_r_ = mat("att.receptance.weight", C_, C_);
-    att_k_ = mat("att.key.weight", C_, C_);
-    att_v_ = mat("att.value.weight", C_, C_);
-    att_o_ = mat("att.output.weight", C_, C_);
-    ffn_k_ = mat("ffn.key.weight", F_, C_);
-    ffn_v_ = mat("ffn.value.weight", C_, F_);
+    att_r_ = ld.mat("att.receptance.weight", C_, C_);
+    att_k_ = ld.mat("att.key.weight", C_, C_);
+    att_v_ = ld.mat("att.value.weight", C_, C_);
+    att_o_ = ld.mat("att.output.weight", C_, C_);
+    ffn_k_ = ld.mat("ffn.key.weight", F_, C_);
+    ffn_v_ = ld.mat("ffn.value.weight", C_, F_);
   }
 
   int64_t state_floats() const override { return 2 * C_ + H_ * N_ * N_; }
@@ -111,24 +84,24 @@ class BlockV7 final : public Block {
     if (!h.v_first) fail("RWKV-7 layer needs the v_first buffer in Hidden (none was passed)");
     const int64_t n = h.n, C = C_, nc = n * C, S = state_floats();
     float* x = h.x;
-    float* xln = ws.get(0, nc);
-    float* prev = ws.get(1, nc);
+    float* xln = ws.get(kXln, nc);
+    float* prev = ws.get(kPrev, nc);
     float* xs[6];  // xr, xw, xk, xv, xa, xg
-    for (int s = 0; s < 6; ++s) xs[s] = ws.get(2 + s, nc);
-    float* low = ws.get(8, size_t(n * max_low_));
-    float* r = ws.get(9, nc);
-    float* w = ws.get(10, nc);
-    float* k = ws.get(11, size_t(n * std::max(C, F_)));
-    float* v = ws.get(12, nc);
-    float* a = ws.get(13, nc);
-    float* g = ws.get(14, nc);
-    float* kk = ws.get(15, nc);
-    float* tmp = ws.get(16, nc);
-    float* out = ws.get(17, nc);
+    for (int s = 0; s < 6; ++s) xs[s] = ws.get(kMix0 + s, nc);
+    float* low = ws.get(kLow, size_t(n * max_low_));
+    float* r = ws.get(kR, nc);
+    float* w = ws.get(kDecay, nc);
+    float* k = ws.get(kK, size_t(n * std::max(C, F_)));  // the channel mix's key too ([n, F])
+    float* v = ws.get(kV, nc);
+    float* a = ws.get(kA, nc);
+    float* g = ws.get(kGate, nc);
+    float* kk = ws.get(kKk, nc);
+    float* tmp = ws.get(kTmp, nc);
+    float* out = ws.get(kOut, nc);
     float *xr = xs[0], *xw = xs[1], *xk = xs[2], *xv = xs[3], *xa = xs[4], *xg = xs[5];
 
     // Time mix.
-    be.layer_norm(x, ln1_w_, ln1_b_, xln, n, C, eps_);
+    be.layer_norm(x, nm_.ln1_w, nm_.ln1_b, xln, n, C, eps_);
     be.token_shift(xln, C, segs, state, S, 0, prev);
     for (int s = 0; s < 6; ++s) be.mix(xln, prev, mu_[s], xs[s], n, C);
 
@@ -174,14 +147,14 @@ class BlockV7 final : public Block {
     be.binary(Binary::Mul, kk, a, a, nc);
     be.binary_row(Binary::Mul, kk, neg_one_, kk, n, C);
     be.wkv7(r, w, k, v, kk, a, segs, state, S, 2 * C, out, H_, N_);
-    be.group_norm(out, lnx_w_, lnx_b_, out, n, H_, N_, kGroupNormEps);
+    be.group_norm(out, nm_.lnx_w, nm_.lnx_b, out, n, H_, N_, kGroupNormEps);
     be.head_dot_add(r, k, r_k_, v, out, n, H_, N_);
     be.binary(Binary::Mul, out, g, out, nc);
     be.matmul(att_o_, out, tmp, n);
     be.binary(Binary::Add, x, tmp, x, nc);
 
     // Channel mix.
-    be.layer_norm(x, ln2_w_, ln2_b_, xln, n, C, eps_);
+    be.layer_norm(x, nm_.ln2_w, nm_.ln2_b, xln, n, C, eps_);
     be.token_shift(xln, C, segs, state, S, C, prev);
     be.mix(xln, prev, ffn_mu_k_, xk, n, C);
     be.matmul(ffn_k_, xk, k, n);
@@ -191,19 +164,11 @@ class BlockV7 final : public Block {
   }
 
  private:
-  // [rows, cols] row-major -> its transpose [cols, rows] as an fp32 host tensor.
-  static HostTensor transposed(const std::vector<float>& src, int64_t rows, int64_t cols) {
-    std::vector<float> out(src.size());
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j) out[size_t(j * rows + i)] = src[size_t(i * cols + j)];
-    return HostTensor::from_f32(out, {cols, rows});
-  }
-
   int64_t C_, F_, H_, N_;
   float eps_;
   bool first_layer_;
   int64_t max_low_ = 0;  // widest low-rank dimension
-  const float *ln1_w_, *ln1_b_, *ln2_w_, *ln2_b_, *lnx_w_, *lnx_b_;
+  BlockNorms nm_;
   const float* mu_[6];                      // [C] 1 - x_{r,w,k,v,a,g}
   const float* ffn_mu_k_;                   // [C] 1 - ffn.x_k
   const float *w0_, *a0_, *v0_ = nullptr;   // [C]

@@ -55,4 +55,10 @@ std::vector<std::vector<float>> LocalModel::run_batch(const std::vector<std::vec
   return out;
 }
 
+std::unique_ptr<Backend> fast_cuda_backend() {
+  auto be = make_cuda_backend(0);
+  be->set_batch_invariant(false);
+  return be;
+}
+
 }  // namespace rwkvpp::test

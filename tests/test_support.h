@@ -28,4 +28,8 @@ struct LocalModel {
   std::vector<std::vector<float>> run_batch(const std::vector<std::vector<int32_t>>& tokens);
 };
 
+// CUDA device 0 with the fast products (GEMV, cuBLAS: Backend::set_batch_invariant(false)), for
+// the tests of those paths; the batch-invariant ones are tested in test_cuda_invariance.cpp.
+std::unique_ptr<Backend> fast_cuda_backend();
+
 }  // namespace rwkvpp::test

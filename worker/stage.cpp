@@ -98,14 +98,14 @@ void Stage::run_layers(const SegTable& st, Hidden& h) {
 
 void Stage::logits(const Hidden& h, const int32_t* rows, int64_t m, float* host_out) {
   RWKVPP_CHECK(head_, "this stage holds no head");
-  float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
+  float* out = ws_.get(kLogits, size_t(m * cfg_.vocab_size));
   head_->forward(be_, ws_, h.x, rows, m, out);
   be_.download(host_out, out, size_t(m * cfg_.vocab_size) * 4);
 }
 
 void Stage::greedy_async(const Hidden& h, const int32_t* rows, int64_t m, void* host_out) {
   RWKVPP_CHECK(head_, "this stage holds no head");
-  float* out = ws_.get(21, size_t(m * cfg_.vocab_size));
+  float* out = ws_.get(kLogits, size_t(m * cfg_.vocab_size));
   head_->forward(be_, ws_, h.x, rows, m, out);
   be_.argmax_rows_async(out, m, cfg_.vocab_size, host_out);
 }

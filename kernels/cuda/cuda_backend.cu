@@ -26,6 +26,7 @@
 #include "kernels/cuda/head_ops.cuh"
 #include "kernels/cuda/ipc.cuh"
 #include "kernels/cuda/layer_norm.cuh"
+#include "kernels/cuda/imma.cuh"
 #include "kernels/cuda/matmul.cuh"
 #include "kernels/cuda/token_shift.cuh"
 #include "kernels/cuda/wkv4.cuh"
@@ -64,6 +65,11 @@ class CudaBackend final : public Backend {
     RWKVPP_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_ws_, kCublasWorkspace));
     consts_ = static_cast<float*>(alloc(cuda::kMatmulConsts * sizeof(float)));
     cuda::init_matmul_consts(consts_, stream_);
+    // Batch-invariant products (imma.cuh) with RWKVPP_INVARIANT=1 (or set_batch_invariant); the
+    // fast paths otherwise. Opt-in until the [cuda][invariance] tests and the cost measurement
+    // have run on a GPU (docs/perf.md).
+    const char* inv = std::getenv("RWKVPP_INVARIANT");
+    invariant_ = inv && std::string(inv) == "1";
   }
 
   ~CudaBackend() override {
@@ -86,10 +92,28 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda:" + std::to_string(device_); }
   // The GPU model decides the kernels' arithmetic; the products' reduction order depends on the
   // batch (GEMV splits, cuBLAS's choice of kernel), so results are not batch-invariant yet.
+  // With the invariant products (RWKVPP_INVARIANT=1) nothing else depends on the batch: every
+  // other op works per row or per sequence, and the decode step's fused kernels compute what
+  // the plain ones do (tested: tests/kernels/test_cuda_invariance.cpp).
   std::string numerics() const override {
     cudaDeviceProp p{};
-    if (cudaGetDeviceProperties(&p, device_) != cudaSuccess) return "cuda";
-    return std::string("cuda ") + p.name + " sm_" + std::to_string(p.major * 10 + p.minor);
+    std::string s = "cuda";
+    if (cudaGetDeviceProperties(&p, device_) == cudaSuccess)
+      s += std::string(" ") + p.name + " sm_" + std::to_string(p.major * 10 + p.minor);
+    return s + (invariant_ ? " invariant" : " fast");
+  }
+  bool batch_invariant() const override { return invariant_; }
+  // The GEMM floor is the fastest product the device has (cuBLAS), whatever the mode.
+  double measure_gemm_TFLOPs(DType dtype) override {
+    const bool saved = invariant_;
+    invariant_ = false;
+    const double r = Backend::measure_gemm_TFLOPs(dtype);
+    invariant_ = saved;
+    return r;
+  }
+  bool set_batch_invariant(bool on) override {
+    invariant_ = on;
+    return invariant_;
   }
   bool host_memory() const override { return false; }
   // cuBLAS takes its fast (Hopper) kernels only for row counts that keep fp32 output rows
@@ -349,6 +373,7 @@ class CudaBackend final : public Backend {
 
   void matmul(const WeightView& W, const float* x, float* y, int64_t n) override {
     use_device();
+    if (invariant_) return invariant_product(W, x, y, n, false, {});
     product(W, x, y, n, {});
   }
 
@@ -358,11 +383,13 @@ class CudaBackend final : public Backend {
     use_device();
     cuda::GemvEpilogue g;
     if (!gemv_epilogue(ep, g)) return Backend::matmul_ex(W, x, y, n, ep, scratch);
+    if (invariant_) return invariant_product(W, x, y, n, false, g);
     if (cuda::gemv_with_epilogue(W, x, y, n, g, stream_)) return;
     product_ex(W, x, y, n, ep, scratch, false);
   }
 
   bool folds_relu_square_x(const WeightView& W, int64_t n) const override {
+    if (invariant_) return true;
     return n > cuda::kGemvMaxTokens && cuda::matmul_folds(W, n, {true, false});
   }
   void matmul_ex_relu_square_x(const WeightView& W, float* x, float* y, int64_t n,
@@ -371,12 +398,24 @@ class CudaBackend final : public Backend {
     if (!folds_relu_square_x(W, n) || !gemv_epilogue(ep, g))
       return Backend::matmul_ex_relu_square_x(W, x, y, n, ep, scratch);
     use_device();
+    if (invariant_) return invariant_product(W, x, y, n, true, g);
     product_ex(W, x, y, n, ep, scratch, true);
   }
 
   // Few tokens: one launch for the whole group; otherwise one product after another.
   void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
     use_device();
+    if (invariant_) {
+      for (int i = 0; i < count; ++i) {
+        cuda::GemvEpilogue g;
+        if (jobs[i].ep.accumulate || !gemv_epilogue(jobs[i].ep, g)) {
+          Backend::matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
+          continue;
+        }
+        invariant_product(*jobs[i].W, jobs[i].x, jobs[i].y, n, false, g);
+      }
+      return;
+    }
     if (count >= 1 && count <= 3) {
       const WeightView* W[3];
       const float* x[3];
@@ -620,6 +659,14 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  // The batch-invariant product (imma.cuh) with its epilogue.
+  void invariant_product(const WeightView& W, const float* x, float* y, int64_t n, bool relu_square_x,
+                         const cuda::GemvEpilogue& g) {
+    const size_t need = cuda::imma_scratch_bytes(W, n);
+    void* scratch = need ? grow(scratch_, need) : nullptr;
+    cuda::imma(W, x, y, n, relu_square_x, g, scratch, stream_);
+  }
+
   void product(const WeightView& W, const float* x, float* y, int64_t n, const cuda::MatmulOpts& o) {
     const size_t need = cuda::matmul_scratch_bytes(W, n);
     void* scratch = need ? grow(scratch_, need) : nullptr;
@@ -698,6 +745,7 @@ class CudaBackend final : public Backend {
   cudaStream_t up_ = nullptr, down_ = nullptr;  // side copies (upload_side, download_side)
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
+  bool invariant_ = false;    // products by imma.cuh (RWKVPP_INVARIANT=1) or the fast paths
   float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
   Scratch segs_, ids_, scratch_, argmax_, argmax_parts_, group_scratch_;
   std::vector<Segment> segs_last_;  // what segs_ holds on the device

@@ -74,7 +74,8 @@ class Worst {
 // The GPU backend plus helpers to move host vectors in and out of its memory.
 class Gpu {
  public:
-  Gpu() : be_(make_cuda_backend(0)) {}
+  // The fast products (GEMV, cuBLAS) unless `invariant` (imma.cuh; test_cuda_invariance.cpp).
+  explicit Gpu(bool invariant = false) : be_(make_cuda_backend(0)) { be_->set_batch_invariant(invariant); }
   Backend& be() { return *be_; }
   float* put(const std::vector<float>& h) {
     bufs_.push_back(std::make_unique<DeviceBuffer>(be_.get(), h.size() * 4 + 4));
@@ -82,6 +83,8 @@ class Gpu {
     return bufs_.back()->f32();
   }
   float* poisoned(size_t n) { return put(std::vector<float>(n, kNaN)); }
+  float* zeros(size_t n) { return put(std::vector<float>(n, 0.0f)); }
+  void set(float* p, const std::vector<float>& h) { be_->upload(p, h.data(), h.size() * 4); }
   std::vector<float> get(const float* p, size_t n) {
     std::vector<float> h(n);
     be_->download(h.data(), p, n * 4);

@@ -64,7 +64,7 @@ void check_model(const Fixture& f) {
 
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
     INFO(f.name << " " << dtype_name(dt));
-    LocalModel gpu(src, dt, 4, make_cuda_backend(0));
+    LocalModel gpu(src, dt, 4, fast_cuda_backend());
     LocalModel cpu(src, dt, 4);
     const auto g1 = gpu.run(0, tokens, 1);
     const auto c1 = cpu.run(0, tokens, 1);
