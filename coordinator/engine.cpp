@@ -32,6 +32,7 @@ struct Engine::Seq {
   bool cancel = false;     // cancel() asked for it: ends at the next turn or when its step returns
   bool cancelled = false;  // finished with Finish::Cancelled
   int64_t logits_pos = 0;
+  size_t next_snapshot = 0;  // index into req.snapshot_at of the next one due
 };
 
 Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_ranks,
@@ -69,6 +70,11 @@ int Engine::submit(Request r) {
   for (int32_t id : r.prompt)
     if (id < 0 || id >= cfg_.vocab_size) fail("token id {} is out of range (vocabulary size {})", id, cfg_.vocab_size);
   if (r.max_tokens < 0) fail("max tokens must not be negative");
+  for (size_t i = 0; i < r.snapshot_at.size(); ++i)
+    if (r.snapshot_at[i] == 0 || r.snapshot_at[i] >= r.prompt.size() ||
+        (i > 0 && r.snapshot_at[i] <= r.snapshot_at[i - 1]))
+      fail("snapshot points must ascend within 1..{} (the prompt's tokens but the last)",
+           r.prompt.size() - 1);
   if (r.prefix >= 0) {
     auto p = seqs_.find(r.prefix);
     if (p == seqs_.end() || !p->second->is_prefix) fail("request names prefix {}, which is not a live prefix", r.prefix);
@@ -111,6 +117,23 @@ void Engine::finish(Seq& s, Finish why) {
   if (s.req.on_finish) s.req.on_finish(why);
 }
 
+void Engine::snapshot(Seq& s, StepMsg& m) {
+  const size_t p = s.req.snapshot_at[s.next_snapshot];
+  if (s.req.snapshot_wanted && !s.req.snapshot_wanted(p)) return;
+  if (free_slots_.empty()) return;
+  auto snap = std::make_unique<Seq>();
+  snap->id = next_id_++;
+  snap->slot = free_slots_.back();
+  free_slots_.pop_back();
+  snap->admitted = snap->done = snap->is_prefix = true;
+  // Ahead of the sequence's next tokens in this step: every stage copies the state after
+  // exactly p tokens.
+  m.ops.push_back({SlotOpKind::Clone, snap->slot, s.slot, {}});
+  const int id = snap->id;
+  seqs_.emplace(id, std::move(snap));  // done: the scheduling loop passes over it
+  if (s.req.on_snapshot) s.req.on_snapshot(p, id);
+}
+
 void Engine::set_max_batch(int n) {
   if (n < 1 || n > max_batch_limit_) fail("max batch {} is outside 1..{}", n, max_batch_limit_);
   lim_.max_batch = n;
@@ -146,7 +169,12 @@ bool Engine::schedule() {
         m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
       m.ops.push_back({SlotOpKind::SetSampling, s.slot, 0, s.req.sampling});
     }
+    for (auto& at = s.req.snapshot_at; s.next_snapshot < at.size() && at[s.next_snapshot] <= s.fed;
+         ++s.next_snapshot)
+      if (at[s.next_snapshot] == s.fed) snapshot(s, m);
     int take = std::min<int>(int(s.pending.size()), std::min(lim_.chunk, lim_.max_tokens - tokens));
+    if (s.next_snapshot < s.req.snapshot_at.size())  // the chunk ends at the next snapshot
+      take = std::min<int>(take, int(s.req.snapshot_at[s.next_snapshot] - s.fed));
     if (s.req.logits_all) {
       take = std::min(take, lim_.max_logit_rows - logit_rows);
       if (take <= 0) continue;

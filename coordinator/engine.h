@@ -37,6 +37,18 @@ struct Request {
   // so a request continuing it starts its prompt with that last token. Turns of a chat chain
   // this way (each turn continues the previous turn's kept state) and never re-read the past.
   bool keep_state = false;
+  // Snapshots within the prompt: when the sequence has read prompt[0, p) for a p here (ascending,
+  // 0 < p < prompt.size(); on top of `prefix` when it has one), the engine first asks
+  // `snapshot_wanted(p)` (may be empty: yes), and if yes and a state slot is free, copies the
+  // state into a new resident prefix, as add_prefix() of those tokens would have made, and
+  // hands its id to `on_snapshot(p, id)` (until release_prefix()). A prompt chunk ends at each
+  // p, and the copy rides ahead of the next tokens, so nothing is read twice. Nothing has been
+  // sampled at such a point, so the prefix carries no penalty counts (rwkvpp serve's state
+  // cache). Both callbacks run inside the scheduler: they may call release_prefix() (of another
+  // prefix), not submit().
+  std::vector<size_t> snapshot_at;
+  std::function<bool(size_t p)> snapshot_wanted;
+  std::function<void(size_t p, int prefix)> on_snapshot;
   // Called with each generated token; return false to stop the sequence (e.g. a stop string).
   std::function<bool(int32_t id, float logprob)> on_token;
   // Called with the logits after prompt token `pos` ([vocab] floats), when logits_all.
@@ -143,6 +155,7 @@ class Engine {
   void poll_heartbeats();
   void handle_result(const ResultMsg& r);
   void finish(Seq& s, Finish why);
+  void snapshot(Seq& s, StepMsg& m);
 
   Transport& t_;
   ModelConfig cfg_;

@@ -193,3 +193,52 @@ TEST_CASE("cancelling a request that waits for a slot, or whose kept state it co
     return 0;
   });
 }
+
+TEST_CASE("snapshots within a prompt: requests continuing them get the logits of the whole sequence",
+          "[coordinator][engine]") {
+  const auto& m = model();
+  const std::vector<double> want_all(m.ref.begin(), m.ref.end());
+  run_cluster(opts(), [&](Engine& e) {  // chunks of 7 tokens: both points fall inside a chunk
+    std::map<size_t, int> snaps;
+    std::vector<size_t> asked;
+    std::vector<float> got;
+    Request a;
+    a.prompt = m.tokens;
+    a.logits_all = true;
+    a.on_logits = [&](int64_t, const float* l) { got.insert(got.end(), l, l + 300); };
+    a.snapshot_at = {5, 11, 20};
+    a.snapshot_wanted = [&](size_t p) {
+      asked.push_back(p);
+      return p != 11;  // declined: no prefix is made
+    };
+    a.on_snapshot = [&](size_t p, int id) { snaps[p] = id; };
+    e.submit(std::move(a));
+    e.run();
+    CHECK(asked == std::vector<size_t>{5, 11, 20});
+    REQUIRE(snaps.size() == 2);
+    REQUIRE(snaps.count(5) == 1);
+    REQUIRE(snaps.count(20) == 1);
+    // The chunks cut at the snapshot points change nothing.
+    REQUIRE(got.size() == m.ref.size());
+    CHECK(max_abs_diff(got, want_all) < 5e-5);
+    for (size_t p : {size_t(5), size_t(20)}) {
+      got.clear();
+      Request b;
+      b.prefix = snaps[p];
+      b.prompt.assign(m.tokens.begin() + long(p), m.tokens.end());
+      b.logits_all = true;
+      b.on_logits = [&](int64_t, const float* l) { got.insert(got.end(), l, l + 300); };
+      e.submit(std::move(b));
+      e.run();
+      std::vector<double> want(m.ref.begin() + long(p * 300), m.ref.end());
+      REQUIRE(got.size() == want.size());
+      CHECK(max_abs_diff(got, want) < 5e-5);
+      e.release_prefix(snaps[p]);
+    }
+    Request bad;
+    bad.prompt = {1, 2, 3};
+    bad.snapshot_at = {3};  // the last token must be read by the request itself
+    CHECK_THROWS_AS(e.submit(std::move(bad)), Error);
+    return 0;
+  });
+}
