@@ -185,7 +185,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
     EngineLimits lim = opt.limits;
     if (lim.microbatches <= 0) lim.microbatches = default_microbatches(int(stage_ranks.size()));
-    lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches);
+    lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches) + std::max(0, opt.extra_slots);
     lim.max_tokens = std::max(lim.max_tokens, lim.chunk);
     lim.max_logit_rows = max_logit_rows(cfg);
 

@@ -36,6 +36,9 @@ struct ClusterOptions {
   int threads = 0;              // CPU threads per rank; 0 = cores / ranks on this host
   std::string batch_invariant = "auto";  // on, off or auto (Backend::set_batch_invariant)
   EngineLimits limits;
+  // State slots on every stage beyond those of the running sequences (limits.max_slots, at
+  // least max_batch x microbatches), for states kept between requests (rwkvpp serve's cache).
+  int extra_slots = 0;
   bool stats = false;
 };
 

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -26,6 +27,23 @@ uint64_t random_u64() {
   thread_local std::mt19937_64 gen{(uint64_t(std::random_device{}()) << 32) ^
                                    std::random_device{}()};
   return gen();
+}
+
+// Where the first message ends (often a system prompt that many requests share) and where all
+// but the last end (a conversation resent with another last message), as token counts of
+// `prompt`, when the tokens of that much text start the prompt's (a token may span the join).
+std::vector<size_t> message_boundaries(const Tokenizer& tok, const std::vector<ChatMessage>& msgs,
+                                       const std::vector<int32_t>& prompt) {
+  std::vector<size_t> out;
+  for (size_t count : {size_t(1), msgs.size() - 1}) {
+    if (count < 1 || count >= msgs.size()) continue;
+    const std::vector<int32_t> head = tok.encode(chat_turns(msgs, count));
+    if (head.empty() || head.size() >= prompt.size() ||
+        !std::equal(head.begin(), head.end(), prompt.begin()))
+      continue;
+    if (out.empty() || out.back() < head.size()) out.push_back(head.size());
+  }
+  return out;
 }
 
 }  // namespace
@@ -161,8 +179,10 @@ std::variant<HttpReply, StartedGeneration> ServeApi::handle(const HttpRequestVie
 std::shared_ptr<Job> ServeApi::make_job(const GenerationRequest& g) {
   auto job = std::make_shared<Job>();
   std::vector<std::vector<int32_t>> prompts;
+  std::vector<size_t> boundaries;
   if (g.endpoint == Endpoint::ChatCompletions) {
     prompts.push_back(tok_.encode(chat_prompt(g.messages)));
+    boundaries = message_boundaries(tok_, g.messages, prompts.back());
   } else {
     for (size_t p = 0; p < g.prompts.size(); ++p) {
       const std::string param = g.prompts.size() == 1 ? "prompt" : fmt::format("prompt[{}]", p);
@@ -192,7 +212,8 @@ std::shared_ptr<Job> ServeApi::make_job(const GenerationRequest& g) {
   const uint64_t seed = g.has_seed ? g.sampling.seed : random_u64();
   for (size_t p = 0; p < prompts.size(); ++p)
     for (int i = 0; i < g.n; ++i)
-      job->choices.push_back({prompts[p], seed + uint64_t(p * size_t(g.n) + size_t(i))});
+      job->choices.push_back(
+          {prompts[p], seed + uint64_t(p * size_t(g.n) + size_t(i)), boundaries});
   TextOptions& t = job->text;
   t.sampling = g.sampling;
   t.max_tokens = g.max_tokens >= 0

@@ -14,6 +14,7 @@
 
 #include "coordinator/cluster.h"
 #include "coordinator/commands.h"
+#include "coordinator/partition.h"
 #include "coordinator/serve/http_server.h"
 #include "coordinator/signals.h"
 #include "shards/model_format.h"
@@ -31,6 +32,7 @@ struct ServeArgs {
   ServeConfig config;
   int max_waiting = 1024;
   ServeLoopOptions loop;
+  double state_cache_mb = 1024;
 };
 
 // The model's name as clients give it: its directory's name.
@@ -60,6 +62,7 @@ void check_args(const ServeArgs& a) {
   if (a.config.limits.max_tokens < 1) fail("--max-tokens-limit must be at least 1");
   if (a.config.max_prompt_tokens < 1) fail("--max-prompt-tokens must be at least 1");
   if (a.max_waiting < 0) fail("--max-waiting must not be negative");
+  if (!(a.state_cache_mb >= 0)) fail("--state-cache-mb must not be negative");
   for (const std::string& k : a.api_keys)
     if (k.empty()) fail("--api-key must not be empty");
 }
@@ -78,12 +81,20 @@ int serve(ServeArgs& a) {
   // World and 20B models end a text with id 0 (<|endoftext|>); the bytes tokenizer has none.
   if (tok->kind() == "world" || tok->kind() == "20b") cfg.stop_ids = {0};
   const uint64_t model_fp = reader.fingerprint();
+  // The state cache's entries get state slots of their own on every stage (planned into each
+  // stage's memory like the running sequences' slots).
+  ServeLoopOptions loop = a.loop;
+  const ModelConfig& mc = reader.config();
+  loop.state_cache_bytes = uint64_t(a.state_cache_mb * 1024 * 1024);
+  loop.state_cache_entries =
+      state_cache_entries(loop.state_cache_bytes, uint64_t(mc.n_layer) * layer_state_bytes(mc));
 
   ServeMetrics metrics;
   ServeQueue queue(a.max_waiting);
   std::unique_ptr<ServeApi> api;
   std::unique_ptr<HttpServer> http;
   ClusterOptions cluster = a.cluster;
+  cluster.extra_slots = int(loop.state_cache_entries);
   cluster.on_coordinator_start = [&] {
     api = std::make_unique<ServeApi>(cfg, *tok, vocab, queue, metrics);
     http = std::make_unique<HttpServer>(a.http, *api, metrics);
@@ -102,12 +113,16 @@ int serve(ServeArgs& a) {
         "rwkvpp-{:016x}-{:08x}", model_fp,
         fnv1a64(num.layers.data(), num.layers.size(), fnv1a64(num.dtype.data(), num.dtype.size())) &
             0xffffffffu));
-    fmt::print(stderr, "rwkvpp serve: ready: {} stage(s) ({}), {} slots\n", e.stage_ranks().size(),
-               num.layers, e.limits().max_slots);
+    fmt::print(stderr,
+               "rwkvpp serve: ready: {} stage(s) ({}), {} slots for requests, {} for the state "
+               "cache ({:.0f} MiB)\n",
+               e.stage_ranks().size(), num.layers,
+               e.limits().max_slots - int(loop.state_cache_entries), loop.state_cache_entries,
+               double(loop.state_cache_bytes) / (1 << 20));
     std::fflush(stderr);
-    ServeLoop loop(e, *tok, queue, metrics, a.loop);
+    ServeLoop serve_loop(e, *tok, queue, metrics, loop);
     bool told = false;
-    loop.run([&] {
+    serve_loop.run([&] {
       if (!stop_requested()) return false;
       if (!told) {
         told = true;
@@ -175,6 +190,11 @@ void add_serve_command(CLI::App& app, Action& run) {
       ->capture_default_str();
   c->add_option("--shutdown-grace", a->loop.shutdown_grace_s,
                 "after SIGTERM, seconds running generations may go on before they are cut")
+      ->capture_default_str();
+  c->add_option("--state-cache-mb", a->state_cache_mb,
+                "MiB of recurrent states kept between requests at prompt prefixes (every stage "
+                "holds its layers' part; 0: no cache); a prompt that starts like a kept one reads "
+                "only the rest")
       ->capture_default_str();
   c->add_option("--ready-silence", a->loop.ready_silence_s,
                 "/ready answers 503 when a stage has not been heard from for this many seconds")

@@ -103,6 +103,27 @@ std::string ServeMetrics::render() const {
         double(generation_tokens.load()));
   gauge(out, "rwkvpp_requests_completed_total", "counter",
         "Generation requests that ran to their end.", double(completed.load()));
+  gauge(out, "rwkvpp_state_cache_hits_total", "counter",
+        "Choices that started from a kept state (the state cache).", double(cache_hits.load()));
+  gauge(out, "rwkvpp_state_cache_misses_total", "counter",
+        "Choices that found no kept state for their prompt.", double(cache_misses.load()));
+  gauge(out, "rwkvpp_state_cache_hit_tokens_total", "counter",
+        "Prompt tokens not read again because a kept state had read them.",
+        double(cache_hit_tokens.load()));
+  gauge(out, "rwkvpp_state_cache_snapshots_total", "counter", "States kept for later requests.",
+        double(cache_snapshots.load()));
+  gauge(out, "rwkvpp_state_cache_evictions_total", "counter",
+        "Kept states dropped to make room (least recently used first).",
+        double(cache_evictions.load()));
+  gauge(out, "rwkvpp_state_cache_bytes", "gauge",
+        "Bytes the state cache holds: kept states (on the stages) and its trie (on rank 0).",
+        double(cache_bytes.load()));
+  gauge(out, "rwkvpp_state_cache_capacity_bytes", "gauge",
+        "The state cache's budget (--state-cache-mb).", double(cache_capacity_bytes.load()));
+  gauge(out, "rwkvpp_state_cache_entries", "gauge", "States the cache keeps.",
+        double(cache_entries.load()));
+  gauge(out, "rwkvpp_state_cache_entry_bytes", "gauge",
+        "Bytes of one kept state, all stages together.", double(cache_entry_bytes.load()));
   ttft.render(out, "rwkvpp_time_to_first_token_seconds",
               "From a request's arrival to its first generated token (at the coordinator).");
   inter_token.render(out, "rwkvpp_inter_token_latency_seconds",

@@ -2,8 +2,9 @@
 // running and waiting, time to first token, inter-token and end-to-end latency histograms,
 // prompt and generated token counters, HTTP responses by status, cancelled requests by reason,
 // and per pipeline stage its compute and wait seconds (from the stages' heartbeats) and how long
-// ago it was last heard from. Every method is thread-safe: the engine thread records
-// generation, the HTTP threads record responses and render.
+// ago it was last heard from; the state cache's hits, misses, saved tokens and bytes. Every method
+// is thread-safe: the engine thread records generation, the HTTP threads record responses and
+// render.
 #pragma once
 
 #include <atomic>
@@ -54,6 +55,13 @@ class ServeMetrics {
   std::atomic<int64_t> waiting{0};   // requests queued for slots
   std::atomic<int64_t> slots{0};     // choices the engine can run at once
   std::atomic<uint64_t> prompt_tokens{0}, generation_tokens{0}, completed{0};
+  // The state cache (serve_loop.h): lookups per choice that found a kept state or not, the
+  // prompt tokens the hits did not read again, states kept and evicted; its bytes, entries,
+  // budget and the bytes of one entry.
+  std::atomic<uint64_t> cache_hits{0}, cache_misses{0}, cache_hit_tokens{0}, cache_snapshots{0},
+      cache_evictions{0};
+  std::atomic<int64_t> cache_bytes{0}, cache_entries{0}, cache_capacity_bytes{0},
+      cache_entry_bytes{0};
 
   void count_response(int status);
   void count_cancel(CancelReason r);

@@ -351,12 +351,18 @@ std::string normalise_turn_text(std::string_view in) {
 
 }  // namespace
 
-std::string chat_prompt(const std::vector<ChatMessage>& messages) {
+std::string chat_turns(const std::vector<ChatMessage>& messages, size_t count) {
   std::string p;
-  for (const ChatMessage& m : messages) {
+  for (size_t i = 0; i < count && i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
     const char* role = m.role == "user" ? "User" : m.role == "assistant" ? "Assistant" : "System";
     p += chat_turn(role, normalise_turn_text(m.content));
   }
+  return p;
+}
+
+std::string chat_prompt(const std::vector<ChatMessage>& messages) {
+  std::string p = chat_turns(messages, messages.size());
   p += kChatAnswerCue;
   return p;
 }

@@ -95,5 +95,8 @@ GenerationRequest parse_generation_request(std::string_view body, Endpoint endpo
 // text is trimmed, CRLF becomes LF and runs of blank lines become one newline, because "\n\n" ends
 // a turn in this format.
 std::string chat_prompt(const std::vector<ChatMessage>& messages);
+// The turns of the first `count` messages, without the answer cue: where chat_prompt's text
+// ends a message (the state cache keeps states at such points).
+std::string chat_turns(const std::vector<ChatMessage>& messages, size_t count);
 
 }  // namespace rwkvpp

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "coordinator/engine.h"
+#include "coordinator/partition.h"
 
 namespace rwkvpp {
 
@@ -95,6 +96,8 @@ struct ServeLoop::Running {
     Clock::time_point last;              // when its last token came
     int tokens = 0;
     bool done = false;
+    int pinned = -1;    // the cache entry it started from (pinned until it finishes), or -1
+    size_t cached = 0;  // prompt tokens that entry had read
   };
   std::vector<Choice> choices;
   int open = 0;  // choices not finished
@@ -106,7 +109,18 @@ struct ServeLoop::Running {
 
 ServeLoop::ServeLoop(Engine& e, const Tokenizer& tok, ServeQueue& q, ServeMetrics& m,
                      ServeLoopOptions o)
-    : e_(e), tok_(tok), q_(q), m_(m), o_(o) {}
+    : e_(e), tok_(tok), q_(q), m_(m), o_(o) {
+  if (o_.state_cache_entries == 0) return;
+  // The whole pipeline's state of one sequence (each stage holds its own layers' part).
+  const ModelConfig& cfg = e_.config();
+  const uint64_t entry = uint64_t(cfg.n_layer) * layer_state_bytes(cfg);
+  if (int64_t(o_.state_cache_entries) >= e_.limits().max_slots)
+    fail("the state cache's {} entries leave none of the engine's {} state slots to requests",
+         o_.state_cache_entries, e_.limits().max_slots);
+  cache_ = std::make_unique<StateCache>(o_.state_cache_bytes, entry, o_.state_cache_entries);
+  m_.cache_capacity_bytes = int64_t(o_.state_cache_bytes);
+  m_.cache_entry_bytes = int64_t(entry);
+}
 
 ServeLoop::~ServeLoop() {
   // Only reached with jobs open when the engine failed: answer them before the process goes.
@@ -185,9 +199,71 @@ void ServeLoop::start(std::shared_ptr<Job> job) {
       return !rp->choices[size_t(index)].stream.stopped();
     };
     req.on_finish = [this, rp, index](Finish f) { on_finish(*rp, index, f); };
+    if (cache_) use_cache(r, index, req);
     // The HTTP side checked the prompt against the vocabulary; a refusal here is a bug.
     r.choices[i].engine_id = e_.submit(std::move(req));
   }
+}
+
+void ServeLoop::use_cache(Running& r, int index, Request& req) {
+  const Job::Choice& jc = r.job->choices[size_t(index)];
+  const std::vector<int32_t>& p = jc.prompt;
+  Running::Choice& c = r.choices[size_t(index)];
+  // The request reads at least its last prompt token itself: its logits give the first sample.
+  const StateCache::Match hit = cache_->lookup(p, p.size() - 1);
+  if (hit.handle >= 0) {
+    cache_->pin(hit.handle);
+    c.pinned = hit.handle;
+    c.cached = hit.length;
+    req.prefix = hit.handle;
+    req.prompt.erase(req.prompt.begin(), req.prompt.begin() + long(hit.length));
+    ++m_.cache_hits;
+    m_.cache_hit_tokens += hit.length;
+  } else {
+    ++m_.cache_misses;
+  }
+  for (int j = 0; j < index; ++j)  // n > 1: one choice keeps the states of a prompt
+    if (r.job->choices[size_t(j)].prompt == p) return;
+  // Where to keep states while it reads: where its chat messages end, where it branches off
+  // the prompts seen before (so the next prompt that shares that much hits), and its whole
+  // prompt but the last token (the same prompt again, or a conversation that continues it).
+  std::vector<size_t> at = jc.boundaries;
+  at.push_back(hit.shared);
+  at.push_back(p.size() - 1);
+  std::sort(at.begin(), at.end());
+  at.erase(std::unique(at.begin(), at.end()), at.end());
+  for (size_t x : at)
+    if (x > hit.length && x < p.size()) req.snapshot_at.push_back(x - hit.length);
+  if (req.snapshot_at.empty()) return;
+  Running* rp = &r;
+  req.snapshot_wanted = [this, rp, index](size_t rel) {
+    const Running::Choice& ch = rp->choices[size_t(index)];
+    const std::vector<int32_t>& tokens = rp->job->choices[size_t(index)].prompt;
+    std::vector<int> released;
+    const bool room = cache_->make_room({tokens.data(), ch.cached + rel}, released);
+    release(released);
+    return room;
+  };
+  req.on_snapshot = [this, rp, index](size_t rel, int id) {
+    const Running::Choice& ch = rp->choices[size_t(index)];
+    const std::vector<int32_t>& tokens = rp->job->choices[size_t(index)].prompt;
+    std::vector<int> released;
+    cache_->insert({tokens.data(), ch.cached + rel}, id, released);
+    ++m_.cache_snapshots;
+    release(released);
+  };
+}
+
+void ServeLoop::release(std::vector<int>& handles) {
+  for (int h : handles) e_.release_prefix(h);
+  handles.clear();
+  note_cache();
+}
+
+void ServeLoop::note_cache() {
+  m_.cache_bytes = int64_t(cache_->bytes());
+  m_.cache_entries = int64_t(cache_->entries());
+  m_.cache_evictions = cache_->evictions();
 }
 
 void ServeLoop::on_token(Running& r, int index, int32_t id, float logprob) {
@@ -215,6 +291,7 @@ void ServeLoop::on_finish(Running& r, int index, Finish why) {
   Running::Choice& c = r.choices[size_t(index)];
   c.done = true;
   --r.open;
+  if (c.pinned >= 0) cache_->unpin(std::exchange(c.pinned, -1));
   if (why != Finish::Cancelled) {
     const char* reason = why == Finish::Stop || c.stream.stopped() ? "stop" : "length";
     r.job->sink->on_event(
@@ -307,7 +384,7 @@ void ServeLoop::begin_stop(Clock::time_point now) {
 }
 
 void ServeLoop::run(const std::function<bool()>& stop) {
-  slots_ = e_.limits().max_slots;
+  slots_ = e_.limits().max_slots - int(cache_ ? cache_->max_entries() : 0);
   m_.slots = slots_;
   q_.set_phase(ServePhase::Serving);
   for (;;) {
@@ -327,6 +404,11 @@ void ServeLoop::run(const std::function<bool()>& stop) {
   }
   for (uint64_t id : ended_) running_.erase(id);
   ended_.clear();
+  if (cache_) {  // nothing runs any more: every kept state goes
+    std::vector<int> all;
+    cache_->clear(all);
+    release(all);
+  }
   publish(Clock::now(), true);
 }
 

@@ -24,6 +24,7 @@
 
 #include "coordinator/serve/metrics.h"
 #include "coordinator/serve/openai_response.h"
+#include "coordinator/serve/state_cache.h"
 #include "coordinator/textgen.h"
 
 namespace rwkvpp {
@@ -43,6 +44,10 @@ struct Job {
   struct Choice {
     std::vector<int32_t> prompt;  // token ids, in the model's vocabulary, not empty
     uint64_t seed = 0;
+    // Token counts, ascending, below prompt.size(), where a chat message ends (a system prompt
+    // shared by many requests, a history resent with a new question): the state cache keeps
+    // the state there when it reads this prompt.
+    std::vector<size_t> boundaries;
   };
   std::vector<Choice> choices;  // in index order
   TextOptions text;             // max_tokens, sampling (seed: per choice), stop strings and ids
@@ -100,6 +105,10 @@ class ServeQueue {
 struct ServeLoopOptions {
   double shutdown_grace_s = 2;  // after SIGTERM, how long running jobs may go on
   double ready_silence_s = 5;   // /ready says 503 when a stage is silent this long
+  // The state cache (state_cache.h): its byte budget, and the engine's state slots set aside
+  // for its entries (ClusterOptions::extra_slots; the rest run requests). 0 entries: no cache.
+  uint64_t state_cache_bytes = 0;
+  size_t state_cache_entries = 0;
 };
 
 class ServeLoop {
@@ -122,6 +131,11 @@ class ServeLoop {
   void publish(std::chrono::steady_clock::time_point now, bool force = false);
   void begin_stop(std::chrono::steady_clock::time_point now);
   void end_waiting(const ApiError& why);
+  void use_cache(Running& r, int index, Request& req);
+  void release(std::vector<int>& handles);  // evicted or displaced cache entries
+  void note_cache();                        // the cache's gauges into the metrics
+
+  std::unique_ptr<StateCache> cache_;
 
   Engine& e_;
   const Tokenizer& tok_;

@@ -164,6 +164,7 @@ TEST_CASE("a request becomes a job: choices, seeds, defaults and chat stop strin
   CHECK(job.text.stop == std::vector<std::string>{"END", "\n\n", "\nUser:"});
   CHECK(job.text.max_tokens == f.cfg.chat_default_max_tokens);
   CHECK(job.text.sampling.temperature == 1.0f);
+  CHECK(job.choices[0].boundaries.empty());  // one message: no message ends inside the prompt
 
   f.api->handle({"POST",
                  "/v1/completions",
@@ -178,6 +179,30 @@ TEST_CASE("a request becomes a job: choices, seeds, defaults and chat stop strin
   CHECK(two.choices[3].seed == 10u);
   CHECK(two.text.max_tokens == 16);  // OpenAI's default for completions
   CHECK(two.text.stop.empty());
+}
+
+TEST_CASE("a chat job says where its first message and all but its last end (state cache)",
+          "[serve][state_cache]") {
+  auto tok = make_bytes_tokenizer();
+  ServeQueue queue(2);
+  ServeMetrics metrics;
+  ServeConfig cfg;
+  cfg.model_name = "tiny";
+  ServeApi api(cfg, *tok, 256, queue, metrics);
+  queue.set_phase(ServePhase::Serving);
+  api.handle({"POST",
+              "/v1/chat/completions",
+              {},
+              R"({"model": "tiny", "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."},
+                     {"role": "user", "content": "Why?"}]})"},
+             [] {});
+  ServeQueue::Taken t3 = queue.take();
+  REQUIRE(t3.jobs.size() == 1);
+  CHECK(t3.jobs[0]->choices[0].boundaries ==
+        std::vector<size_t>{
+            std::string("System: Be brief.\n\n").size(),
+            std::string("System: Be brief.\n\nUser: hi\n\nAssistant: Hello.\n\n").size()});
 }
 
 TEST_CASE("histograms are cumulative; the exposition names every series", "[serve]") {
@@ -204,7 +229,9 @@ TEST_CASE("histograms are cumulative; the exposition names every series", "[serv
         "# TYPE rwkvpp_time_to_first_token_seconds histogram",
         "# TYPE rwkvpp_inter_token_latency_seconds histogram",
         "# TYPE rwkvpp_e2e_request_latency_seconds histogram", "rwkvpp_prompt_tokens_total 0",
-        "rwkvpp_generation_tokens_total 0"}) {
+        "rwkvpp_generation_tokens_total 0", "rwkvpp_state_cache_hits_total 0",
+        "rwkvpp_state_cache_misses_total 0", "rwkvpp_state_cache_hit_tokens_total 0",
+        "rwkvpp_state_cache_bytes 0", "rwkvpp_state_cache_evictions_total 0"}) {
     INFO(line);
     CHECK(text.find(std::string(line) + "\n") != std::string::npos);
   }
