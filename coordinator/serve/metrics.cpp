@@ -58,7 +58,8 @@ const char* cancel_reason_name(CancelReason r) {
 ServeMetrics::ServeMetrics()
     : ttft({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
       inter_token({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}),
-      e2e({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}) {}
+      e2e({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
+      running_at_admission({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}) {}
 
 void ServeMetrics::count_response(int status) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -130,6 +131,9 @@ std::string ServeMetrics::render() const {
                      "Between consecutive tokens of one choice.");
   e2e.render(out, "rwkvpp_e2e_request_latency_seconds",
              "From a request's arrival to its last token.");
+  running_at_admission.render(out, "rwkvpp_requests_running_at_admission",
+                              "Requests running once a request joined them (counting it): how "
+                              "much concurrency arriving requests met.");
   std::lock_guard<std::mutex> lock(mu_);
   out +=
       "# HELP rwkvpp_requests_cancelled_total Requests ended early, by reason.\n"

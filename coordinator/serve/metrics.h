@@ -51,6 +51,7 @@ class ServeMetrics {
  public:
   ServeMetrics();
   Histogram ttft, inter_token, e2e;  // seconds
+  Histogram running_at_admission;    // requests running once a request joins them (itself too)
   std::atomic<int64_t> running{0};   // requests in the engine
   std::atomic<int64_t> waiting{0};   // requests queued for slots
   std::atomic<int64_t> slots{0};     // choices the engine can run at once

@@ -185,6 +185,7 @@ void ServeLoop::start(std::shared_ptr<Job> job) {
   ++m_.running;
   m_.prompt_tokens += uint64_t(r.prompt_tokens);
   running_.emplace(job->id, std::move(owned));
+  m_.running_at_admission.observe(double(m_.running.load()));
   for (size_t i = 0; i < job->choices.size(); ++i) {
     Request req;
     req.prompt = job->choices[i].prompt;

@@ -2,8 +2,9 @@
 // driven by the official OpenAI client over 127.0.0.1. Chat and completions, whole and
 // streamed; n = 2; stop strings; seeds (equal to `rwkvpp generate` with the same seed); 401
 // without the key; 400s on bad bodies; a client that disconnects mid-stream frees its slot
-// (seen in /metrics); /ready names a stage that stops answering; SIGTERM ends streams with an
-// error event and the server exits 0.
+// (seen in /metrics); a long shared system prompt read once (the state cache, seen in /metrics,
+// with the tokens of rwkvpp generate); /ready names a stage that stops answering; SIGTERM ends
+// streams with an error event and the server exits 0.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -209,6 +210,39 @@ test('/ready answers 503 naming a stage that stopped answering, and 200 when it 
   }
   await until(async () => (await fetch(`${srv.baseURL}/ready`)).status === 200, 8000, '/ready to recover');
   assert.equal((await client.completions.create({ model: 'tiny', prompt: 'back', max_tokens: 4 })).usage.completion_tokens, 4);
+});
+
+test('the state cache: a chat that shares a long system prompt starts from its kept state, with the tokens of rwkvpp generate', { skip }, async () => {
+  const system = 'You are the keeper of an old lighthouse and answer in short sentences. '.repeat(22).trim();
+  const head = Buffer.byteLength(`System: ${system}\n\n`);  // where the first message ends
+  assert.ok(head > 1500);
+  const ask = (q, seed) => client.chat.completions.create({
+    model: 'tiny', messages: [{ role: 'system', content: system }, { role: 'user', content: q }], max_tokens: 24, seed, logprobs: true,
+  });
+  const m0 = await metrics(srv.baseURL);
+  await ask('How many ships?', 31);
+  const m1 = await metrics(srv.baseURL);
+  const second = await ask('Where is the storm?', 32);
+  const m2 = await metrics(srv.baseURL);
+  const hits = (m) => metric(m, 'rwkvpp_state_cache_hits_total');
+  const saved = (m) => metric(m, 'rwkvpp_state_cache_hit_tokens_total');
+  assert.equal(hits(m1), hits(m0), 'the first request has nothing to start from');
+  assert.equal(hits(m2), hits(m1) + 1);
+  assert.equal(saved(m2) - saved(m1), head);
+  assert.ok(metric(m2, 'rwkvpp_state_cache_bytes') > 0);
+  assert.ok(metric(m2, 'rwkvpp_state_cache_entries') >= 2);
+  // The same prompt and seed through the command line, without any cache: the same tokens.
+  const prompt = `System: ${system}\n\n${chatPrompt('Where is the storm?')}`;
+  const ids = second.choices[0].logprobs.content.map((t) => t.bytes[0]);
+  const g = spawnSync(binary, ['generate', '-m', model, '--prompt-tokens', bytes(prompt).join(','),
+    '--temperature', '1', '--seed', '32', '-n', '24', '--stop', '\n\n', '--stop', '\nUser:'], { encoding: 'utf8' });
+  assert.equal(g.status, 0, g.stderr);
+  assert.deepEqual(ids, g.stdout.trim().split(/\s+/).map(Number));
+  // The same request again starts from its whole prompt but the last token, and says the same.
+  const again = await ask('Where is the storm?', 32);
+  const m3 = await metrics(srv.baseURL);
+  assert.equal(saved(m3) - saved(m2), Buffer.byteLength(prompt) - 1);
+  assert.equal(again.choices[0].message.content, second.choices[0].message.content);
 });
 
 // Last: it ends the server.
