@@ -13,7 +13,8 @@
 # THREADS (CPU threads per rank, 0: the host's cores shared), OUT (bench-serve.json),
 # PREFIX (system prompt tokens of the shared-prefix case, 2000; 0: skip it), CACHE_MB (its
 # --state-cache-mb, 1024),
-# RWKVPP (the binary, default build/coordinator/rwkvpp), EXTRA (more serve/bench flags).
+# RWKVPP (the binary, default build/coordinator/rwkvpp), EXTRA (more serve/bench flags),
+# SERVE_EXTRA (serve's only, e.g. "--tokenizer bytes" for a `rwkvpp synth` model).
 # The server listens on 127.0.0.1 only; it is stopped (SIGTERM) before the offline bench runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ gen=${GEN:-64}
 threads=${THREADS:-0}
 out=${OUT:-bench-serve.json}
 extra=${EXTRA:-}
+serve_extra=${SERVE_EXTRA:-}
 prefix=${PREFIX:-2000}
 cache_mb=${CACHE_MB:-1024}
 work=$(mktemp -d)
@@ -50,7 +52,7 @@ fi
 start_server() {
   # shellcheck disable=SC2086
   $launch "$bin" serve -m "$model" --host 127.0.0.1 --port 0 --threads "$threads" --max-waiting 100000 \
-    $extra "$@" 2>"$work/serve.log" &
+    $extra $serve_extra "$@" 2>"$work/serve.log" &
   server=$!
   url=""
   for _ in $(seq 1 1200); do
