@@ -75,7 +75,7 @@ int Engine::submit(Request r) {
         (i > 0 && r.snapshot_at[i] <= r.snapshot_at[i - 1]))
       fail("snapshot points must ascend within 1..{} (the prompt's tokens but the last)",
            r.prompt.size() - 1);
-  if (r.prefix >= 0) {
+  if (r.prefix >= 0 && !snapshots_.count(r.prefix)) {
     auto p = seqs_.find(r.prefix);
     if (p == seqs_.end() || !p->second->is_prefix) fail("request names prefix {}, which is not a live prefix", r.prefix);
   }
@@ -97,6 +97,13 @@ int Engine::add_prefix(std::vector<int32_t> tokens) {
 }
 
 void Engine::release_prefix(int id) {
+  if (auto sn = snapshots_.find(id); sn != snapshots_.end()) {
+    for (auto& [k, s] : seqs_)
+      if (!s->done && s->req.prefix == id) fail("release_prefix: prefix {} is still used by request {}", id, k);
+    free_slots_.push_back(sn->second);
+    snapshots_.erase(sn);
+    return;
+  }
   auto it = seqs_.find(id);
   if (it == seqs_.end() || !it->second->is_prefix) fail("release_prefix: {} is not a live prefix", id);
   for (auto& [k, s] : seqs_)
@@ -121,16 +128,13 @@ void Engine::snapshot(Seq& s, StepMsg& m) {
   const size_t p = s.req.snapshot_at[s.next_snapshot];
   if (s.req.snapshot_wanted && !s.req.snapshot_wanted(p)) return;
   if (free_slots_.empty()) return;
-  auto snap = std::make_unique<Seq>();
-  snap->id = next_id_++;
-  snap->slot = free_slots_.back();
+  const int id = next_id_++, slot = free_slots_.back();
   free_slots_.pop_back();
-  snap->admitted = snap->done = snap->is_prefix = true;
   // Ahead of the sequence's next tokens in this step: every stage copies the state after
-  // exactly p tokens.
-  m.ops.push_back({SlotOpKind::Clone, snap->slot, s.slot, {}});
-  const int id = snap->id;
-  seqs_.emplace(id, std::move(snap));  // done: the scheduling loop passes over it
+  // exactly p tokens. Kept apart from seqs_, which the scheduler walks every step (a server's
+  // cache may keep thousands).
+  m.ops.push_back({SlotOpKind::Clone, slot, s.slot, {}});
+  snapshots_.emplace(id, slot);
   if (s.req.on_snapshot) s.req.on_snapshot(p, id);
 }
 
@@ -151,7 +155,10 @@ bool Engine::schedule() {
     if (int(m.segs.size()) >= lim_.max_batch || tokens >= lim_.max_tokens) break;
     if (!s.admitted) {
       const Seq* prefix = nullptr;
-      if (s.req.prefix >= 0) {
+      int prefix_slot = -1;
+      if (auto sn = snapshots_.find(s.req.prefix); sn != snapshots_.end()) {
+        prefix_slot = sn->second;  // a snapshot: complete once its Clone is in the stream
+      } else if (s.req.prefix >= 0) {
         prefix = seqs_.at(s.req.prefix).get();
         if (!prefix->done) continue;  // the prefix is still being read
         if (prefix->cancelled) {  // its state is incomplete: nothing can continue it
@@ -163,8 +170,9 @@ bool Engine::schedule() {
       s.slot = free_slots_.back();
       free_slots_.pop_back();
       s.admitted = true;
-      if (prefix)
-        m.ops.push_back({SlotOpKind::Clone, s.slot, prefix->slot, {}});
+      if (prefix) prefix_slot = prefix->slot;
+      if (prefix_slot >= 0)
+        m.ops.push_back({SlotOpKind::Clone, s.slot, prefix_slot, {}});
       else
         m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
       m.ops.push_back({SlotOpKind::SetSampling, s.slot, 0, s.req.sampling});
@@ -354,7 +362,7 @@ void Engine::run() {
     if (idle()) break;
     if (!busy && inflight_.empty() && free_slots_.empty())
       fail("every state slot is held (by {} sequences and shared prefixes) and nothing can proceed: raise --max-batch "
-           "or release prefixes", seqs_.size());
+           "or release prefixes", seqs_.size() + snapshots_.size());
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
   }
   // Finished sequences are forgotten; their slots are free again.

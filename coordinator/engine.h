@@ -165,6 +165,7 @@ class Engine {
   int max_batch_limit_ = 0;
   std::function<bool()> local_poll_;
   std::map<int, std::unique_ptr<Seq>> seqs_;
+  std::map<int, int> snapshots_;  // prefixes made by Request::snapshot_at: id -> slot
   std::vector<int> free_slots_;
   int next_id_ = 0;
   uint64_t next_step_ = 1;
