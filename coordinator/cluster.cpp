@@ -159,6 +159,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
            opt.limits.microbatches);
     if (opt.threads < 0)
       fail("--threads: {}; 0 (the host's cores shared among its ranks) or more", opt.threads);
+    if (rank == coord && opt.on_coordinator_start) opt.on_coordinator_start();
     std::vector<int> stage_ranks;
     for (int r = opt.coordinator_only ? 1 : 0; r < size; ++r) stage_ranks.push_back(r);
     const bool is_stage = !(opt.coordinator_only && rank == coord);
@@ -184,7 +185,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
     EngineLimits lim = opt.limits;
     if (lim.microbatches <= 0) lim.microbatches = default_microbatches(int(stage_ranks.size()));
-    lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches);
+    lim.max_slots = std::max(lim.max_slots, lim.max_batch * lim.microbatches) + std::max(0, opt.extra_slots);
     lim.max_tokens = std::max(lim.max_tokens, lim.chunk);
     lim.max_logit_rows = max_logit_rows(cfg);
 
@@ -321,6 +322,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     {
       Engine engine(t, cfg, stage_ranks, plan, lim, loop ? std::function<bool()>([&] { return loop->poll(); }) : nullptr);
       engine.set_numerics(pipeline_numerics(dtype, plan, readies));
+      if (loop) engine.set_local_stats([&] { return loop->stats(); });
       code = body(engine);
       // Shut down: every stage reports its statistics.
       for (int r : stage_ranks)

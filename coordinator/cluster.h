@@ -26,6 +26,9 @@ struct ClusterOptions {
   uint64_t synthetic_seed = 1;
   bool measure_floors = false;   // every stage measures its device's copy and GEMM rates
   std::function<void(const ClusterReport&)> on_report;  // rank 0, after shutdown
+  // Rank 0, once the transport is up and before any stage loads (a server starts answering
+  // /health and /ready here, while the layers load).
+  std::function<void()> on_coordinator_start;
   std::string layers = "auto";
   bool coordinator_only = false;
   std::string device = "auto";  // auto, cpu, cuda
@@ -33,6 +36,9 @@ struct ClusterOptions {
   int threads = 0;              // CPU threads per rank; 0 = cores / ranks on this host
   std::string batch_invariant = "auto";  // on, off or auto (Backend::set_batch_invariant)
   EngineLimits limits;
+  // State slots on every stage beyond those of the running sequences (limits.max_slots, at
+  // least max_batch x microbatches), for states kept between requests (rwkvpp serve's cache).
+  int extra_slots = 0;
   bool stats = false;
 };
 

@@ -19,6 +19,7 @@ void add_bench_command(CLI::App& app, Action& run);
 void add_tokenizer_bench_command(CLI::App& app, Action& run);
 void add_text_commands(CLI::App& app, Action& run);   // tokenize, detokenize, chat
 void add_batch_command(CLI::App& app, Action& run);  // batch (coordinator/batch/)
+void add_serve_command(CLI::App& app, Action& run);  // serve (coordinator/serve/)
 
 }  // namespace rwkvpp
 

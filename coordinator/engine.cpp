@@ -29,7 +29,10 @@ struct Engine::Seq {
   int generated = 0;
   bool in_flight = false, admitted = false, done = false;
   bool is_prefix = false;  // a shared prefix: keeps its slot when done, until released
+  bool cancel = false;     // cancel() asked for it: ends at the next turn or when its step returns
+  bool cancelled = false;  // finished with Finish::Cancelled
   int64_t logits_pos = 0;
+  size_t next_snapshot = 0;  // index into req.snapshot_at of the next one due
 };
 
 Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_ranks,
@@ -48,7 +51,7 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
   rbuf_ = ByteBuffer(result_capacity(cfg_, lim_.max_tokens, lim_.max_logit_rows));
   rspare_ = ByteBuffer(rbuf_.size());
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
-  hbuf_.resize(kHeaderBytes + 64);
+  hbuf_.resize(kHeaderBytes + 4096);
   hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
   // The same liveness timeout as the transport's (net/liveness.h): a stage that sent nothing,
   // not even a heartbeat, for this long while steps are in flight is named as lost.
@@ -67,7 +70,12 @@ int Engine::submit(Request r) {
   for (int32_t id : r.prompt)
     if (id < 0 || id >= cfg_.vocab_size) fail("token id {} is out of range (vocabulary size {})", id, cfg_.vocab_size);
   if (r.max_tokens < 0) fail("max tokens must not be negative");
-  if (r.prefix >= 0) {
+  for (size_t i = 0; i < r.snapshot_at.size(); ++i)
+    if (r.snapshot_at[i] == 0 || r.snapshot_at[i] >= r.prompt.size() ||
+        (i > 0 && r.snapshot_at[i] <= r.snapshot_at[i - 1]))
+      fail("snapshot points must ascend within 1..{} (the prompt's tokens but the last)",
+           r.prompt.size() - 1);
+  if (r.prefix >= 0 && !snapshots_.count(r.prefix)) {
     auto p = seqs_.find(r.prefix);
     if (p == seqs_.end() || !p->second->is_prefix) fail("request names prefix {}, which is not a live prefix", r.prefix);
   }
@@ -89,6 +97,13 @@ int Engine::add_prefix(std::vector<int32_t> tokens) {
 }
 
 void Engine::release_prefix(int id) {
+  if (auto sn = snapshots_.find(id); sn != snapshots_.end()) {
+    for (auto& [k, s] : seqs_)
+      if (!s->done && s->req.prefix == id) fail("release_prefix: prefix {} is still used by request {}", id, k);
+    free_slots_.push_back(sn->second);
+    snapshots_.erase(sn);
+    return;
+  }
   auto it = seqs_.find(id);
   if (it == seqs_.end() || !it->second->is_prefix) fail("release_prefix: {} is not a live prefix", id);
   for (auto& [k, s] : seqs_)
@@ -99,6 +114,7 @@ void Engine::release_prefix(int id) {
 
 void Engine::finish(Seq& s, Finish why) {
   s.done = true;
+  s.cancelled = why == Finish::Cancelled;
   if (s.req.keep_state) s.is_prefix = true;
   if (!s.is_prefix) {  // a prefix keeps its slot until release_prefix()
     if (s.slot >= 0) free_slots_.push_back(s.slot);
@@ -106,6 +122,20 @@ void Engine::finish(Seq& s, Finish why) {
     reap_.push_back(s.id);
   }
   if (s.req.on_finish) s.req.on_finish(why);
+}
+
+void Engine::snapshot(Seq& s, StepMsg& m) {
+  const size_t p = s.req.snapshot_at[s.next_snapshot];
+  if (s.req.snapshot_wanted && !s.req.snapshot_wanted(p)) return;
+  if (free_slots_.empty()) return;
+  const int id = next_id_++, slot = free_slots_.back();
+  free_slots_.pop_back();
+  // Ahead of the sequence's next tokens in this step: every stage copies the state after
+  // exactly p tokens. Kept apart from seqs_, which the scheduler walks every step (a server's
+  // cache may keep thousands).
+  m.ops.push_back({SlotOpKind::Clone, slot, s.slot, {}});
+  snapshots_.emplace(id, slot);
+  if (s.req.on_snapshot) s.req.on_snapshot(p, id);
 }
 
 void Engine::set_max_batch(int n) {
@@ -121,25 +151,38 @@ bool Engine::schedule() {
   int tokens = 0, logit_rows = 0;
   for (auto& [id, sp] : seqs_) {
     Seq& s = *sp;
-    if (s.done || s.in_flight || s.pending.empty()) continue;
+    if (s.done || s.in_flight || s.cancel || s.pending.empty()) continue;
     if (int(m.segs.size()) >= lim_.max_batch || tokens >= lim_.max_tokens) break;
     if (!s.admitted) {
       const Seq* prefix = nullptr;
-      if (s.req.prefix >= 0) {
+      int prefix_slot = -1;
+      if (auto sn = snapshots_.find(s.req.prefix); sn != snapshots_.end()) {
+        prefix_slot = sn->second;  // a snapshot: complete once its Clone is in the stream
+      } else if (s.req.prefix >= 0) {
         prefix = seqs_.at(s.req.prefix).get();
         if (!prefix->done) continue;  // the prefix is still being read
+        if (prefix->cancelled) {  // its state is incomplete: nothing can continue it
+          finish(s, Finish::Cancelled);
+          continue;
+        }
       }
       if (free_slots_.empty()) continue;
       s.slot = free_slots_.back();
       free_slots_.pop_back();
       s.admitted = true;
-      if (prefix)
-        m.ops.push_back({SlotOpKind::Clone, s.slot, prefix->slot, {}});
+      if (prefix) prefix_slot = prefix->slot;
+      if (prefix_slot >= 0)
+        m.ops.push_back({SlotOpKind::Clone, s.slot, prefix_slot, {}});
       else
         m.ops.push_back({SlotOpKind::Reset, s.slot, 0, {}});
       m.ops.push_back({SlotOpKind::SetSampling, s.slot, 0, s.req.sampling});
     }
+    for (auto& at = s.req.snapshot_at; s.next_snapshot < at.size() && at[s.next_snapshot] <= s.fed;
+         ++s.next_snapshot)
+      if (at[s.next_snapshot] == s.fed) snapshot(s, m);
     int take = std::min<int>(int(s.pending.size()), std::min(lim_.chunk, lim_.max_tokens - tokens));
+    if (s.next_snapshot < s.req.snapshot_at.size())  // the chunk ends at the next snapshot
+      take = std::min<int>(take, int(s.req.snapshot_at[s.next_snapshot] - s.fed));
     if (s.req.logits_all) {
       take = std::min(take, lim_.max_logit_rows - logit_rows);
       if (take <= 0) continue;
@@ -180,6 +223,10 @@ void Engine::handle_result(const ResultMsg& r) {
   for (size_t i = 0; i < r.segs.size(); ++i) {
     Seq& s = *seqs_.at(f.seq_ids[i]);
     s.in_flight = false;
+    if (s.cancel) {  // what the step brought for it is dropped
+      finish(s, Finish::Cancelled);
+      continue;
+    }
     const SegmentResult& g = r.segs[i];
     if (s.req.logits_all && !g.logits.empty()) {
       int64_t rows = int64_t(g.logits.size()) / cfg_.vocab_size;
@@ -225,6 +272,9 @@ void Engine::poll_heartbeats() {
   Completion c;
   while (t_.test(hreq_, &c)) {
     last_seen_[c.peer] = Clock::now();
+    // The stage's statistics ride in its heartbeat (decoded before the buffer is reused).
+    Message m = decode_message({hbuf_.data(), c.bytes}, hbuf_.size());
+    if (!m.payload.empty()) heard_stats_[c.peer] = decode_heartbeat(m, fmt::format("Heartbeat from rank {}", c.peer));
     hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
   }
   auto now = Clock::now();
@@ -243,25 +293,76 @@ void Engine::poll_heartbeats() {
   }
 }
 
+bool Engine::turn() {
+  // A stop cancels whatever is not in flight, cancel() what it named; what is in flight comes
+  // back first (handle_result).
+  if (stop_requested() || cancels_ > 0) {
+    const bool all = stop_requested();
+    cancels_ = 0;
+    for (auto& [id, s] : seqs_)
+      if (!s->done && !s->in_flight && (all || s->cancel)) finish(*s, Finish::Cancelled);
+  }
+  for (int id : reap_) seqs_.erase(id);
+  reap_.clear();
+  bool busy = false;
+  while (schedule()) busy = true;
+  if (local_poll_ && local_poll_()) busy = true;
+  if (poll_results()) busy = true;
+  poll_heartbeats();
+  return busy;
+}
+
+bool Engine::idle() const {
+  return inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
+}
+
+bool Engine::poll(std::chrono::milliseconds wait) {
+  const bool busy = turn();
+  if (!busy && !inflight_.empty()) t_.wait_some(wait);
+  return busy;
+}
+
+bool Engine::cancel(int id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end() || it->second->done || it->second->is_prefix) return false;
+  if (!it->second->cancel) ++cancels_;
+  it->second->cancel = true;
+  return true;
+}
+
+std::vector<double> Engine::stage_silence_s() const {
+  const auto now = Clock::now();
+  std::vector<double> out;
+  for (int r : stage_ranks_) {
+    auto it = last_seen_.find(r);
+    out.push_back(r == t_.rank() || it == last_seen_.end() ? 0.0
+                                                           : std::chrono::duration<double>(now - it->second).count());
+  }
+  return out;
+}
+
+std::vector<StatsMsg> Engine::stage_stats() const {
+  std::vector<StatsMsg> out;
+  for (int r : stage_ranks_) {
+    if (r == t_.rank()) {
+      out.push_back(local_stats_ ? local_stats_() : StatsMsg{});
+      continue;
+    }
+    auto it = heard_stats_.find(r);
+    out.push_back(it == heard_stats_.end() ? StatsMsg{} : it->second);
+  }
+  return out;
+}
+
 void Engine::run() {
   auto t0 = Clock::now();
   for (auto& [r, when] : last_seen_) when = t0;  // time spent outside run() does not count
   for (;;) {
-    if (stop_requested())  // cancel whatever is not in flight; what is comes back, then stops
-      for (auto& [id, s] : seqs_)
-        if (!s->done && !s->in_flight) finish(*s, Finish::Cancelled);
-    for (int id : reap_) seqs_.erase(id);
-    reap_.clear();
-    bool busy = false;
-    while (schedule()) busy = true;
-    if (local_poll_ && local_poll_()) busy = true;
-    if (poll_results()) busy = true;
-    poll_heartbeats();
-    bool all_done = inflight_.empty() && std::all_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->done; });
-    if (all_done) break;
+    const bool busy = turn();
+    if (idle()) break;
     if (!busy && inflight_.empty() && free_slots_.empty())
       fail("every state slot is held (by {} sequences and shared prefixes) and nothing can proceed: raise --max-batch "
-           "or release prefixes", seqs_.size());
+           "or release prefixes", seqs_.size() + snapshots_.size());
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
   }
   // Finished sequences are forgotten; their slots are free again.

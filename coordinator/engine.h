@@ -37,6 +37,18 @@ struct Request {
   // so a request continuing it starts its prompt with that last token. Turns of a chat chain
   // this way (each turn continues the previous turn's kept state) and never re-read the past.
   bool keep_state = false;
+  // Snapshots within the prompt: when the sequence has read prompt[0, p) for a p here (ascending,
+  // 0 < p < prompt.size(); on top of `prefix` when it has one), the engine first asks
+  // `snapshot_wanted(p)` (may be empty: yes), and if yes and a state slot is free, copies the
+  // state into a new resident prefix, as add_prefix() of those tokens would have made, and
+  // hands its id to `on_snapshot(p, id)` (until release_prefix()). A prompt chunk ends at each
+  // p, and the copy rides ahead of the next tokens, so nothing is read twice. Nothing has been
+  // sampled at such a point, so the prefix carries no penalty counts (rwkvpp serve's state
+  // cache). Both callbacks run inside the scheduler: they may call release_prefix() (of another
+  // prefix), not submit().
+  std::vector<size_t> snapshot_at;
+  std::function<bool(size_t p)> snapshot_wanted;
+  std::function<void(size_t p, int prefix)> on_snapshot;
   // Called with each generated token; return false to stop the sequence (e.g. a stop string).
   std::function<bool(int32_t id, float logprob)> on_token;
   // Called with the logits after prompt token `pos` ([vocab] floats), when logits_all.
@@ -88,6 +100,32 @@ class Engine {
   // and release_prefix() (of another sequence) to feed run() as it goes; a finished sequence is
   // forgotten as soon as its on_finish returns, so a run() of millions of requests stays small.
   void run();
+  // One turn of run()'s loop, for a caller that keeps its own loop (rwkvpp serve): cancels what
+  // cancel() and request_stop() asked for, admits and schedules what it can, drives the local
+  // stage, handles an arrived result (callbacks run inside, as in run()) and the stages'
+  // heartbeats; then, when it did nothing while steps are in flight, waits up to `wait` on the
+  // transport. Returns true when it did work. Call it at least every few seconds even when
+  // idle(): it is what keeps this rank's transport heartbeats going and names a silent stage
+  // (PeerLost, as run() does).
+  bool poll(std::chrono::milliseconds wait);
+  // True when no step is in flight and every submitted request has finished (kept prefixes may
+  // stay).
+  bool idle() const;
+  // Cancels request `id` (a submit() id): it ends with Finish::Cancelled and its slot is free
+  // for the next step. A sequence not in a step in flight ends at the next turn of poll() or
+  // run(); one in flight ends when that step's result comes back, whose token is dropped (so
+  // the slot is free within one step). Requests waiting for a prefix that ended cancelled are
+  // cancelled too. Returns false when `id` is not a live request (finished, unknown, or a
+  // prefix: those go with release_prefix()). Safe from callbacks; not thread-safe.
+  bool cancel(int id);
+  // Per stage, in order: seconds since the coordinator last heard from it (a result or a
+  // heartbeat); 0 for a stage on this rank and for a stage not heard from before the first poll.
+  std::vector<double> stage_silence_s() const;
+  // Per stage, in order: its statistics as of its last heartbeat (cumulative since it started;
+  // a stage on this rank: as of now, through set_local_stats(); default-constructed until the
+  // first heartbeat).
+  std::vector<StatsMsg> stage_stats() const;
+  void set_local_stats(std::function<StatsMsg()> f) { local_stats_ = std::move(f); }
   // Asks run() to return soon: nothing new is admitted or scheduled, the steps in flight are
   // awaited, and every unfinished request ends with Finish::Cancelled (kept states stay until
   // release_prefix()). Only sets an atomic flag: safe from any thread and from a signal
@@ -103,6 +141,8 @@ class Engine {
   uint64_t tokens_generated() const { return generated_; }
   double run_seconds() const { return run_s_; }
   const ModelConfig& config() const { return cfg_; }
+  const std::vector<int>& stage_ranks() const { return stage_ranks_; }
+  const std::vector<StagePlan>& plan() const { return plan_; }
   void set_numerics(PipelineNumerics n) { numerics_ = std::move(n); }
   const PipelineNumerics& numerics() const { return numerics_; }
 
@@ -110,10 +150,12 @@ class Engine {
   PipelineNumerics numerics_;
   struct Seq;
   bool schedule();
+  bool turn();  // one turn of the loop (poll() and run()); true when it did work
   bool poll_results();
   void poll_heartbeats();
   void handle_result(const ResultMsg& r);
   void finish(Seq& s, Finish why);
+  void snapshot(Seq& s, StepMsg& m);
 
   Transport& t_;
   ModelConfig cfg_;
@@ -123,6 +165,7 @@ class Engine {
   int max_batch_limit_ = 0;
   std::function<bool()> local_poll_;
   std::map<int, std::unique_ptr<Seq>> seqs_;
+  std::map<int, int> snapshots_;  // prefixes made by Request::snapshot_at: id -> slot
   std::vector<int> free_slots_;
   int next_id_ = 0;
   uint64_t next_step_ = 1;
@@ -133,9 +176,12 @@ class Engine {
   };
   std::map<uint64_t, InFlight> inflight_;
   ByteBuffer rbuf_, rspare_;  // Results: sized for the largest, resident only where written
-  std::vector<uint8_t> hbuf_;
+  std::vector<uint8_t> hbuf_;  // heartbeats, with the stage's statistics
   RequestId rreq_ = 0, hreq_ = 0;
   std::map<int, std::chrono::steady_clock::time_point> last_seen_;
+  std::map<int, StatsMsg> heard_stats_;  // per rank: the stats of its last heartbeat
+  std::function<StatsMsg()> local_stats_;
+  int cancels_ = 0;  // cancel() calls not yet applied by a turn
   std::chrono::milliseconds peer_timeout_;
   uint64_t tokens_ = 0, generated_ = 0;
   double run_s_ = 0;

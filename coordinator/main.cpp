@@ -4,6 +4,8 @@
 
 #include "common/error.h"
 #include "coordinator/commands.h"
+#include "net/wire.h"
+#include "shards/model_format.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -11,7 +13,8 @@ int main(int argc, char** argv) {
       "Models are converted once to sharded HDF5 (`rwkvpp convert`); every command that runs a\n"
       "model works alone or under `mpirun -np K` (K pipeline stages, rank 0 coordinates)."};
   app.require_subcommand(1, 1);
-  app.set_version_flag("--version", "rwkvpp 0.1 (model format 1, protocol 1)");
+  app.set_version_flag("--version", fmt::format("rwkvpp 0.1 (model format {}, protocol {})",
+                                                rwkvpp::kFormatVersion, rwkvpp::kProtocolVersion));
   rwkvpp::Action run;
   rwkvpp::add_convert_command(app, run);
   rwkvpp::add_inspect_command(app, run);
@@ -21,6 +24,7 @@ int main(int argc, char** argv) {
   rwkvpp::add_tokenizer_bench_command(app, run);
   rwkvpp::add_text_commands(app, run);
   rwkvpp::add_batch_command(app, run);
+  rwkvpp::add_serve_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

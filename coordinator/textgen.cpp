@@ -10,10 +10,6 @@
 
 namespace rwkvpp {
 
-namespace {
-
-// The bytes of one generated token; ids the tokenizer lacks (a model's vocabulary may be padded
-// beyond the tokenizer's, e.g. 65536 rows for World's 65530 ids) decode to nothing.
 std::string token_bytes_or_empty(const Tokenizer& tok, int32_t id) {
   if (id < 0 || id >= tok.vocab_size()) return {};
   try {
@@ -22,6 +18,8 @@ std::string token_bytes_or_empty(const Tokenizer& tok, int32_t id) {
     return {};
   }
 }
+
+namespace {
 
 bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() &&
@@ -149,11 +147,24 @@ Request make_text_request(const Tokenizer& tok, std::vector<int32_t> prompt_ids,
   return r;
 }
 
+std::string chat_turn(std::string_view role, std::string_view text) {
+  std::string t(role);
+  t += ": ";
+  t += text;
+  t += "\n\n";
+  return t;
+}
+
+const std::vector<std::string>& chat_stop_strings() {
+  static const std::vector<std::string> stops = {"\n\n", "\nUser:"};
+  return stops;
+}
+
 ChatSession::ChatSession(Engine& e, const Tokenizer& tok, TextOptions o)
     : e_(e), tok_(tok), o_(std::move(o)) {
   if (o_.max_tokens < 1)
     fail("chat needs at least one token per answer (max tokens {})", o_.max_tokens);
-  for (const char* s : {"\n\n", "\nUser:"})
+  for (const std::string& s : chat_stop_strings())
     if (std::find(o_.stop.begin(), o_.stop.end(), s) == o_.stop.end()) o_.stop.push_back(s);
 }
 
@@ -174,14 +185,14 @@ TextResult ChatSession::turn(const std::string& user_line,
   std::string text;
   const std::string& prev = prev_answer_bytes_;
   if (state_ < 0 || ends_with(prev, "\n\n"))
-    text = "User: " + user_line;
+    text = chat_turn("User", user_line);
   else if (ends_with(prev, "\nUser:"))
-    text = " " + user_line;  // the model already opened the user's turn
+    text = " " + user_line + "\n\n";  // the model already opened the user's turn
   else if (ends_with(prev, "\n"))
-    text = "\nUser: " + user_line;
+    text = "\n" + chat_turn("User", user_line);
   else
-    text = "\n\nUser: " + user_line;
-  text += "\n\nAssistant:";
+    text = "\n\n" + chat_turn("User", user_line);
+  text += kChatAnswerCue;
 
   std::vector<int32_t> prompt = carry_;
   auto ids = tok_.encode(text);

@@ -46,6 +46,10 @@ struct TextResult {
 std::unique_ptr<Tokenizer> tokenizer_for(const std::string& model,
                                          const std::string& tokenizer_flag);
 
+// The bytes of one generated token; ids the tokenizer lacks (a model's vocabulary may be padded
+// beyond the tokenizer's, e.g. 65536 rows for World's 65530 ids) decode to nothing.
+std::string token_bytes_or_empty(const Tokenizer& tok, int32_t id);
+
 // A Request whose generated tokens are decoded through `tok`; it stops at any stop string (the
 // returned text excludes it and anything after) or stop id; `on_text` (may be empty) receives
 // the text as it is produced, never splitting a UTF-8 character and holding back text that may
@@ -78,6 +82,16 @@ class TextStream {
   size_t released_ = 0;                 // bytes of all_ given out
   size_t stop_at_ = std::string::npos;  // where the first stop string starts
 };
+
+// The RWKV chat format (spoken by `rwkvpp chat` and by `rwkvpp serve`'s chat endpoint): a
+// conversation is a sequence of turns "User: {text}\n\n" and "Assistant: {text}\n\n" (a
+// "System: {text}\n\n" turn may open it); the model answers after the cue "Assistant:" and its
+// answer ends at one of chat_stop_strings().
+inline constexpr std::string_view kChatAnswerCue = "Assistant:";
+// "Role: text\n\n" (role "User", "Assistant" or "System"; `text` should hold no "\n\n").
+std::string chat_turn(std::string_view role, std::string_view text);
+// "\n\n" and "\nUser:": where an answer ends (the second: the model starts the user's turn).
+const std::vector<std::string>& chat_stop_strings();
 
 // The RWKV chat format, one conversation whose recurrent state stays resident in the engine
 // between turns (Request::keep_state): turn k reads only its own new tokens

@@ -94,14 +94,23 @@ auto stats_seconds(M& m) {
                     &m.idle_upload_s, &m.handle_s, &m.ring_wait_s, &m.out_s,    &m.decode_layers_s};
 }
 
-std::vector<uint8_t> encode_stats(const StatsMsg& m) {
-  auto w = ctrl(Ctrl::Stats);
+namespace {
+
+void put_stats(MessageWriter& w, const StatsMsg& m) {
+  w.put_u8(uint8_t(Ctrl::Stats));
   for (int32_t v : {m.stage, m.first, m.last}) w.put_i32(v);
   for (const double* d : stats_seconds(m)) w.put_raw(d, 8);
   for (uint64_t v :
        {m.bytes_sent, m.bytes_received, m.tokens, m.steps, m.bytes_shared, m.decode_steps, m.rss_bytes})
     w.put_u64(v);
   w.put_string(m.backend);
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_stats(const StatsMsg& m) {
+  MessageWriter w(MsgType::Hello, 0);
+  put_stats(w, m);
   return w.finish();
 }
 
@@ -113,7 +122,11 @@ std::vector<uint8_t> encode_error(const std::string& what) {
   return w.finish();
 }
 
-std::vector<uint8_t> encode_heartbeat(uint64_t seq) { return MessageWriter(MsgType::Heartbeat, seq).finish(); }
+std::vector<uint8_t> encode_heartbeat(uint64_t seq, const StatsMsg& stats) {
+  MessageWriter w(MsgType::Heartbeat, seq);
+  put_stats(w, stats);
+  return w.finish();
+}
 
 std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats) {
   std::vector<uint8_t> v = encode_step_head(m, hidden_floats);
@@ -260,6 +273,8 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
   r.expect_end();
   return m;
 }
+
+StatsMsg decode_heartbeat(const Message& msg, const std::string& what) { return decode_stats(msg, what); }
 
 std::string decode_error(const Message& msg, const std::string& what) {
   auto r = ctrl_reader(msg, Ctrl::Error, what);

@@ -8,8 +8,9 @@
 //           stage i --Step(ops, segments, hidden [carried, n, C])--> stage i+1
 //           last stage --Result(sampled ids, logprobs, requested logits)--> coordinator
 //   stop:   coordinator --Shutdown--> every stage rank; each answers with its Stats.
-//   always: every stage rank --Heartbeat--> coordinator about once a second, so that a rank that
-//           stops answering is named within the liveness timeout.
+//   always: every stage rank --Heartbeat(its Stats so far)--> coordinator about once a second, so
+//           that a rank that stops answering is named within the liveness timeout (and a
+//           server can show every stage's compute and wait time while it runs).
 //
 // Slot operations ride in the Step ahead of its tokens; since a Step visits every stage in
 // order, all stages apply them at the same point of the stream.
@@ -159,7 +160,7 @@ std::vector<uint8_t> encode_ready(const ReadyMsg& m);
 std::vector<uint8_t> encode_stats(const StatsMsg& m);
 std::vector<uint8_t> encode_shutdown();
 std::vector<uint8_t> encode_error(const std::string& what);
-std::vector<uint8_t> encode_heartbeat(uint64_t seq);
+std::vector<uint8_t> encode_heartbeat(uint64_t seq, const StatsMsg& stats);
 // A Step with the hidden vectors appended (floats, possibly none for stage 0).
 std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t hidden_floats);
 // The same message without its hidden payload: the caller appends hidden_floats * 4 bytes
@@ -174,6 +175,7 @@ HelloMsg decode_hello(const Message& msg, const std::string& what);
 AssignMsg decode_assign(const Message& msg, const std::string& what);
 ReadyMsg decode_ready(const Message& msg, const std::string& what);
 StatsMsg decode_stats(const Message& msg, const std::string& what);
+StatsMsg decode_heartbeat(const Message& msg, const std::string& what);  // the Stats it carries
 std::string decode_error(const Message& msg, const std::string& what);
 // Decodes the step; the hidden payload is returned as a view into the message.
 StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden);

@@ -271,7 +271,7 @@ void StepLoop::reap_sends() {
 void StepLoop::heartbeat() {
   const auto now = Clock::now();
   if (a_.coord_rank != t_.rank() && now - last_heartbeat_ > std::chrono::milliseconds(1000)) {
-    send(a_.coord_rank, kTagHeartbeat, encode_heartbeat(++hb_seq_));
+    send(a_.coord_rank, kTagHeartbeat, encode_heartbeat(++hb_seq_, stats()));
     last_heartbeat_ = now;
   }
 }

@@ -2,8 +2,10 @@
 // through both sbatch templates (cluster/batch-1node.sbatch: mpirun inside the allocation;
 // cluster/batch-multinode.sbatch: srun --mpi=pmix), 3 ranks each, and the outputs must equal a
 // run without Slurm. Then a job stopped by Slurm's SIGTERM (as before a time limit) is
-// resubmitted and completes the same output. The test skips (passes with a warning) only when
-// slurmctld cannot be started at all (not root, no slurm-wlm/munge); it stops Slurm at the end.
+// resubmitted and completes the same output. cluster/serve.sbatch starts rwkvpp serve on 3
+// ranks, says where it listens, answers a completion, and on Slurm's SIGTERM stops with exit 0.
+// The test skips (passes with a warning) only when slurmctld cannot be started at all (not
+// root, no slurm-wlm/munge); it stops Slurm at the end.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -39,9 +41,10 @@ struct LocalSlurm {
   ~LocalSlurm() {
     if (up) run(env + script + " stop", 120);
   }
-  // Submits `args` with sbatch; returns the job id.
-  std::string submit(const std::string& args) {
-    auto r = run(env + "sbatch --parsable " + args, 60);
+  // Submits `args` with sbatch (`vars`: the submitting shell's extra environment); returns the
+  // job id.
+  std::string submit(const std::string& args, const std::string& vars = {}) {
+    auto r = run(env + vars + " sbatch --parsable " + args, 60);
     INFO(r.err);
     REQUIRE(r.exit_code == 0);
     std::string id = r.out.substr(0, r.out.find_first_not_of("0123456789"));
@@ -121,5 +124,42 @@ TEST_CASE(
                                  job + " -o " + d / "c.jsonl");
     CHECK(slurm.wait(e) == "COMPLETED 0:0");
     CHECK(read_records(d / "c.jsonl") == ref);
+  }
+  {  // cluster/serve.sbatch: rwkvpp serve on 3 ranks, a completion over 127.0.0.1, SIGTERM
+    const std::string serve = repo_root() + "/cluster/serve.sbatch";
+    const std::string log = d / "s.log";
+    std::string s = slurm.submit("-n 3 --ntasks-per-node=3 -o " + log + " " + serve + " --model " +
+                                     byte_model() + " --served-model-name tiny --threads 1",
+                                 "RWKVPP_PORT=0");
+    // The port the template prints, then /ready until 200, then a completion (bash's /dev/tcp:
+    // no HTTP client needed).
+    const std::string http =
+        "http() { exec 3<>/dev/tcp/127.0.0.1/$p || return 1; printf \"$1\" >&3; timeout 10 cat "
+        "<&3; "
+        "exec 3<&-; }; ";
+    auto r =
+        run("for i in $(seq 1 1200); do p=$(sed -n 's/^rwkvpp-serve: listening on "
+            ".*127.0.0.1:\\([0-9]*\\) .*/\\1/p' " +
+                log +
+                " | head -1); [ -n \"$p\" ] && break; sleep 0.1; done; [ -n \"$p\" ] || exit 9; " +
+                http +
+                "for i in $(seq 1 600); do http 'GET /ready HTTP/1.1\\r\\nHost: x\\r\\nConnection: "
+                "close\\r\\n\\r\\n' | grep -q '^HTTP/1.1 200' && break; sleep 0.1; done; "
+                "b='{\"model\": \"tiny\", \"prompt\": \"abc\", \"max_tokens\": 5, \"seed\": 1}'; "
+                "http \"POST /v1/completions HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: "
+                "application/json\\r\\n"
+                "Content-Length: ${#b}\\r\\nConnection: close\\r\\n\\r\\n$b\"",
+            150);
+    INFO(r.out << r.err << "\n" << read_file(log));
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("HTTP/1.1 200") != std::string::npos);
+    CHECK(r.out.find("\"completion_tokens\":5") != std::string::npos);
+    REQUIRE(run(slurm.env + "scancel --batch --signal=TERM " + s, 30).exit_code == 0);
+    CHECK(slurm.wait(s) == "COMPLETED 0:0");
+    const std::string text = read_file(log);
+    CHECK(text.find("rwkvpp-serve: listening on ") != std::string::npos);
+    CHECK(text.find("ssh -N -L 8000:127.0.0.1:") != std::string::npos);
+    CHECK(text.find("rwkvpp serve: stopped") != std::string::npos);
+    CHECK(text.find("rwkvpp-serve: mpirun exited with 0") != std::string::npos);
   }
 }
