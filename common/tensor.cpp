@@ -4,14 +4,11 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "common/limits.h"
 
 namespace rwkvpp {
 
-int64_t shape_numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
+int64_t shape_numel(const std::vector<int64_t>& shape) { return checked_numel(shape, "tensor"); }
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));

@@ -31,6 +31,8 @@ struct HostTensor {
   T* as() { return reinterpret_cast<T*>(data.data()); }
 };
 
+// The element count; throws Error for a negative dimension or a product over int64 (readers
+// check shapes from files first with checked_numel(), common/limits.h, naming the tensor).
 int64_t shape_numel(const std::vector<int64_t>& shape);
 std::string shape_to_string(const std::vector<int64_t>& shape);
 

@@ -3,11 +3,11 @@
 
 #include <cstring>
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 
 #include "common/error.h"
+#include "common/limits.h"
 #include "shards/file_bytes.h"
 
 namespace rwkvpp {
@@ -91,6 +91,18 @@ void normalize_hf_names(Checkpoint& ck) {
   ck.format = "safetensors-hf";
 }
 
+int64_t block_index(const std::string& name) {
+  if (name.rfind("blocks.", 0) != 0) return -1;
+  int64_t i = 0;
+  size_t p = 7;
+  for (; p < name.size() && name[p] >= '0' && name[p] <= '9'; ++p) {
+    i = i * 10 + (name[p] - '0');
+    if (i >= kMaxLayers) return -2;
+  }
+  if (p == 7 || p >= name.size() || name[p] != '.') return -1;
+  return i;
+}
+
 static const HostTensor& need(const Checkpoint& ck, const std::string& name) {
   auto it = ck.tensors.find(name);
   if (it == ck.tensors.end()) fail("'{}': tensor '{}' is missing", ck.source, name);
@@ -104,16 +116,14 @@ ModelConfig infer_config(const Checkpoint& ck) {
   c.vocab_size = emb.shape[0];
   c.n_embd = emb.shape[1];
   // Layers: blocks.<i>.* must cover 0..n-1 without gaps.
-  std::regex re(R"(^blocks\.(\d+)\.)");
   int64_t max_layer = -1;
   std::set<int64_t> seen;
   for (auto& [k, v] : ck.tensors) {
-    std::smatch m;
-    if (std::regex_search(k, m, re)) {
-      int64_t i = std::stoll(m[1]);
-      seen.insert(i);
-      max_layer = std::max(max_layer, i);
-    }
+    const int64_t i = block_index(k);
+    if (i == -2) fail("'{}': tensor '{}' has a layer number over {}", ck.source, k, kMaxLayers - 1);
+    if (i < 0) continue;
+    seen.insert(i);
+    max_layer = std::max(max_layer, i);
   }
   if (max_layer < 0) fail("'{}': no 'blocks.N.*' tensors found", ck.source);
   for (int64_t i = 0; i <= max_layer; ++i)

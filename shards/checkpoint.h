@@ -5,7 +5,9 @@
 // this point sees one convention.
 #pragma once
 
+#include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 
 #include "common/model_config.h"
@@ -34,10 +36,19 @@ Checkpoint read_checkpoint(const std::string& path);
 Checkpoint read_safetensors(const std::string& path);  // official or transformers' names
 Checkpoint read_pth(const std::string& path);          // torch.save zip + pickle
 Checkpoint read_rwkvcpp(const std::string& path);      // rwkv.cpp .bin (v100/v101), FP32/FP16
+// The same readers on a file's bytes already in memory (the fuzz harnesses, tests/fuzz/);
+// `name` stands for the path in every message. The path readers map the file and call these.
+Checkpoint read_safetensors_bytes(std::span<const uint8_t> bytes, const std::string& name);
+Checkpoint read_pth_bytes(std::span<const uint8_t> bytes, const std::string& name);
+Checkpoint read_rwkvcpp_bytes(std::span<const uint8_t> bytes, const std::string& name);
 
 // Maps Hugging Face transformers' RWKV-4 names (`rwkv.blocks.N.attention.key.weight`, ...)
 // onto official names, in place. Official names pass through unchanged.
 void normalize_hf_names(Checkpoint& ck);
+
+// The layer of a "blocks.<i>.<...>" tensor name: i; -1 for names outside the blocks, -2 when
+// i is kMaxLayers (common/limits.h) or more.
+int64_t block_index(const std::string& name);
 
 // Infers the model shape and version from tensor names and shapes; throws Error naming the
 // tensor that is missing or inconsistent.

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/limits.h"
 #include "shards/model_format.h"
 
 namespace rwkvpp::h5 {
+
+// The longest string attribute read (the shard list of a model of many shards is a few KB).
+constexpr size_t kMaxAttrString = size_t(1) << 20;
 
 void Id::reset() {
   if (id_ < 0) return;
@@ -23,6 +27,63 @@ void Id::reset() {
 }
 
 void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+namespace {
+
+// The external link the last refused traversal named (HDF5 reports only that opening failed).
+thread_local std::string refused_link;
+
+herr_t refuse_external_link(const char* parent_file, const char*, const char* child_file,
+                            const char* child_object, unsigned*, hid_t, void*) {
+  refused_link =
+      fmt::format("'{}' (object '{}'), from '{}'", child_file, child_object, parent_file);
+  return -1;
+}
+
+// A link (group, dataset) access property list whose external-link traversals all fail.
+hid_t guarded_access(hid_t cls) {
+  hid_t p = H5Pcreate(cls);
+  if (p < 0 || H5Pset_elink_cb(p, refuse_external_link, nullptr) < 0)
+    fail("cannot create an HDF5 access property list");
+  return p;
+}
+
+[[noreturn]] void open_failed(const char* what, const std::string& path, const std::string& where) {
+  if (!refused_link.empty()) {
+    std::string link = std::move(refused_link);
+    refused_link.clear();
+    fail(
+        "{}: {} '{}' is reached through an external link to {}: refused (a model's files "
+        "may not link to other files)",
+        where, what, path, link);
+  }
+  fail("{}: {} '{}' is missing or unreadable", where, what, path);
+}
+
+}  // namespace
+
+Id open_group(hid_t loc, const std::string& path, const std::string& where) {
+  static const hid_t gapl = guarded_access(H5P_GROUP_ACCESS);
+  refused_link.clear();
+  Id g(H5Gopen2(loc, path.c_str(), gapl));
+  if (!g.valid()) open_failed("group", path, where);
+  return g;
+}
+
+Id open_dataset(hid_t loc, const std::string& path, const std::string& where) {
+  static const hid_t dapl = guarded_access(H5P_DATASET_ACCESS);
+  refused_link.clear();
+  Id ds(H5Dopen2(loc, path.c_str(), dapl));
+  if (!ds.valid()) open_failed("dataset", path, where);
+  Id dcpl(H5Dget_create_plist(ds));
+  if (!dcpl.valid()) fail("{}: dataset '{}' has no readable creation properties", where, path);
+  if (H5Pget_layout(dcpl) == H5D_VIRTUAL)
+    fail("{}: dataset '{}' is a virtual dataset (its data would come from other files): refused",
+         where, path);
+  if (H5Pget_external_count(dcpl) != 0)
+    fail("{}: dataset '{}' keeps its data in external files: refused", where, path);
+  return ds;
+}
 
 static void put_attr(hid_t obj, const char* name, hid_t type, const void* v) {
   if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
@@ -56,7 +117,12 @@ std::string get_attr_str(hid_t obj, const char* name, const std::string& where) 
   Id type(H5Aget_type(a));
   if (H5Tget_class(type) != H5T_STRING) fail("{}: attribute '{}' is not a string", where, name);
   if (H5Tis_variable_str(type) > 0) fail("{}: attribute '{}' is a variable-length string", where, name);
+  Id space(H5Aget_space(a));
+  if (H5Sget_simple_extent_npoints(space) != 1)
+    fail("{}: attribute '{}' is not one string", where, name);
   size_t n = H5Tget_size(type);
+  if (n == 0 || n > kMaxAttrString)
+    fail("{}: attribute '{}' is a string of {} bytes (at most {})", where, name, n, kMaxAttrString);
   std::string s(n, '\0');
   Id mem(H5Tcopy(H5T_C_S1));
   H5Tset_size(mem, n);
@@ -114,8 +180,7 @@ void write_tensor(hid_t file, const std::string& path, const HostTensor& t, cons
 
 HostTensor read_tensor(hid_t file, const std::string& path, const std::string& file_name,
                        uint64_t* bytes_read) {
-  Id ds(H5Dopen2(file, path.c_str(), H5P_DEFAULT));
-  if (!ds.valid()) fail("'{}': dataset '{}' is missing or unreadable", file_name, path);
+  Id ds = open_dataset(file, path, "'" + file_name + "'");
   std::string where = "'" + file_name + "' dataset '" + path + "'";
   HostTensor t;
   t.dtype = parse_storage_dtype(get_attr_str(ds, "dtype", where), where);
@@ -124,11 +189,20 @@ HostTensor read_tensor(hid_t file, const std::string& path, const std::string& f
   if (rank <= 0 || rank > 8) fail("{}: bad rank {}", where, rank);
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   H5Sget_simple_extent_dims(space, dims.data(), nullptr);
-  t.shape.assign(dims.begin(), dims.end());
+  for (hsize_t d : dims) {
+    if (d > hsize_t(INT64_MAX)) fail("{}: dimension {} is over 2^63", where, d);
+    t.shape.push_back(int64_t(d));
+  }
   Id ftype(H5Dget_type(ds));
   size_t esize = H5Tget_size(ftype);
   if (esize != dtype_size(t.dtype)) fail("{}: element size {} does not match dtype {}", where, esize, dtype_name(t.dtype));
-  t.data.resize(size_t(t.numel()) * esize);
+  // The shape may not promise more bytes than the file stores (HDF5 would make them up from
+  // the fill value): a few bytes of header must not become a huge allocation.
+  const uint64_t nbytes = checked_nbytes(t.shape, esize, where);
+  if (nbytes > H5Dget_storage_size(ds))
+    fail("{}: shape {} needs {} bytes, the file stores {}: corrupt file", where, t.shape_str(),
+         nbytes, uint64_t(H5Dget_storage_size(ds)));
+  t.data.resize(size_t(nbytes));
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
   if (H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)
     fail("{}: read failed — the Fletcher32 checksum does not match or the file is corrupt", where);

@@ -33,6 +33,12 @@ class Id {
   bool valid() const { return id_ >= 0; }
   operator hid_t() const { return id_; }
   void reset();
+  // Gives up ownership: the caller closes the identifier.
+  hid_t release() {
+    hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
 
  private:
   hid_t id_ = -1;
@@ -51,6 +57,13 @@ std::string get_attr_str(hid_t obj, const char* name, const std::string& where);
 int64_t get_attr_i64(hid_t obj, const char* name, const std::string& where);
 uint64_t get_attr_u64(hid_t obj, const char* name, const std::string& where);
 double get_attr_f64(hid_t obj, const char* name, const std::string& where);
+
+// Opening objects of a file that may be hostile: external links on the way are refused
+// (rwkvpp opens shard files itself, by names checked to lie in the model's directory; a link
+// could name any file), and so are datasets whose data would come from other files (external
+// raw storage, virtual datasets). Throws Error naming `where` (the file) and the path.
+Id open_group(hid_t loc, const std::string& path, const std::string& where);
+Id open_dataset(hid_t loc, const std::string& path, const std::string& where);
 
 // Writes `t` as a chunked, Fletcher32-protected dataset at `path` (intermediate groups
 // created), with attributes dtype and checksum (FNV-1a 64 over the raw bytes).

@@ -35,13 +35,17 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       fail("cannot map '{}' ({} bytes): {}", path, size_, std::strerror(e));
     }
     data_ = static_cast<const uint8_t*>(p);
+    mapped_ = true;
     ::madvise(p, size_, MADV_SEQUENTIAL);
   }
   ::close(fd);  // the mapping keeps the file alive
 }
 
+MappedFile::MappedFile(std::span<const uint8_t> bytes, std::string name)
+    : path_(std::move(name)), data_(bytes.data()), size_(bytes.size()) {}
+
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (mapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 std::span<const uint8_t> MappedFile::bytes(uint64_t offset, uint64_t n,
@@ -55,7 +59,7 @@ std::span<const uint8_t> MappedFile::bytes(uint64_t offset, uint64_t n,
 }
 
 void MappedFile::release(uint64_t offset, uint64_t n) const {
-  if (!data_ || !contains(offset, n) || n == 0) return;
+  if (!mapped_ || !contains(offset, n) || n == 0) return;
   const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
   uint64_t begin = (offset + page - 1) / page * page, end = (offset + n) / page * page;
   if (end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);

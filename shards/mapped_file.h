@@ -1,6 +1,7 @@
 // A read-only memory map of a whole file, for the checkpoint readers: released checkpoints
 // are tens of GB, so tensors are copied straight out of the mapping instead of reading the
-// file into memory first. Every access goes through bytes(), which checks the range.
+// file into memory first. Every access goes through bytes(), which checks the range. It can
+// also stand for bytes already in memory, so that every reader has one code path for both.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +17,9 @@ class MappedFile {
   // Maps `path` read-only; throws Error naming the path when it cannot be opened or mapped.
   // An empty file maps to size() == 0.
   explicit MappedFile(const std::string& path);
+  // A view of bytes already in memory (which must outlive it), called `name` in messages: the
+  // readers' from-bytes entry points. Nothing is mapped, and release() does nothing.
+  MappedFile(std::span<const uint8_t> bytes, std::string name);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -38,6 +42,7 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  bool mapped_ = false;  // data_ is our mapping (else a view of the caller's bytes)
 };
 
 // Little-endian loads from a range already checked by MappedFile::bytes.

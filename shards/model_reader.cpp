@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "common/limits.h"
 #include "shards/h5util.h"
 
 namespace rwkvpp {
@@ -28,9 +29,10 @@ ModelReader::ModelReader(const std::string& path) {
   if (dir_.empty()) dir_ = ".";
   if (H5Fis_hdf5(file_.c_str()) <= 0)
     fail("'{}' is not an HDF5 file (a checkpoint? convert it with `rwkvpp convert`)", file_);
-  hid_t fid = H5Fopen(file_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (fid < 0) fail("cannot open '{}': corrupt or unreadable HDF5 file", file_);
-  fid_ = fid;
+  // Closed again if a check below throws (a destructor does not run for a failed constructor).
+  h5::Id file(H5Fopen(file_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  if (!file.valid()) fail("cannot open '{}': corrupt or unreadable HDF5 file", file_);
+  const hid_t fid = file;
   opened_.insert(file_);
   const std::string& w = file_;
   std::string format = h5::get_attr_str(fid, "format", "'" + w + "'");
@@ -53,13 +55,26 @@ ModelReader::ModelReader(const std::string& path) {
   if (cfg_.n_layer <= 0 || cfg_.n_embd <= 0 || cfg_.vocab_size <= 0 || cfg_.ffn_dim <= 0)
     fail("'{}': attributes give an impossible shape (n_layer {}, n_embd {}, vocab {}, ffn {})", w,
          cfg_.n_layer, cfg_.n_embd, cfg_.vocab_size, cfg_.ffn_dim);
+  if (cfg_.n_layer > kMaxLayers)
+    fail("'{}': n_layer {} is over the limit of {}", w, cfg_.n_layer, kMaxLayers);
   try {
-    auto js = nlohmann::json::parse(h5::get_attr_str(fid, "shards", "'" + w + "'"));
+    const std::string text = h5::get_attr_str(fid, "shards", "'" + w + "'");
+    check_json_depth(text, "'" + w + "': attribute 'shards'");
+    auto js = nlohmann::json::parse(text);
+    if (!js.is_array()) fail("'{}': attribute 'shards' is not a list", w);
+    auto layer = [&](const nlohmann::json& v) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > cfg_.n_layer)
+        fail("'{}': attribute 'shards' holds a layer number {}", w, v.dump().substr(0, 40));
+      return int(v.get<int64_t>());
+    };
     int expect = 0;
     for (auto& s : js) {
-      ShardInfo si{s.at("file").get<std::string>(), s.at("first").get<int>(), s.at("last").get<int>()};
-      if (si.first != expect || si.last <= si.first || si.file.find('/') != std::string::npos)
-        fail("'{}': attribute 'shards' lists a bad layer range [{}, {}) for '{}'", w, si.first, si.last, si.file);
+      ShardInfo si{s.at("file").get<std::string>(), layer(s.at("first")), layer(s.at("last"))};
+      // A shard is a plain file name in the model's directory: never a path elsewhere.
+      if (si.first != expect || si.last <= si.first || si.file.empty() || si.file == "." ||
+          si.file == ".." || si.file.find('/') != std::string::npos)
+        fail("'{}': attribute 'shards' lists a bad layer range [{}, {}) for '{}'", w, si.first,
+             si.last, si.file.substr(0, 200));
       expect = si.last;
       shards_.push_back(si);
     }
@@ -71,6 +86,7 @@ ModelReader::ModelReader(const std::string& path) {
   std::error_code ec;
   for (auto& s : shards_) weight_bytes_ += fs::file_size(fs::path(dir_) / s.file, ec);
   weight_bytes_ += fs::file_size(file_, ec);
+  fid_ = file.release();
 }
 
 ModelReader::~ModelReader() {
@@ -106,8 +122,7 @@ LayerTensors ModelReader::read_layer(int i) {
   if (!f.valid()) fail("cannot open shard '{}': corrupt or unreadable HDF5 file", path);
   opened_.insert(path);
   std::string group = "/blocks/" + std::to_string(i);
-  h5::Id g(H5Gopen2(f, group.c_str(), H5P_DEFAULT));
-  if (!g.valid()) fail("shard '{}': group '{}' is missing", path, group);
+  h5::Id g = h5::open_group(f, group, "shard '" + path + "'");
   VisitCtx ctx;
   if (H5Ovisit(g, H5_INDEX_NAME, H5_ITER_NATIVE, visit_cb, &ctx) < 0)
     fail("shard '{}': cannot list group '{}' (corrupt file?)", path, group);
@@ -142,12 +157,15 @@ TokenizerBlob ModelReader::read_tokenizer() {
   TokenizerBlob b;
   hid_t fid = hid_t(fid_);
   if (H5Lexists(fid, "/tokenizer", H5P_DEFAULT) <= 0) return b;
-  h5::Id g(H5Gopen2(fid, "/tokenizer", H5P_DEFAULT));
+  h5::Id g = h5::open_group(fid, "/tokenizer", "'" + file_ + "'");
   b.kind = h5::get_attr_str(g, "kind", "'" + file_ + "' /tokenizer");
   if (H5Lexists(g, "data", H5P_DEFAULT) > 0) {
-    h5::Id ds(H5Dopen2(g, "data", H5P_DEFAULT));
+    h5::Id ds = h5::open_dataset(g, "data", "'" + file_ + "' /tokenizer");
     h5::Id space(H5Dget_space(ds));
     hssize_t n = H5Sget_simple_extent_npoints(space);
+    if (n < 0 || uint64_t(n) > kMaxTokenizerBytes || uint64_t(n) > H5Dget_storage_size(ds))
+      fail("'{}': the embedded tokenizer claims {} bytes (the file stores {}, at most {} are read)",
+           file_, int64_t(n), uint64_t(H5Dget_storage_size(ds)), kMaxTokenizerBytes);
     b.data.resize(size_t(n));
     if (H5Dread(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, b.data.data()) < 0)
       fail("'{}': cannot read the embedded tokenizer", file_);

@@ -3,7 +3,6 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "shards/h5util.h"
 #include "shards/model_format.h"
@@ -71,13 +70,10 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
       shards.push_back({shard_name(k, opt.shards), first, first + count});
       first += count;
     }
-    std::regex layer_re(R"(^blocks\.(\d+)\.)");
     std::vector<std::pair<std::string, const HostTensor*>> top;
     std::vector<std::vector<std::pair<std::string, const HostTensor*>>> per_shard(shards.size());
     for (auto& [name, t] : ck.tensors) {
-      std::smatch m;
-      if (std::regex_search(name, m, layer_re)) {
-        int layer = std::stoi(m[1]);
+      if (const int64_t layer = block_index(name); layer != -1) {
         for (size_t k = 0; k < shards.size(); ++k)
           if (layer >= shards[k].first && layer < shards[k].last) per_shard[k].emplace_back(name, &t);
       } else {

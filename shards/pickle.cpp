@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <string_view>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -43,8 +44,34 @@ const char* PyObj::kind_name() const {
 namespace {
 
 // Enough for any real checkpoint (a 14B RWKV's data.pkl has ~30k objects), small enough that
-// a hostile pickle cannot make us allocate without bound.
+// a hostile pickle cannot make us allocate without bound: objects, stack entries (DUP and GET
+// push without making objects), marks and memo entries.
 constexpr size_t kMaxObjects = size_t(1) << 22;
+constexpr size_t kMaxStack = size_t(1) << 20;
+constexpr size_t kMaxMemo = size_t(1) << 20;
+
+// The only globals a state dict of dense tensors names (what torch.load(weights_only=True)
+// needs for one): the rebuild functions, the storage types (the .pth reader names the dtypes it
+// does not take) and OrderedDict. Everything else is refused where it is named.
+constexpr std::string_view kCallables[] = {
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+};
+constexpr std::string_view kStorages[] = {
+    "torch.FloatStorage", "torch.HalfStorage", "torch.BFloat16Storage", "torch.DoubleStorage",
+    "torch.LongStorage",  "torch.IntStorage",  "torch.ShortStorage",    "torch.CharStorage",
+    "torch.ByteStorage",  "torch.BoolStorage",
+};
+
+template <size_t N>
+bool listed(const std::string_view (&list)[N], std::string_view name) {
+  for (std::string_view s : list)
+    if (s == name) return true;
+  return false;
+}
 
 class Machine {
  public:
@@ -106,7 +133,11 @@ class Machine {
     return o;
   }
 
-  void push(const PyObj* o) { stack_.push_back(o); }
+  void push(const PyObj* o) {
+    if (stack_.size() >= kMaxStack)
+      bad(fmt::format("more than {} objects on the stack", kMaxStack));
+    stack_.push_back(o);
+  }
   const PyObj* pop() {
     if (stack_.size() <= floor()) bad("stack underflow");
     const PyObj* o = stack_.back();
@@ -139,7 +170,21 @@ class Machine {
     t->items = std::move(v);
     push(t);
   }
-  void memo_put(uint64_t idx) { memo_[idx] = top(); }
+  void memo_put(uint64_t idx) {
+    if (memo_.size() >= kMaxMemo && !memo_.count(idx))
+      bad(fmt::format("more than {} memo entries", kMaxMemo));
+    memo_[idx] = top();
+  }
+  // GLOBAL and STACK_GLOBAL: only the names of kCallables and kStorages exist here.
+  void global(std::string name) {
+    if (!listed(kCallables, name) && !listed(kStorages, name))
+      bad(fmt::format(
+          "refusing global '{}': a checkpoint may name only torch's tensor rebuild functions, "
+          "its storage types and collections.OrderedDict (anything else could run code when "
+          "Python loads the file; rwkvpp executes nothing)",
+          name.substr(0, 200)));
+    push(make_str(Kind::Global, std::move(name)));
+  }
   void memo_get(uint64_t idx) {
     auto it = memo_.find(idx);
     if (it == memo_.end()) bad(fmt::format("memo entry {} is not set", idx));
@@ -149,6 +194,12 @@ class Machine {
     const PyObj* args = pop();
     const PyObj* callable = pop();
     if (args->kind != Kind::Tuple) bad(fmt::format("REDUCE with {} arguments", args->kind_name()));
+    if (callable->kind != Kind::Global || !listed(kCallables, callable->s))
+      bad(
+          fmt::format("refusing to call a {}{}{}: only torch's tensor rebuild functions and "
+                      "collections.OrderedDict may be called",
+                      callable->kind_name(), callable->kind == Kind::Global ? " " : "",
+                      callable->kind == Kind::Global ? callable->s : ""));
     if (callable->is_global("collections.OrderedDict") && args->items.empty()) {
       push(make(Kind::Dict));
       return;
@@ -196,6 +247,7 @@ void Machine::step(uint8_t op) {
       done_ = true;
       break;
     case kMark:
+      if (marks_.size() >= kMaxStack) bad(fmt::format("more than {} MARKs", kMaxStack));
       marks_.push_back(stack_.size());
       break;
     case kPop:
@@ -329,7 +381,7 @@ void Machine::step(uint8_t op) {
     case kGlobal: {  // "module\nname\n"
       std::string module = line();
       std::string name = line();
-      push(make_str(Kind::Global, module + "." + name));
+      global(module + "." + name);
       break;
     }
     case kStackGlobal: {
@@ -337,7 +389,7 @@ void Machine::step(uint8_t op) {
       const PyObj* module = pop();
       if (name->kind != Kind::Str || module->kind != Kind::Str)
         bad("STACK_GLOBAL needs two strings");
-      push(make_str(Kind::Global, module->s + "." + name->s));
+      global(module->s + "." + name->s);
       break;
     }
     case kBinPut:

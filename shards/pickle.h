@@ -5,6 +5,12 @@
 // call (callable, args) for the caller to interpret (collections.OrderedDict() becomes an
 // empty dict so that SETITEMS can fill it), and a persistent id is kept as-is.
 //
+// Hostile pickles: a GLOBAL (or STACK_GLOBAL) may name only torch's tensor rebuild functions
+// (torch._utils._rebuild_tensor[_v2], _rebuild_parameter[_with_state]), torch's storage types
+// and collections.OrderedDict, and REDUCE/NEWOBJ may call only the functions among them; any
+// other name (os.system, builtins.eval, ...) is refused with an Error naming it, at the opcode
+// that names it. The objects, stack, marks and memo are bounded.
+//
 // Objects live in an arena owned by the result and refer to each other by pointer, so
 // cyclic or deeply nested input cannot overflow the stack on destruction.
 #pragma once

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/limits.h"
 #include "shards/checkpoint.h"
 #include "shards/mapped_file.h"
 #include "shards/pickle.h"
@@ -33,9 +34,16 @@ struct TensorRecord {
   std::vector<int64_t> sizes, strides;
 };
 
+// data.pkl of a 14B model is a few MB; a larger one is not a state dict.
+constexpr uint64_t kMaxPickleBytes = uint64_t(64) << 20;
+// How much more the tensors may hold than the storages they view (see materialize()).
+constexpr uint64_t kMaxViewFactor = 4, kViewSlack = uint64_t(64) << 20;
+
 class PthReader {
  public:
   explicit PthReader(const std::string& path) : file_(path), zip_(file_) {}
+  PthReader(std::span<const uint8_t> bytes, const std::string& name)
+      : file_(bytes, name), zip_(file_) {}
   Checkpoint read();
 
  private:
@@ -50,6 +58,8 @@ class PthReader {
   std::string prefix_;  // "<archive>/"
   bool big_endian_ = false;
   std::set<std::string> verified_;  // storages whose CRC has been checked
+  uint64_t storage_bytes_ = 0;      // of the storages in verified_
+  uint64_t tensor_bytes_ = 0;       // of the tensors materialized so far
   std::vector<uint8_t> scratch_;
 };
 
@@ -115,6 +125,9 @@ bool PthReader::tensor_record(const std::string& name, const PyObj* o, TensorRec
   if (args.size() < 4)
     fail("'{}': tensor '{}' has {} rebuild arguments, expected at least 4", path(), name,
          args.size());
+  if (name.size() > kMaxTensorName)
+    fail("'{}': a tensor name of {} bytes ('{}...'), over the limit of {}", path(), name.size(),
+         name.substr(0, 40), kMaxTensorName);
   r.name = name;
   // args: storage, storage_offset, size, stride[, requires_grad, backward_hooks, metadata]
   const PyObj* st = args[0];
@@ -141,6 +154,8 @@ bool PthReader::tensor_record(const std::string& name, const PyObj* o, TensorRec
   r.offset = int_of(path(), name, args[1], "storage offset");
   r.sizes = ints_of(path(), name, args[2], "size");
   r.strides = ints_of(path(), name, args[3], "stride");
+  if (r.sizes.size() > 16)
+    fail("'{}': tensor '{}' has {} dimensions (at most 16)", path(), name, r.sizes.size());
   return true;
 }
 
@@ -191,10 +206,19 @@ HostTensor PthReader::materialize(const TensorRecord& r) {
   if (numel > 0 && last >= uint64_t(r.storage_numel))
     fail("'{}': tensor '{}' (shape {}, offset {}) reads element {} of storage '{}', which has {}",
          path(), r.name, t.shape_str(), r.offset, last, r.storage_key, r.storage_numel);
-  t.data.resize(size_t(numel * es));
   if (numel == 0) return t;
-
+  // Views may share a storage (tied weights, slices), but a small archive must not turn into
+  // many copies of one storage: the tensors together may hold at most kMaxViewFactor times their
+  // storages' bytes, plus kViewSlack.
   const bool verify = verified_.insert(r.storage_key).second;
+  if (verify) storage_bytes_ += e->size;
+  tensor_bytes_ += numel * es;
+  if (tensor_bytes_ > kMaxViewFactor * storage_bytes_ + kViewSlack)
+    fail(
+        "'{}': the tensors up to '{}' hold {} bytes, more than {} times the {} bytes of the "
+        "storages they view (the same storage viewed over and over?)",
+        path(), r.name, tensor_bytes_, kMaxViewFactor, storage_bytes_);
+  t.data.resize(size_t(numel * es));
   std::span<const uint8_t> src = zip_.contents(*e, scratch_, verify);
   // Contiguous (C order, ignoring unit dimensions) views are one copy; others are gathered.
   bool contiguous = true;
@@ -231,6 +255,9 @@ Checkpoint PthReader::read() {
   prefix_ = find_prefix();
   big_endian_ = read_big_endian();
   const ZipEntry* pkl = zip_.find(prefix_ + "data.pkl");
+  if (pkl->size > kMaxPickleBytes)
+    fail("'{}': record '{}' has {} bytes, over the limit of {} for a state dict's pickle", path(),
+         pkl->name, pkl->size, kMaxPickleBytes);
   std::vector<uint8_t> pkl_scratch;
   Pickle p = unpickle(zip_.contents(*pkl, pkl_scratch), fmt::format("'{}': {}", path(), pkl->name));
 
@@ -268,6 +295,11 @@ Checkpoint PthReader::read() {
 
 Checkpoint read_pth(const std::string& path) {
   PthReader reader(path);
+  return reader.read();
+}
+
+Checkpoint read_pth_bytes(std::span<const uint8_t> bytes, const std::string& name) {
+  PthReader reader(bytes, name);
   return reader.read();
 }
 

@@ -275,8 +275,10 @@ void Importer::undo_transforms(Arch arch) {
 
 }  // namespace
 
-Checkpoint read_rwkvcpp(const std::string& path) {
-  MappedFile f(path);
+namespace {
+
+Checkpoint read_rwkvcpp_from(const MappedFile& f) {
+  const std::string& path = f.path();
   Importer im{path, {}};
   im.read(f);
   im.undo_transforms(im.detect_arch());
@@ -285,6 +287,14 @@ Checkpoint read_rwkvcpp(const std::string& path) {
   ck.source = path;
   ck.format = "rwkv.cpp";
   return ck;
+}
+
+}  // namespace
+
+Checkpoint read_rwkvcpp(const std::string& path) { return read_rwkvcpp_from(MappedFile(path)); }
+
+Checkpoint read_rwkvcpp_bytes(std::span<const uint8_t> bytes, const std::string& name) {
+  return read_rwkvcpp_from(MappedFile(bytes, name));
 }
 
 }  // namespace rwkvpp

@@ -171,12 +171,12 @@ ZipReader::ZipReader(const MappedFile& file) : file_(file) {
     pos += kCentralSize + name_len + extra_len + comment_len;
     entries_.push_back(std::move(e));
   }
+  for (size_t i = 0; i < entries_.size(); ++i) by_name_.emplace(entries_[i].name, i);
 }
 
-const ZipEntry* ZipReader::find(std::string_view name) const {
-  for (const ZipEntry& e : entries_)
-    if (e.name == name) return &e;
-  return nullptr;
+const ZipEntry* ZipReader::find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 
 std::span<const uint8_t> ZipReader::contents(const ZipEntry& e, std::vector<uint8_t>& scratch,
@@ -191,13 +191,17 @@ std::span<const uint8_t> ZipReader::contents(const ZipEntry& e, std::vector<uint
     if (e.size / 1032 > e.compressed_size + 64)
       fail("'{}': entry '{}' claims {} bytes from {} compressed; corrupt?", path, e.name, e.size,
            e.compressed_size);
-    scratch.resize(size_t(e.size));
+    // The buffer grows with what really inflates, so that a header's claim costs no memory
+    // until the data back it.
+    scratch.resize(size_t(std::min<uint64_t>(e.size, uint64_t(1) << 20)));
     z_stream zs{};
     if (inflateInit2(&zs, -MAX_WBITS) != Z_OK)
       fail("'{}': cannot start inflating entry '{}'", path, e.name);
     uint64_t in = 0, produced = 0;
     int rc = Z_OK;
     while (rc == Z_OK) {
+      if (produced == scratch.size() && scratch.size() < e.size)
+        scratch.resize(size_t(std::min<uint64_t>(e.size, 2 * uint64_t(scratch.size()))));
       zs.next_in = const_cast<Bytef*>(raw.data() + in);
       zs.avail_in = uInt(std::min<uint64_t>(raw.size() - in, UINT_MAX));
       zs.next_out = scratch.data() + produced;
@@ -206,8 +210,7 @@ std::span<const uint8_t> ZipReader::contents(const ZipEntry& e, std::vector<uint
       rc = inflate(&zs, Z_NO_FLUSH);
       in += had_in - zs.avail_in;
       produced += had_out - zs.avail_out;
-      if (rc == Z_BUF_ERROR && (in < raw.size() && produced < scratch.size()))
-        rc = Z_OK;  // more to do
+      if (rc == Z_BUF_ERROR && (in < raw.size() && produced < e.size)) rc = Z_OK;  // more to do
       if (rc == Z_OK && had_in == zs.avail_in && had_out == zs.avail_out)
         rc = Z_BUF_ERROR;  // no progress
     }

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "shards/mapped_file.h"
@@ -31,7 +32,7 @@ class ZipReader {
   explicit ZipReader(const MappedFile& file);
 
   const std::vector<ZipEntry>& entries() const { return entries_; }
-  const ZipEntry* find(std::string_view name) const;  // nullptr when absent
+  const ZipEntry* find(const std::string& name) const;  // nullptr when absent (a hash lookup)
 
   // The entry's uncompressed bytes, checked against its CRC-32 unless `verify` is false:
   // a view into the mapping for a stored entry, or `scratch` filled by inflating a deflated
@@ -44,6 +45,7 @@ class ZipReader {
  private:
   const MappedFile& file_;
   std::vector<ZipEntry> entries_;
+  std::unordered_map<std::string, size_t> by_name_;  // the first entry of each name
 };
 
 }  // namespace rwkvpp

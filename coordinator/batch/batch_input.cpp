@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/limits.h"
 #include "shards/model_format.h"
 
 namespace rwkvpp {
@@ -14,42 +15,33 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kMaxSamples = 100000;
-constexpr int kMaxTokens = 1 << 24;
+// A value as it appears in an error message: its JSON, cut to a readable length.
+std::string shown(const json& v) {
+  std::string d = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return d.size() > 60 ? d.substr(0, 57) + "..." : d;
+}
 
 int get_int(const json& j, const char* field, int lo, int hi) {
   const json& v = j.at(field);
-  if (!v.is_number_integer()) fail("field '{}' must be an integer, got {}", field, v.dump());
+  if (!v.is_number_integer()) fail("field '{}' must be an integer, got {}", field, shown(v));
   // Non-negative numbers parse as unsigned: compare in the type they came in.
   bool in_range = v.is_number_unsigned()
                       ? v.get<uint64_t>() <= uint64_t(hi) && int64_t(v.get<uint64_t>()) >= lo
                       : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
-  if (!in_range) fail("field '{}' must be in [{}, {}], got {}", field, lo, hi, v.dump());
+  if (!in_range) fail("field '{}' must be in [{}, {}], got {}", field, lo, hi, shown(v));
   return int(v.get<int64_t>());
 }
 
 float get_float(const json& j, const char* field) {
   const json& v = j.at(field);
-  if (!v.is_number()) fail("field '{}' must be a number, got {}", field, v.dump());
+  if (!v.is_number()) fail("field '{}' must be a number, got {}", field, shown(v));
   double d = v.get<double>();
   if (!std::isfinite(d) || std::fabs(d) > 1e30)
-    fail("field '{}' must be a finite number, got {}", field, v.dump());
+    fail("field '{}' must be a finite number, got {}", field, shown(v));
   return float(d);
 }
 
-}  // namespace
-
-BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDefaults& d) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    // nlohmann's message starts with "[json.exception.parse_error.101] "; keep what follows.
-    std::string m = e.what();
-    if (auto k = m.find("] "); k != std::string::npos) m = m.substr(k + 2);
-    fail("invalid JSON: {}", m);
-  }
-  if (!j.is_object()) fail("a line must be a JSON object, got {}", j.type_name());
+BatchItem batch_item(const json& j, int64_t line, const BatchDefaults& d) {
   BatchItem it;
   it.line = line;
   it.n = d.n;
@@ -60,7 +52,7 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
   if (!j.contains("id")) fail("field 'id' is missing");
   it.id = j["id"];
   if (!(it.id.is_string() || it.id.is_number_integer()))
-    fail("field 'id' must be a string or an integer, got {}", it.id.dump());
+    fail("field 'id' must be a string or an integer, got {}", shown(it.id));
   if (it.id.is_string() && it.id.get_ref<const std::string&>().empty())
     fail("field 'id' is an empty string");
   it.key = it.id.dump();
@@ -78,17 +70,17 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
   if (j.contains("temperature")) {
     it.sampling.temperature = get_float(j, "temperature");
     if (it.sampling.temperature < 0)
-      fail("field 'temperature' must be >= 0, got {}", j["temperature"].dump());
+      fail("field 'temperature' must be >= 0, got {}", shown(j["temperature"]));
   }
   if (j.contains("top_p")) {
     it.sampling.top_p = get_float(j, "top_p");
     if (!(it.sampling.top_p > 0 && it.sampling.top_p <= 1))
-      fail("field 'top_p' must be in (0, 1], got {}", j["top_p"].dump());
+      fail("field 'top_p' must be in (0, 1], got {}", shown(j["top_p"]));
   }
   if (j.contains("seed")) {
     const json& s = j["seed"];
     if (!s.is_number_integer() || (!s.is_number_unsigned() && s.get<int64_t>() < 0))
-      fail("field 'seed' must be a non-negative integer, got {}", s.dump());
+      fail("field 'seed' must be a non-negative integer, got {}", shown(s));
     it.sampling.seed = s.get<uint64_t>();
     it.has_seed = true;
   }
@@ -99,7 +91,7 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
       it.stop.push_back(s.get<std::string>());
     } else if (s.is_array()) {
       for (const json& e : s) {
-        if (!e.is_string()) fail("field 'stop' must hold strings, got {}", e.dump());
+        if (!e.is_string()) fail("field 'stop' must hold strings, got {}", shown(e));
         it.stop.push_back(e.get<std::string>());
       }
     } else {
@@ -116,25 +108,52 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
   return it;
 }
 
-InputScan scan_input(const std::string& path, const BatchDefaults& d,
+}  // namespace
+
+BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDefaults& d) {
+  if (text.size() > kMaxBatchLine)
+    fail("the line has {} bytes, over the limit of {}", text.size(), kMaxBatchLine);
+  if (size_t depth = json_depth(text); depth > kMaxJsonDepth)
+    fail("JSON nested {} deep, over the limit of {}", depth, kMaxJsonDepth);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    // A syntax error, or a number out of range ("1e999"). nlohmann's message starts with
+    // "[json.exception.parse_error.101] "; keep what follows.
+    std::string m = e.what();
+    if (auto k = m.find("] "); k != std::string::npos) m = m.substr(k + 2);
+    fail("invalid JSON: {}", m);
+  }
+  if (!j.is_object()) fail("a line must be a JSON object, got {}", j.type_name());
+  try {
+    return batch_item(j, line, d);
+  } catch (const json::exception& e) {
+    fail("unexpected JSON value: {}", e.what());
+  }
+}
+
+InputScan scan_lines(std::istream& f, const BatchDefaults& d,
                      const std::function<void(const Reject&)>& on_reject,
-                     const std::function<bool()>& should_stop) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail("cannot open --input '{}'", path);
+                     const std::function<bool()>& should_stop, uint64_t max_line) {
   InputScan s;
   s.hash = fnv1a64(nullptr, 0);
   std::unordered_map<std::string, int64_t> first_line;  // id key -> line that holds it
   std::vector<char> buf(static_cast<size_t>(1) << 20);
-  std::string line;
+  std::string line;         // the line so far (its first kKeptOfLongLine bytes when too long)
+  uint64_t line_bytes = 0;  // its length
   uint64_t line_start = 0, pos = 0;
   int64_t line_no = 0;
+  constexpr size_t kKeptOfLongLine = 1024;
 
   auto handle = [&](std::string& text) {
     ++line_no;
-    if (!text.empty() && text.back() == '\r') text.pop_back();         // CRLF files
-    if (text.find_first_not_of(" \t\r") == std::string::npos) return;  // blank line
     try {
-      if (text.size() > std::numeric_limits<uint32_t>::max()) fail("the line is longer than 4 GiB");
+      if (line_bytes > max_line)
+        fail("the line has {} bytes, over the limit of {} (its first {} bytes are shown)",
+             line_bytes, max_line, text.size());
+      if (!text.empty() && text.back() == '\r') text.pop_back();         // CRLF files
+      if (text.find_first_not_of(" \t\r") == std::string::npos) return;  // blank line
       BatchItem it = parse_batch_line(text, line_no, d);
       auto [at, fresh] = first_line.emplace(it.key, line_no);
       if (!fresh) fail("duplicate id {} (first on line {})", it.key, at->second);
@@ -145,6 +164,14 @@ InputScan scan_input(const std::string& path, const BatchDefaults& d,
       if (on_reject) on_reject(Reject{line_no, e.what(), text});
     }
   };
+  // Appends part of a line, keeping only the start of one that is too long.
+  auto append = [&](const char* p, size_t n) {
+    line_bytes += n;
+    if (line_bytes <= max_line)
+      line.append(p, n);
+    else if (line.size() < kKeptOfLongLine)
+      line.append(p, std::min(n, kKeptOfLongLine - line.size()));
+  };
 
   while (f) {
     f.read(buf.data(), std::streamsize(buf.size()));
@@ -154,19 +181,29 @@ InputScan scan_input(const std::string& path, const BatchDefaults& d,
     size_t from = 0;
     for (size_t i = 0; i < got; ++i) {
       if (buf[i] != '\n') continue;
-      line.append(buf.data() + from, i - from);
+      append(buf.data() + from, i - from);
       handle(line);
       line.clear();
+      line_bytes = 0;
       from = i + 1;
       line_start = pos + from;
     }
-    line.append(buf.data() + from, got - from);
+    append(buf.data() + from, got - from);
     pos += got;
     if (should_stop && should_stop()) return s;
   }
-  if (f.bad()) fail("cannot read --input '{}'", path);
-  if (!line.empty()) handle(line);  // a last line without a newline
+  if (line_bytes > 0) handle(line);  // a last line without a newline
   s.bytes = pos;
+  return s;
+}
+
+InputScan scan_input(const std::string& path, const BatchDefaults& d,
+                     const std::function<void(const Reject&)>& on_reject,
+                     const std::function<bool()>& should_stop) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot open --input '{}'", path);
+  InputScan s = scan_lines(f, d, on_reject, should_stop, kMaxBatchLine);
+  if (f.bad()) fail("cannot read --input '{}'", path);
   return s;
 }
 

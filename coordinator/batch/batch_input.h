@@ -22,6 +22,10 @@
 
 namespace rwkvpp {
 
+// Bounds of the counts a line (or the command line) may give.
+inline constexpr int kMaxSamples = 100000;  // "n", --n
+inline constexpr int kMaxTokens = 1 << 24;  // "max_tokens", --max-tokens
+
 // What a line may override, with the job's values (command-line flags) as defaults.
 struct BatchDefaults {
   int n = 1;            // samples per prompt
@@ -78,6 +82,12 @@ struct Reject {
 InputScan scan_input(const std::string& path, const BatchDefaults& d,
                      const std::function<void(const Reject&)>& on_reject,
                      const std::function<bool()>& should_stop = nullptr);
+
+// The same on a stream (scan_input's body; the fuzz harness and tests feed it bytes): lines
+// longer than `max_line` bytes are rejected without being held in memory.
+InputScan scan_lines(std::istream& in, const BatchDefaults& d,
+                     const std::function<void(const Reject&)>& on_reject,
+                     const std::function<bool()>& should_stop, uint64_t max_line);
 
 // Reads the lines of a scan again, by position.
 class InputReader {

@@ -11,6 +11,8 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <string_view>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "coordinator/batch/journal.h"
@@ -330,9 +332,15 @@ int batch_body(Engine& e, const BatchOptions& o) {
   if (std::rename(rejects_tmp.c_str(), rejects_path.c_str()) != 0)
     fail("cannot rename '{}' to --rejects '{}'", rejects_tmp, rejects_path);
 
+  // The records already there that belong to the input: one pass over them (not over every
+  // sample the input asks for, which may be many).
+  std::unordered_map<std::string_view, int> samples_of;  // id key -> n
+  for (const LineRef& ref : scan.lines) samples_of.emplace(ref.key, ref.n);
   uint64_t done = 0;
-  for (const LineRef& ref : scan.lines)
-    for (int i = 0; i < ref.n; ++i) done += journal.has(ref.key, i) ? 1 : 0;
+  journal.for_each_found([&](std::string_view key, int index) {
+    auto it = samples_of.find(key);
+    done += it != samples_of.end() && index < it->second ? 1 : 0;
+  });
   if (journal.resumed())
     fmt::print(stderr, "batch: resuming '{}': {} of {} records done{}\n", o.output, done,
                scan.samples,
@@ -383,9 +391,10 @@ uint64_t record_seed(uint64_t job_seed, const std::string& id_key, int index) {
 
 int run_batch(const BatchOptions& o) {
   if (o.input.empty() || o.output.empty()) fail("give --input and --output");
-  if (o.defaults.n < 1) fail("--n must be at least 1 (got {})", o.defaults.n);
-  if (o.defaults.max_tokens < 0)
-    fail("--max-tokens must not be negative (got {})", o.defaults.max_tokens);
+  if (o.defaults.n < 1 || o.defaults.n > kMaxSamples)
+    fail("--n must be in [1, {}] (got {})", kMaxSamples, o.defaults.n);
+  if (o.defaults.max_tokens < 0 || o.defaults.max_tokens > kMaxTokens)
+    fail("--max-tokens must be in [0, {}] (got {})", kMaxTokens, o.defaults.max_tokens);
   validate(o.defaults.sampling);
   for (const auto& s : o.defaults.stop)
     if (s.empty()) fail("--stop must not be empty");

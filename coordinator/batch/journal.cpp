@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/limits.h"
+#include "coordinator/batch/batch_input.h"
 
 namespace rwkvpp {
 
@@ -65,6 +67,27 @@ std::string describe(const ordered_json& j) {
 }  // namespace
 
 std::string meta_path(const std::string& output) { return output + ".meta.json"; }
+
+std::string parse_journal_record(const std::string& line, JournalRecord* r) {
+  if (json_depth(line) > kMaxJsonDepth) return "JSON nested too deep for a record";
+  try {
+    json j = json::parse(line);
+    if (!j.is_object() || !j.contains("id") || !j.contains("index") ||
+        !j["index"].is_number_integer())
+      return "not a record with an id and an index";
+    const json& id = j["id"];
+    if (!(id.is_string() || id.is_number_integer())) return "the id is not a string or an integer";
+    const json& index = j["index"];
+    if ((!index.is_number_unsigned() && index.get<int64_t>() < 0) ||
+        index.get<uint64_t>() >= uint64_t(kMaxSamples))
+      return fmt::format("the index is not in [0, {})", kMaxSamples);
+    r->key = id.dump();
+    r->index = int(index.get<int64_t>());
+    return {};
+  } catch (const json::exception& e) {
+    return e.what();
+  }
+}
 
 std::string meta_mismatch(const ordered_json& old, const ordered_json& now) {
   auto field = [](const ordered_json& j, const char* a, const char* b) -> ordered_json {
@@ -147,12 +170,20 @@ Journal::Journal(const std::string& output, const ordered_json& meta, double fsy
       ss << mf.rdbuf();
       ordered_json old;
       try {
+        check_json_depth(ss.str(), "'" + mp + "'");
         old = ordered_json::parse(ss.str());
+        if (!old.is_object()) fail("not a JSON object");
       } catch (const std::exception& e) {
         fail("'{}' is not valid JSON ({}); restore it, or remove it and '{}' to start over", mp,
              e.what(), output);
       }
-      std::string why = meta_mismatch(old, meta);
+      std::string why;
+      try {
+        why = meta_mismatch(old, meta);
+      } catch (const json::exception& e) {
+        fail("'{}' is not a batch meta file ({}); restore it, or remove it and '{}' to start over",
+             mp, e.what(), output);
+      }
       if (!why.empty())
         fail(
             "refusing to continue '{}': {}. Use another --output, or remove '{}' and '{}' to start "
@@ -199,21 +230,13 @@ void Journal::read_existing() {
           "that line (every record is one line) and run again",
           path_, bad_line, bad);
     if (!complete) break;  // a torn last line: dropped below
-    std::string why;
-    try {
-      json j = json::parse(line);
-      if (!j.is_object() || !j.contains("id") || !j.contains("index") ||
-          !j["index"].is_number_integer())
-        why = "not a record with an id and an index";
-      else if (!done_.insert(done_key(j["id"].dump(), j["index"].get<int>())).second)
-        fail(
-            "--output '{}' line {}: the record (id {}, index {}) appears twice: the file was not "
-            "written by a single "
-            "job; remove the duplicate and run again",
-            path_, line_no, j["id"].dump(), j["index"].get<int>());
-    } catch (const json::exception& e) {
-      why = e.what();
-    }
+    JournalRecord rec;
+    std::string why = parse_journal_record(line, &rec);
+    if (why.empty() && !done_.insert(done_key(rec.key, rec.index)).second)
+      fail(
+          "--output '{}' line {}: the record (id {}, index {}) appears twice: the file was not "
+          "written by a single job; remove the duplicate and run again",
+          path_, line_no, rec.key.substr(0, 200), rec.index);
     if (why.empty()) {
       good = next;
     } else {

@@ -31,6 +31,15 @@ std::string meta_path(const std::string& output);
 // may). Both are meta objects as the batch job builds them (fields "input", "model", ...).
 std::string meta_mismatch(const nlohmann::ordered_json& old, const nlohmann::ordered_json& now);
 
+// One line of an output read back: the id's JSON text and the sample index of a record.
+struct JournalRecord {
+  std::string key;
+  int index = -1;
+};
+// Parses `line` into *r; returns "" for a record, else why it is not one (invalid JSON, no id
+// or index, an index outside [0, kMaxSamples)). Never throws.
+std::string parse_journal_record(const std::string& line, JournalRecord* r);
+
 class Journal {
  public:
   // Opens (creating) `output` and checks or writes its meta file. Throws Error naming the file
@@ -46,6 +55,14 @@ class Journal {
     return done_.count(done_key(key, index)) != 0;
   }
   size_t records_found() const { return done_.size(); }  // complete records found at open
+  // Calls f(key, index) for every record found at open.
+  template <typename F>
+  void for_each_found(F&& f) const {
+    for (const std::string& k : done_) {
+      const size_t nl = k.rfind('\n');
+      f(std::string_view(k).substr(0, nl), std::stoi(k.substr(nl + 1)));
+    }
+  }
   uint64_t torn_bytes() const { return torn_bytes_; }    // bytes of a torn last line dropped
   bool resumed() const { return resumed_; }
 

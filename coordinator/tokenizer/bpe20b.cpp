@@ -27,6 +27,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/limits.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/tokenizer/utf8_stream.h"
 
@@ -124,6 +125,7 @@ struct StringHash {
 class Bpe20bTokenizer final : public Tokenizer {
  public:
   Bpe20bTokenizer(const std::string& data, const std::string& source) : source_(source) {
+    check_json_depth(data, "20b tokenizer " + source_);
     json j;
     try {
       j = json::parse(data);
@@ -208,8 +210,19 @@ class Bpe20bTokenizer final : public Tokenizer {
     return true;
   }
 
+  // A token id from the file: an integer in [0, kMaxVocab).
+  int32_t token_id(const json& j) const {
+    if (!j.is_number_integer() || (!j.is_number_unsigned() && j.get<int64_t>() < 0) ||
+        j.get<uint64_t>() >= uint64_t(kMaxVocab))
+      fail("20b tokenizer {}: token id {} is not an integer in [0, {})", source_,
+           j.dump().substr(0, 40), kMaxVocab);
+    return int32_t(j.get<int64_t>());
+  }
+
   void set_token(int32_t id, std::string bytes) {
-    if (id < 0) fail("20b tokenizer {}: negative token id {}", source_, id);
+    if (bytes.size() > kMaxTokenBytes)
+      fail("20b tokenizer {}: token {} has {} bytes, over the limit of {}", source_, id,
+           bytes.size(), kMaxTokenBytes);
     if (size_t(id) >= tokens_.size()) {
       tokens_.resize(size_t(id) + 1);
       present_.resize(size_t(id) + 1, false);
@@ -234,7 +247,8 @@ class Bpe20bTokenizer final : public Tokenizer {
     const json& norm = j.contains("normalizer") ? j["normalizer"] : json();
     if (!norm.is_null()) {
       if (norm.value("type", "") != "NFC")
-        fail("20b tokenizer {}: normalizer {} is not supported (only NFC)", source_, norm.dump());
+        fail("20b tokenizer {}: normalizer {} is not supported (only NFC)", source_,
+             norm.dump().substr(0, 80));
       nfc_ = true;
     }
 
@@ -245,8 +259,9 @@ class Bpe20bTokenizer final : public Tokenizer {
     std::string bytes;
     for (auto& [tok, idj] : model.at("vocab").items()) {
       if (!to_bytes(tok, &bytes))
-        fail("20b tokenizer {}: vocab token {} is not in the byte-level alphabet", source_, tok);
-      int32_t id = idj.get<int32_t>();
+        fail("20b tokenizer {}: vocab token {} is not in the byte-level alphabet", source_,
+             tok.substr(0, 40));
+      int32_t id = token_id(idj);
       set_token(id, bytes);
       if (!by_bytes_.emplace(bytes, id).second)
         fail("20b tokenizer {}: two vocab tokens decode to the same bytes (id {})", source_, id);
@@ -270,7 +285,7 @@ class Bpe20bTokenizer final : public Tokenizer {
         const std::string& s = m.get_ref<const std::string&>();
         size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-          fail("20b tokenizer {}: merge {} is not two tokens: {}", source_, r, s);
+          fail("20b tokenizer {}: merge {} is not two tokens: {}", source_, r, s.substr(0, 80));
         left = s.substr(0, sp);
         right = s.substr(sp + 1);
       } else {  // ["left", "right"]
@@ -282,14 +297,14 @@ class Bpe20bTokenizer final : public Tokenizer {
       auto ia = by_bytes_.find(a), ib = by_bytes_.find(b), im = by_bytes_.find(a + b);
       if (ia == by_bytes_.end() || ib == by_bytes_.end() || im == by_bytes_.end())
         fail("20b tokenizer {}: merge {} ({} {}) uses a token missing from the vocab", source_, r,
-             left, right);
+             left.substr(0, 40), right.substr(0, 40));
       merges_.emplace(pair_key(ia->second, ib->second), Merge{int32_t(r), im->second});
     }
 
     if (j.contains("added_tokens")) {
       for (const json& t : j["added_tokens"]) {
         std::string content = t.at("content").get<std::string>();
-        int32_t id = t.at("id").get<int32_t>();
+        int32_t id = token_id(t.at("id"));
         for (const char* flag : {"lstrip", "rstrip", "single_word"}) {
           if (t.value(flag, false))
             fail("20b tokenizer {}: added token {} uses {}, which is not supported", source_, id,

@@ -1,17 +1,25 @@
 // Tokenizer detection and factory: tells a World vocab from a tokenizer.json by content, and
 // builds the matching tokenizer from a file or from the bytes stored inside a model file.
+#include "coordinator/tokenizer/tokenizer.h"
+
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "common/error.h"
-#include "coordinator/tokenizer/tokenizer.h"
+#include "common/limits.h"
 
 namespace rwkvpp {
 namespace {
 
 std::string read_tokenizer_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    fail("tokenizer file {} is not a regular file", path);
+  if (auto n = std::filesystem::file_size(path, ec); !ec && n > kMaxTokenizerBytes)
+    fail("tokenizer file {} has {} bytes, over the limit of {}", path, n, kMaxTokenizerBytes);
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open tokenizer file {}", path);
   std::ostringstream ss;
@@ -82,8 +90,15 @@ std::string detect_tokenizer_kind(const std::string& path_or_bytes) {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path_or_bytes) {
   if (path_or_bytes == "bytes") return make_bytes_tokenizer();
-  std::string data = read_tokenizer_file(path_or_bytes);
-  return make(kind_from_content(data, path_or_bytes), data, path_or_bytes);
+  return tokenizer_from_file_bytes(read_tokenizer_file(path_or_bytes), path_or_bytes);
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_file_bytes(const std::string& data,
+                                                     const std::string& source) {
+  if (data.size() > kMaxTokenizerBytes)
+    fail("tokenizer file {} has {} bytes, over the limit of {}", source, data.size(),
+         kMaxTokenizerBytes);
+  return make(kind_from_content(data, source), data, source);
 }
 
 std::unique_ptr<Tokenizer> tokenizer_from_blob(const std::string& kind, const std::string& data) {

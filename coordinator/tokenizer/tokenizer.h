@@ -46,6 +46,11 @@ std::string detect_tokenizer_kind(const std::string& path_or_bytes);
 // Loads a tokenizer file (or "bytes"); throws Error naming the file for unknown/corrupt files.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path_or_bytes);
 
+// The same from the bytes of a tokenizer file already in memory (kind detected from them);
+// `source` names them in errors. At most kMaxTokenizerBytes (common/limits.h).
+std::unique_ptr<Tokenizer> tokenizer_from_file_bytes(const std::string& data,
+                                                     const std::string& source);
+
 // Builds a tokenizer of `kind` ("world", "20b", "bytes") from the bytes of its file (as stored
 // inside a model file); `data` is empty for "bytes".
 std::unique_ptr<Tokenizer> tokenizer_from_blob(const std::string& kind, const std::string& data);

@@ -3,6 +3,9 @@
 // Encoding is greedy longest match over bytes, walking a trie from each position; id 0 is the
 // end-of-text marker and has no bytes.
 //
+// The trie is built without recursion, and ids and token lengths are bounded
+// (common/limits.h), so that a hostile vocabulary costs memory and time in proportion to its size.
+//
 // The trie is flat: nodes with a sorted run of (byte, child) edges, and a dense 256-entry table
 // for the root and for nodes with many children, plus one 65536-entry table for the first two
 // bytes, so that the steps near the root (where most of the work is) are single table loads
@@ -12,6 +15,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/limits.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
 namespace rwkvpp {
@@ -238,12 +242,16 @@ class WorldTokenizer final : public Tokenizer {
       size_t a = line.find(' '), b = line.rfind(' ');
       if (a == std::string_view::npos || b <= a) bad("expected `id token length`");
       int64_t id = 0, len = 0;
-      if (!parse_int(line.substr(0, a), &id) || id <= 0 || id > INT32_MAX) bad("bad token id");
+      if (!parse_int(line.substr(0, a), &id) || id <= 0) bad("bad token id");
+      if (id >= kMaxVocab)
+        bad(fmt::format("token id {} is over the limit of {}", id, kMaxVocab - 1));
       if (!parse_int(line.substr(b + 1), &len)) bad("bad byte length");
       std::string err;
       std::string tok = parse_py_literal(line.substr(a + 1, b - a - 1), &err);
       if (!err.empty()) bad(err);
       if (tok.empty()) bad("empty token");
+      if (tok.size() > kMaxTokenBytes)
+        bad(fmt::format("a token of {} bytes, over the limit of {}", tok.size(), kMaxTokenBytes));
       if (int64_t(tok.size()) != len)
         bad(fmt::format("the token has {} bytes but the line says {}", tok.size(), len));
       max_id = std::max(max_id, int32_t(id));
@@ -297,7 +305,7 @@ class WorldTokenizer final : public Tokenizer {
              order[k]);
     }
     nodes_.emplace_back();
-    build_node(0, order, 0, order.size(), 0);
+    build_nodes(order);
     root2_.assign(65536, 0);
     for (int b = 0; b < 256; ++b) {
       uint32_t c = child(0, static_cast<unsigned char>(b));
@@ -309,39 +317,51 @@ class WorldTokenizer final : public Tokenizer {
     }
   }
 
-  // Fills node `node` from the sorted tokens order[lo, hi), which all share their first
-  // `depth` bytes.
-  void build_node(uint32_t node, const std::vector<int32_t>& order, size_t lo, size_t hi,
-                  size_t depth) {
-    if (lo < hi && tok(order[lo]).size() == depth) nodes_[node].token = order[lo++];
-    // Group the rest by their byte at `depth`; reserve this node's edges contiguously first.
+  // Fills the trie from the sorted tokens `order`. Depth first without recursion (a token is
+  // up to kMaxTokenBytes deep, and the nodes are numbered as a recursive walk would number
+  // them): each pending item is a node and the run order[lo, hi) of the tokens below it, which
+  // all share their first `depth` bytes.
+  void build_nodes(const std::vector<int32_t>& order) {
+    struct Pending {
+      uint32_t node;
+      size_t lo, hi, depth;
+    };
+    std::vector<Pending> todo{{0, 0, order.size(), 0}};
     std::vector<std::pair<size_t, size_t>> groups;
-    for (size_t k = lo; k < hi;) {
-      unsigned char c = static_cast<unsigned char>(tok(order[k])[depth]);
-      size_t e = k;
-      while (e < hi && static_cast<unsigned char>(tok(order[e])[depth]) == c) ++e;
-      groups.emplace_back(k, e);
-      k = e;
+    while (!todo.empty()) {
+      auto [node, lo, hi, depth] = todo.back();
+      todo.pop_back();
+      if (lo < hi && tok(order[lo]).size() == depth) nodes_[node].token = order[lo++];
+      // Group the rest by their byte at `depth`; this node's edges are contiguous.
+      groups.clear();
+      for (size_t k = lo; k < hi;) {
+        unsigned char c = static_cast<unsigned char>(tok(order[k])[depth]);
+        size_t e = k;
+        while (e < hi && static_cast<unsigned char>(tok(order[e])[depth]) == c) ++e;
+        groups.emplace_back(k, e);
+        k = e;
+      }
+      const uint32_t first = uint32_t(labels_.size());
+      nodes_[node].first = first;
+      nodes_[node].count = uint32_t(groups.size());
+      labels_.resize(labels_.size() + groups.size());
+      children_.resize(children_.size() + groups.size());
+      for (size_t g = 0; g < groups.size(); ++g) {
+        uint32_t c = uint32_t(nodes_.size());
+        nodes_.emplace_back();
+        labels_[first + g] = static_cast<unsigned char>(tok(order[groups[g].first])[depth]);
+        children_[first + g] = c;
+      }
+      if (node == 0 || groups.size() >= kDenseMin) {
+        nodes_[node].dense = int32_t(dense_.size() / 256);
+        dense_.resize(dense_.size() + 256, 0);
+        for (size_t g = 0; g < groups.size(); ++g)
+          dense_[size_t(nodes_[node].dense) * 256 + labels_[first + g]] = children_[first + g];
+      }
+      // Children in reverse, so that the first child is filled next.
+      for (size_t g = groups.size(); g-- > 0;)
+        todo.push_back({children_[first + g], groups[g].first, groups[g].second, depth + 1});
     }
-    uint32_t first = uint32_t(labels_.size());
-    nodes_[node].first = first;
-    nodes_[node].count = uint32_t(groups.size());
-    labels_.resize(labels_.size() + groups.size());
-    children_.resize(children_.size() + groups.size());
-    for (size_t g = 0; g < groups.size(); ++g) {
-      uint32_t c = uint32_t(nodes_.size());
-      nodes_.emplace_back();
-      labels_[first + g] = static_cast<unsigned char>(tok(order[groups[g].first])[depth]);
-      children_[first + g] = c;
-    }
-    if (node == 0 || groups.size() >= kDenseMin) {
-      nodes_[node].dense = int32_t(dense_.size() / 256);
-      dense_.resize(dense_.size() + 256, 0);
-      for (size_t g = 0; g < groups.size(); ++g)
-        dense_[size_t(nodes_[node].dense) * 256 + labels_[first + g]] = children_[first + g];
-    }
-    for (size_t g = 0; g < groups.size(); ++g)
-      build_node(children_[first + g], order, groups[g].first, groups[g].second, depth + 1);
   }
 
   // The child of `node` along byte c, or 0 (the root is nobody's child).

@@ -3,6 +3,7 @@
 // resuming after a torn line, SIGKILL or SIGTERM -- alone and under mpirun with 3 ranks ([mpi]).
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -160,6 +161,7 @@ TEST_CASE(
              "{\"id\": \"st\", \"prompt\": \"p\", \"stop\": [\"\"]}\n"
              "{\"id\": \"tmp\", \"prompt\": \"p\", \"temperature\": -1}\n"
              "{\"id\": \"e\", \"prompt\": \"\"}\n"
+             "{\"id\": \"big\", \"prompt\": \"p\", \"temperature\": 1e999}\n"
              "{\"id\": \"ok2\", \"prompt\": \"also fine\", \"n\": 2}");  // no newline at the end
   auto r = run(batch(d.path(), "-n 4 --rejects " + d / "bad.jsonl"));
   INFO(r.err);
@@ -179,14 +181,30 @@ TEST_CASE(
                                            {11, "field 'max_tokens' must be an integer"},
                                            {12, "field 'stop'"},
                                            {13, "field 'temperature'"},
-                                           {14, "field 'prompt' is empty"}};
+                                           {14, "field 'prompt' is empty"},
+                                           {15, "invalid JSON"}};
   REQUIRE(why.size() == want.size());
   for (auto& [line, text] : want) {
     INFO("line " << line << ": " << why[line]);
     CHECK(why[line].find(text) != std::string::npos);
   }
   CHECK(rejects[0]["text"] == "this is not json");
-  CHECK(r.err.find("12 bad line(s)") != std::string::npos);
+  CHECK(r.err.find("13 bad line(s)") != std::string::npos);
+}
+
+TEST_CASE("--n and --max-tokens beyond their bounds are refused at once", "[batch]") {
+  TempDir d;
+  write_file(d / "in.jsonl", "{\"id\": 1, \"prompt\": \"p\"}\n");
+  // Issue 21: --n 2147483647 ran for ten minutes, wrote nothing and ignored SIGTERM.
+  for (const char* flags : {"--n 2147483647", "--n 100001", "--n 0", "-n 16777217"}) {
+    INFO(flags);
+    auto r = run(batch(d.path(), flags), 60);
+    CHECK(r.exit_code != 0);
+    CHECK(r.err.find(std::string(flags).substr(0, 3) == "--n"
+                         ? "--n must be in [1, 100000]"
+                         : "--max-tokens must be in [0, 16777216]") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(d / "out.jsonl"));
+  }
 }
 
 TEST_CASE("an output made from another input, model or defaults is refused with the reason",

@@ -2,16 +2,17 @@
 // detection, Python-literal parsing of World vocab lines, round trips of arbitrary bytes, and
 // the errors a user can cause.
 #include <nlohmann/json.hpp>
-
 #include <random>
 #include <sstream>
 #include <thread>
 
 #include "catch.h"
 #include "common/error.h"
+#include "common/limits.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/tokenizer/tokenizer_bench.h"
 #include "helpers.h"
+#include "writers/tokenizer_writers.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
@@ -65,14 +66,6 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
-}
-
-// A synthetic World vocab: every byte as a bytes literal (ids 1..256), then `extra` lines.
-std::string synthetic_world(const std::vector<std::string>& extra) {
-  std::string v;
-  for (int b = 0; b < 256; ++b) v += fmt::format("{} b'\\x{:02x}' 1\n", b + 1, b);
-  for (size_t i = 0; i < extra.size(); ++i) v += fmt::format("{} {}\n", 257 + i, extra[i]);
-  return v;
 }
 
 std::string random_bytes(std::mt19937& rng, size_t n) {
@@ -144,7 +137,7 @@ TEST_CASE("World vocab lines are Python literals with checked lengths", "[tokeni
       R"('say \"hi\"' 8)", R"('\n\t' 2)",    "'\xe4\xb8\x96' 3", R"('\x80' 2)",
       R"('ab' 2)",        R"('abc' 3)",      R"('abcd' 4)",      R"('\'q' 2)",
       R"('\101\0' 2)",    R"('\U0001F642' 4)"};
-  write_file(dir / "vocab.txt", synthetic_world(extra));
+  write_file(dir / "vocab.txt", make_world_vocab(extra));
   auto t = load_tokenizer(dir / "vocab.txt");
   CHECK(t->kind() == "world");
   CHECK(t->vocab_size() == 257 + int64_t(extra.size()));
@@ -179,15 +172,15 @@ TEST_CASE("errors name the file, the line or the id", "[tokenizer]") {
   if (have_20b()) CHECK(contains(error_of([&] { load_tokenizer(dir / "broken.json"); }), "broken.json"));
 
   // A corrupt vocab line: the length says 3 but the token has 2 bytes.
-  write_file(dir / "bad_len.txt", synthetic_world({"'ab' 2", "'cd' 3"}));
+  write_file(dir / "bad_len.txt", make_world_vocab({"'ab' 2", "'cd' 3"}));
   msg = error_of([&] { load_tokenizer(dir / "bad_len.txt"); });
   CHECK(contains(msg, "bad_len.txt"));
   CHECK(contains(msg, "line 258"));
-  write_file(dir / "bad_lit.txt", synthetic_world({"'ab' 2", "'\\xZZ' 1"}));
+  write_file(dir / "bad_lit.txt", make_world_vocab({"'ab' 2", "'\\xZZ' 1"}));
   msg = error_of([&] { load_tokenizer(dir / "bad_lit.txt"); });
   CHECK(contains(msg, "bad_lit.txt"));
   CHECK(contains(msg, "line 258"));
-  std::string no_byte = synthetic_world({});
+  std::string no_byte = make_world_vocab({});
   no_byte.erase(0, no_byte.find('\n') + 1);  // drop the token of byte 0x00
   write_file(dir / "no_byte.txt", no_byte);
   CHECK(contains(error_of([&] { load_tokenizer(dir / "no_byte.txt"); }), "0x00"));
@@ -279,4 +272,81 @@ TEST_CASE("the tokenizer benchmark reports JSON and a clean round trip", "[token
   }
   CHECK(contains(error_of([&] { std::ostringstream o; run_tokenizer_bench("bytes", dir / "nope.txt", o); }),
                  "nope.txt"));
+}
+
+TEST_CASE("World vocabs with very long tokens: deep tries are built without recursion, and bounded",
+          "[tokenizer][hostile]") {
+  // A chain of tokens a, aa, aaa, ... up to the longest allowed: the trie is as deep as the
+  // longest token, and greedy longest match still holds at every length.
+  std::vector<std::string> extra;
+  for (size_t n = 2; n <= kMaxTokenBytes; ++n)
+    extra.push_back(fmt::format("'{}' {}", std::string(n, 'a'), n));
+  extra.push_back(fmt::format("'{}b' {}", std::string(kMaxTokenBytes - 1, 'a'), kMaxTokenBytes));
+  auto t = tokenizer_from_file_bytes(make_world_vocab(extra), "chain.txt");
+  const int32_t longest = 257 + int32_t(kMaxTokenBytes) - 2;  // id of 'a' * kMaxTokenBytes
+  CHECK(t->token_bytes(longest) == std::string(kMaxTokenBytes, 'a'));
+  const std::string text =
+      std::string(2 * kMaxTokenBytes + 3, 'a') + "b" + std::string(kMaxTokenBytes - 1, 'a') + "b";
+  auto ids = t->encode(text);
+  CHECK(ids == std::vector<int32_t>{longest, longest, 257 + 1, 'b' + 1, longest + 1});
+  CHECK(t->decode(ids) == text);
+
+  // One token far longer than any real one (the crash of issue 21: dozens of mutants had one):
+  // refused with its line, at any length.
+  for (size_t n : {kMaxTokenBytes + 1, size_t(200000), size_t(4) << 20}) {
+    INFO(n << " bytes");
+    auto msg = error_of([&] {
+      tokenizer_from_file_bytes(make_world_vocab({fmt::format("'{}' {}", std::string(n, 'x'), n)}),
+                                "long.txt");
+    });
+    CHECK(contains(msg, "long.txt"));
+    CHECK(contains(msg, "line 257"));
+    CHECK(contains(msg, fmt::format("a token of {} bytes", n)));
+  }
+  // Ids that would size the tables without bound.
+  std::string v = make_world_vocab({}) + fmt::format("{} 'ab' 2\n", kMaxVocab);
+  auto msg = error_of([&] { tokenizer_from_file_bytes(v, "ids.txt"); });
+  CHECK(contains(msg, "ids.txt"));
+  CHECK(contains(msg, "line 257"));
+  CHECK(contains(msg, "over the limit"));
+  v = make_world_vocab({}) + fmt::format("{} 'ab' 2\n", kMaxVocab - 1);
+  CHECK(tokenizer_from_file_bytes(v, "ok.txt")->vocab_size() == kMaxVocab);
+}
+
+TEST_CASE("tokenizer.json: ids, token lengths and nesting from the file are bounded",
+          "[tokenizer][hostile]") {
+  if (!have_20b()) return;
+  const std::string good =
+      make_bpe_tokenizer_json({{"t", "h"}, {"th", "e"}, {" ", "the"}}, {"<|endoftext|>"}, true);
+  auto t = tokenizer_from_file_bytes(good, "good.json");
+  CHECK(t->kind() == "20b");
+  auto ids = t->encode("the the<|endoftext|>");
+  CHECK(ids == std::vector<int32_t>{257 + 1, 257 + 2, 0});
+  CHECK(t->decode(ids) == "the the<|endoftext|>");
+  // Replace the id of token "e" by hostile values.
+  auto with_id = [&](const std::string& id) {
+    std::string s = good;
+    const std::string key = "\"e\": " + std::to_string(int('e') + 1);
+    REQUIRE(s.find(key) != std::string::npos);
+    return s.replace(s.find(key), key.size(), "\"e\": " + id);
+  };
+  for (const char* id : {"1e300", "-1", "4194304", "18446744073709551615", "\"five\""}) {
+    INFO(id);
+    auto msg = error_of([&] { tokenizer_from_file_bytes(with_id(id), "ids.json"); });
+    CHECK(contains(msg, "ids.json"));
+    CHECK((contains(msg, "token id") || contains(msg, "structure")));
+  }
+  auto msg = error_of([&] {
+    tokenizer_from_file_bytes(good.substr(0, good.size() - 1) + ", \"x\": " +
+                                  std::string(100000, '[') + std::string(100000, ']') + "}",
+                              "deep.json");
+  });
+  CHECK(contains(msg, "deep.json"));
+  CHECK(contains(msg, "nested"));
+  const std::string long_added(kMaxTokenBytes + 1, 'z');
+  msg = error_of([&] {
+    tokenizer_from_file_bytes(make_bpe_tokenizer_json({}, {long_added}, false), "added.json");
+  });
+  CHECK(contains(msg, "added.json"));
+  CHECK(contains(msg, "over the limit"));
 }

@@ -11,13 +11,12 @@
 #include "helpers.h"
 #include "shards/checkpoint.h"
 #include "test_support.h"
+#include "writers/checkpoint_writers.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
 
 namespace {
-
-using Shape = std::vector<int64_t>;
 
 const std::string kPth = "hf-rwkv4/hf-rwkv4-small.fp16.pth";
 
@@ -29,157 +28,6 @@ std::string error_of(F f) {
     return e.what();
   }
   return "";
-}
-
-// ---- A minimal torch.save look-alike, written independently of the reader under test. ----
-
-uint32_t crc32_of(const std::string& s) {
-  uint32_t c = 0xffffffffu;
-  for (unsigned char b : s) {
-    c ^= b;
-    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
-  }
-  return ~c;
-}
-
-// Little-endian byte writer.
-struct Out {
-  std::string s;
-  Out& u8(uint64_t v) {
-    s += char(v);
-    return *this;
-  }
-  Out& u16(uint64_t v) { return u8(v & 0xff).u8((v >> 8) & 0xff); }
-  Out& u32(uint64_t v) { return u16(v & 0xffff).u16((v >> 16) & 0xffff); }
-  Out& u64(uint64_t v) { return u32(v & 0xffffffffu).u32(v >> 32); }
-  Out& raw(const std::string& b) {
-    s += b;
-    return *this;
-  }
-};
-
-// Deflate made of uncompressed ("stored") blocks: valid input for any inflater.
-std::string deflate_stored(const std::string& d) {
-  Out o;
-  size_t i = 0;
-  do {
-    size_t n = std::min<size_t>(d.size() - i, 65535);
-    o.u8(i + n == d.size() ? 1 : 0).u16(n).u16(~n & 0xffff);  // BFINAL, BTYPE 00; LEN, NLEN
-    o.raw(d.substr(i, n));
-    i += n;
-  } while (i < d.size());
-  return o.s;
-}
-
-struct ZipFile {
-  std::string name, data;
-};
-
-// Local headers with zero sizes and a data descriptor (as torch writes them), a central
-// directory, and, with `zip64`, ZIP64 extra fields and end records with the 32-bit fields
-// saturated, as in archives over 4 GB.
-std::string make_zip(const std::vector<ZipFile>& files, bool zip64, bool deflate) {
-  Out o, cd;
-  const uint64_t sat32 = 0xffffffffu, method = deflate ? 8 : 0;
-  for (const ZipFile& f : files) {
-    const uint64_t at = o.s.size();
-    const std::string body = deflate ? deflate_stored(f.data) : f.data;
-    const uint32_t crc = crc32_of(f.data);
-    // signature, version needed, flags (data descriptor, UTF-8), method, time, date
-    o.u32(0x04034b50).u16(45).u16(0x0808).u16(method).u16(0).u16(0);
-    o.u32(0).u32(0).u32(0).u16(f.name.size()).u16(0);  // crc, sizes (in the descriptor)
-    o.raw(f.name).raw(body);
-    o.u32(0x08074b50).u32(crc).u64(body.size()).u64(f.data.size());  // data descriptor
-    // signature, made by, needed, flags, method, time, date, crc
-    cd.u32(0x02014b50).u16(0x031e).u16(45).u16(0x0808).u16(method).u16(0).u16(0).u32(crc);
-    cd.u32(zip64 ? sat32 : body.size()).u32(zip64 ? sat32 : f.data.size());
-    // name length, extra length, comment length, disk, internal and external attributes
-    cd.u16(f.name.size()).u16(zip64 ? 28 : 0).u16(0).u16(0).u16(0).u32(0);
-    cd.u32(zip64 ? sat32 : at).raw(f.name);
-    if (zip64) cd.u16(1).u16(24).u64(f.data.size()).u64(body.size()).u64(at);
-  }
-  const uint64_t cd_at = o.s.size(), n = files.size();
-  o.raw(cd.s);
-  if (zip64) {
-    const uint64_t z_at = o.s.size();
-    o.u32(0x06064b50).u64(44).u16(0x031e).u16(45).u32(0).u32(0);  // ZIP64 end record
-    o.u64(n).u64(n).u64(cd.s.size()).u64(cd_at);
-    o.u32(0x07064b50).u32(0).u64(z_at).u32(1);  // its locator
-  }
-  o.u32(0x06054b50).u16(0).u16(0).u16(zip64 ? 0xffff : n).u16(zip64 ? 0xffff : n);
-  o.u32(zip64 ? sat32 : cd.s.size()).u32(zip64 ? sat32 : cd_at).u16(0);
-  return o.s;
-}
-
-struct FakeTensor {
-  std::string name, storage_type, key;
-  int64_t storage_numel, offset;
-  Shape sizes, strides;
-  bool parameter = false;  // wrapped in torch._utils._rebuild_parameter
-};
-
-// data.pkl for a dict of tensors, with the opcodes torch.save's protocol 2 uses (GLOBAL,
-// BINPERSID, REDUCE, SETITEMS, the memo, ...). `extra_op` is inserted before STOP.
-std::string make_pickle(const std::vector<FakeTensor>& ts, const std::string& extra_op = "") {
-  Out o;
-  o.raw(std::string("\x80\x02}q\x00(", 6));  // PROTO 2, EMPTY_DICT, BINPUT 0, MARK
-  std::map<std::string, int> memo;
-  auto str = [&](const std::string& s) { o.raw("X").u32(s.size()).raw(s); };
-  auto num = [&](int64_t v) {
-    if (v >= 0 && v < 256)
-      o.raw("K").u8(uint64_t(v));
-    else if (v >= 0 && v < 65536)
-      o.raw("M").u16(uint64_t(v));
-    else
-      o.u8(0x8a).u8(8).u64(uint64_t(v));  // LONG1
-  };
-  auto global = [&](const std::string& mod, const std::string& name) {
-    auto it = memo.find(mod + name);
-    if (it != memo.end()) {
-      o.raw("h").u8(uint64_t(it->second));  // BINGET
-      return;
-    }
-    int id = int(memo.size()) + 1;
-    memo[mod + name] = id;
-    o.raw("c" + mod + "\n" + name + "\n").raw("q").u8(uint64_t(id));  // GLOBAL, BINPUT
-  };
-  auto ints = [&](const Shape& s) {
-    o.raw("(");
-    for (int64_t v : s) num(v);
-    o.raw("t");
-  };
-  auto empty_ordered_dict = [&] {
-    global("collections", "OrderedDict");
-    o.raw(")R");  // EMPTY_TUPLE, REDUCE
-  };
-  for (const FakeTensor& t : ts) {
-    str(t.name);
-    if (t.parameter) {
-      global("torch._utils", "_rebuild_parameter");
-      o.raw("(");
-    }
-    global("torch._utils", "_rebuild_tensor_v2");
-    o.raw("((");
-    str("storage");
-    global("torch", t.storage_type);
-    str(t.key);
-    str("cpu");
-    num(t.storage_numel);
-    o.raw("tQ");  // TUPLE, BINPERSID
-    num(t.offset);
-    ints(t.sizes);
-    ints(t.strides);
-    o.u8(0x89);            // NEWFALSE: requires_grad
-    empty_ordered_dict();  // backward hooks
-    o.raw("tR");
-    if (t.parameter) {
-      o.u8(0x89);
-      empty_ordered_dict();
-      o.raw("tR");
-    }
-  }
-  o.raw("u" + extra_op + ".");  // SETITEMS, STOP
-  return o.s;
 }
 
 std::string f32_bytes(const std::vector<float>& v) {

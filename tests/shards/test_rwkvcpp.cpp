@@ -10,6 +10,7 @@
 #include "helpers.h"
 #include "shards/checkpoint.h"
 #include "test_support.h"
+#include "writers/checkpoint_writers.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
@@ -35,91 +36,6 @@ const HostTensor& get(const Checkpoint& ck, const std::string& name) {
   INFO("tensor " << name);
   REQUIRE(ck.tensors.count(name) == 1);
   return ck.tensors.at(name);
-}
-
-using Shape = std::vector<int64_t>;
-
-// A test-side re-implementation of rwkv.cpp's converter (python/convert_pytorch_to_ggml.py):
-// applies its transforms to an official checkpoint and writes an FP32 .bin, so that importing
-// it must give the checkpoint back. `version` is 4, 6 or 7.
-struct Param {
-  std::string name;
-  Shape shape;
-  std::vector<float> v;
-};
-
-Param transpose(Param p, size_t d0, size_t d1) {
-  Shape s = p.shape;
-  std::swap(s[d0], s[d1]);
-  std::vector<int64_t> stride(p.shape.size(), 1);
-  for (size_t i = p.shape.size() - 1; i > 0; --i) stride[i - 1] = stride[i] * p.shape[i];
-  std::vector<float> out(p.v.size());
-  std::vector<int64_t> idx(s.size(), 0);
-  for (size_t o = 0; o < out.size(); ++o) {
-    int64_t src = 0;
-    for (size_t i = 0; i < s.size(); ++i) {
-      size_t j = i == d0 ? d1 : i == d1 ? d0 : i;
-      src += idx[i] * stride[j];
-    }
-    out[o] = p.v[size_t(src)];
-    for (size_t i = s.size(); i-- > 0;) {
-      if (++idx[i] < s[i]) break;
-      idx[i] = 0;
-    }
-  }
-  p.shape = s;
-  p.v = std::move(out);
-  return p;
-}
-
-void write_like_rwkvcpp(const Checkpoint& ck, int version, const std::string& path) {
-  std::vector<Param> params;
-  int64_t n_head = 0;
-  if (version == 6) n_head = ck.tensors.at("blocks.0.att.time_faaaa").shape[0];
-  for (auto& [name, t] : ck.tensors) {
-    if (version == 7 && name.find("att.x_") != std::string::npos) {
-      if (name.substr(name.size() - 3) != "x_r") continue;
-      Param p{name.substr(0, name.size() - 3) + "x_rwkvag", {6, 1, t.shape[2]}, {}};
-      for (const char* x : {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g"}) {
-        auto v = ck.tensors.at(name.substr(0, name.size() - 3) + x).to_f32();
-        p.v.insert(p.v.end(), v.begin(), v.end());
-      }
-      params.push_back(std::move(p));
-      continue;
-    }
-    Param p{name, t.shape, t.to_f32()};
-    auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
-    if (has(".time_")) std::erase(p.shape, 1);  // squeeze
-    if (version == 4 && has(".time_decay"))
-      for (float& x : p.v) x = -std::exp(x);
-    if (version == 6) {
-      if (has(".time_faaaa")) p.shape.push_back(1);
-      if (has(".time_maa_w1") || has(".time_decay_w")) p = transpose(std::move(p), 0, 1);
-      if (has(".time_maa_w2")) p = transpose(std::move(p), 1, 2);
-      if (has(".time_decay") && !has("_w")) p.shape = {n_head, int64_t(p.v.size()) / n_head, 1};
-    }
-    if (version == 7)
-      for (const char* m : {".w1", ".w2", ".a1", ".a2", ".v1", ".v2", ".g1", ".g2"})
-        if (has(m)) p = transpose(std::move(p), 0, 1);
-    params.push_back(std::move(p));
-  }
-  const HostTensor& emb = ck.tensors.at("emb.weight");
-  int64_t n_layer = 0;
-  while (ck.tensors.count("blocks." + std::to_string(n_layer) + ".ln1.weight")) ++n_layer;
-  std::string out;
-  auto put = [&](int32_t x) { out.append(reinterpret_cast<const char*>(&x), 4); };
-  for (int32_t x : {int32_t(0x67676d66), 101, int32_t(emb.shape[0]), int32_t(emb.shape[1]),
-                    int32_t(n_layer), 0})
-    put(x);
-  for (auto& p : params) {
-    put(int32_t(p.shape.size()));
-    put(int32_t(p.name.size()));
-    put(0);
-    for (size_t i = p.shape.size(); i-- > 0;) put(int32_t(p.shape[i]));
-    out += p.name;
-    out.append(reinterpret_cast<const char*>(p.v.data()), p.v.size() * 4);
-  }
-  write_file(path, out);
 }
 
 // Every tensor of `want` is in `got` with the same shape and values within `tol`.
@@ -249,7 +165,7 @@ TEST_CASE("rwkv.cpp import undoes the converter's transforms exactly (v4, v6, v7
     INFO(c.file);
     Checkpoint official = read_safetensors(fixture(c.file));
     std::string p = dir / ("v" + std::to_string(c.version) + ".bin");
-    write_like_rwkvcpp(official, c.version, p);
+    write_file(p, rwkvcpp_bytes(official, c.version));
     Checkpoint back = read_rwkvcpp(p);
     check_same(back, official, c.tol);
     CHECK(infer_config(back) == infer_config(official));
@@ -272,7 +188,7 @@ TEST_CASE("rwkv.cpp reader survives every truncation and single-byte corruption"
   put("head.weight", {4, 8}, 0.2f);
   TempDir dir;
   const std::string good_path = dir / "good.bin";
-  write_like_rwkvcpp(ck, 4, good_path);
+  write_file(good_path, rwkvcpp_bytes(ck, 4));
   const std::string good = read_file(good_path);
   check_same(read_rwkvcpp(good_path), ck, 1e-6);
 
