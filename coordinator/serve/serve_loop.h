@@ -6,6 +6,9 @@
 // whole UTF-8 characters) and hands them to the job's sink, cancels what clients abandon (their
 // slots are free within one step), enforces the total request timeout, and on SIGTERM stops
 // admitting, lets running jobs finish for a grace period, cuts the rest, and returns.
+// With a state cache (ServeLoopOptions), a choice starts from the deepest kept state its prompt
+// begins with and keeps states while it reads (docs/serve.md, the state cache): entries are
+// Engine prefixes in the slots set aside for them, pinned while a choice started from them runs.
 //
 // Threads: ServeQueue's methods may be called from any thread. A JobSink is called on the
 // engine thread only; it must not block or throw (it hands the event to the HTTP side).
