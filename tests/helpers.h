@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,21 @@ struct RunResult {
 };
 // Runs a shell command, capturing stdout and stderr; `timeout_s` kills it after that long.
 RunResult run(const std::string& cmd, int timeout_s = 300);
+
+// The message of the exception (an Error, usually) that f throws ("" when it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 // Max |a - b| over all elements (sizes must match).
 double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b);

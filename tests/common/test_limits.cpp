@@ -8,26 +8,10 @@
 #include "common/error.h"
 #include "common/limits.h"
 #include "common/tensor.h"
+#include "helpers.h"
 
 using namespace rwkvpp;
-
-namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-}  // namespace
+using namespace rwkvpp::test;
 
 TEST_CASE("checked_numel and checked_nbytes refuse negative and overflowing shapes", "[common]") {
   CHECK(checked_numel({}, "t") == 1);

@@ -34,10 +34,6 @@ Scanned scan_text(const std::string& text, uint64_t max_line = 1 << 20) {
   return s;
 }
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 }  // namespace
 
 TEST_CASE("a bad value in one line is that line's reject, with its number", "[batch][hostile]") {

@@ -20,17 +20,6 @@ namespace {
 
 bool valid_utf8(const std::string& s) { return utf8_valid_prefix(s) == s.size(); }
 
-// The message of the Error that f throws ("" when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 bool has(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }

@@ -53,21 +53,6 @@ std::vector<const Tokenizer*> file_tokenizers() {
   return v;
 }
 
-// The message of the Error that f throws ("" if it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 std::string random_bytes(std::mt19937& rng, size_t n) {
   std::string s(n, '\0');
   for (char& c : s) c = char(rng() & 0xFF);

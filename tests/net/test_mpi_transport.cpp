@@ -9,6 +9,7 @@
 #include "helpers.h"
 
 using rwkvpp::test::run;
+using rwkvpp::test::contains;
 
 #if defined(RWKVPP_CATCH3) && defined(SKIP)
 #define MPI_TEST_SKIP(msg) SKIP(msg)
@@ -27,10 +28,6 @@ const std::string kMpirun = "mpirun --allow-run-as-root --oversubscribe";
 const std::string kUcx = "--mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any";
 
 bool have_mpirun() { return run("command -v mpirun", 10).exit_code == 0; }
-
-bool contains(const std::string& s, const std::string& needle) {
-  return s.find(needle) != std::string::npos;
-}
 
 int count(const std::string& s, const std::string& needle) {
   int n = 0;

@@ -35,19 +35,6 @@ std::string convert(const std::string& input, const std::string& out, int shards
   return out;
 }
 
-// The error message of `f`, or "" when it does not throw.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
 }  // namespace
 
 TEST_CASE("converted hf-rwkv4-small reproduces the reference logits and final state from every source form", "[shards][format]") {

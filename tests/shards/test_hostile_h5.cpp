@@ -20,20 +20,6 @@ using namespace rwkvpp::test;
 
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 // A tiny RWKV-4 checkpoint with the official names (2 layers, 8 wide, vocab 16).
 Checkpoint tiny_checkpoint() {
   ModelConfig c;

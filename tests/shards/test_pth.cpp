@@ -20,16 +20,6 @@ namespace {
 
 const std::string kPth = "hf-rwkv4/hf-rwkv4-small.fp16.pth";
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 std::string f32_bytes(const std::vector<float>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4);
 }

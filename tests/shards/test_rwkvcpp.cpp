@@ -22,16 +22,6 @@ std::string tiny(const std::string& v) {
 }
 
 // The message of the Error that `f` throws ("" when it throws none).
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 const HostTensor& get(const Checkpoint& ck, const std::string& name) {
   INFO("tensor " << name);
   REQUIRE(ck.tensors.count(name) == 1);
