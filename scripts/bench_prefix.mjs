@@ -9,10 +9,9 @@
 //
 // node scripts/bench_prefix.mjs --url http://127.0.0.1:PORT --model NAME [--prefix 2000]
 //     [--cold 3] [--hits 8] [--gen 16] [--key KEY]
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
-  if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
-  return acc;
-}, []));
+import { jsonHeaders, parseArgs, streamEvents } from './sse_client.mjs';
+
+const args = parseArgs(process.argv.slice(2));
 const url = args.url;
 if (!url || !args.model) {
   console.error('usage: node scripts/bench_prefix.mjs --url URL --model NAME [--prefix 2000] [--cold 3] [--hits 8]');
@@ -20,35 +19,19 @@ if (!url || !args.model) {
 }
 const target = Number(args.prefix || 2000);
 const cold = Number(args.cold || 3), hits = Number(args.hits || 8), gen = Number(args.gen || 16);
-const headers = { 'content-type': 'application/json', ...(args.key ? { authorization: `Bearer ${args.key}` } : {}) };
+const headers = jsonHeaders(args.key);
 const sentence = 'The keeper of the lighthouse writes down every ship that passes, its flag and its cargo. ';
 
 // One streamed chat: the time to its first content chunk, and its usage.
 async function chat(system, question) {
   const t0 = performance.now();
-  const res = await fetch(`${url}/v1/chat/completions`, {
-    method: 'POST', headers,
-    body: JSON.stringify({
-      model: args.model, max_tokens: gen, seed: 1, stream: true, stream_options: { include_usage: true },
-      messages: [{ role: 'system', content: system }, { role: 'user', content: question }],
-    }),
+  let first = null;
+  const usage = await streamEvents(url, '/v1/chat/completions', headers, {
+    model: args.model, max_tokens: gen, seed: 1, stream: true, stream_options: { include_usage: true },
+    messages: [{ role: 'system', content: system }, { role: 'user', content: question }],
+  }, (j) => {
+    if (first === null && j.choices?.[0]?.delta?.content) first = performance.now();
   });
-  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  let first = null, usage = null, buf = '';
-  const decoder = new TextDecoder();
-  for await (const part of res.body) {
-    buf += decoder.decode(part, { stream: true });
-    let at;
-    while ((at = buf.indexOf('\n\n')) >= 0) {
-      const event = buf.slice(0, at);
-      buf = buf.slice(at + 2);
-      if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
-      const j = JSON.parse(event.slice(6));
-      if (j.error) throw new Error(j.error.message);
-      if (j.usage) usage = j.usage;
-      if (first === null && j.choices?.[0]?.delta?.content) first = performance.now();
-    }
-  }
   return { ttft_ms: (first ?? performance.now()) - t0, usage };
 }
 

@@ -9,11 +9,9 @@
 // node scripts/bench_serve.mjs --url http://127.0.0.1:PORT --model NAME [--levels 1,4,16,64,256]
 //     [--prompt BYTES] [--gen TOKENS] [--requests N] [--key KEY]
 import os from 'node:os';
+import { jsonHeaders, parseArgs, streamEvents } from './sse_client.mjs';
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
-  if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
-  return acc;
-}, []));
+const args = parseArgs(process.argv.slice(2));
 const url = args.url;
 if (!url || !args.model) {
   console.error('usage: node scripts/bench_serve.mjs --url URL --model NAME [--levels 1,4,16,64,256] [--prompt 64] [--gen 64]');
@@ -24,32 +22,17 @@ const promptBytes = Number(args.prompt || 64);
 const gen = Number(args.gen || 64);
 const base = 'Once upon a time, in a land far away, there lived a fox who liked to read books. ';
 const prompt = base.repeat(Math.ceil(promptBytes / base.length)).slice(0, promptBytes);
-const headers = { 'content-type': 'application/json', ...(args.key ? { authorization: `Bearer ${args.key}` } : {}) };
+const headers = jsonHeaders(args.key);
 
 // One streamed completion: chunk arrival times and the usage.
 async function one(seed) {
   const t0 = performance.now();
-  const res = await fetch(`${url}/v1/completions`, {
-    method: 'POST', headers,
-    body: JSON.stringify({ model: args.model, prompt, max_tokens: gen, seed, temperature: 1, stream: true, stream_options: { include_usage: true } }),
-  });
-  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   const times = [];
-  let usage = null, buf = '';
-  const decoder = new TextDecoder();
-  for await (const part of res.body) {
-    buf += decoder.decode(part, { stream: true });
-    let at;
-    while ((at = buf.indexOf('\n\n')) >= 0) {
-      const event = buf.slice(0, at);
-      buf = buf.slice(at + 2);
-      if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
-      const j = JSON.parse(event.slice(6));
-      if (j.error) throw new Error(j.error.message);
-      if (j.usage) usage = j.usage;
-      if (j.choices?.[0]?.text) times.push(performance.now());
-    }
-  }
+  const usage = await streamEvents(url, '/v1/completions', headers, {
+    model: args.model, prompt, max_tokens: gen, seed, temperature: 1, stream: true, stream_options: { include_usage: true },
+  }, (j) => {
+    if (j.choices?.[0]?.text) times.push(performance.now());
+  });
   return { t0, times, end: performance.now(), usage };
 }
 
