@@ -37,7 +37,8 @@ StateCache::StateCache(uint64_t budget_bytes, uint64_t entry_bytes, size_t max_e
 
 StateCache::~StateCache() = default;
 
-StateCache::Node* StateCache::walk(std::span<const int32_t> tokens, size_t* shared) const {
+StateCache::Node* StateCache::walk(std::span<const int32_t> tokens, size_t* shared,
+                                   const std::function<void(Node*)>& on_node) const {
   Node* n = root_.get();
   size_t pos = 0;
   while (pos < tokens.size()) {
@@ -48,6 +49,7 @@ StateCache::Node* StateCache::walk(std::span<const int32_t> tokens, size_t* shar
     pos += k;
     if (k < c->edge.size()) break;  // the tokens leave the trie part way along c's edge
     n = c;
+    if (on_node) on_node(n);
   }
   *shared = pos;
   return n;
@@ -55,22 +57,12 @@ StateCache::Node* StateCache::walk(std::span<const int32_t> tokens, size_t* shar
 
 StateCache::Match StateCache::lookup(std::span<const int32_t> tokens, size_t max_len) {
   Match m;
-  Node* n = root_.get();
-  size_t pos = 0;
-  while (pos < tokens.size()) {
-    auto it = n->children.find(tokens[pos]);
-    if (it == n->children.end()) break;
-    Node* c = it->second.get();
-    const size_t k = common(c->edge, tokens.subspan(pos));
-    pos += k;
-    if (k < c->edge.size()) break;
-    n = c;
+  walk(tokens, &m.shared, [&](Node* n) {
     if (n->handle >= 0 && n->depth <= max_len) {
       m.handle = n->handle;
       m.length = n->depth;
     }
-  }
-  m.shared = pos;
+  });
   if (m.handle >= 0) touch(entries_.at(m.handle));
   return m;
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -82,8 +83,9 @@ class StateCache {
     std::list<int>::iterator lru;  // position in lru_ (front: least recently used)
   };
   // Walks `tokens` down: the deepest node whose path is a prefix of them, and how many tokens
-  // follow the trie (into an edge, possibly part way).
-  Node* walk(std::span<const int32_t> tokens, size_t* shared) const;
+  // follow the trie (into an edge, possibly part way); on_node sees every node passed, in order.
+  Node* walk(std::span<const int32_t> tokens, size_t* shared,
+             const std::function<void(Node*)>& on_node = {}) const;
   uint64_t cost_of(std::span<const int32_t> tokens) const;  // bytes an entry there would add
   bool evict_one(int keep, std::vector<int>& released);     // the LRU unpinned entry but `keep`
   void remove_entry(int handle);
