@@ -263,7 +263,9 @@ StatsMsg decode_stats(const Message& msg, const std::string& what) {
 
 std::string decode_error(const Message& msg, const std::string& what) {
   auto r = ctrl_reader(msg, Ctrl::Error, what);
-  return r.get_string();
+  std::string s = r.get_string();
+  r.expect_end();
+  return s;
 }
 
 StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden) {
