@@ -154,6 +154,23 @@ double get_attr_f64(hid_t obj, const char* name, const std::string& where) {
   return get_num<double>(obj, name, where, H5T_NATIVE_DOUBLE, H5T_FLOAT);
 }
 
+Id untimed(hid_t cls) {
+  Id p(H5Pcreate(cls));
+  if (!p.valid() || H5Pset_obj_track_times(p, 0) < 0)
+    fail("cannot create an HDF5 creation property list");
+  return p;
+}
+
+void create_parents(hid_t file, const std::string& path, const std::string& file_name) {
+  Id gcpl = untimed(H5P_GROUP_CREATE);
+  for (size_t at = path.find('/', 1); at != std::string::npos; at = path.find('/', at + 1)) {
+    const std::string group = path.substr(0, at);
+    if (H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0) continue;
+    Id g(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT));
+    if (!g.valid()) fail("'{}': cannot create group '{}'", file_name, group);
+  }
+}
+
 void write_tensor(hid_t file, const std::string& path, const HostTensor& t, const std::string& file_name) {
   const int rank = int(t.shape.size());
   std::vector<hsize_t> dims(t.shape.begin(), t.shape.end()), chunk(dims);
@@ -162,15 +179,14 @@ void write_tensor(hid_t file, const std::string& path, const HostTensor& t, cons
   size_t row_bytes = size_t(t.numel() / std::max<int64_t>(t.shape[0], 1)) * dtype_size(t.dtype);
   chunk[0] = std::clamp<hsize_t>((1u << 20) / std::max<size_t>(row_bytes, 1), 1, std::max<hsize_t>(dims[0], 1));
   Id space(H5Screate_simple(rank, dims.data(), nullptr));
-  Id dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  Id dcpl = untimed(H5P_DATASET_CREATE);
   H5Pset_chunk(dcpl, rank, chunk.data());
   H5Pset_fletcher32(dcpl);
-  Id lcpl(H5Pcreate(H5P_LINK_CREATE));
-  H5Pset_create_intermediate_group(lcpl, 1);
   require_storage_dtype(t.dtype, "'" + file_name + "' dataset '" + path + "'");
   hid_t ftype = t.dtype == DType::F32 ? H5T_IEEE_F32LE : H5T_STD_U16LE;
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
-  Id ds(H5Dcreate2(file, path.c_str(), ftype, space, lcpl, dcpl, H5P_DEFAULT));
+  create_parents(file, path, file_name);
+  Id ds(H5Dcreate2(file, path.c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
   if (!ds.valid()) fail("'{}': cannot create dataset '{}'", file_name, path);
   if (H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)
     fail("'{}': cannot write dataset '{}' (disk full?)", file_name, path);
