@@ -59,6 +59,7 @@ void run_tokenizer_json(Bytes);
 void run_batch_jsonl(Bytes);
 void run_journal_record(Bytes);
 void run_wire(Bytes);
+void run_model_h5(Bytes);
 Seeds seeds_safetensors();
 Seeds seeds_pth();
 Seeds seeds_pickle();
@@ -69,5 +70,6 @@ Seeds seeds_tokenizer_json();
 Seeds seeds_batch_jsonl();
 Seeds seeds_journal_record();
 Seeds seeds_wire();
+Seeds seeds_model_h5();
 
 }  // namespace rwkvpp::fuzz
