@@ -26,7 +26,12 @@ void Id::reset() {
   id_ = -1;
 }
 
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  // No filter plugins: a file naming an unknown filter must not make HDF5 load a shared
+  // library from HDF5_PLUGIN_PATH (our datasets use only the built-in Fletcher32).
+  H5PLset_loading_state(0);
+}
 
 namespace {
 
@@ -62,6 +67,42 @@ hid_t guarded_access(hid_t cls) {
 
 }  // namespace
 
+// Only the layouts rwkvpp writes: chunked with at most the Fletcher32 filter, each chunk within
+// the dataset's extent, or contiguous (the tokenizer). libhdf5 1.10 reads out of bounds for a
+// chunk far larger than its dataset (found by fuzz_model_h5), and compact layouts and other
+// filters are further parsers we do not need.
+static void check_layout(hid_t ds, hid_t dcpl, const std::string& path, const std::string& where) {
+  const H5D_layout_t layout = H5Pget_layout(dcpl);
+  if (layout == H5D_CONTIGUOUS) {
+    if (H5Pget_nfilters(dcpl) == 0) return;
+  } else if (layout != H5D_CHUNKED) {
+    fail("{}: dataset '{}' has a layout ({}) rwkvpp does not write: refused", where, path,
+         int(layout));
+  }
+  const int nf = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < nf; ++i) {
+    unsigned flags = 0;
+    size_t nvalues = 0;
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl, unsigned(i), &flags, &nvalues, nullptr, 0, nullptr, nullptr);
+    if (id != H5Z_FILTER_FLETCHER32)
+      fail("{}: dataset '{}' uses HDF5 filter {} (only Fletcher32 is read): refused", where, path,
+           int(id));
+  }
+  if (layout != H5D_CHUNKED) return;
+  Id space(H5Dget_space(ds));
+  const int rank = H5Sget_simple_extent_ndims(space);
+  if (rank <= 0 || rank > 8) fail("{}: dataset '{}' has rank {}", where, path, rank);
+  hsize_t dims[8] = {}, chunk[8] = {};
+  H5Sget_simple_extent_dims(space, dims, nullptr);
+  if (H5Pget_chunk(dcpl, rank, chunk) != rank)
+    fail("{}: dataset '{}' has chunks of another rank than its data", where, path);
+  for (int d = 0; d < rank; ++d)
+    if (chunk[d] == 0 || chunk[d] > std::max<hsize_t>(dims[d], 1))
+      fail("{}: dataset '{}' has chunks of {} along axis {} of {}: corrupt file", where, path,
+           uint64_t(chunk[d]), d, uint64_t(dims[d]));
+}
+
 Id open_group(hid_t loc, const std::string& path, const std::string& where) {
   static const hid_t gapl = guarded_access(H5P_GROUP_ACCESS);
   refused_link.clear();
@@ -82,6 +123,7 @@ Id open_dataset(hid_t loc, const std::string& path, const std::string& where) {
          where, path);
   if (H5Pget_external_count(dcpl) != 0)
     fail("{}: dataset '{}' keeps its data in external files: refused", where, path);
+  check_layout(ds, dcpl, path, where);
   return ds;
 }
 
@@ -214,10 +256,18 @@ HostTensor read_tensor(hid_t file, const std::string& path, const std::string& f
   if (esize != dtype_size(t.dtype)) fail("{}: element size {} does not match dtype {}", where, esize, dtype_name(t.dtype));
   // The shape may not promise more bytes than the file stores (HDF5 would make them up from
   // the fill value): a few bytes of header must not become a huge allocation.
+  // The storage size comes from the chunk index, which may lie too: bound it by the file's size.
   const uint64_t nbytes = checked_nbytes(t.shape, esize, where);
-  if (nbytes > H5Dget_storage_size(ds))
+  hsize_t file_bytes = 0;
+  {
+    Id fid(H5Iget_file_id(ds));
+    if (!fid.valid() || H5Fget_filesize(fid, &file_bytes) < 0)
+      fail("{}: cannot tell the file's size", where);
+  }
+  const uint64_t stored = std::min<uint64_t>(H5Dget_storage_size(ds), file_bytes);
+  if (nbytes > stored)
     fail("{}: shape {} needs {} bytes, the file stores {}: corrupt file", where, t.shape_str(),
-         nbytes, uint64_t(H5Dget_storage_size(ds)));
+         nbytes, stored);
   t.data.resize(size_t(nbytes));
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
   if (H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)

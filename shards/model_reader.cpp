@@ -32,28 +32,8 @@ ModelReader::ModelReader(const std::string& path) {
   // Closed again if a check below throws (a destructor does not run for a failed constructor).
   h5::Id file(H5Fopen(file_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
   if (!file.valid()) fail("cannot open '{}': corrupt or unreadable HDF5 file", file_);
+  const hid_t fid = file;
   opened_.insert(file_);
-  read_config(file);
-  fid_ = file.release();
-}
-
-ModelReader::ModelReader(std::span<const uint8_t> image, const std::string& name) {
-  h5::quiet();
-  file_ = name;
-  in_memory_ = true;
-  // The core driver over a copy of the image; nothing is written back.
-  h5::Id fapl(H5Pcreate(H5P_FILE_ACCESS));
-  if (!fapl.valid() || H5Pset_fapl_core(fapl, 1 << 16, 0) < 0 ||
-      H5Pset_file_image(fapl, const_cast<uint8_t*>(image.data()), image.size()) < 0)
-    fail("'{}': cannot set up an in-memory HDF5 file", name);
-  h5::Id file(H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl));
-  if (!file.valid()) fail("cannot open '{}': corrupt or unreadable HDF5 file", file_);
-  read_config(file);
-  fid_ = file.release();
-}
-
-void ModelReader::read_config(int64_t file_id) {
-  const hid_t fid = hid_t(file_id);
   const std::string& w = file_;
   std::string format = h5::get_attr_str(fid, "format", "'" + w + "'");
   if (format != "rwkvpp") fail("'{}' is not an rwkvpp model (format '{}')", w, format);
@@ -103,10 +83,10 @@ void ModelReader::read_config(int64_t file_id) {
     fail("'{}': attribute 'shards' is malformed: {}", w, e.what());
   }
   // Stored bytes of every tensor, from the shard files' sizes plus model.h5's datasets.
-  if (in_memory_) return;
   std::error_code ec;
   for (auto& s : shards_) weight_bytes_ += fs::file_size(fs::path(dir_) / s.file, ec);
   weight_bytes_ += fs::file_size(file_, ec);
+  fid_ = file.release();
 }
 
 ModelReader::~ModelReader() {
@@ -132,8 +112,8 @@ herr_t visit_cb(hid_t, const char* name, const H5O_info_t* info, void* data) {
 }  // namespace
 
 LayerTensors ModelReader::read_layer(int i) {
-  if (i < 0 || i >= cfg_.n_layer) fail("'{}': layer {} is out of range (0..{})", file_, i, cfg_.n_layer - 1);
-  if (in_memory_) fail("'{}': a model read from memory has no shard files (layer {})", file_, i);
+  if (i < 0 || i >= cfg_.n_layer)
+    fail("'{}': layer {} is out of range (0..{})", file_, i, cfg_.n_layer - 1);
   const ShardInfo* sh = nullptr;
   for (auto& s : shards_)
     if (i >= s.first && i < s.last) sh = &s;

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <memory>
 #include <set>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -25,9 +24,6 @@ class ModelReader final : public TensorSource {
   // `path` is a model directory or its model.h5. Throws Error naming the file when it is
   // not an rwkvpp model, has another format version, or its attributes are inconsistent.
   explicit ModelReader(const std::string& path);
-  // model.h5 from bytes in memory, called `name` in messages (the fuzz harness): its config,
-  // top-level tensors and tokenizer; read_layer() refuses (there are no shard files).
-  ModelReader(std::span<const uint8_t> image, const std::string& name);
   ~ModelReader() override;
   ModelReader(const ModelReader&) = delete;
   ModelReader& operator=(const ModelReader&) = delete;
@@ -57,7 +53,6 @@ class ModelReader final : public TensorSource {
 
  private:
   HostTensor read_dataset(const std::string& h5path, const std::string& what);
-  void read_config(int64_t file_id);  // the attributes of the open model.h5
   std::string dir_, file_;
   ModelConfig cfg_;
   std::vector<ShardInfo> shards_;
@@ -65,7 +60,6 @@ class ModelReader final : public TensorSource {
   int64_t params_ = 0;
   std::set<std::string> opened_;
   int64_t fid_ = -1;  // hid_t of model.h5
-  bool in_memory_ = false;
 };
 
 // Resolves MODEL (a directory or its model.h5) to the path of model.h5.

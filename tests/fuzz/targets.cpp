@@ -25,8 +25,8 @@ const std::vector<Target>& targets() {
       {"journal_record", "batch output records read back: parse_journal_record", run_journal_record,
        seeds_journal_record},
       {"wire", "decode_message and every step-protocol decoder, re-encoded", run_wire, seeds_wire},
-      {"model_h5", "ModelReader on model.h5 in memory: attributes, tensors, tokenizer",
-       run_model_h5, seeds_model_h5},
+      {"model_h5", "ModelReader on a model.h5: attributes, tensors, tokenizer", run_model_h5,
+       seeds_model_h5},
   };
   return t;
 }

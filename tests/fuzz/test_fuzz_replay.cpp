@@ -13,6 +13,7 @@
 #include "catch.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "fuzz/targets.h"
+#include "helpers.h"
 #include "net/wire.h"
 #include "shards/checkpoint.h"
 #include "shards/model_reader.h"
@@ -114,7 +115,9 @@ TEST_CASE("the seeds are inputs their parsers accept", "[fuzz]") {
     }
   }
   for (auto& [n, b] : find_target("model_h5")->seeds()) {
-    ModelReader r(bytes_of(b), n);
+    test::TempDir d;
+    test::write_file(d / "model.h5", b);
+    ModelReader r(d.path());
     CHECK(r.config().n_embd == 4);
     CHECK(r.read_tensor("head.weight").shape == std::vector<int64_t>{8, 4});
     CHECK(r.read_tokenizer().kind == (n == "tiny-world" ? "world" : ""));
