@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the unit suites, then the end-to-end
-# suites under mpirun. The reference data is read from $RWKVPP_SHARED (default ../shared).
+# suites under mpirun, then the sanitizer stage (scripts/fuzz.sh ci). The reference data is read
+# from $RWKVPP_SHARED (default ../shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh --slurm
@@ -13,5 +14,10 @@ if [[ ! -d "$RWKVPP_SHARED/fixtures" ]]; then
 fi
 # Open MPI as root inside CI containers.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-cd "$build"
-ctest --output-on-failure --timeout 3000
+(cd "$build" && ctest --output-on-failure --timeout 3000)
+# The sanitizer stage (docs/security.md, "CI"): every fuzz corpus and regression input through
+# the harnesses under ASan + UBSan, 30 s of fuzzing per harness, and the suites of the code that
+# reads hostile input under ASan + UBSan. RWKVPP_SANITIZE_STAGE=0 skips it.
+if [[ "${RWKVPP_SANITIZE_STAGE:-1}" != 0 ]]; then
+  ./scripts/fuzz.sh ci
+fi

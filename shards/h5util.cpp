@@ -26,7 +26,12 @@ void Id::reset() {
   id_ = -1;
 }
 
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  // No filter plugins: a file naming an unknown filter must not make HDF5 load a shared
+  // library from HDF5_PLUGIN_PATH (our datasets use only the built-in Fletcher32).
+  H5PLset_loading_state(0);
+}
 
 namespace {
 
@@ -62,6 +67,42 @@ hid_t guarded_access(hid_t cls) {
 
 }  // namespace
 
+// Only the layouts rwkvpp writes: chunked with at most the Fletcher32 filter, each chunk within
+// the dataset's extent, or contiguous (the tokenizer). libhdf5 1.10 reads out of bounds for a
+// chunk far larger than its dataset (found by fuzz_model_h5), and compact layouts and other
+// filters are further parsers we do not need.
+static void check_layout(hid_t ds, hid_t dcpl, const std::string& path, const std::string& where) {
+  const H5D_layout_t layout = H5Pget_layout(dcpl);
+  if (layout == H5D_CONTIGUOUS) {
+    if (H5Pget_nfilters(dcpl) == 0) return;
+  } else if (layout != H5D_CHUNKED) {
+    fail("{}: dataset '{}' has a layout ({}) rwkvpp does not write: refused", where, path,
+         int(layout));
+  }
+  const int nf = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < nf; ++i) {
+    unsigned flags = 0;
+    size_t nvalues = 0;
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl, unsigned(i), &flags, &nvalues, nullptr, 0, nullptr, nullptr);
+    if (id != H5Z_FILTER_FLETCHER32)
+      fail("{}: dataset '{}' uses HDF5 filter {} (only Fletcher32 is read): refused", where, path,
+           int(id));
+  }
+  if (layout != H5D_CHUNKED) return;
+  Id space(H5Dget_space(ds));
+  const int rank = H5Sget_simple_extent_ndims(space);
+  if (rank <= 0 || rank > 8) fail("{}: dataset '{}' has rank {}", where, path, rank);
+  hsize_t dims[8] = {}, chunk[8] = {};
+  H5Sget_simple_extent_dims(space, dims, nullptr);
+  if (H5Pget_chunk(dcpl, rank, chunk) != rank)
+    fail("{}: dataset '{}' has chunks of another rank than its data", where, path);
+  for (int d = 0; d < rank; ++d)
+    if (chunk[d] == 0 || chunk[d] > std::max<hsize_t>(dims[d], 1))
+      fail("{}: dataset '{}' has chunks of {} along axis {} of {}: corrupt file", where, path,
+           uint64_t(chunk[d]), d, uint64_t(dims[d]));
+}
+
 Id open_group(hid_t loc, const std::string& path, const std::string& where) {
   static const hid_t gapl = guarded_access(H5P_GROUP_ACCESS);
   refused_link.clear();
@@ -82,6 +123,7 @@ Id open_dataset(hid_t loc, const std::string& path, const std::string& where) {
          where, path);
   if (H5Pget_external_count(dcpl) != 0)
     fail("{}: dataset '{}' keeps its data in external files: refused", where, path);
+  check_layout(ds, dcpl, path, where);
   return ds;
 }
 
@@ -154,6 +196,23 @@ double get_attr_f64(hid_t obj, const char* name, const std::string& where) {
   return get_num<double>(obj, name, where, H5T_NATIVE_DOUBLE, H5T_FLOAT);
 }
 
+Id untimed(hid_t cls) {
+  Id p(H5Pcreate(cls));
+  if (!p.valid() || H5Pset_obj_track_times(p, 0) < 0)
+    fail("cannot create an HDF5 creation property list");
+  return p;
+}
+
+void create_parents(hid_t file, const std::string& path, const std::string& file_name) {
+  Id gcpl = untimed(H5P_GROUP_CREATE);
+  for (size_t at = path.find('/', 1); at != std::string::npos; at = path.find('/', at + 1)) {
+    const std::string group = path.substr(0, at);
+    if (H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0) continue;
+    Id g(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT));
+    if (!g.valid()) fail("'{}': cannot create group '{}'", file_name, group);
+  }
+}
+
 void write_tensor(hid_t file, const std::string& path, const HostTensor& t, const std::string& file_name) {
   const int rank = int(t.shape.size());
   std::vector<hsize_t> dims(t.shape.begin(), t.shape.end()), chunk(dims);
@@ -162,15 +221,14 @@ void write_tensor(hid_t file, const std::string& path, const HostTensor& t, cons
   size_t row_bytes = size_t(t.numel() / std::max<int64_t>(t.shape[0], 1)) * dtype_size(t.dtype);
   chunk[0] = std::clamp<hsize_t>((1u << 20) / std::max<size_t>(row_bytes, 1), 1, std::max<hsize_t>(dims[0], 1));
   Id space(H5Screate_simple(rank, dims.data(), nullptr));
-  Id dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  Id dcpl = untimed(H5P_DATASET_CREATE);
   H5Pset_chunk(dcpl, rank, chunk.data());
   H5Pset_fletcher32(dcpl);
-  Id lcpl(H5Pcreate(H5P_LINK_CREATE));
-  H5Pset_create_intermediate_group(lcpl, 1);
   require_storage_dtype(t.dtype, "'" + file_name + "' dataset '" + path + "'");
   hid_t ftype = t.dtype == DType::F32 ? H5T_IEEE_F32LE : H5T_STD_U16LE;
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
-  Id ds(H5Dcreate2(file, path.c_str(), ftype, space, lcpl, dcpl, H5P_DEFAULT));
+  create_parents(file, path, file_name);
+  Id ds(H5Dcreate2(file, path.c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
   if (!ds.valid()) fail("'{}': cannot create dataset '{}'", file_name, path);
   if (H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)
     fail("'{}': cannot write dataset '{}' (disk full?)", file_name, path);
@@ -198,10 +256,18 @@ HostTensor read_tensor(hid_t file, const std::string& path, const std::string& f
   if (esize != dtype_size(t.dtype)) fail("{}: element size {} does not match dtype {}", where, esize, dtype_name(t.dtype));
   // The shape may not promise more bytes than the file stores (HDF5 would make them up from
   // the fill value): a few bytes of header must not become a huge allocation.
+  // The storage size comes from the chunk index, which may lie too: bound it by the file's size.
   const uint64_t nbytes = checked_nbytes(t.shape, esize, where);
-  if (nbytes > H5Dget_storage_size(ds))
+  hsize_t file_bytes = 0;
+  {
+    Id fid(H5Iget_file_id(ds));
+    if (!fid.valid() || H5Fget_filesize(fid, &file_bytes) < 0)
+      fail("{}: cannot tell the file's size", where);
+  }
+  const uint64_t stored = std::min<uint64_t>(H5Dget_storage_size(ds), file_bytes);
+  if (nbytes > stored)
     fail("{}: shape {} needs {} bytes, the file stores {}: corrupt file", where, t.shape_str(),
-         nbytes, uint64_t(H5Dget_storage_size(ds)));
+         nbytes, stored);
   t.data.resize(size_t(nbytes));
   hid_t mtype = t.dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16;
   if (H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) < 0)

@@ -65,6 +65,13 @@ double get_attr_f64(hid_t obj, const char* name, const std::string& where);
 Id open_group(hid_t loc, const std::string& path, const std::string& where);
 Id open_dataset(hid_t loc, const std::string& path, const std::string& where);
 
+// A creation property list of class `cls` (H5P_FILE_CREATE, H5P_GROUP_CREATE,
+// H5P_DATASET_CREATE) that records no modification times, so that converting the same
+// checkpoint twice gives the same bytes.
+Id untimed(hid_t cls);
+// Creates the groups on the way to `path` ("/a/b/name": /a and /a/b) that do not exist yet.
+void create_parents(hid_t file, const std::string& path, const std::string& file_name);
+
 // Writes `t` as a chunked, Fletcher32-protected dataset at `path` (intermediate groups
 // created), with attributes dtype and checksum (FNV-1a 64 over the raw bytes).
 void write_tensor(hid_t file, const std::string& path, const HostTensor& t, const std::string& file_name);

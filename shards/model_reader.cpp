@@ -112,7 +112,8 @@ herr_t visit_cb(hid_t, const char* name, const H5O_info_t* info, void* data) {
 }  // namespace
 
 LayerTensors ModelReader::read_layer(int i) {
-  if (i < 0 || i >= cfg_.n_layer) fail("'{}': layer {} is out of range (0..{})", file_, i, cfg_.n_layer - 1);
+  if (i < 0 || i >= cfg_.n_layer)
+    fail("'{}': layer {} is out of range (0..{})", file_, i, cfg_.n_layer - 1);
   const ShardInfo* sh = nullptr;
   for (auto& s : shards_)
     if (i >= s.first && i < s.last) sh = &s;

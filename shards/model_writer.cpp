@@ -42,7 +42,7 @@ std::string dataset_path(const std::string& name) {
 }
 
 h5::Id create_file(const std::string& path) {
-  h5::Id f(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT));
+  h5::Id f(H5Fcreate(path.c_str(), H5F_ACC_EXCL, h5::untimed(H5P_FILE_CREATE), H5P_DEFAULT));
   if (!f.valid()) fail("cannot create '{}'", path);
   return f;
 }
@@ -110,7 +110,7 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
       account(name, s);
     }
     {
-      h5::Id g(H5Gcreate2(f, "/blocks", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+      h5::Id g(H5Gcreate2(f, "/blocks", H5P_DEFAULT, h5::untimed(H5P_GROUP_CREATE), H5P_DEFAULT));
       for (auto& sh : shards)
         for (int i = sh.first; i < sh.last; ++i) {
           std::string obj = "/blocks/" + std::to_string(i);
@@ -119,12 +119,14 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
         }
     }
     if (!opt.tokenizer.kind.empty()) {
-      h5::Id g(H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+      h5::Id g(
+          H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, h5::untimed(H5P_GROUP_CREATE), H5P_DEFAULT));
       h5::set_attr(g, "kind", opt.tokenizer.kind);
       hsize_t n = opt.tokenizer.data.size();
       if (n > 0) {
         h5::Id space(H5Screate_simple(1, &n, nullptr));
-        h5::Id ds(H5Dcreate2(g, "data", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+        h5::Id ds(H5Dcreate2(g, "data", H5T_STD_U8LE, space, H5P_DEFAULT,
+                             h5::untimed(H5P_DATASET_CREATE), H5P_DEFAULT));
         if (!ds.valid() || H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, opt.tokenizer.data.data()) < 0)
           fail("'{}': cannot write the tokenizer", main_file);
         h5::set_attr_u64(ds, "checksum", fnv1a64(opt.tokenizer.data.data(), opt.tokenizer.data.size()));

@@ -441,6 +441,11 @@ Pickle Machine::run() {
 
 }  // namespace
 
+bool pickle_global_allowed(std::string_view name) {
+  return listed(kCallables, name) || listed(kStorages, name);
+}
+bool pickle_callable_allowed(std::string_view name) { return listed(kCallables, name); }
+
 Pickle unpickle(std::span<const uint8_t> bytes, const std::string& what) {
   Machine m(bytes, what);
   return m.run();

@@ -19,6 +19,7 @@
 #include <deque>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace rwkvpp {
@@ -45,6 +46,10 @@ struct Pickle {
   std::deque<PyObj> arena;  // owns every object
   const PyObj* root = nullptr;
 };
+
+// Whether the machine lets a GLOBAL name `name` (callables: whether REDUCE may call it).
+bool pickle_global_allowed(std::string_view name);
+bool pickle_callable_allowed(std::string_view name);
 
 // Runs the pickle program in `bytes`. Throws Error with a message starting with `what`
 // (e.g. "'model.pth': data.pkl") for an unknown opcode, truncated input, a stack underflow

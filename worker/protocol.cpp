@@ -278,7 +278,9 @@ StatsMsg decode_heartbeat(const Message& msg, const std::string& what) { return 
 
 std::string decode_error(const Message& msg, const std::string& what) {
   auto r = ctrl_reader(msg, Ctrl::Error, what);
-  return r.get_string();
+  std::string s = r.get_string();
+  r.expect_end();
+  return s;
 }
 
 StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden) {

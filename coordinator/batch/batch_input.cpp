@@ -139,7 +139,7 @@ InputScan scan_lines(std::istream& f, const BatchDefaults& d,
   InputScan s;
   s.hash = fnv1a64(nullptr, 0);
   std::unordered_map<std::string, int64_t> first_line;  // id key -> line that holds it
-  std::vector<char> buf(static_cast<size_t>(1) << 20);
+  std::vector<char> buf(static_cast<size_t>(1) << 16);  // read in 64 KiB pieces
   std::string line;         // the line so far (its first kKeptOfLongLine bytes when too long)
   uint64_t line_bytes = 0;  // its length
   uint64_t line_start = 0, pos = 0;

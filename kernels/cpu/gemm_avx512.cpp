@@ -4,7 +4,9 @@
 // called where the CPU has them (gemm.cpp).
 // GCC 12 warns inside its own avx512fintrin.h (the "undefined" pass-through operand of the
 // unmasked int8 widening intrinsics) at -O3: a known false positive, silenced for this file.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>

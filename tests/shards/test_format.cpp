@@ -2,8 +2,10 @@
 // verifies checksums, and bad input fails with a message naming the file and dataset.
 #include <hdf5.h>
 
+#include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "catch.h"
 #include "common/error.h"
@@ -215,4 +217,19 @@ TEST_CASE("damaged or missing model files give clear errors", "[shards][format]"
   CHECK(contains(msg, "not an HDF5 file"));
   msg = error_of([&] { ModelReader r(d / "nowhere"); });
   CHECK(contains(msg, "does not exist"));
+}
+
+TEST_CASE("converting the same checkpoint twice gives the same bytes", "[shards][format]") {
+  TempDir d;
+  const std::string in = fixture("hf-rwkv4/hf-rwkv4-small.safetensors");
+  convert(in, d / "a", 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // HDF5 times are in seconds
+  convert(in, d / "b", 2);
+  int compared = 0;
+  for (auto& e : std::filesystem::directory_iterator(d / "a")) {
+    INFO(e.path().filename().string());
+    CHECK(read_file(e.path().string()) == read_file(d / "b/" + e.path().filename().string()));
+    ++compared;
+  }
+  CHECK(compared == 3);
 }

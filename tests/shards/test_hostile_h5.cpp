@@ -124,6 +124,28 @@ TEST_CASE("model files may not make HDF5 read other files or invent data", "[sha
     CHECK(contains(msg, "/ln_out/weight"));
     CHECK(contains(msg, "the file stores 0"));
   }
+  SECTION("layouts and filters the writer never uses") {
+    // A deflate filter (any filter but Fletcher32 could also name a plugin library), and a
+    // compact layout (libhdf5's compact reader has had out-of-bounds reads).
+    for (int kind : {0, 1}) {
+      INFO((kind == 0 ? "deflate" : "compact"));
+      replace_dataset(model, "/ln_out/weight", [&](hid_t f) {
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        hsize_t chunk = 8;
+        if (kind == 0) {
+          H5Pset_chunk(dcpl, 1, &chunk);
+          H5Pset_deflate(dcpl, 6);
+        } else {
+          H5Pset_layout(dcpl, H5D_COMPACT);
+        }
+        fp32_dataset(f, "/ln_out/weight", 8, dcpl, &ones);
+        H5Pclose(dcpl);
+      });
+      const std::string msg = error_of([&] { ModelReader(d / "m").read_tensor("ln_out.weight"); });
+      CHECK(contains(msg, "/ln_out/weight"));
+      CHECK(contains(msg, kind == 0 ? "uses HDF5 filter 1" : "layout (0)"));
+    }
+  }
   SECTION("a shard list that names a file outside the model's directory") {
     hid_t f = H5Fopen(model.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     h5::set_attr(f, "shards",

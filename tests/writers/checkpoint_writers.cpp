@@ -195,7 +195,8 @@ std::string rwkvcpp_bytes(const Checkpoint& ck, int version) {
       continue;
     }
     Param p{name, t.shape, t.to_f32()};
-    auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+    const std::string& tensor_name = name;  // clang 14 cannot capture a structured binding
+    auto has = [&](const char* s) { return tensor_name.find(s) != std::string::npos; };
     if (has(".time_")) std::erase(p.shape, 1);  // squeeze
     if (version == 4 && has(".time_decay"))
       for (float& x : p.v) x = -std::exp(x);
@@ -250,6 +251,11 @@ const char* storage_type_of(DType t) {
 
 std::string make_pth(const std::map<std::string, HostTensor>& tensors, bool zip64, bool deflate,
                      const std::string& archive) {
+  return make_zip(pth_files(tensors, archive), zip64, deflate);
+}
+
+std::vector<ZipFile> pth_files(const std::map<std::string, HostTensor>& tensors,
+                               const std::string& archive) {
   std::vector<FakeTensor> ts;
   std::vector<ZipFile> files;
   for (auto& [name, t] : tensors) {
@@ -262,7 +268,7 @@ std::string make_pth(const std::map<std::string, HostTensor>& tensors, bool zip6
   files.insert(files.begin(), {archive + "/data.pkl", make_pickle(ts)});
   files.insert(files.begin() + 1, {archive + "/byteorder", "little"});
   files.push_back({archive + "/version", "3\n"});
-  return make_zip(files, zip64, deflate);
+  return files;
 }
 
 std::string make_safetensors(const std::map<std::string, HostTensor>& tensors, bool metadata) {

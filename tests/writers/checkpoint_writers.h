@@ -37,8 +37,12 @@ struct FakeTensor {
 // BINPERSID, REDUCE, SETITEMS, the memo, ...). `extra_op` is inserted before STOP.
 std::string make_pickle(const std::vector<FakeTensor>& ts, const std::string& extra_op = "");
 
-// A whole .pth of `tensors` (one contiguous storage each, little-endian), as torch.save writes
-// a state dict under the archive folder `archive`.
+// The records of a .pth of `tensors` (one contiguous storage each, little-endian), as
+// torch.save writes a state dict under the archive folder `archive`: data.pkl, byteorder, then
+// data/0, data/1, ... in tensor order, then version.
+std::vector<ZipFile> pth_files(const std::map<std::string, HostTensor>& tensors,
+                               const std::string& archive = "model");
+// Those records zipped.
 std::string make_pth(const std::map<std::string, HostTensor>& tensors, bool zip64, bool deflate,
                      const std::string& archive = "model");
 

@@ -1,0 +1,156 @@
+// Fuzz harness of the wire protocol (net/wire.h framing, worker/protocol.h messages): a message
+// as it arrives from a rank is framed, decoded by its type, and re-encoded; what decodes must
+// encode back to the same payload (so no field is misread or dropped). Seeds are messages of
+// every type made by the protocol's own encoders.
+#include <cstring>
+
+#include "common/error.h"
+#include "fuzz/targets.h"
+#include "net/wire.h"
+#include "worker/protocol.h"
+
+namespace rwkvpp::fuzz {
+
+namespace {
+
+constexpr uint64_t kMaxPayload = uint64_t(1) << 24;
+
+std::span<const uint8_t> payload_of(const std::vector<uint8_t>& msg) {
+  return std::span<const uint8_t>(msg).subspan(kHeaderBytes);
+}
+
+void same_payload(const Message& m, const std::vector<uint8_t>& again, const char* what) {
+  auto p = payload_of(again);
+  fuzz_check(p.size() == m.payload.size() && std::memcmp(p.data(), m.payload.data(), p.size()) == 0,
+             what);
+}
+
+void control(const Message& m) {
+  const std::string who = "fuzz rank";
+  switch (peek_ctrl(m, who)) {
+    case Ctrl::Hello:
+      same_payload(m, encode_hello(decode_hello(m, who)), "Hello re-encodes differently");
+      break;
+    case Ctrl::Assign:
+      same_payload(m, encode_assign(decode_assign(m, who)), "Assign re-encodes differently");
+      break;
+    case Ctrl::Ready:
+      same_payload(m, encode_ready(decode_ready(m, who)), "Ready re-encodes differently");
+      break;
+    case Ctrl::Stats:
+      same_payload(m, encode_stats(decode_stats(m, who)), "Stats re-encodes differently");
+      break;
+    case Ctrl::Error:
+      same_payload(m, encode_error(decode_error(m, who)), "Error re-encodes differently");
+      break;
+    case Ctrl::Shutdown:
+      break;
+  }
+}
+
+void step(const Message& m) {
+  std::span<const uint8_t> hidden;
+  StepMsg s = decode_step(m, "fuzz Step", &hidden);
+  fuzz_check(hidden.size() % 4 == 0, "hidden payload not whole floats");
+  std::vector<float> h(hidden.size() / 4);
+  if (!h.empty()) std::memcpy(h.data(), hidden.data(), hidden.size());
+  same_payload(m, encode_step(s, h.data(), h.size()), "Step re-encodes differently");
+  int64_t covered = 0;
+  for (const Segment& seg : s.segs) covered += seg.len;
+  fuzz_check(covered == s.n_tokens(), "segments do not cover the tokens");
+}
+
+}  // namespace
+
+void run_wire(Bytes b) {
+  try {
+    const Message m = decode_message(b, kMaxPayload);
+    switch (m.header.msg_type()) {
+      case MsgType::Hello:
+      case MsgType::Shutdown:
+      case MsgType::Error:
+        control(m);
+        break;
+      case MsgType::Step:
+        step(m);
+        break;
+      case MsgType::Result:
+        same_payload(m, encode_result(decode_result(m, "fuzz Result")),
+                     "Result re-encodes differently");
+        break;
+      case MsgType::Share:
+        same_payload(m, encode_share(decode_share(m, "fuzz Share")),
+                     "Share re-encodes differently");
+        break;
+      case MsgType::Heartbeat:
+        break;
+    }
+  } catch (const Error&) {
+  }
+}
+
+namespace {
+
+std::string str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
+
+}  // namespace
+
+Seeds seeds_wire() {
+  HelloMsg hello;
+  hello.fingerprint = 0x1234;
+  hello.free_memory = 1 << 30;
+  hello.backend = "cpu";
+  hello.host = "node1";
+  AssignMsg assign;
+  assign.n_stages = 2;
+  assign.last = 3;
+  assign.embed = 1;
+  assign.max_slots = 8;
+  assign.max_tokens = 64;
+  ReadyMsg ready;
+  ready.files = {"m/model.h5", "m/model-00001-of-00002.h5"};
+  ready.load_seconds = 0.5;
+  ready.numerics = "cpu";
+  ready.backend = "cpu";
+  StatsMsg stats;
+  stats.compute_s = 1.5;
+  stats.tokens = 100;
+  stats.backend = "cpu";
+  StepMsg st;
+  st.step = 7;
+  SlotOp reset{SlotOpKind::Reset, 1, 0, {}}, clone{SlotOpKind::Clone, 2, 1, {}}, sampling;
+  sampling.kind = SlotOpKind::SetSampling;
+  sampling.slot = 2;
+  sampling.sampling.temperature = 0.8f;
+  st.ops = {reset, clone, sampling};
+  st.segs = {{1, 0, 3}, {2, 3, 1}};
+  st.want = {kWantNothing, kWantSample};
+  st.position = {0, 5};
+  st.tokens = {10, 11, 12, 13};
+  const std::vector<float> hidden(4 * 2, 0.25f);
+  ResultMsg res;
+  res.step = 7;
+  res.segs = {{42, -0.5f, {}}, {-1, 0, {0.1f, 0.2f, 0.3f}}};
+  ShareMsg offer;
+  offer.host = "node1";
+  offer.share_kind = "posix-shm";
+  offer.slot_bytes = 4096;
+  offer.buffers = {{1, 2, 3}, {4, 5}};
+  offer.signals = {{6}, {7}};
+  ShareMsg credit;
+  credit.kind = ShareKind::Credit;
+  credit.slot = 1;
+  return {{"hello", str(encode_hello(hello))},
+          {"assign", str(encode_assign(assign))},
+          {"ready", str(encode_ready(ready))},
+          {"stats", str(encode_stats(stats))},
+          {"shutdown", str(encode_shutdown())},
+          {"error", str(encode_error("stage 1: out of memory"))},
+          {"heartbeat", str(encode_heartbeat(3))},
+          {"step", str(encode_step(st, hidden.data(), hidden.size()))},
+          {"result", str(encode_result(res))},
+          {"share-offer", str(encode_share(offer))},
+          {"share-credit", str(encode_share(credit))}};
+}
+
+}  // namespace rwkvpp::fuzz
