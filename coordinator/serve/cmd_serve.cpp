@@ -55,6 +55,11 @@ std::vector<std::string> keys_from_env() {
   return keys;
 }
 
+// True for addresses only this machine can reach: 127.0.0.0/8, ::1, localhost.
+bool loopback_host(const std::string& h) {
+  return h.rfind("127.", 0) == 0 || h == "::1" || h == "[::1]" || h == "localhost";
+}
+
 void check_args(const ServeArgs& a) {
   if (a.http.threads < 1) fail("--http-threads must be at least 1 (got {})", a.http.threads);
   if (a.config.limits.max_choices < 1)
@@ -75,9 +80,14 @@ int serve(ServeArgs& a) {
   ModelReader reader(a.cluster.model);
   const int64_t vocab = reader.config().vocab_size;
   ServeConfig cfg = a.config;
-  cfg.model_name = a.served_name.empty() ? default_model_name(a.cluster.model) : a.served_name;
   cfg.api_keys = a.api_keys;
   for (auto& k : keys_from_env()) cfg.api_keys.push_back(k);
+  if (cfg.api_keys.empty() && !loopback_host(a.http.host))
+    fmt::print(stderr,
+               "rwkvpp serve: warning: listening on {} without an API key: anyone who can reach "
+               "this address can use the model (give --api-key or RWKVPP_API_KEYS)\n",
+               a.http.host);
+  cfg.model_name = a.served_name.empty() ? default_model_name(a.cluster.model) : a.served_name;
   // World and 20B models end a text with id 0 (<|endoftext|>); the bytes tokenizer has none.
   if (tok->kind() == "world" || tok->kind() == "20b") cfg.stop_ids = {0};
   const uint64_t model_fp = reader.fingerprint();

@@ -7,6 +7,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "common/limits.h"
 #include "coordinator/textgen.h"
 
 namespace rwkvpp {
@@ -284,10 +285,15 @@ void parse_logprobs(const json& o, GenerationRequest& r) {
 
 GenerationRequest parse_generation_request(std::string_view body, Endpoint ep,
                                            const RequestLimits& lim) {
+  if (size_t depth = json_depth(body); depth > kMaxJsonDepth)
+    throw ApiError(400,
+                   fmt::format("the request body nests JSON {} deep, over the limit of {}", depth,
+                               kMaxJsonDepth),
+                   {}, "invalid_json");
   json o;
   try {
     o = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e999
     throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()), {},
                    "invalid_json");
   }

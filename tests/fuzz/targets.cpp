@@ -27,6 +27,8 @@ const std::vector<Target>& targets() {
       {"wire", "decode_message and every step-protocol decoder, re-encoded", run_wire, seeds_wire},
       {"model_h5", "ModelReader on a model.h5: attributes, tensors, tokenizer", run_model_h5,
        seeds_model_h5},
+      {"http_api", "Beast's request parser, then ServeApi::handle: routes, OpenAI bodies, jobs",
+       run_http_api, seeds_http_api},
   };
   return t;
 }

@@ -11,7 +11,7 @@
 // rwkvpp::Error (what a user may cause); any other exception escapes (a defect: readers
 // promise Error), and a broken invariant aborts through fuzz_check(). Either is a finding.
 //
-// Adding a harness (the HTTP request parser, OpenAI bodies, the cluster handshake): write its
+// Adding a harness (the cluster handshake, say): write its
 // run() and seeds() in a targets_*.cpp, list it in targets.cpp, add its name to
 // RWKVPP_FUZZ_TARGETS in tests/fuzz/CMakeLists.txt, and run rwkvpp_fuzz_seeds to make its corpus.
 #pragma once
@@ -60,6 +60,7 @@ void run_batch_jsonl(Bytes);
 void run_journal_record(Bytes);
 void run_wire(Bytes);
 void run_model_h5(Bytes);
+void run_http_api(Bytes);
 Seeds seeds_safetensors();
 Seeds seeds_pth();
 Seeds seeds_pickle();
@@ -71,5 +72,6 @@ Seeds seeds_batch_jsonl();
 Seeds seeds_journal_record();
 Seeds seeds_wire();
 Seeds seeds_model_h5();
+Seeds seeds_http_api();
 
 }  // namespace rwkvpp::fuzz

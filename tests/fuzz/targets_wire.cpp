@@ -83,6 +83,8 @@ void run_wire(Bytes b) {
                      "Share re-encodes differently");
         break;
       case MsgType::Heartbeat:
+        same_payload(m, encode_heartbeat(0, decode_heartbeat(m, "fuzz Heartbeat")),
+                     "Heartbeat re-encodes differently");
         break;
     }
   } catch (const Error&) {
@@ -146,7 +148,7 @@ Seeds seeds_wire() {
           {"stats", str(encode_stats(stats))},
           {"shutdown", str(encode_shutdown())},
           {"error", str(encode_error("stage 1: out of memory"))},
-          {"heartbeat", str(encode_heartbeat(3))},
+          {"heartbeat", str(encode_heartbeat(3, stats))},
           {"step", str(encode_step(st, hidden.data(), hidden.size()))},
           {"result", str(encode_result(res))},
           {"share-offer", str(encode_share(offer))},

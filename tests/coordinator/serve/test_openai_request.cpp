@@ -2,6 +2,7 @@
 // the defaults, and the error objects for wrong types, ranges and unsupported fields; the chat
 // format that messages become.
 #include "catch.h"
+#include "helpers.h"
 #include "coordinator/serve/openai_request.h"
 
 using namespace rwkvpp;
@@ -206,6 +207,25 @@ TEST_CASE("bodies that are not a JSON object are 400 invalid_json / invalid_type
     INFO(body);
     CHECK(error_of(body).code() == "invalid_type");
   }
+}
+
+TEST_CASE("hostile bodies: deep nesting and numbers beyond double are 400s, not crashes",
+          "[serve][hostile]") {
+  // 100000 nested arrays (a 200 KB body) would make a recursive dump() run out of stack.
+  const std::string deep = R"({"model": "m", "prompt": "x", "user": )" +
+                           std::string(100000, '[') + std::string(100000, ']') + "}";
+  ApiError e = error_of(deep);
+  CHECK(e.status() == 400);
+  CHECK(e.code() == "invalid_json");
+  CHECK(test::contains(e.what(), "deep"));
+  // 64 deep is still read (and then refused for the type of the field, as any wrong type).
+  const std::string ok = R"({"model": "m", "prompt": "x", "user": )" + std::string(63, '[') +
+                         std::string(63, ']') + "}";
+  CHECK(error_of(ok).param() == "user");
+  // nlohmann's parser throws out_of_range, not parse_error, for 1e999.
+  ApiError big = error_of(R"({"model": "m", "prompt": "x", "temperature": 1e999})");
+  CHECK(big.status() == 400);
+  CHECK(big.code() == "invalid_json");
 }
 
 TEST_CASE("messages become the User:/Assistant: chat format of rwkvpp chat", "[serve]") {
