@@ -12,6 +12,7 @@
 #include "coordinator/commands.h"
 #include "coordinator/partition.h"
 #include "coordinator/tokenizer/tokenizer_bench.h"
+#include "shards/synthetic.h"
 
 namespace rwkvpp {
 
@@ -19,7 +20,7 @@ namespace {
 
 struct BenchArgs {
   ClusterOptions cluster;
-  std::string batches = "1,32,256", prompts = "1024,4096", contexts, out;
+  std::string batches = "1,32,256", prompts = "1024,4096", contexts, out, version;
   int gen = 128;
 };
 
@@ -117,10 +118,16 @@ void add_bench_command(CLI::App& app, Action& run) {
       "tokens say how many), except decode_layers_s: the layers' device time of its\n"
       "decode_steps (one token per segment) alone.");
   auto* m = c->add_option("--model,-m", a->cluster.model, "converted model (directory or model.h5)");
-  std::string shapes = "tiny, 169m, 430m, 1.5b, 3b, 7b, 14b";
+  std::string shapes;
+  for (auto& name : synthetic_shapes()) shapes += (shapes.empty() ? "" : ", ") + name;
   auto* s = c->add_option("--synthetic", a->cluster.synthetic,
-                          "random weights with an official RWKV-4 shape, generated on each rank (" + shapes + ")");
+                          "random weights with the released shape of an RWKV-4, 5, 6 or 7 model, generated on each "
+                          "rank (" + shapes + ")");
   m->excludes(s);
+  c->add_option("--version", a->version,
+                "4, 5, 6 or 7: the version of a --synthetic shape given without its prefix (--version 7 "
+                "--synthetic 1.5b is v7-1.5b)")
+      ->needs(s);
   c->add_option("--batch", a->batches, "decode batch sizes")->capture_default_str();
   c->add_option("--prompt", a->prompts, "prefill prompt lengths")->capture_default_str();
   c->add_option("--gen", a->gen, "tokens generated per decode measurement")->capture_default_str();
@@ -130,6 +137,7 @@ void add_bench_command(CLI::App& app, Action& run) {
   c->callback([a, &run] {
     run = [a] {
       if (a->cluster.model.empty() && a->cluster.synthetic.empty()) fail("bench needs --model or --synthetic");
+      if (!a->cluster.synthetic.empty()) a->cluster.synthetic = synthetic_shape_name(a->cluster.synthetic, a->version);
       auto batches = parse_list(a->batches, "--batch", 1 << 16);
       auto prompts = parse_list(a->prompts, "--prompt", 1 << 24);
       auto contexts =
@@ -231,8 +239,13 @@ void add_bench_command(CLI::App& app, Action& run) {
              {"tokens_per_s_compute", double(st.tokens) / std::max(st.compute_s, 1e-9)}});
       }
       out["model"] = opt.synthetic.empty() ? opt.model : "synthetic:" + opt.synthetic;
+      out["shape"] = opt.synthetic.empty() ? nlohmann::json(nullptr) : nlohmann::json(opt.synthetic);
+      out["version"] = version_name(cfg.version);
       out["n_layer"] = cfg.n_layer;
       out["n_embd"] = cfg.n_embd;
+      out["n_head"] = cfg.n_head;
+      out["head_size"] = cfg.head_size;
+      out["ffn_dim"] = cfg.ffn_dim;
       out["vocab_size"] = cfg.vocab_size;
       out["dtype"] = dtype_name(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
       out["floors"] = {{"copy_GBps", copy_min},

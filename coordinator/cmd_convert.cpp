@@ -57,32 +57,36 @@ void add_convert_command(CLI::App& app, Action& run) {
 
 void add_synth_command(CLI::App& app, Action& run) {
   struct Args {
-    std::string shape, outdir, dtype = "fp16";
+    std::string shape, version, outdir, dtype = "fp16";
     int shards = 1;
     uint64_t seed = 1;
   };
   auto a = std::make_shared<Args>();
   auto* c = app.add_subcommand("synth",
-                               "Write a model with RANDOM weights and the official RWKV-4 shapes (load tests, "
-                               "benchmarks, the quickstart). Its output is noise.");
+                               "Write a model with RANDOM weights and the released shape of an RWKV-4, 5, 6 or 7 "
+                               "model (load tests, benchmarks, the quickstart). Its output is noise.");
   std::string shapes;
   for (auto& s : synthetic_shapes()) shapes += (shapes.empty() ? "" : ", ") + s;
-  c->add_option("--shape", a->shape, "one of: " + shapes)->required();
+  c->add_option("--shape", a->shape, "one of: " + shapes + " (RWKV-4 names also as v4-1.5b etc.)")->required();
+  c->add_option("--version", a->version,
+                "4, 5, 6 or 7: the version of a --shape given without its prefix (--version 7 --shape 1.5b "
+                "is v7-1.5b)");
   c->add_option("-o,--output", a->outdir, "output directory (must not exist)")->required();
   c->add_option("--shards", a->shards, "number of shard files")->capture_default_str();
   c->add_option("--dtype", a->dtype, "fp32, fp16 or bf16")->capture_default_str();
   c->add_option("--seed", a->seed, "random seed")->capture_default_str();
   c->callback([a, &run] {
     run = [a] {
-      ModelConfig cfg = synthetic_config(a->shape, parse_storage_dtype(a->dtype, "--dtype"));
+      const std::string shape = synthetic_shape_name(a->shape, a->version);
+      ModelConfig cfg = synthetic_config(shape, parse_storage_dtype(a->dtype, "--dtype"));
       Checkpoint ck = synthetic_checkpoint(cfg, a->seed);
       WriteOptions opt;
       opt.shards = a->shards;
       opt.tokenizer = {"bytes", ""};
       if (cfg.vocab_size != 256) opt.tokenizer = {};
       write_model(ck, cfg, a->outdir, opt);
-      fmt::print("wrote a RANDOM-weight RWKV-4 model, shape {} ({} layers, n_embd {}, vocab {}), to {}\n", a->shape,
-                 cfg.n_layer, cfg.n_embd, cfg.vocab_size, a->outdir);
+      fmt::print("wrote a RANDOM-weight RWKV-{} model, shape {} ({} layers, n_embd {}, vocab {}), to {}\n",
+                 version_name(cfg.version), shape, cfg.n_layer, cfg.n_embd, cfg.vocab_size, a->outdir);
       return 0;
     };
   });

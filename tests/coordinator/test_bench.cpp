@@ -167,3 +167,46 @@ TEST_CASE("the pipeline's tuning options refuse values that cannot work", "[benc
           {" --threads -2", "--threads: -2; 0 (the host's cores"},
       });
 }
+
+TEST_CASE("synth and bench --synthetic know every version's shapes", "[bench][synthetic]") {
+  TempDir d;
+  // --version 7 --shape tiny names the same model as --shape v7-tiny: same fingerprint (it
+  // covers every stored tensor's bytes); another seed gives other weights.
+  auto fingerprint = [&](const std::string& args, const std::string& dir) {
+    auto s = run(rwkvpp_binary() + " synth " + args + " -o " + d / dir, 120);
+    INFO(s.err);
+    REQUIRE(s.exit_code == 0);
+    CHECK(contains(s.out, "RWKV-7 model, shape v7-tiny"));
+    auto i = run(rwkvpp_binary() + " inspect --json " + d / dir, 60);
+    REQUIRE(i.exit_code == 0);
+    const json j = json::parse(i.out);
+    CHECK(j.at("rwkv_version") == "7");
+    return j.at("fingerprint").get<std::string>();
+  };
+  const std::string a = fingerprint("--shape v7-tiny", "a"), b = fingerprint("--version 7 --shape tiny", "b");
+  CHECK(a == b);
+  CHECK(fingerprint("--shape v7-tiny --seed 2", "c") != a);
+  auto g = run(rwkvpp_binary() + " generate -m " + d / "a" + " --device cpu --prompt-tokens 1,2,3 -n 4", 120);
+  INFO(g.err);
+  CHECK(g.exit_code == 0);
+  // The bench JSON names the version and the shape, from a model or generated weights.
+  for (const std::string& what : {std::string("-m ") + d / "a", std::string("--synthetic v7-tiny"),
+                                  std::string("--version 7 --synthetic tiny")}) {
+    INFO(what);
+    auto r = run(rwkvpp_binary() + " bench " + what + " --device cpu --threads 1 --batch 1 --prompt 8 --gen 2", 120);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    const json j = json::parse(r.out);
+    CHECK(j.at("version") == "7");
+    CHECK(j.at("n_head") == 2);
+    CHECK(j.at("head_size") == 64);
+    if (what[0] == '-' && what[1] == 'm')
+      CHECK(j.at("shape").is_null());
+    else
+      CHECK(j.at("shape") == "v7-tiny");
+  }
+  auto help = run(rwkvpp_binary() + " bench --help", 60);
+  CHECK(contains(help.out, "v7-13.3b"));
+  CHECK(contains(help.out, "v6-14b"));
+  CHECK(contains(help.out, "v5-7b"));
+}
