@@ -132,7 +132,7 @@ void serve_steps(Transport& t, StepLoop& loop, int coord) {
 // when a rank stops answering, the coordinator (which knows every stage) is the one that names
 // it. The transport reads RWKVPP_PEER_TIMEOUT_S when it is made, so this runs before.
 static void stretch_worker_timeout() {
-  int rank = env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
+  int rank = env_int({"RWKVPP_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
   if (rank == 0) return;
   double base = 20;
   if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && *e) base = std::atof(e);

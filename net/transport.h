@@ -1,6 +1,6 @@
 // The transport seam: how ranks exchange byte messages. The step protocol (worker/, coordinator/)
-// is written once on top of this; MPI (net/mpi/) and an in-process loopback (net/local/) implement
-// it, and a TCP (net/asio/) or UCX (net/ucx/) one can follow.
+// is written once on top of this; MPI (net/mpi/), UCX (net/ucx/) and an in-process loopback
+// (net/local/) implement it, and a TCP (net/asio/) one can follow.
 //
 // Contract, for every implementation:
 // - Every call is non-blocking ("must not block") except wait_some(), which blocks up to its
@@ -13,7 +13,7 @@
 //   timeout while a request to or from it is pending) is reported by test() throwing PeerLost,
 //   which names the peer; the transport then stays usable only for shutdown: report the error
 //   and call abort().
-// - Liveness (MPI): a message or a transport heartbeat received from a peer is its sign of
+// - Liveness (MPI, UCX): a message or a transport heartbeat received from a peer is its sign of
 //   life. Every rank sends heartbeats to every other rank while it drives its transport
 //   (test(), wait_some()), every timeout/4, so a peer that is alive but has nothing to say is
 //   not taken for lost; a stopped or stuck one is. The clock runs only while this rank waits
@@ -61,7 +61,7 @@ class Transport {
   virtual ~Transport() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string name() const = 0;  // "mpi(ob1)", "mpi(ucx)", "local"
+  virtual std::string name() const = 0;  // "mpi(ob1)", "mpi(ucx)", "ucx(tcp)", "local"
   // True when buffers may be device (GPU) memory (a CUDA-aware MPI).
   virtual bool device_memory() const = 0;
 
@@ -92,8 +92,9 @@ class Transport {
   [[noreturn]] virtual void abort(int code) = 0;
 };
 
-// The transport for this process: MPI when launched under mpirun/srun (initialising MPI),
-// otherwise a single-rank local transport.
+// The transport for this process: the one RWKVPP_TRANSPORT names (ucx, mpi, local); unset, MPI
+// when launched under mpirun/srun (initialising MPI), otherwise a single-rank local transport.
+// (net/transports.h has one constructor per transport.)
 std::unique_ptr<Transport> make_transport(int* argc, char*** argv);
 // A single-rank in-process transport (rank 0 of 1; sends go to itself).
 std::unique_ptr<Transport> make_local_transport();

@@ -3,8 +3,8 @@
 // rwkvpp errors, and a liveness timeout (net/liveness.h) for peers that stop answering.
 // Messages to this same rank go through a Loopback instead of MPI (net/loopback.h); a
 // receive from any peer waits in both until one of them delivers.
-// Also make_transport() and launched_by_mpi(): MPI is initialised only when the environment
-// says that mpirun or srun started us, so that a plain run never touches MPI.
+// Also launched_by_mpi(): make_transport() (net/make_transport.cpp) initialises MPI only when
+// the environment says that mpirun or srun started us, so that a plain run never touches MPI.
 //
 // Threading: MPI is initialised with MPI_THREAD_FUNNELED; only the thread that created the
 // transport may call it (the contract's "one thread drives a transport").
@@ -34,6 +34,7 @@
 #include "net/liveness.h"
 #include "net/loopback.h"
 #include "net/transport.h"
+#include "net/transports.h"
 
 namespace rwkvpp {
 
@@ -556,9 +557,8 @@ bool launched_by_mpi() {
   return false;
 }
 
-std::unique_ptr<Transport> make_transport(int* argc, char*** argv) {
-  if (launched_by_mpi()) return std::make_unique<MpiTransport>(argc, argv);
-  return make_local_transport();
+std::unique_ptr<Transport> make_mpi_transport(int* argc, char*** argv) {
+  return std::make_unique<MpiTransport>(argc, argv);
 }
 
 }  // namespace rwkvpp

@@ -1,15 +1,19 @@
-// rwkvpp_mpi_contract: runs the transport contract on every rank of an mpirun job, so that the
-// MPI transport (with whichever PML mpirun selects) is held to the same checks as the local
-// one. Started by tests/net/test_mpi_transport.cpp; MPI is initialised here, never inside the
-// Catch2 process.
+// rwkvpp_transport_contract: runs the transport contract on every rank of a job, so that the
+// MPI transport (with whichever PML mpirun selects) and the UCX one (ranks started as plain
+// processes with RWKVPP_TRANSPORT=ucx) are held to the same checks as the local one. Started by
+// tests/net/test_mpi_transport.cpp and tests/net/test_ucx_transport.cpp; MPI is initialised
+// here, never inside the Catch2 process.
 //
-//   mpirun -np 3 rwkvpp_mpi_contract                  contract checks; exit 0 when all pass
-//   mpirun -np 3 rwkvpp_mpi_contract --stall-rank 2   liveness: rank 2 stops itself (SIGSTOP)
-//                                                     instead of answering; rank 0 must report
-//                                                     PeerLost naming it and abort the job
-//   mpirun -np 3 rwkvpp_mpi_contract --quiet-s 3      rank 0 says nothing to the others for
-//                                                     3 s; with a shorter liveness timeout
-//                                                     they must not take it for lost
+//   mpirun -np 3 rwkvpp_transport_contract                  contract checks; exit 0 when all pass
+//   mpirun -np 3 rwkvpp_transport_contract --stall-rank 2   liveness: after one round of hellos,
+//                                                           rank 2 stops itself (SIGSTOP); rank 0
+//                                                           must report PeerLost naming it and
+//                                                           abort the job (exit code 3)
+//   ... --kill-rank 2                                       the same with SIGKILL (UCX: the
+//                                                           endpoint's error handler names it)
+//   mpirun -np 3 rwkvpp_transport_contract --quiet-s 3      rank 0 says nothing to the others for
+//                                                           3 s; with a shorter liveness timeout
+//                                                           they must not take it for lost
 #include <signal.h>
 
 #include <cstdlib>
@@ -24,26 +28,36 @@ using namespace rwkvpp;
 
 namespace {
 
-// Every rank but `stall` sends a hello to rank 0; `stall` stops. Rank 0 waits for them all
-// and must see PeerLost naming `stall`; it then aborts the job (exit code 3). The other ranks
-// wait for a reply that never comes, until the abort ends them.
-int stall_check(Transport& t, int stall) {
-  const int me = t.rank();
-  uint64_t hello = uint64_t(me);
-  if (me == stall) {
-    std::cout << "rank " << me << ": stopping myself (SIGSTOP)" << std::endl;
-    raise(SIGSTOP);
+// Round one: every rank sends a hello to rank 0, which answers each (so every link has carried a
+// message). Then `victim` raises `sig`; the others send a second hello. Rank 0 waits for them
+// all and must see PeerLost naming `victim`; it then aborts the job (exit code 3). The other
+// ranks wait for a reply that never comes, until the abort ends them.
+int failure_check(Transport& t, int victim, int sig) {
+  const int me = t.rank(), n = t.size();
+  uint64_t hello = uint64_t(me), go = 0;
+  RequestId w1 = t.post_send(0, 6, &hello, sizeof(hello));
+  if (me == 0) {
+    std::vector<uint64_t> got(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) test::wait_for(t, t.post_recv(i, 6, &got[size_t(i)], 8), "hello 1");
+    for (int i = 0; i < n; ++i) test::wait_for(t, t.post_send(i, 5, &hello, 8), "an answer");
+  }
+  test::wait_for(t, t.post_recv(0, 5, &go, 8), "rank 0's answer");
+  test::wait_for(t, w1, "hello 1");
+  if (me == victim) {
+    std::cout << "rank " << me << ": stopping myself (" << (sig == SIGKILL ? "SIGKILL" : "SIGSTOP")
+              << ")" << std::endl;
+    raise(sig);
     return 0;
   }
   RequestId w = t.post_send(0, 7, &hello, sizeof(hello));
   if (me == 0) {
-    std::vector<uint64_t> got(size_t(t.size()));
+    std::vector<uint64_t> got(static_cast<size_t>(n));
     std::vector<RequestId> rs;
-    for (int i = 0; i < t.size(); ++i) rs.push_back(t.post_recv(i, 7, &got[size_t(i)], 8));
+    for (int i = 0; i < n; ++i) rs.push_back(t.post_recv(i, 7, &got[size_t(i)], 8));
     auto t0 = std::chrono::steady_clock::now();
     try {
       for (RequestId id : rs) test::wait_for(t, id, "a hello", 120);
-      std::cout << "rank 0: every rank answered; expected rank " << stall << " to be lost"
+      std::cout << "rank 0: every rank answered; expected rank " << victim << " to be lost"
                 << std::endl;
       return 1;
     } catch (const PeerLost& e) {
@@ -100,25 +114,30 @@ int main(int argc, char** argv) {
   std::unique_ptr<Transport> t;
   try {
     t = make_transport(&argc, &argv);
-    int stall = -1;
+    int victim = -1, sig = 0;
     double quiet_s = 0;
     for (int i = 1; i < argc; ++i) {
       if (std::strcmp(argv[i], "--stall-rank") == 0 && i + 1 < argc) {
-        stall = std::atoi(argv[++i]);
+        victim = std::atoi(argv[++i]);
+        sig = SIGSTOP;
+      } else if (std::strcmp(argv[i], "--kill-rank") == 0 && i + 1 < argc) {
+        victim = std::atoi(argv[++i]);
+        sig = SIGKILL;
       } else if (std::strcmp(argv[i], "--quiet-s") == 0 && i + 1 < argc) {
         quiet_s = std::atof(argv[++i]);
       } else {
-        std::cerr << "usage: rwkvpp_mpi_contract [--stall-rank R | --quiet-s SECONDS]\n";
+        std::cerr << "usage: rwkvpp_transport_contract [--stall-rank R | --kill-rank R | "
+                     "--quiet-s SECONDS]\n";
         return 2;
       }
     }
     if (quiet_s > 0) return quiet_check(*t, quiet_s);
-    if (stall >= 0) {
-      if (stall == 0 || stall >= t->size()) {
-        std::cerr << "--stall-rank must name a rank in 1.." << t->size() - 1 << "\n";
+    if (victim >= 0) {
+      if (victim == 0 || victim >= t->size()) {
+        std::cerr << "--stall-rank/--kill-rank must name a rank in 1.." << t->size() - 1 << "\n";
         return 2;
       }
-      return stall_check(*t, stall);
+      return failure_check(*t, victim, sig);
     }
     int failed = test::run_transport_contract(*t, std::cout);
     return failed == 0 ? 0 : 1;

@@ -1,4 +1,4 @@
-// MPI transport tests ([mpi]): run rwkvpp_mpi_contract under mpirun with 3 ranks, once with
+// MPI transport tests ([mpi]): run rwkvpp_transport_contract under mpirun with 3 ranks, once with
 // Open MPI's default PML and once with UCX, and check that a rank that stops answering is
 // reported by rank 0 as PeerLost naming it, and that the job then ends. MPI is never
 // initialised inside this (Catch2) process: every MPI run is a child mpirun.
@@ -39,7 +39,7 @@ int count(const std::string& s, const std::string& needle) {
 
 TEST_CASE("MPI transport passes the contract with the default PML", "[mpi]") {
   if (!have_mpirun()) MPI_TEST_SKIP("mpirun is not installed");
-  auto r = run(kMpirun + " -np 3 " + RWKVPP_MPI_CONTRACT, 120);
+  auto r = run(kMpirun + " -np 3 " + RWKVPP_TRANSPORT_CONTRACT, 120);
   INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
   REQUIRE(r.exit_code == 0);
   REQUIRE(count(r.out, " checks passed, 0 failed") == 3);
@@ -52,7 +52,7 @@ TEST_CASE("MPI transport passes the contract with the UCX PML", "[mpi]") {
   if (!have_mpirun()) MPI_TEST_SKIP("mpirun is not installed");
   if (run("ompi_info --parsable | grep -q '^mca:pml:ucx:'", 30).exit_code != 0)
     MPI_TEST_SKIP("this Open MPI has no UCX PML (ompi_info lists no 'MCA pml: ucx')");
-  auto r = run(kMpirun + " " + kUcx + " -np 3 " + RWKVPP_MPI_CONTRACT, 120);
+  auto r = run(kMpirun + " " + kUcx + " -np 3 " + RWKVPP_TRANSPORT_CONTRACT, 120);
   INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
   if (r.exit_code != 0 && (contains(r.err, "PML ucx cannot be selected") ||
                            contains(r.err, "No components were able to be opened in the pml")))
@@ -66,7 +66,7 @@ TEST_CASE("MPI transport reports a peer that stops answering as PeerLost", "[mpi
   if (!have_mpirun()) MPI_TEST_SKIP("mpirun is not installed");
   auto t0 = std::chrono::steady_clock::now();
   auto r = run(
-      kMpirun + " -x RWKVPP_PEER_TIMEOUT_S=5 -np 3 " + RWKVPP_MPI_CONTRACT + " --stall-rank 2", 60);
+      kMpirun + " -x RWKVPP_PEER_TIMEOUT_S=5 -np 3 " + RWKVPP_TRANSPORT_CONTRACT + " --stall-rank 2", 60);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   INFO("after " << secs << " s, exit " << r.exit_code << "\nstdout:\n"
                 << r.out << "\nstderr:\n"
@@ -87,7 +87,7 @@ TEST_CASE("MPI transport does not take a quiet but live peer for lost", "[mpi]")
   if (!have_mpirun()) MPI_TEST_SKIP("mpirun is not installed");
   // Rank 0 sends nothing to ranks 1 and 2 for 3 s while they wait for it, with a 1 s timeout.
   auto r = run(
-      kMpirun + " -x RWKVPP_PEER_TIMEOUT_S=1 -np 3 " + RWKVPP_MPI_CONTRACT + " --quiet-s 3", 60);
+      kMpirun + " -x RWKVPP_PEER_TIMEOUT_S=1 -np 3 " + RWKVPP_TRANSPORT_CONTRACT + " --quiet-s 3", 60);
   INFO("exit " << r.exit_code << "\nstdout:\n" << r.out << "\nstderr:\n" << r.err);
   REQUIRE(r.exit_code == 0);
   REQUIRE(count(r.out, "quiet peer: rank") == 3);

@@ -1,8 +1,9 @@
 // The transport contract suite (net/transport.h), written once and run against every
 // transport: in-process for the local transport (tests/net/test_transport.cpp) and on every
-// rank of an mpirun job for MPI (tests/net/mpi_contract_main.cpp, driven by
-// tests/net/test_mpi_transport.cpp). It uses only the Transport interface, so a TCP or UCX
-// transport plugs in the same way.
+// rank of a job for MPI (under mpirun) and UCX (plain processes): tests/net/
+// transport_contract_main.cpp, driven by tests/net/test_mpi_transport.cpp and
+// tests/net/test_ucx_transport.cpp. It uses only the Transport interface, so a TCP transport
+// plugs in the same way.
 #pragma once
 
 #include <ostream>
