@@ -10,6 +10,11 @@
 
 namespace rwkvpp {
 
+std::vector<int32_t> end_of_text_ids(const Tokenizer& tok) {
+  if (tok.kind() == "world" || tok.kind() == "20b") return {0};
+  return {};
+}
+
 std::string token_bytes_or_empty(const Tokenizer& tok, int32_t id) {
   if (id < 0 || id >= tok.vocab_size()) return {};
   try {

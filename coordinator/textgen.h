@@ -50,6 +50,10 @@ std::unique_ptr<Tokenizer> tokenizer_for(const std::string& model,
 // beyond the tokenizer's, e.g. 65536 rows for World's 65530 ids) decode to nothing.
 std::string token_bytes_or_empty(const Tokenizer& tok, int32_t id);
 
+// The ids that end a text for this tokenizer: World's and 20B's <|endoftext|> (0); none for the
+// bytes tokenizer. rwkvpp serve stops every choice at them, and so do OpenAI Batch lines.
+std::vector<int32_t> end_of_text_ids(const Tokenizer& tok);
+
 // A Request whose generated tokens are decoded through `tok`; it stops at any stop string (the
 // returned text excludes it and anything after) or stop id; `on_text` (may be empty) receives
 // the text as it is produced, never splitting a UTF-8 character and holding back text that may

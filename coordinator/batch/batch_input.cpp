@@ -3,10 +3,12 @@
 
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <unordered_map>
 
 #include "common/error.h"
 #include "common/limits.h"
+#include "coordinator/batch/openai_batch.h"
 #include "shards/model_format.h"
 
 namespace rwkvpp {
@@ -44,6 +46,7 @@ float get_float(const json& j, const char* field) {
 BatchItem batch_item(const json& j, int64_t line, const BatchDefaults& d) {
   BatchItem it;
   it.line = line;
+  it.format = InputFormat::Records;
   it.n = d.n;
   it.max_tokens = d.max_tokens;
   it.sampling = d.sampling;
@@ -60,8 +63,10 @@ BatchItem batch_item(const json& j, int64_t line, const BatchDefaults& d) {
   if (!j.contains("prompt")) fail("field 'prompt' is missing");
   const json& p = j["prompt"];
   if (!p.is_string()) fail("field 'prompt' must be a string, got {}", p.type_name());
-  it.prompt = p.get<std::string>();
-  if (it.prompt.empty()) fail("field 'prompt' is empty");
+  PromptInput prompt;
+  prompt.text = p.get<std::string>();
+  if (prompt.text.empty()) fail("field 'prompt' is empty");
+  it.prompts.push_back(std::move(prompt));
 
   if (j.contains("n")) it.n = get_int(j, "n", 1, kMaxSamples);
   if (j.contains("max_tokens")) it.max_tokens = get_int(j, "max_tokens", 0, kMaxTokens);
@@ -108,13 +113,13 @@ BatchItem batch_item(const json& j, int64_t line, const BatchDefaults& d) {
   return it;
 }
 
-}  // namespace
-
-BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDefaults& d) {
+// The line as a JSON object; throws LineError (code "invalid_json") when it is not one.
+json parse_object(const std::string& text) {
+  auto bad = [](const std::string& m) { throw LineError(m, "invalid_json"); };
   if (text.size() > kMaxBatchLine)
-    fail("the line has {} bytes, over the limit of {}", text.size(), kMaxBatchLine);
+    bad(fmt::format("the line has {} bytes, over the limit of {}", text.size(), kMaxBatchLine));
   if (size_t depth = json_depth(text); depth > kMaxJsonDepth)
-    fail("JSON nested {} deep, over the limit of {}", depth, kMaxJsonDepth);
+    bad(fmt::format("JSON nested {} deep, over the limit of {}", depth, kMaxJsonDepth));
   json j;
   try {
     j = json::parse(text);
@@ -123,20 +128,53 @@ BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDef
     // "[json.exception.parse_error.101] "; keep what follows.
     std::string m = e.what();
     if (auto k = m.find("] "); k != std::string::npos) m = m.substr(k + 2);
-    fail("invalid JSON: {}", m);
+    bad("invalid JSON: " + m);
   }
-  if (!j.is_object()) fail("a line must be a JSON object, got {}", j.type_name());
+  if (!j.is_object()) bad(fmt::format("a line must be a JSON object, got {}", j.type_name()));
+  return j;
+}
+
+}  // namespace
+
+const char* format_name(InputFormat f) {
+  return f == InputFormat::OpenAI ? "openai" : f == InputFormat::Records ? "rwkvpp" : "auto";
+}
+
+BatchItem parse_batch_line(const std::string& text, int64_t line, const BatchDefaults& d,
+                           InputFormat format) {
+  const json j = parse_object(text);
+  if (format == InputFormat::OpenAI) return parse_openai_line(j, line, d);
   try {
     return batch_item(j, line, d);
+  } catch (const LineError&) {
+    throw;
+  } catch (const Error& e) {
+    throw LineError(e.what());
   } catch (const json::exception& e) {
-    fail("unexpected JSON value: {}", e.what());
+    throw LineError(fmt::format("unexpected JSON value: {}", e.what()));
   }
+}
+
+InputFormat detect_input_format(std::istream& in) {
+  std::string line;
+  for (int i = 0; i < 1000 && std::getline(in, line); ++i) {
+    try {
+      return is_openai_batch_line(parse_object(line)) ? InputFormat::OpenAI
+                                                      : InputFormat::Records;
+    } catch (const LineError&) {
+      // Not an object (blank, malformed): the next line decides.
+    }
+  }
+  return InputFormat::Records;
 }
 
 InputScan scan_lines(std::istream& f, const BatchDefaults& d,
                      const std::function<void(const Reject&)>& on_reject,
-                     const std::function<bool()>& should_stop, uint64_t max_line) {
+                     const std::function<bool()>& should_stop, uint64_t max_line,
+                     InputFormat format) {
   InputScan s;
+  bool decided = format != InputFormat::Auto;
+  s.format = decided ? format : InputFormat::Records;
   s.hash = fnv1a64(nullptr, 0);
   std::unordered_map<std::string, int64_t> first_line;  // id key -> line that holds it
   std::vector<char> buf(static_cast<size_t>(1) << 16);  // read in 64 KiB pieces
@@ -150,18 +188,37 @@ InputScan scan_lines(std::istream& f, const BatchDefaults& d,
     ++line_no;
     try {
       if (line_bytes > max_line)
-        fail("the line has {} bytes, over the limit of {} (its first {} bytes are shown)",
-             line_bytes, max_line, text.size());
+        throw LineError(
+            fmt::format("the line has {} bytes, over the limit of {} (its first {} bytes are shown)",
+                        line_bytes, max_line, text.size()),
+            "invalid_json");
       if (!text.empty() && text.back() == '\r') text.pop_back();         // CRLF files
       if (text.find_first_not_of(" \t\r") == std::string::npos) return;  // blank line
-      BatchItem it = parse_batch_line(text, line_no, d);
+      if (!decided) {
+        try {
+          s.format = is_openai_batch_line(parse_object(text)) ? InputFormat::OpenAI
+                                                              : InputFormat::Records;
+          decided = true;
+        } catch (const LineError&) {
+          // Not an object: rejected below as in either format; the next line decides.
+        }
+      }
+      BatchItem it = parse_batch_line(text, line_no, d, s.format);
       auto [at, fresh] = first_line.emplace(it.key, line_no);
-      if (!fresh) fail("duplicate id {} (first on line {})", it.key, at->second);
-      s.lines.push_back({line_start, uint32_t(text.size()), line_no, it.n, it.key});
-      s.samples += uint64_t(it.n);
+      if (!fresh) {
+        if (s.format == InputFormat::OpenAI)
+          throw LineError(fmt::format("duplicate custom_id {} (first on line {})", it.key, at->second),
+                          "duplicate_custom_id", it.id);
+        fail("duplicate id {} (first on line {})", it.key, at->second);
+      }
+      s.lines.push_back({line_start, uint32_t(text.size()), line_no, it.records(), it.key});
+      s.samples += uint64_t(it.records());
+    } catch (const LineError& e) {
+      ++s.rejected;
+      if (on_reject) on_reject(Reject{line_no, e.what(), text, e.code(), e.status(), e.custom_id(), e.param()});
     } catch (const Error& e) {
       ++s.rejected;
-      if (on_reject) on_reject(Reject{line_no, e.what(), text});
+      if (on_reject) on_reject(Reject{line_no, e.what(), text, {}, 0, nullptr, {}});
     }
   };
   // Appends part of a line, keeping only the start of one that is too long.
@@ -199,15 +256,16 @@ InputScan scan_lines(std::istream& f, const BatchDefaults& d,
 
 InputScan scan_input(const std::string& path, const BatchDefaults& d,
                      const std::function<void(const Reject&)>& on_reject,
-                     const std::function<bool()>& should_stop) {
+                     const std::function<bool()>& should_stop, InputFormat format) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open --input '{}'", path);
-  InputScan s = scan_lines(f, d, on_reject, should_stop, kMaxBatchLine);
+  InputScan s = scan_lines(f, d, on_reject, should_stop, kMaxBatchLine, format);
   if (f.bad()) fail("cannot read --input '{}'", path);
   return s;
 }
 
-InputReader::InputReader(const std::string& path) : path_(path), f_(path, std::ios::binary) {
+InputReader::InputReader(const std::string& path, InputFormat format)
+    : path_(path), format_(format), f_(path, std::ios::binary) {
   if (!f_) fail("cannot open --input '{}'", path);
 }
 
@@ -220,7 +278,7 @@ BatchItem InputReader::read(const LineRef& ref, const BatchDefaults& d) {
     fail("--input '{}' line {}: cannot read it again (did the file change while the job ran?)",
          path_, ref.line);
   try {
-    return parse_batch_line(text, ref.line, d);
+    return parse_batch_line(text, ref.line, d, format_);
   } catch (const Error& e) {
     fail("--input '{}' line {}: {} (the file changed while the job ran?)", path_, ref.line,
          e.what());

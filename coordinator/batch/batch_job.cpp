@@ -1,11 +1,11 @@
-// The batch job on the coordinator: scan the input, open the journal, then keep the engine fed
-// with prompt groups (one input line, its samples) until the input is exhausted or a signal
-// stops the job. See batch_job.h.
+// The batch job on the coordinator: scan the input, open the journal, then run the scheduler
+// (batch_runner.h) until the input is exhausted or a signal stops the job. See batch_job.h.
 #include "coordinator/batch/batch_job.h"
 
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <exception>
 #include <fstream>
 #include <map>
@@ -15,8 +15,11 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "coordinator/batch/batch_runner.h"
 #include "coordinator/batch/journal.h"
+#include "coordinator/batch/openai_batch.h"
 #include "coordinator/batch/progress.h"
+#include "coordinator/serve/openai_response.h"
 #include "coordinator/signals.h"
 #include "coordinator/textgen.h"
 #include "shards/model_format.h"
@@ -67,200 +70,6 @@ ordered_json sampling_json(const BatchOptions& o) {
   return d;
 }
 
-// One input line being generated: its samples share the state of its prompt.
-struct Group {
-  BatchItem item;
-  std::vector<int32_t> ids;  // the prompt's tokens (after the shared prefix)
-  std::vector<int> todo;     // sample indices not in the output yet
-  int waiting = 0;           // samples whose result has not come back
-  int prefix = -1;           // engine prefix holding the prompt's tokens but the last; -1: none
-  int prompt_tokens = 0;     // shared prefix + prompt
-};
-
-class BatchRunner {
- public:
-  BatchRunner(Engine& e, const Tokenizer& tok, const BatchOptions& o, const InputScan& scan,
-              Journal& j, Progress& p, std::vector<int32_t> shared_ids)
-      : e_(e),
-        tok_(tok),
-        o_(o),
-        scan_(scan),
-        reader_(o.input),
-        j_(j),
-        p_(p),
-        shared_ids_(std::move(shared_ids)) {
-    budget_ = std::max(1, e_.limits().max_slots - (shared_ids_.empty() ? 0 : 1));
-  }
-
-  // Runs until the input is exhausted or the engine is asked to stop; rethrows the first error
-  // a callback caught.
-  void run() {
-    struct Attach {
-      explicit Attach(Engine* e) { stop_engine_on_signal(e); }
-      ~Attach() { stop_engine_on_signal(nullptr); }
-    } attach(&e_);
-    if (!shared_ids_.empty()) shared_ = e_.add_prefix(shared_ids_);
-    refill();
-    e_.run();
-    // Every sequence has finished (or was cancelled): give the kept states back.
-    for (int id : to_release_) release(id);
-    for (auto& [line, g] : groups_)
-      if (g->prefix >= 0) release(g->prefix);
-    groups_.clear();
-    if (shared_ >= 0) release(shared_);
-    if (error_) std::rethrow_exception(error_);
-  }
-
-  uint64_t abandoned() const { return abandoned_; }
-
- private:
-  void release(int prefix) {
-    try {
-      e_.release_prefix(prefix);
-    } catch (...) {
-      note_error(std::current_exception());
-    }
-  }
-
-  void note_error(std::exception_ptr ex) {
-    if (!error_) error_ = ex;
-    e_.request_stop();
-  }
-
-  bool stopping() const { return e_.stop_requested() || error_; }
-
-  // Starts groups while the engine has room; callbacks call it again as samples finish.
-  void refill() {
-    try {
-      while (!stopping() && next_ < scan_.lines.size() && (live_ < budget_ || groups_.empty())) {
-        const LineRef& ref = scan_.lines[next_++];
-        std::vector<int> todo;
-        for (int i = 0; i < ref.n; ++i)
-          if (!j_.has(ref.key, i)) todo.push_back(i);
-        if (!todo.empty()) start_group(ref, std::move(todo));
-      }
-    } catch (...) {
-      note_error(std::current_exception());
-    }
-  }
-
-  void start_group(const LineRef& ref, std::vector<int> todo) {
-    auto owned = std::make_unique<Group>();
-    Group& g = *owned;
-    g.item = reader_.read(ref, o_.defaults);
-    g.ids = tok_.encode(g.item.prompt);
-    if (g.ids.empty()) fail("--input line {}: the prompt encodes to no tokens", ref.line);
-    g.prompt_tokens = int(shared_ids_.size() + g.ids.size());
-    g.todo = std::move(todo);
-    g.waiting = int(g.todo.size());
-    groups_.emplace(ref.line, std::move(owned));
-    live_ += g.waiting;
-    if (g.ids.size() == 1) {  // nothing to fork from but the shared prefix (if any)
-      start_samples(g);
-      return;
-    }
-    // The prompt's tokens but the last, read once into a state that every sample continues.
-    Request r;
-    r.prompt.assign(g.ids.begin(), g.ids.end() - 1);
-    r.prefix = shared_;
-    r.max_tokens = 0;
-    r.keep_state = true;
-    Group* gp = &g;
-    r.on_finish = [this, gp](Finish why) { prefix_done(*gp, why); };
-    ++live_;
-    g.prefix = e_.submit(std::move(r));
-  }
-
-  void prefix_done(Group& g, Finish why) {
-    if (why == Finish::Cancelled || stopping()) {
-      // Stopping: the samples are abandoned (redone on resume). The kept state cannot be
-      // released from inside its own callback; run() does it afterwards.
-      abandoned_ += uint64_t(g.waiting);
-      live_ -= g.waiting + 1;
-      g.waiting = 0;
-      to_release_.push_back(g.prefix);
-      groups_.erase(g.item.line);  // g is gone
-      return;
-    }
-    try {
-      start_samples(g);
-    } catch (...) {
-      note_error(std::current_exception());
-    }
-  }
-
-  void start_samples(Group& g) {
-    std::vector<int> todo = g.todo;
-    for (int index : todo) {
-      TextOptions t;
-      t.max_tokens = g.item.max_tokens;
-      t.sampling = g.item.sampling;
-      t.sampling.seed = g.item.has_seed ? g.item.sampling.seed + uint64_t(index)
-                                        : record_seed(o_.defaults.sampling.seed, g.item.key, index);
-      t.stop = g.item.stop;
-      t.stop_ids = o_.stop_ids;
-      t.logprobs = o_.logprobs;
-      std::vector<int32_t> prompt = g.prefix >= 0 ? std::vector<int32_t>{g.ids.back()} : g.ids;
-      Group* gp = &g;
-      Request r = make_text_request(
-          tok_, std::move(prompt), t, [this](std::string_view) { p_.tick(); },
-          [this, gp, index](TextResult res) { sample_done(*gp, index, std::move(res)); });
-      r.prefix = g.prefix >= 0 ? g.prefix : shared_;
-      e_.submit(std::move(r));
-    }
-  }
-
-  void sample_done(Group& g, int index, TextResult res) {
-    try {
-      if (res.finish == Finish::Cancelled) {
-        ++abandoned_;
-      } else {
-        ordered_json rec;
-        rec["id"] = ordered_json(g.item.id);
-        rec["index"] = index;
-        rec["text"] = res.text;
-        rec["finish_reason"] = finish_name(res.finish);
-        rec["prompt_tokens"] = g.prompt_tokens;
-        rec["completion_tokens"] = res.completion_tokens;
-        if (o_.logprobs) rec["logprobs"] = res.logprobs;
-        if (o_.token_ids) rec["token_ids"] = res.ids;
-        // Text that is not valid UTF-8 (a sample may end inside a character) is written with
-        // U+FFFD.
-        j_.append(rec.dump(-1, ' ', false, ordered_json::error_handler_t::replace));
-        p_.record(uint64_t(res.completion_tokens));
-      }
-    } catch (...) {
-      note_error(std::current_exception());
-    }
-    --live_;
-    if (--g.waiting == 0) {
-      if (g.prefix >= 0) {
-        --live_;
-        release(g.prefix);
-      }
-      groups_.erase(g.item.line);  // g is gone
-    }
-    refill();
-  }
-
-  Engine& e_;
-  const Tokenizer& tok_;
-  const BatchOptions& o_;
-  const InputScan& scan_;
-  InputReader reader_;
-  Journal& j_;
-  Progress& p_;
-  std::vector<int32_t> shared_ids_;
-  int shared_ = -1;
-  int budget_ = 1;  // state slots the job keeps busy (prefixes + samples)
-  int live_ = 0;
-  size_t next_ = 0;                                   // next line of the scan to start
-  std::map<int64_t, std::unique_ptr<Group>> groups_;  // by input line
-  std::vector<int> to_release_;
-  uint64_t abandoned_ = 0;
-  std::exception_ptr error_;
-};
-
 int batch_body(Engine& e, const BatchOptions& o) {
   if (stop_requested()) return kBatchStopped;
   auto tok = tokenizer_for(o.cluster.model, o.tokenizer);
@@ -284,14 +93,26 @@ int batch_body(Engine& e, const BatchOptions& o) {
   std::ofstream rejects(rejects_tmp, std::ios::binary | std::ios::trunc);
   if (!rejects) fail("cannot write --rejects '{}'", rejects_tmp);
   int64_t shown = 0;
+  InputFormat format;
+  {
+    std::ifstream f(o.input, std::ios::binary);
+    if (!f) fail("cannot open --input '{}'", o.input);
+    format = detect_input_format(f);
+  }
+  BatchDefaults defaults = o.defaults;
+  defaults.vocab_size = e.config().vocab_size;
   InputScan scan = scan_input(
-      o.input, o.defaults,
+      o.input, defaults,
       [&](const Reject& r) {
-        ordered_json j = {{"line", r.line}, {"reason", r.reason}, {"text", r.text}};
-        rejects << j.dump(-1, ' ', false, ordered_json::error_handler_t::replace) << '\n';
+        if (format == InputFormat::OpenAI) {
+          rejects << openai_reject_line(r) << '\n';
+        } else {
+          ordered_json j = {{"line", r.line}, {"reason", r.reason}, {"text", r.text}};
+          rejects << j.dump(-1, ' ', false, ordered_json::error_handler_t::replace) << '\n';
+        }
         if (shown++ < 3) fmt::print(stderr, "batch: {} line {}: {}\n", o.input, r.line, r.reason);
       },
-      [] { return stop_requested(); });
+      [] { return stop_requested(); }, format);
   rejects.close();
   if (!rejects) fail("cannot write --rejects '{}'", rejects_tmp);
   if (stop_requested()) {
@@ -306,7 +127,10 @@ int batch_body(Engine& e, const BatchOptions& o) {
   ordered_json meta;
   meta["format"] = "rwkvpp-batch";
   meta["version"] = 1;
-  meta["input"] = {{"path", o.input}, {"bytes", scan.bytes}, {"fnv1a64", hex64(scan.hash)}};
+  meta["input"] = {{"path", o.input},
+                   {"bytes", scan.bytes},
+                   {"fnv1a64", hex64(scan.hash)},
+                   {"format", format_name(format)}};
   meta["model"] = {{"path", o.cluster.model}, {"fingerprint", hex64(fingerprint)}};
   meta["tokenizer"] = {{"kind", tok->kind()}, {"flag", o.tokenizer}};
   meta["prefix"] = prefix_meta;
@@ -353,8 +177,16 @@ int batch_body(Engine& e, const BatchOptions& o) {
 
   Progress progress(parse_progress_mode(o.progress), scan.samples, done, o.log_interval_s);
   uint64_t abandoned = 0;
+  OpenAIOutput openai;
+  openai.input_hash = scan.hash;
+  openai.fingerprint = system_fingerprint(fingerprint, num.dtype, num.layers);
+  openai.tok = tok.get();
+  openai.stop_ids = o.stop_ids;
+  for (int32_t id : end_of_text_ids(*tok))  // as the server stops
+    if (std::find(openai.stop_ids.begin(), openai.stop_ids.end(), id) == openai.stop_ids.end())
+      openai.stop_ids.push_back(id);
   if (done < scan.samples) {
-    BatchRunner runner(e, *tok, o, scan, journal, progress, shared_ids);
+    BatchRunner runner(e, *tok, o, scan, journal, progress, shared_ids, openai);
     try {
       runner.run();
       abandoned = runner.abandoned();
@@ -376,7 +208,16 @@ int batch_body(Engine& e, const BatchOptions& o) {
                progress.done(), progress.total(), o.output, abandoned);
     return kBatchStopped;
   }
-  fmt::print(stderr, "batch: complete: {} records in '{}'{}\n", progress.total(), o.output,
+  if (o.ordered) {
+    std::unordered_map<std::string_view, uint64_t> position;  // id key -> line of the scan
+    for (size_t i = 0; i < scan.lines.size(); ++i) position.emplace(scan.lines[i].key, i);
+    journal.rewrite_in_order([&](std::string_view key, int index) {
+      auto it = position.find(key);
+      return it == position.end() ? UINT64_MAX : it->second * uint64_t(kMaxSamples) + uint64_t(index);
+    });
+  }
+  fmt::print(stderr, "batch: complete: {} records in '{}'{}{}\n", progress.total(), o.output,
+             o.ordered ? " (in input order)" : "",
              scan.rejected
                  ? fmt::format(", {} line(s) rejected (see '{}')", scan.rejected, rejects_path)
                  : "");

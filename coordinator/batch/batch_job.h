@@ -34,6 +34,7 @@ struct BatchOptions {
   std::vector<int32_t> stop_ids;
   bool logprobs = false;
   bool token_ids = false;   // records carry "token_ids"
+  bool ordered = false;     // once complete, rewrite the output in input order
   double fsync_interval_s = 1.0;
   double log_interval_s = 10.0;
   std::string progress = "auto";  // auto, bar, log, none

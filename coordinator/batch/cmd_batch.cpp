@@ -10,7 +10,8 @@ namespace rwkvpp {
 void add_batch_command(CLI::App& app, Action& run) {
   auto a = std::make_shared<BatchOptions>();
   auto* c = app.add_subcommand("batch",
-                               "Generate samples for every prompt of a JSON Lines file, resumably: "
+                               "Generate samples for every prompt of a JSON Lines file (rwkvpp's "
+                               "records or the OpenAI Batch format), resumably: "
                                "rerun the same command after a kill, a crash\n"
                                "or SIGTERM (exit code 75) and it completes the job without "
                                "repeating a record. Input lines:\n"
@@ -18,6 +19,8 @@ void add_batch_command(CLI::App& app, Action& run) {
                                "temperature, top_p, top_k, seed, n, stop.\n"
                                "Output lines: {\"id\", \"index\", \"text\", \"finish_reason\", "
                                "\"prompt_tokens\", \"completion_tokens\"[, \"logprobs\"][, \"token_ids\"]}.\n"
+                               "OpenAI Batch files ({\"custom_id\", \"method\", \"url\", "
+                               "\"body\"} lines) give OpenAI Batch output lines.\n"
                                "Bad input lines go to the rejects file with their line number and "
                                "the reason. See docs/batch.md.");
   add_cluster_options(c, a->cluster);
@@ -40,6 +43,9 @@ void add_batch_command(CLI::App& app, Action& run) {
   c->add_flag("--token-ids", a->token_ids,
               "add each sample's generated token ids (exactly what the model produced, before any "
               "text decoding)");
+  c->add_flag("--ordered", a->ordered,
+              "once the job is complete, rewrite the output in input order (records are "
+              "appended as they finish; the output stays the journal)");
   c->add_option("--tokenizer", a->tokenizer,
                 "tokenizer file or 'bytes' (default: the model's embedded one)");
   c->add_option("--fsync-interval", a->fsync_interval_s,

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <sstream>
 #include <vector>
 
@@ -72,6 +73,13 @@ std::string parse_journal_record(const std::string& line, JournalRecord* r) {
   if (json_depth(line) > kMaxJsonDepth) return "JSON nested too deep for a record";
   try {
     json j = json::parse(line);
+    if (j.is_object() && j.contains("custom_id") && j.contains("response")) {
+      // An OpenAI Batch output line: the line's one record.
+      if (!j["custom_id"].is_string()) return "the custom_id is not a string";
+      r->key = j["custom_id"].dump();
+      r->index = 0;
+      return {};
+    }
     if (!j.is_object() || !j.contains("id") || !j.contains("index") ||
         !j["index"].is_number_integer())
       return "not a record with an id and an index";
@@ -277,6 +285,64 @@ void Journal::sync() {
     fail("cannot sync '{}': {}", path_, errno_text());
   dirty_ = false;
   last_sync_ = std::chrono::steady_clock::now();
+}
+
+}  // namespace rwkvpp
+
+namespace rwkvpp {
+
+void Journal::rewrite_in_order(
+    const std::function<uint64_t(std::string_view key, int index)>& rank) {
+  sync();
+  struct Line {
+    uint64_t rank, offset;
+  };
+  std::vector<Line> lines;
+  {
+    std::ifstream f(path_, std::ios::binary);
+    if (!f) fail("cannot read --output '{}'", path_);
+    std::string text;
+    uint64_t off = 0;
+    while (std::getline(f, text)) {
+      JournalRecord r;
+      const uint64_t k = parse_journal_record(text, &r).empty() ? rank(r.key, r.index) : UINT64_MAX;
+      lines.push_back({k, off});
+      off += text.size() + 1;
+    }
+  }
+  std::stable_sort(lines.begin(), lines.end(),
+                   [](const Line& a, const Line& b) { return a.rank < b.rank; });
+  const std::string tmp = path_ + ".ordered.tmp";
+  {
+    std::ifstream in(path_, std::ios::binary);
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!in || !out) fail("cannot write '{}'", tmp);
+    std::string text;
+    for (const Line& l : lines) {
+      in.clear();
+      in.seekg(std::streamoff(l.offset));
+      std::getline(in, text);
+      out << text << '\n';
+    }
+    out.flush();
+    if (!out) fail("cannot write '{}'", tmp);
+  }
+  int tfd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  if (tfd >= 0) {
+    ::fsync(tfd);
+    ::close(tfd);
+  }
+  // Lock the new file before it takes the name, so that no other job can start on it.
+  int nfd = ::open(tmp.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
+  if (nfd < 0) fail("cannot open '{}': {}", tmp, errno_text());
+  ::flock(nfd, LOCK_EX | LOCK_NB);
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
+    ::close(nfd);
+    fail("cannot rename '{}' to '{}': {}", tmp, path_, errno_text());
+  }
+  fsync_dir_of(path_);
+  ::close(fd_);
+  fd_ = nfd;
 }
 
 }  // namespace rwkvpp

@@ -18,6 +18,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <string_view>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_set>
@@ -31,13 +33,14 @@ std::string meta_path(const std::string& output);
 // may). Both are meta objects as the batch job builds them (fields "input", "model", ...).
 std::string meta_mismatch(const nlohmann::ordered_json& old, const nlohmann::ordered_json& now);
 
-// One line of an output read back: the id's JSON text and the sample index of a record.
+// One line of an output read back: the id's JSON text and the sample index of a record. An
+// OpenAI Batch output line is its custom_id's record 0 (one line per input line).
 struct JournalRecord {
   std::string key;
   int index = -1;
 };
 // Parses `line` into *r; returns "" for a record, else why it is not one (invalid JSON, no id
-// or index, an index outside [0, kMaxSamples)). Never throws.
+// or index, an index outside [0, kMaxSamples), a custom_id that is not a string). Never throws.
 std::string parse_journal_record(const std::string& line, JournalRecord* r);
 
 class Journal {
@@ -70,6 +73,11 @@ class Journal {
   void append(const std::string& record);
   // fdatasync now (at the end, when stopping).
   void sync();
+  // Rewrites the output with its records in the order of rank(key, index), ascending (ties, and
+  // lines that are not records, keep the file's order): a temporary file beside it, synced and
+  // renamed over it, so that a kill leaves either file whole; the journal goes on with the new
+  // one, still locked. Holds 16 bytes per record in memory, not the records.
+  void rewrite_in_order(const std::function<uint64_t(std::string_view key, int index)>& rank);
   uint64_t appended() const { return appended_; }
 
   static std::string done_key(const std::string& key, int index) {

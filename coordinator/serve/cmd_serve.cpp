@@ -88,8 +88,7 @@ int serve(ServeArgs& a) {
                "this address can use the model (give --api-key or RWKVPP_API_KEYS)\n",
                a.http.host);
   cfg.model_name = a.served_name.empty() ? default_model_name(a.cluster.model) : a.served_name;
-  // World and 20B models end a text with id 0 (<|endoftext|>); the bytes tokenizer has none.
-  if (tok->kind() == "world" || tok->kind() == "20b") cfg.stop_ids = {0};
+  cfg.stop_ids = end_of_text_ids(*tok);
   const uint64_t model_fp = reader.fingerprint();
   // The state cache's entries get state slots of their own on every stage (planned into each
   // stage's memory like the running sequences' slots).
@@ -119,10 +118,7 @@ int serve(ServeArgs& a) {
   const int code = run_cluster(cluster, [&](Engine& e) {
     const PipelineNumerics& num = e.numerics();
     // Set before the queue opens (set_phase below): no generation reads it earlier.
-    api->set_fingerprint(fmt::format(
-        "rwkvpp-{:016x}-{:08x}", model_fp,
-        fnv1a64(num.layers.data(), num.layers.size(), fnv1a64(num.dtype.data(), num.dtype.size())) &
-            0xffffffffu));
+    api->set_fingerprint(system_fingerprint(model_fp, num.dtype, num.layers));
     fmt::print(stderr,
                "rwkvpp serve: ready: {} stage(s) ({}), {} slots for requests, {} for the state "
                "cache ({:.0f} MiB)\n",

@@ -297,6 +297,10 @@ GenerationRequest parse_generation_request(std::string_view body, Endpoint ep,
     throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()), {},
                    "invalid_json");
   }
+  return parse_generation_request(o, ep, lim);
+}
+
+GenerationRequest parse_generation_request(const json& o, Endpoint ep, const RequestLimits& lim) {
   if (!o.is_object())
     throw ApiError(400, "the request body must be a JSON object", {}, "invalid_type");
   GenerationRequest r;

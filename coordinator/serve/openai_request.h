@@ -88,6 +88,9 @@ struct GenerationRequest {
 // out-of-range value, naming the field in `param`; the model name is checked by the caller).
 GenerationRequest parse_generation_request(std::string_view body, Endpoint endpoint,
                                            const RequestLimits& limits);
+// The same on a body already parsed (the "body" of an OpenAI Batch line).
+GenerationRequest parse_generation_request(const nlohmann::json& body, Endpoint endpoint,
+                                           const RequestLimits& limits);
 
 // The chat format of `rwkvpp chat` (textgen.h, chat_turn): each message becomes a turn
 // "Role: text\n\n" (System, User, Assistant; "developer" is a System turn), and the prompt ends

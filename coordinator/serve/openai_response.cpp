@@ -1,7 +1,11 @@
 // Rendering of OpenAI generation responses and stream chunks (openai_response.h).
 #include "coordinator/serve/openai_response.h"
 
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
+
+#include "shards/model_format.h"
 
 namespace rwkvpp {
 
@@ -16,6 +20,13 @@ std::string dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_hand
 Json null_or(const std::string& s) { return s.empty() ? Json(nullptr) : Json(s); }
 
 }  // namespace
+
+std::string system_fingerprint(uint64_t model_fp, std::string_view dtype,
+                               std::string_view layers) {
+  return fmt::format("rwkvpp-{:016x}-{:08x}", model_fp,
+                     fnv1a64(layers.data(), layers.size(), fnv1a64(dtype.data(), dtype.size())) &
+                         0xffffffffu);
+}
 
 std::string error_body(const ApiError& e) {
   Json j;

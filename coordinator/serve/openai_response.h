@@ -55,6 +55,12 @@ struct ResponseMeta {
   bool stream = false, include_usage = false, logprobs = false;
 };
 
+// The system_fingerprint of responses: the model's fingerprint (ModelReader::fingerprint) and a
+// hash of the pipeline's numerics (compute dtype, devices per layer range: PipelineNumerics),
+// "rwkvpp-<16 hex>-<8 hex>" -- what decides the bytes of a seeded response.
+std::string system_fingerprint(uint64_t model_fingerprint, std::string_view dtype,
+                               std::string_view layers);
+
 // {"error": {"message", "type", "param", "code"}} (param and code null when empty).
 std::string error_body(const ApiError& e);
 // "data: " + json + "\n\n"; `json` must not contain a newline (a dumped JSON value never does).

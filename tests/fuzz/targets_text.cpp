@@ -109,8 +109,9 @@ void run_batch_jsonl(Bytes b) {
     last = ref.line;
     fuzz_check(ref.offset + ref.length <= text.size(), "a line reference outside the input");
     // What the job reads again by position parses to the same item.
-    BatchItem it = parse_batch_line(text.substr(ref.offset, ref.length), ref.line, BatchDefaults{});
-    fuzz_check(it.key == ref.key && it.n == ref.n, "a line reads back differently");
+    BatchItem it = parse_batch_line(text.substr(ref.offset, ref.length), ref.line, BatchDefaults{},
+                                    s.format);
+    fuzz_check(it.key == ref.key && it.records() == ref.n, "a line reads back differently");
     fuzz_check(it.n >= 1 && it.n <= kMaxSamples, "n out of its bounds");
     fuzz_check(it.max_tokens >= 0 && it.max_tokens <= kMaxTokens, "max_tokens out of its bounds");
   }
@@ -125,7 +126,14 @@ Seeds seeds_batch_jsonl() {
            "{\"id\": \"q1\", \"prompt\": \"again\"}\n"
            "not json\n"
            "{\"id\": \"big\", \"prompt\": \"p\", \"temperature\": 1e999}\n"
-           "{\"id\": \"last\", \"prompt\": \"no newline\"}"}};
+           "{\"id\": \"last\", \"prompt\": \"no newline\"}"},
+          {"openai",
+           "{\"custom_id\": \"a\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", "
+           "\"body\": {\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+           "\"n\": 2}}\n"
+           "{\"custom_id\": \"b\", \"method\": \"POST\", \"url\": \"/v1/completions\", "
+           "\"body\": {\"model\": \"m\", \"prompt\": [[1, 2], [3]], \"top_p\": 2}}\n"
+           "{\"custom_id\": \"a\", \"url\": \"/v1/embeddings\"}\n"}};
 }
 
 void run_journal_record(Bytes b) {
