@@ -9,6 +9,7 @@
 
 #include "common/memory_use.h"
 #include "common/trace.h"
+#include "coordinator/cluster_join.h"
 #include "kernels/backend.h"
 #include "shards/model_reader.h"
 #include "shards/synthetic.h"
@@ -61,6 +62,7 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--microbatches", o.limits.microbatches, "steps in flight (0: two per stage, one for a single stage)")->capture_default_str();
   c->add_option("--chunk", o.limits.chunk, "prompt tokens per sequence per step")->capture_default_str();
   c->add_flag("--stats", o.stats, "print per-stage statistics at the end (stderr)");
+  add_listen_options(c, o);
 }
 
 namespace {
@@ -128,12 +130,7 @@ void serve_steps(Transport& t, StepLoop& loop, int coord) {
 
 }  // namespace
 
-// Stage ranks wait 1.5x longer than the coordinator before declaring a silent peer lost, so that
-// when a rank stops answering, the coordinator (which knows every stage) is the one that names
-// it. The transport reads RWKVPP_PEER_TIMEOUT_S when it is made, so this runs before.
-static void stretch_worker_timeout() {
-  int rank = env_int({"RWKVPP_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
-  if (rank == 0) return;
+void stretch_worker_timeout() {
   double base = 20;
   if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && *e) base = std::atof(e);
   if (base <= 0) return;  // disabled
@@ -141,8 +138,11 @@ static void stretch_worker_timeout() {
 }
 
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body) {
-  stretch_worker_timeout();
-  auto tp = make_transport(nullptr, nullptr);
+  // The transport reads RWKVPP_PEER_TIMEOUT_S when it is made, so the stretch comes first.
+  if (!opt.transport && opt.listen.empty() &&
+      env_int({"RWKVPP_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0) != 0)
+    stretch_worker_timeout();
+  auto tp = opt.transport ? opt.transport() : make_cluster_transport(opt);
   Transport& t = *tp;
   const int rank = t.rank(), size = t.size(), coord = 0;
   // mpirun and Slurm pass SIGTERM to every rank: a worker must keep serving steps until the
@@ -198,7 +198,9 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       if (!be->host_memory()) t.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
       char host[256] = {};
       gethostname(host, sizeof host - 1);
-      HelloMsg h{kProtocolVersion, fingerprint, uint64_t(be->free_memory()), be->name(), host};
+      uint64_t offer = uint64_t(be->free_memory());
+      if (opt.memory_limit > 0) offer = std::min(offer, opt.memory_limit);
+      HelloMsg h{kProtocolVersion, fingerprint, offer, be->name(), host};
       send_blocking(t, coord, kTagCtrl, encode_hello(h));
     }
 

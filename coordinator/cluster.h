@@ -6,9 +6,11 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "coordinator/engine.h"
+#include "net/transport.h"
 
 namespace rwkvpp {
 
@@ -40,6 +42,17 @@ struct ClusterOptions {
   // least max_batch x microbatches), for states kept between requests (rwkvpp serve's cache).
   int extra_slots = 0;
   bool stats = false;
+  // A cluster of worker daemons instead of a launcher (coordinator/cluster_join.h): rank 0
+  // listens here for `rwkvpp worker --join`, waits for `workers` of them (the cluster key's
+  // handshake), and tells them what to run.
+  std::string listen;
+  int workers = 0;
+  std::string cluster_key;  // the key file (net/control/cluster_key.h)
+  double join_timeout_s = 600;
+  // A worker daemon: the most memory it offers for layers (bytes; 0: what its device has free).
+  uint64_t memory_limit = 0;
+  // A worker daemon: the transport it already joined through (else run_cluster makes one).
+  std::function<std::unique_ptr<Transport>()> transport;
 };
 
 // Registers the options above on a CLI11 subcommand (shared by every command that runs a model).
@@ -50,6 +63,11 @@ void add_cluster_tuning_options(CLI::App* cmd, ClusterOptions& o);
 // The pipeline's arithmetic from the plan and the stages' Ready messages (PipelineNumerics).
 PipelineNumerics pipeline_numerics(DType dtype, const std::vector<StagePlan>& plan,
                                    const std::vector<ReadyMsg>& readies);
+
+// Ranks other than 0 wait 1.5x longer than the coordinator before declaring a silent peer lost,
+// so that the coordinator, which knows every stage, is the one that names it. Sets
+// RWKVPP_PEER_TIMEOUT_S for the transport made next; call it on a worker before that.
+void stretch_worker_timeout();
 
 // Runs the pipeline; returns the exit code (body's on rank 0, 0 on workers).
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body);

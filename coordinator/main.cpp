@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "coordinator/cluster_join.h"
 #include "coordinator/commands.h"
 #include "net/wire.h"
 #include "shards/model_format.h"
@@ -25,6 +26,8 @@ int main(int argc, char** argv) {
   rwkvpp::add_text_commands(app, run);
   rwkvpp::add_batch_command(app, run);
   rwkvpp::add_serve_command(app, run);
+  rwkvpp::add_worker_command(app, run);
+  rwkvpp::add_keygen_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

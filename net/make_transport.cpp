@@ -14,6 +14,10 @@ std::unique_ptr<Transport> make_ucx_transport() {
   fail("RWKVPP_TRANSPORT=ucx: this rwkvpp was built without UCX (install libucx-dev and "
        "rebuild)");
 }
+std::unique_ptr<Transport> make_ucx_transport(const RendezvousConfig&, std::vector<uint8_t>*) {
+  fail("a cluster without a launcher (--listen, rwkvpp worker --join) needs the UCX transport: "
+       "this rwkvpp was built without UCX (install libucx-dev and rebuild)");
+}
 #else
 bool have_ucx_transport() { return true; }
 #endif

@@ -51,6 +51,8 @@ std::string msg_type_name(uint16_t type) {
       return "Heartbeat";
     case uint16_t(MsgType::Share):
       return "Share";
+    case uint16_t(MsgType::Join):
+      return "Join";
     default:
       return "type " + std::to_string(type);
   }

@@ -47,9 +47,10 @@ enum class MsgType : uint16_t {
   Error = 5,      // a rank reports a failure before it stops
   Heartbeat = 6,  // keeps the peer's liveness timer fed while idle
   Share = 7,      // shared receive slots between neighbouring stages on one host: offer, accept, credit
+  Join = 8,       // the cluster-key handshake of a rank joining without a launcher (net/control)
 };
 inline constexpr uint16_t kMinMsgType = 1;
-inline constexpr uint16_t kMaxMsgType = 7;
+inline constexpr uint16_t kMaxMsgType = 8;
 
 // A short name for logs and errors ("Step"); "type 42" for values out of range.
 std::string msg_type_name(uint16_t type);

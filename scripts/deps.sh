@@ -25,7 +25,7 @@ install_e2e_client() {
 
 pkgs=(cmake ninja-build g++ pkg-config zlib1g-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libucx-dev libboost-dev catch2 libcli11-dev libfmt-dev libspdlog-dev
-      nlohmann-json3-dev libpcre2-dev libutf8proc-dev)
+      nlohmann-json3-dev libpcre2-dev libutf8proc-dev libssl-dev)
 if [[ "${1:-}" == "--slurm" ]]; then pkgs+=(slurm-wlm munge); fi
 
 missing=()

@@ -44,11 +44,8 @@ std::string RankRun::all() const {
 
 namespace {
 
-// The environment of one rank: ours, less the variables we set, plus them.
-std::vector<std::string> rank_env(int rank, int n, int port, const std::vector<std::string>& extra) {
-  std::vector<std::string> set = {"RWKVPP_TRANSPORT=ucx", "RWKVPP_RANK=" + std::to_string(rank),
-                                  "RWKVPP_SIZE=" + std::to_string(n),
-                                  "RWKVPP_RENDEZVOUS=127.0.0.1:" + std::to_string(port)};
+// The environment of a child: ours, less launcher variables and the ones we set, plus them.
+std::vector<std::string> child_env(std::vector<std::string> set, const std::vector<std::string>& extra) {
   set.insert(set.end(), extra.begin(), extra.end());
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
@@ -65,6 +62,13 @@ std::vector<std::string> rank_env(int rank, int n, int port, const std::vector<s
   return env;
 }
 
+std::vector<std::string> rank_env(int rank, int n, int port, const std::vector<std::string>& extra) {
+  return child_env({"RWKVPP_TRANSPORT=ucx", "RWKVPP_RANK=" + std::to_string(rank),
+                    "RWKVPP_SIZE=" + std::to_string(n),
+                    "RWKVPP_RENDEZVOUS=127.0.0.1:" + std::to_string(port)},
+                   extra);
+}
+
 std::vector<char*> c_strings(std::vector<std::string>& v) {
   std::vector<char*> p;
   for (auto& s : v) p.push_back(s.data());
@@ -74,12 +78,14 @@ std::vector<char*> c_strings(std::vector<std::string>& v) {
 
 }  // namespace
 
-RankRun run_ranks(int n, const std::vector<std::string>& argv, const RankOptions& opt) {
+namespace {
+
+// Runs process i as argvs[i] with envs[i]; process 0 is the one whose exit starts the linger.
+RankRun run_all(std::vector<std::vector<std::string>> argvs, std::vector<std::vector<std::string>> envs,
+                const RankOptions& opt) {
   using Clock = std::chrono::steady_clock;
   TempDir dir;
-  const int port = free_port();
-  std::vector<std::string> args = argv;
-  std::vector<char*> cargs = c_strings(args);
+  const int n = int(argvs.size());
   std::vector<pid_t> pids(size_t(n), -1);
   RankRun r;
   r.exit_codes.assign(size_t(n), -1);
@@ -87,8 +93,8 @@ RankRun run_ranks(int n, const std::vector<std::string>& argv, const RankOptions
   auto t0 = Clock::now();
   for (int i = 0; i < n; ++i) {
     // Everything the child needs is prepared before fork(): it only opens, dup2s and execs.
-    std::vector<std::string> env = rank_env(i, n, port, opt.env);
-    std::vector<char*> cenv = c_strings(env);
+    std::vector<char*> cargs = c_strings(argvs[size_t(i)]);
+    std::vector<char*> cenv = c_strings(envs[size_t(i)]);
     std::string out = dir / ("out" + std::to_string(i)), err = dir / ("err" + std::to_string(i));
     pid_t pid = fork();
     RWKVPP_CHECK(pid >= 0, "fork()");
@@ -144,6 +150,20 @@ RankRun run_ranks(int n, const std::vector<std::string>& argv, const RankOptions
     r.err.push_back(read_file(dir / ("err" + std::to_string(i))));
   }
   return r;
+}
+
+}  // namespace
+
+RankRun run_ranks(int n, const std::vector<std::string>& argv, const RankOptions& opt) {
+  const int port = free_port();
+  std::vector<std::vector<std::string>> envs;
+  for (int i = 0; i < n; ++i) envs.push_back(rank_env(i, n, port, opt.env));
+  return run_all(std::vector<std::vector<std::string>>(size_t(n), argv), envs, opt);
+}
+
+RankRun run_processes(const std::vector<std::vector<std::string>>& argvs, const RankOptions& opt) {
+  std::vector<std::vector<std::string>> envs(argvs.size(), child_env({}, opt.env));
+  return run_all(argvs, envs, opt);
 }
 
 }  // namespace rwkvpp::test

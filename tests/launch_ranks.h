@@ -33,4 +33,9 @@ int free_port();
 // Runs `argv` (argv[0] a path) as `n` ranks.
 RankRun run_ranks(int n, const std::vector<std::string>& argv, const RankOptions& opt = {});
 
+// Runs process i as argvs[i] (argv[0] a path), with our environment less launcher variables,
+// plus opt.env, and no rank variables (a coordinator and its worker daemons); results indexed
+// like argvs, process 0's exit starting the linger.
+RankRun run_processes(const std::vector<std::vector<std::string>>& argvs, const RankOptions& opt = {});
+
 }  // namespace rwkvpp::test

@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "common/error.h"
+#include "net/control/join_handshake.h"
 #include "net/wire.h"
 
 namespace rwkvpp {
@@ -82,183 +83,314 @@ tcp::resolver::results_type resolve(asio::io_context& io, const RendezvousConfig
   error_code ec;
   auto r = res.resolve(c.host, std::to_string(c.port), ec);
   if (ec || r.empty())
-    fail("rank {}: cannot resolve the rendezvous address {} (RWKVPP_RENDEZVOUS): {}", c.rank,
-         where(c), ec ? ec.message() : "no address");
+    fail("{}: cannot resolve the rendezvous address {}: {}",
+         c.rank < 0 ? std::string("worker") : "rank " + std::to_string(c.rank), where(c),
+         ec ? ec.message() : "no address");
   return r;
 }
 
 struct Joiner {
   explicit Joiner(asio::io_context& io) : sock(io) {}
   tcp::socket sock;
-  std::vector<uint8_t> buf;
+  std::vector<uint8_t> buf, out;
   std::string from;  // the peer's address, for errors
   int rank = -1;     // once its hello was accepted
+  std::unique_ptr<JoinCoordinator> hs;  // with a key
 };
 
-// Rank 0: accepts size - 1 ranks, then sends each the whole table.
-std::vector<std::vector<uint8_t>> serve(const RendezvousConfig& c, std::span<const uint8_t> mine) {
-  const auto deadline = Clock::now() + c.timeout;
-  asio::io_context io;
-  tcp::acceptor acceptor(io);
-  tcp::endpoint ep = resolve(io, c).begin()->endpoint();
-  error_code ec;
-  acceptor.open(ep.protocol(), ec);
-  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor.bind(ep, ec);
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec)
-    fail("rank 0: cannot listen on the rendezvous address {} (RWKVPP_RENDEZVOUS): {}", where(c),
-         ec.message());
+// Rank 0: accepts size - 1 ranks, then sends each the whole table. Without a key a bad peer
+// ends the rendezvous with an error (a launcher's job on a trusted network: it is a mistake);
+// with a key it is refused, logged and counted, and rank 0 goes on.
+class Rank0 {
+ public:
+  Rank0(const RendezvousConfig& c, std::span<const uint8_t> mine)
+      : c_(c), deadline_(Clock::now() + c.timeout), acceptor_(io_) {
+    res_.rank = 0;
+    res_.size = c.size;
+    res_.blobs.resize(size_t(c.size));
+    res_.blobs[0].assign(mine.begin(), mine.end());
+    res_.job = c.job;
+    from_.resize(size_t(c.size));
+  }
 
-  std::vector<std::vector<uint8_t>> blobs(size_t(c.size));
-  std::vector<std::string> from(size_t(c.size));
-  blobs[0].assign(mine.begin(), mine.end());
-  int joined = 1;
-  bool done = false;
-  std::string error;
-  std::vector<std::unique_ptr<Joiner>> joiners;
-  auto finish = [&](std::string e) {
-    if (done) return;
-    error = std::move(e);
-    done = true;
-  };
-  auto on_hello = [&](Joiner& j) {
-    ByteReader r(decode_message(j.buf, kMaxHello).payload, "rendezvous hello from " + j.from);
-    int rank = int(r.get_u32()), size = int(r.get_u32());
-    std::vector<uint8_t> blob = r.get_vector<uint8_t>();
-    r.expect_end();
-    if (size != c.size)
-      fail("the process at {} says the job has {} ranks, rank 0 has {} (RWKVPP_SIZE)", j.from,
-           size, c.size);
-    if (rank <= 0 || rank >= c.size)
-      fail("the process at {} claims rank {}, outside 1..{}", j.from, rank, c.size - 1);
-    if (!from[size_t(rank)].empty())
-      fail("two processes claim rank {}: {} and {}", rank, from[size_t(rank)], j.from);
-    from[size_t(rank)] = j.from;
-    j.rank = rank;
-    blobs[size_t(rank)] = std::move(blob);
-    if (++joined == c.size) finish("");
-  };
-  std::function<void()> accept_next = [&] {
-    Joiner* j = joiners.emplace_back(std::make_unique<Joiner>(io)).get();
-    acceptor.async_accept(j->sock, [&, j](error_code aec) {
-      if (done || aec == asio::error::operation_aborted) return;  // all joined: closed
+  RendezvousResult run() {
+    listen();
+    accept_next();
+    if (!drive(io_, done_, deadline_)) {
+      std::string missing;
+      for (int r = 1; r < c_.size; ++r)
+        if (from_[size_t(r)].empty()) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+      fail("rank 0: rendezvous at {}: {} of {} ranks joined within {} s; missing rank(s) {} "
+           "(RWKVPP_RENDEZVOUS_TIMEOUT_S){}",
+           where(c_), joined_, c_.size, seconds(c_.timeout), missing,
+           res_.refused ? fmt::format("; {} connection(s) refused (above)", res_.refused) : "");
+    }
+    if (!error_.empty()) fail("rank 0: rendezvous at {}: {}", where(c_), error_);
+    acceptor_.close();
+    send_tables();
+    return std::move(res_);
+  }
+
+ private:
+  void listen() {
+    tcp::endpoint ep = resolve(io_, c_).begin()->endpoint();
+    error_code ec;
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(ep, ec);
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      fail("rank 0: cannot listen on the rendezvous address {}: {}", where(c_), ec.message());
+  }
+
+  void finish(std::string e) {
+    if (done_) return;
+    error_ = std::move(e);
+    done_ = true;
+  }
+
+  // A bad peer: fatal without a key, refused with one.
+  void bad_peer(Joiner& j, const std::string& why) {
+    if (c_.key.empty()) return finish(why);
+    ++res_.refused;
+    fmt::print(stderr, "rwkvpp: rank 0: rendezvous at {}: refused the process at {}: {}\n",
+               where(c_), j.from, why);
+    error_code ec;
+    j.sock.close(ec);
+  }
+
+  void accept_next() {
+    Joiner* j = joiners_.emplace_back(std::make_unique<Joiner>(io_)).get();
+    acceptor_.async_accept(j->sock, [this, j](error_code aec) {
+      if (done_ || aec == asio::error::operation_aborted) return;  // all joined: closed
       if (aec) return finish("accept failed: " + aec.message());
       error_code pec;
       auto remote = j->sock.remote_endpoint(pec);
-      j->from = pec ? "an unknown address" : remote.address().to_string() + ":" +
-                                                 std::to_string(remote.port());
-      async_read_message(j->sock, j->buf, kMaxHello, [&, j](const std::string& rerr) {
-        if (done) return;
-        if (!rerr.empty()) return finish("reading the hello from " + j->from + ": " + rerr);
-        try {
-          on_hello(*j);
-        } catch (const Error& e) {
-          finish(e.what());
-        }
-      });
+      j->from = pec ? "an unknown address"
+                    : remote.address().to_string() + ":" + std::to_string(remote.port());
+      read(*j, "hello", [this, j] { on_first(*j); });
       accept_next();
     });
-  };
-  accept_next();
-  if (!drive(io, done, deadline)) {
-    std::string missing;
-    for (int r = 1; r < c.size; ++r)
-      if (from[size_t(r)].empty()) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-    fail("rank 0: rendezvous at {}: {} of {} ranks joined within {} s; missing rank(s) {} "
-         "(RWKVPP_RENDEZVOUS_TIMEOUT_S)",
-         where(c), joined, c.size, seconds(c.timeout), missing);
   }
-  if (!error.empty()) fail("rank 0: rendezvous at {}: {}", where(c), error);
-  acceptor.close();
 
-  MessageWriter w(MsgType::Hello, 0);
-  w.put_u32(uint32_t(c.size));
-  for (const auto& b : blobs) w.put_span(std::span<const uint8_t>(b));
-  const std::vector<uint8_t> table = w.finish();
-  int written = 0, to_write = 0;
-  done = false;
-  for (auto& j : joiners) {
-    if (j->rank < 0) continue;
-    ++to_write;
-    asio::async_write(j->sock, asio::buffer(table), [&, jp = j.get()](error_code wec, size_t) {
-      if (wec) return finish("sending the table to " + jp->from + ": " + wec.message());
-      if (++written == to_write) finish("");
+  // Reads a message from j, then calls next (errors: bad_peer).
+  void read(Joiner& j, const char* what, std::function<void()> next) {
+    async_read_message(j.sock, j.buf, kMaxHello, [this, &j, what, next](const std::string& rerr) {
+      if (done_) return;
+      if (!rerr.empty()) return bad_peer(j, fmt::format("reading its {}: {}", what, rerr));
+      try {
+        next();
+      } catch (const JoinRefused& e) {
+        bad_peer(j, e.what());
+      } catch (const Error& e) {
+        bad_peer(j, e.what());
+      }
     });
   }
-  if (to_write == 0) return blobs;
-  if (!drive(io, done, deadline))
-    fail("rank 0: rendezvous at {}: could not send the address table to every rank within {} s",
-         where(c), seconds(c.timeout));
-  if (!error.empty()) fail("rank 0: rendezvous at {}: {}", where(c), error);
-  return blobs;
-}
+
+  void on_first(Joiner& j) {
+    if (c_.key.empty()) return on_plain_hello(j);
+    j.hs = std::make_unique<JoinCoordinator>(c_.key);
+    j.out = j.hs->challenge(j.buf);
+    asio::async_write(j.sock, asio::buffer(j.out), [this, &j](error_code ec, size_t) {
+      if (done_) return;
+      if (ec) return bad_peer(j, "sending the challenge: " + ec.message());
+      read(j, "Join Hello", [this, &j] {
+        JoinCoordinator::Hello h = j.hs->read_hello(j.buf);
+        admit(j, h.rank_wanted, std::move(h.blob));
+      });
+    });
+  }
+
+  void on_plain_hello(Joiner& j) {
+    Message m = decode_message(j.buf, kMaxHello);
+    if (m.header.msg_type() == MsgType::Join)
+      fail("the process at {} runs the cluster-key handshake, and this rank 0 has no cluster "
+           "key (RWKVPP_CLUSTER_KEY / --cluster-key on every rank, or on none)",
+           j.from);
+    ByteReader r(m.payload, "rendezvous hello from " + j.from);
+    int rank = int(r.get_u32()), size = int(r.get_u32());
+    std::vector<uint8_t> blob = r.get_vector<uint8_t>();
+    r.expect_end();
+    if (size != c_.size)
+      fail("the process at {} says the job has {} ranks, rank 0 has {} (RWKVPP_SIZE)", j.from,
+           size, c_.size);
+    admit(j, uint32_t(rank), std::move(blob));
+  }
+
+  void admit(Joiner& j, uint32_t wanted, std::vector<uint8_t> blob) {
+    int rank = int(wanted);
+    if (wanted == kAnyRank) {
+      rank = -1;
+      for (int r = 1; r < c_.size && rank < 0; ++r)
+        if (from_[size_t(r)].empty()) rank = r;
+      if (rank < 0) fail("all {} ranks of the job are taken", c_.size - 1);
+    }
+    if (rank <= 0 || rank >= c_.size)
+      fail("the process at {} claims rank {}, outside 1..{}", j.from, rank, c_.size - 1);
+    if (!from_[size_t(rank)].empty())
+      fail("two processes claim rank {}: {} and {}", rank, from_[size_t(rank)], j.from);
+    from_[size_t(rank)] = j.from;
+    j.rank = rank;
+    res_.blobs[size_t(rank)] = std::move(blob);
+    if (++joined_ == c_.size) finish("");
+  }
+
+  void send_tables() {
+    std::vector<uint8_t> plain;
+    if (c_.key.empty()) {
+      MessageWriter w(MsgType::Hello, 0);
+      w.put_u32(uint32_t(c_.size));
+      for (const auto& b : res_.blobs) w.put_span(std::span<const uint8_t>(b));
+      plain = w.finish();
+    }
+    int written = 0, to_write = 0;
+    done_ = false;
+    for (auto& j : joiners_) {
+      if (j->rank < 0) continue;
+      ++to_write;
+      if (!c_.key.empty())
+        j->out = j->hs->table(JoinTable{j->rank, c_.size, res_.blobs, res_.job});
+      const std::vector<uint8_t>& msg = c_.key.empty() ? plain : j->out;
+      asio::async_write(j->sock, asio::buffer(msg), [&, jp = j.get()](error_code wec, size_t) {
+        if (wec) return finish("sending the table to " + jp->from + ": " + wec.message());
+        if (++written == to_write) finish("");
+      });
+    }
+    if (to_write == 0) return;
+    if (!drive(io_, done_, deadline_))
+      fail("rank 0: rendezvous at {}: could not send the address table to every rank within {} s",
+           where(c_), seconds(c_.timeout));
+    if (!error_.empty()) fail("rank 0: rendezvous at {}: {}", where(c_), error_);
+  }
+
+  const RendezvousConfig& c_;
+  const Clock::time_point deadline_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  RendezvousResult res_;
+  std::vector<std::string> from_;
+  std::vector<std::unique_ptr<Joiner>> joiners_;
+  int joined_ = 1;
+  bool done_ = false;
+  std::string error_;
+};
 
 // Every other rank: connects (retrying while rank 0 is not listening yet), says who it is, and
-// reads the table.
-std::vector<std::vector<uint8_t>> join(const RendezvousConfig& c, std::span<const uint8_t> mine) {
-  const auto deadline = Clock::now() + c.timeout;
-  asio::io_context io;
-  auto endpoints = resolve(io, c);
-  tcp::socket sock(io);
-  asio::steady_timer timer(io);
-  bool done = false;
-  std::string last_error = "no attempt finished";
-  std::function<void()> attempt = [&] {
-    asio::async_connect(sock, endpoints, [&](error_code ec, const tcp::endpoint&) {
-      if (!ec) {
+// reads the table; with a key, through the handshake.
+class Joining {
+ public:
+  explicit Joining(const RendezvousConfig& c)
+      : c_(c), deadline_(Clock::now() + c.timeout), sock_(io_) {}
+
+  RendezvousResult run(std::span<const uint8_t> mine) {
+    connect();
+    std::vector<uint8_t> table;
+    if (c_.key.empty()) {
+      MessageWriter w(MsgType::Hello, 0);
+      w.put_u32(uint32_t(c_.rank));
+      w.put_u32(uint32_t(c_.size));
+      w.put_span(mine);
+      exchange(w.finish(), kMaxTable, "its hello", "the address table", table);
+      return plain_table(table);
+    }
+    JoinWorker hs(c_.key);
+    std::vector<uint8_t> challenge;
+    exchange(hs.offer(), kMaxHello, "its Join Offer", "the challenge", challenge);
+    std::vector<uint8_t> hello;
+    try {
+      hello = hs.answer_challenge(challenge, c_.rank < 0 ? kAnyRank : uint32_t(c_.rank), mine);
+    } catch (const JoinRefused& e) {
+      fail("{}: the process at the rendezvous address {}: {}", me(), where(c_), e.what());
+    }
+    exchange(hello, kMaxTable, "its Join Hello", "the address table", table);
+    JoinTable t;
+    try {
+      t = hs.read_table(table);
+    } catch (const JoinRefused& e) {
+      fail("{}: rendezvous at {}: {}", me(), where(c_), e.what());
+    }
+    if (c_.rank >= 0 && t.rank != c_.rank)
+      fail("{}: rank 0 at {} placed this process at rank {}", me(), where(c_), t.rank);
+    if (c_.size > 0 && t.size != c_.size)
+      fail("{}: rank 0 at {} says the job has {} ranks, this rank was told {} (RWKVPP_SIZE)", me(),
+           where(c_), t.size, c_.size);
+    return RendezvousResult{t.rank, t.size, std::move(t.blobs), std::move(t.job), 0};
+  }
+
+ private:
+  std::string me() const { return c_.rank < 0 ? "worker" : fmt::format("rank {}", c_.rank); }
+
+  void connect() {
+    auto endpoints = resolve(io_, c_);
+    asio::steady_timer timer(io_);
+    bool done = false;
+    std::string last_error = "no attempt finished";
+    std::function<void()> attempt = [&] {
+      asio::async_connect(sock_, endpoints, [&](error_code ec, const tcp::endpoint&) {
+        if (!ec) {
+          done = true;
+          return;
+        }
+        last_error = ec.message();
+        sock_.close();
+        timer.expires_after(kRetry);
+        timer.async_wait([&](error_code) { attempt(); });
+      });
+    };
+    attempt();
+    if (!drive(io_, done, deadline_))
+      fail("{}: could not reach rank 0 at the rendezvous address {} within {} s: {}", me(),
+           where(c_), seconds(c_.timeout), last_error);
+  }
+
+  // Sends `msg`, then reads one message into `in`.
+  void exchange(const std::vector<uint8_t>& msg, uint64_t max_in, const char* sent,
+                const char* wanted, std::vector<uint8_t>& in) {
+    std::string error;
+    bool done = false;
+    asio::async_write(sock_, asio::buffer(msg), [&](error_code ec, size_t) {
+      if (ec) {
+        error = fmt::format("sending {}: {}", sent, ec.message());
         done = true;
         return;
       }
-      last_error = ec.message();
-      sock.close();
-      timer.expires_after(kRetry);
-      timer.async_wait([&](error_code) { attempt(); });
+      async_read_message(sock_, in, max_in, [&](const std::string& rerr) {
+        if (!rerr.empty()) error = fmt::format("reading {}: {}", wanted, rerr);
+        done = true;
+      });
     });
-  };
-  attempt();
-  if (!drive(io, done, deadline))
-    fail("rank {}: could not reach rank 0 at the rendezvous address {} (RWKVPP_RENDEZVOUS) within "
-         "{} s: {}",
-         c.rank, where(c), seconds(c.timeout), last_error);
+    if (!drive(io_, done, deadline_))
+      fail("{}: joined the rendezvous at {} but rank 0 did not send {} within {} s (were all "
+           "ranks started?)",
+           me(), where(c_), wanted, seconds(c_.timeout));
+    if (!error.empty())
+      fail("{}: rendezvous at {}: {} (rank 0 may have refused this process: see its log)", me(),
+           where(c_), error);
+  }
 
-  MessageWriter w(MsgType::Hello, 0);
-  w.put_u32(uint32_t(c.rank));
-  w.put_u32(uint32_t(c.size));
-  w.put_span(mine);
-  const std::vector<uint8_t> hello = w.finish();
-  std::vector<uint8_t> buf;
-  std::string error;
-  done = false;
-  asio::async_write(sock, asio::buffer(hello), [&](error_code ec, size_t) {
-    if (ec) {
-      error = "sending its hello: " + ec.message();
-      done = true;
-      return;
-    }
-    async_read_message(sock, buf, kMaxTable, [&](const std::string& rerr) {
-      if (!rerr.empty()) error = "reading the address table: " + rerr;
-      done = true;
-    });
-  });
-  if (!drive(io, done, deadline))
-    fail("rank {}: joined the rendezvous at {} but rank 0 did not send the address table within "
-         "{} s (were all {} ranks started?)",
-         c.rank, where(c), seconds(c.timeout), c.size);
-  if (!error.empty())
-    fail("rank {}: rendezvous at {}: {} (rank 0 may have refused this rank: see its error)", c.rank,
-         where(c), error);
+  RendezvousResult plain_table(const std::vector<uint8_t>& buf) const {
+    Message m = decode_message(buf, kMaxTable);
+    if (m.header.msg_type() == MsgType::Join)
+      fail("{}: rank 0 at {} runs the cluster-key handshake: give this rank the cluster key "
+           "(RWKVPP_CLUSTER_KEY)",
+           me(), where(c_));
+    ByteReader r(m.payload, "rendezvous table from rank 0");
+    int size = int(r.get_u32());
+    if (size != c_.size)
+      fail("{}: rank 0 at {} says the job has {} ranks, this rank was told {} (RWKVPP_SIZE)", me(),
+           where(c_), size, c_.size);
+    RendezvousResult res{c_.rank, size, {}, {}, 0};
+    for (int i = 0; i < size; ++i) res.blobs.push_back(r.get_vector<uint8_t>());
+    r.expect_end();
+    return res;
+  }
 
-  ByteReader r(decode_message(buf, kMaxTable).payload, "rendezvous table from rank 0");
-  int size = int(r.get_u32());
-  if (size != c.size)
-    fail("rank {}: rank 0 at {} says the job has {} ranks, this rank was told {} (RWKVPP_SIZE)",
-         c.rank, where(c), size, c.size);
-  std::vector<std::vector<uint8_t>> blobs;
-  for (int i = 0; i < size; ++i) blobs.push_back(r.get_vector<uint8_t>());
-  r.expect_end();
-  return blobs;
-}
+  const RendezvousConfig& c_;
+  const Clock::time_point deadline_;
+  asio::io_context io_;
+  tcp::socket sock_;
+};
 
 }  // namespace
 
@@ -310,6 +442,7 @@ RendezvousConfig rendezvous_from_env() {
       fail("RWKVPP_RENDEZVOUS_TIMEOUT_S='{}' is not a positive number of seconds", t);
     c.timeout = std::chrono::milliseconds(int64_t(std::llround(s * 1000)));
   }
+  if (const char* k = std::getenv("RWKVPP_CLUSTER_KEY"); k && *k) c.key = load_cluster_key(k);
   const char* rv = std::getenv("RWKVPP_RENDEZVOUS");
   if (rv && *rv)
     parse_host_port(rv, "RWKVPP_RENDEZVOUS", c);
@@ -319,10 +452,13 @@ RendezvousConfig rendezvous_from_env() {
   return c;
 }
 
-std::vector<std::vector<uint8_t>> rendezvous_exchange(const RendezvousConfig& cfg,
-                                                      std::span<const uint8_t> mine) {
-  if (cfg.size == 1) return {std::vector<uint8_t>(mine.begin(), mine.end())};
-  return cfg.rank == 0 ? serve(cfg, mine) : join(cfg, mine);
+RendezvousResult rendezvous_exchange(const RendezvousConfig& cfg, std::span<const uint8_t> mine) {
+  if (cfg.rank < 0 && cfg.key.empty())
+    fail("a process without a rank joins only with a cluster key (rwkvpp worker --cluster-key)");
+  if (cfg.size == 1)
+    return RendezvousResult{0, 1, {std::vector<uint8_t>(mine.begin(), mine.end())}, cfg.job, 0};
+  if (cfg.rank == 0) return Rank0(cfg, mine).run();
+  return Joining(cfg).run(mine);
 }
 
 }  // namespace rwkvpp

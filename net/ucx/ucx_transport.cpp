@@ -103,14 +103,18 @@ std::vector<std::string> lane_transports(ucp_ep_h ep) {
 
 class UcxTransport final : public Transport {
  public:
-  explicit UcxTransport(const RendezvousConfig& cfg)
-      : rank_(cfg.rank),
-        size_(cfg.size),
-        liveness_(cfg.size, peer_timeout_from_env(), Clock::now()) {
+  // `job`, when given, receives what rank 0 sent with the table (a worker daemon's orders).
+  explicit UcxTransport(const RendezvousConfig& cfg, std::vector<uint8_t>* job = nullptr)
+      : rank_(cfg.rank), size_(cfg.size), liveness_(1, peer_timeout_from_env(), Clock::now()) {
     bool peer_errors = peer_errors_from_env();
     open_worker();
     std::vector<uint8_t> mine = worker_address();
-    std::vector<std::vector<uint8_t>> table = rendezvous_exchange(cfg, mine);
+    RendezvousResult rv = rendezvous_exchange(cfg, mine);
+    rank_ = rv.rank;
+    size_ = rv.size;
+    if (job) *job = std::move(rv.job);
+    const std::vector<std::vector<uint8_t>>& table = rv.blobs;
+    liveness_ = Liveness(size_, peer_timeout_from_env(), Clock::now());
     peers_.resize(size_t(size_));
     for (int p = 0; p < size_; ++p) {
       peers_[size_t(p)].owner = this;
@@ -653,6 +657,11 @@ class UcxTransport final : public Transport {
 
 std::unique_ptr<Transport> make_ucx_transport() {
   return std::make_unique<UcxTransport>(rendezvous_from_env());
+}
+
+std::unique_ptr<Transport> make_ucx_transport(const RendezvousConfig& cfg,
+                                              std::vector<uint8_t>* job) {
+  return std::make_unique<UcxTransport>(cfg, job);
 }
 
 }  // namespace rwkvpp

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "fuzz/targets.h"
+#include "net/control/join_handshake.h"
 #include "net/wire.h"
 #include "worker/protocol.h"
 
@@ -60,6 +61,29 @@ void step(const Message& m) {
   fuzz_check(covered == s.n_tokens(), "segments do not cover the tokens");
 }
 
+// The cluster-key handshake's readers on a message from someone without the key: whatever it
+// holds, it must be refused (a MAC cannot be guessed), never accepted, never crash.
+void join(std::span<const uint8_t> msg) {
+  static const ClusterKey key{std::vector<uint8_t>(32, 0x5a), "fuzz key"};
+  bool accepted = false;
+  try {
+    JoinCoordinator c(key);
+    (void)c.challenge(msg);  // an Offer carries no MAC: any well-formed one gets a challenge
+    (void)c.read_hello(msg);
+    accepted = true;
+  } catch (const JoinRefused&) {
+  }
+  fuzz_check(!accepted, "a Join Hello without the key's MAC was accepted");
+  try {
+    JoinWorker w(key);
+    (void)w.offer();
+    (void)w.answer_challenge(msg, kAnyRank, {});
+    accepted = true;
+  } catch (const JoinRefused&) {
+  }
+  fuzz_check(!accepted, "a Join Challenge without the key's MAC was accepted");
+}
+
 }  // namespace
 
 void run_wire(Bytes b) {
@@ -86,6 +110,9 @@ void run_wire(Bytes b) {
         same_payload(m, encode_heartbeat(0, decode_heartbeat(m, "fuzz Heartbeat")),
                      "Heartbeat re-encodes differently");
         break;
+      case MsgType::Join:
+        join(b);
+        break;
     }
   } catch (const Error&) {
   }
@@ -94,6 +121,20 @@ void run_wire(Bytes b) {
 namespace {
 
 std::string str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
+
+// A Join message of `step` shaped as the handshake sends it, with fixed bytes where the nonces
+// and MACs go (a Hello: rank, a 3-byte worker address, a MAC).
+std::vector<uint8_t> join_seed(uint8_t step, size_t fixed_bytes) {
+  MessageWriter w(MsgType::Join, 0);
+  w.put_u8(step);
+  if (step == 3) {
+    w.put_u32(kAnyRank);
+    w.put_span(std::vector<uint8_t>{1, 2, 3});
+    fixed_bytes = kMacBytes;
+  }
+  for (size_t i = 0; i < fixed_bytes; ++i) w.put_u8(uint8_t(i * 7 + 1));
+  return w.finish();
+}
 
 }  // namespace
 
@@ -152,7 +193,10 @@ Seeds seeds_wire() {
           {"step", str(encode_step(st, hidden.data(), hidden.size()))},
           {"result", str(encode_result(res))},
           {"share-offer", str(encode_share(offer))},
-          {"share-credit", str(encode_share(credit))}};
+          {"share-credit", str(encode_share(credit))},
+          {"join-offer", str(join_seed(1, 32))},
+          {"join-challenge", str(join_seed(2, 64))},
+          {"join-hello", str(join_seed(3, 0))}};
 }
 
 }  // namespace rwkvpp::fuzz
