@@ -4,14 +4,18 @@
 // when it starts a prompt, start() finds the longest prefix that prompt shares with any other of
 // them, and where that is at least `min_tokens` longer than the deepest shared state already on
 // the prompt's path, reads it once into a new shared state (an Engine prefix continuing the
-// deeper one); the prompt then continues the deepest shared state and reads only the rest.
+// deeper one, Engine::add_prefix); the prompt then continues the deepest shared state and reads
+// only the rest. On the way, the new state's reading leaves snapshots (Request::snapshot_at) at
+// the depths where other prompts in view branch off this one, so that a prompt which shares
+// less of it (the same document, another question) still finds a state on its path.
 //
 // The shared states live in rwkvpp serve's StateCache (a radix trie over token ids, entries
 // bounded in number, least recently used first out, pinned while a prompt started from them is
 // running) in state slots of their own (ClusterOptions::extra_slots). Which prompts share is
 // found without a second trie: the prompts in view are kept in lexicographic order of their
 // tokens, where the longest prefix a prompt shares with any other is the longer of those it
-// shares with its two neighbours (the deepest node of their trie that another prompt passes).
+// shares with its two neighbours, and the prefixes it shares with prompts further away only
+// shrink (the depths where it branches off them).
 //
 // Results do not change: on a batch-invariant pipeline (the CPU backend) a state that read
 // tokens [0, a) and then, cloned, [a, b) is bit-identical to one that read [0, b) at once.
@@ -30,13 +34,20 @@
 namespace rwkvpp {
 
 // The prompts in view, in lexicographic order of their tokens (compared by content; equal
-// prompts by address).
+// prompts by address). Holds pointers: a prompt must stay where it is until remove().
 class PromptWindow {
  public:
   void add(const std::vector<int32_t>* prompt);
   void remove(const std::vector<int32_t>* prompt);
   // The most leading tokens `prompt` (which must be in the window) shares with another prompt.
   size_t longest_shared(const std::vector<int32_t>* prompt) const;
+  // The distinct lengths of the prefixes `prompt` shares with other prompts of the window, at
+  // least `min_len` and at most `max_len`, deepest first, looking at most `max_walk` neighbours
+  // each side: where its path branches off theirs. Of more than `max_depths`, the deepest and the
+  // shallowest `max_depths - 1`.
+  std::vector<size_t> shared_depths(const std::vector<int32_t>* prompt, size_t min_len,
+                                    size_t max_len, size_t max_depths = 8,
+                                    size_t max_walk = 64) const;
   size_t size() const { return set_.size(); }
 
  private:
@@ -66,8 +77,9 @@ class AutoPrefix {
     size_t skip = 0;        // the prompt's tokens that state has read
     std::vector<int> pins;  // shared states pinned for it until done()
   };
-  // Where a prompt (in the window) starts: it reads at most `max_len` of its tokens from shared
-  // states (the rest itself). May submit the request that makes a new shared state.
+  // Where a prompt (in the window, the very vector given to add()) starts: it reads at most
+  // `max_len` of its tokens from shared states (the rest itself). May submit the prefix that
+  // makes a new shared state. Call done() once the requests continuing `from` have finished.
   Start start(const std::vector<int32_t>& prompt, size_t max_len);
   void done(Start& s);  // the prompt no longer needs its shared states
   // Gives every shared state back to the engine (at the end, when no request runs).
@@ -75,17 +87,19 @@ class AutoPrefix {
 
   // Prompt tokens not read thanks to the shared states, net of what making them read.
   uint64_t tokens_saved() const { return skipped_ - made_tokens_; }
-  uint64_t states_made() const { return made_; }
+  uint64_t states_made() const { return made_ + snapshots_; }
 
  private:
   void release(std::vector<int>& handles);
+  void add_snapshots(Request& r, const std::vector<int32_t>& prompt, size_t from_len,
+                     const std::vector<size_t>& depths);
 
   Engine& e_;
   size_t min_tokens_;
   int base_;
   PromptWindow window_;
   StateCache cache_;
-  uint64_t skipped_ = 0, made_tokens_ = 0, made_ = 0;
+  uint64_t skipped_ = 0, made_tokens_ = 0, made_ = 0, snapshots_ = 0;
 };
 
 }  // namespace rwkvpp
