@@ -77,65 +77,43 @@ AutoPrefix::~AutoPrefix() = default;
 AutoPrefix::Start AutoPrefix::start(const std::vector<int32_t>& prompt, size_t max_len) {
   Start s;
   s.from = base_;
+  s.skip = 0;
   StateCache::Match m = cache_.lookup(prompt, max_len);
-  const std::vector<size_t> depths =
-      window_.shared_depths(&prompt, m.length + min_tokens_, max_len);
-  std::vector<int> released;
-  if (!depths.empty()) {
-    const size_t shared = depths.front();
-    // The new state reads on from the deepest one there is: keep that one meanwhile.
-    if (m.handle >= 0) cache_.pin(m.handle);
-    if (cache_.make_room({prompt.data(), shared}, released)) {
-      release(released);
-      Request r;
-      r.prompt.assign(prompt.begin() + long(m.length), prompt.begin() + long(shared));
-      r.prefix = m.handle >= 0 ? m.handle : base_;
-      add_snapshots(r, prompt, m.length, depths);
-      const int id = e_.add_prefix(std::move(r));
-      cache_.insert({prompt.data(), shared}, id, released);
-      RWKVPP_CHECK(cache_.contains(id), "a new shared state was not kept");
-      ++made_;
-      made_tokens_ += shared - m.length;
-      if (m.handle >= 0) s.pins.push_back(m.handle);
-      m.handle = id;
-      m.length = shared;
-    } else if (m.handle >= 0) {
-      cache_.unpin(m.handle);
-    }
-  }
-  release(released);
   if (m.handle >= 0) {
     cache_.pin(m.handle);
     s.pins.push_back(m.handle);
     s.from = m.handle;
     s.skip = m.length;
-    skipped_ += m.length;
   }
+  // Where this prompt branches off the others in view, shallowest first: a chain of shared
+  // states, each `min_tokens` beyond the one before, each continuing the one before. They are
+  // in the cache at once (a prompt started next finds them before they are read), and pinned
+  // for this prompt: the next link and the prompt itself read from them.
+  const std::vector<size_t> depths =
+      window_.shared_depths(&prompt, m.length + min_tokens_, max_len);
+  std::vector<int> released;
+  for (auto d = depths.rbegin(); d != depths.rend(); ++d) {
+    if (*d < s.skip + min_tokens_) continue;
+    const std::span<const int32_t> path(prompt.data(), *d);
+    if (!cache_.make_room(path, released)) break;  // every state is in use: read the rest
+    release(released);
+    Request r;
+    r.prompt.assign(prompt.begin() + long(s.skip), prompt.begin() + long(*d));
+    r.prefix = s.from;
+    const int id = e_.add_prefix(std::move(r));
+    cache_.insert(path, id, released);
+    RWKVPP_CHECK(cache_.contains(id), "a new shared state was not kept");
+    release(released);
+    cache_.pin(id);
+    s.pins.push_back(id);
+    ++made_;
+    made_tokens_ += *d - s.skip;
+    s.from = id;
+    s.skip = *d;
+  }
+  release(released);
+  skipped_ += s.skip;
   return s;
-}
-
-// Snapshots where other prompts branch off (every depth but the deepest, which the prefix
-// itself reaches), kept in the cache when it has room for them.
-void AutoPrefix::add_snapshots(Request& r, const std::vector<int32_t>& prompt, size_t from_len,
-                               const std::vector<size_t>& depths) {
-  for (auto d = depths.rbegin(); d != depths.rend(); ++d)
-    if (*d > from_len && *d - from_len < r.prompt.size()) r.snapshot_at.push_back(*d - from_len);
-  if (r.snapshot_at.empty()) return;
-  // The prompt may be gone by the time the snapshots are taken: they keep their own copy.
-  auto path = std::make_shared<std::vector<int32_t>>(
-      prompt.begin(), prompt.begin() + long(from_len + r.prompt.size()));
-  r.snapshot_wanted = [this, path, from_len](size_t p) {
-    std::vector<int> released;
-    const bool room = cache_.make_room({path->data(), from_len + p}, released);
-    release(released);
-    return room;
-  };
-  r.on_snapshot = [this, path, from_len](size_t p, int id) {
-    std::vector<int> released;
-    cache_.insert({path->data(), from_len + p}, id, released);
-    ++snapshots_;
-    release(released);
-  };
 }
 
 void AutoPrefix::done(Start& s) {

@@ -1,13 +1,13 @@
 // Automatic prefix sharing for `rwkvpp batch` (docs/batch.md): prompts that start with the same
 // tokens (a system prompt, a few-shot block, a document asked many questions) read those tokens
 // once. The job tells AutoPrefix about every prompt it has read ahead or is running (add/remove);
-// when it starts a prompt, start() finds the longest prefix that prompt shares with any other of
-// them, and where that is at least `min_tokens` longer than the deepest shared state already on
-// the prompt's path, reads it once into a new shared state (an Engine prefix continuing the
-// deeper one, Engine::add_prefix); the prompt then continues the deepest shared state and reads
-// only the rest. On the way, the new state's reading leaves snapshots (Request::snapshot_at) at
-// the depths where other prompts in view branch off this one, so that a prompt which shares
-// less of it (the same document, another question) still finds a state on its path.
+// when it starts a prompt, start() finds the depths where that prompt's path branches off the
+// others' (the prefixes it shares with them), and at those that are at least `min_tokens`
+// beyond the deepest shared state already on the prompt's path (and beyond each other) makes
+// a chain of new shared states, each an Engine prefix continuing the one before
+// (Engine::add_prefix); the prompt then continues the deepest and reads only the rest. The
+// shallower links matter: a prompt that shares less (the same document, another question)
+// still finds a state on its path.
 //
 // The shared states live in rwkvpp serve's StateCache (a radix trie over token ids, entries
 // bounded in number, least recently used first out, pinned while a prompt started from them is
@@ -87,19 +87,17 @@ class AutoPrefix {
 
   // Prompt tokens not read thanks to the shared states, net of what making them read.
   uint64_t tokens_saved() const { return skipped_ - made_tokens_; }
-  uint64_t states_made() const { return made_ + snapshots_; }
+  uint64_t states_made() const { return made_; }
 
  private:
   void release(std::vector<int>& handles);
-  void add_snapshots(Request& r, const std::vector<int32_t>& prompt, size_t from_len,
-                     const std::vector<size_t>& depths);
 
   Engine& e_;
   size_t min_tokens_;
   int base_;
   PromptWindow window_;
   StateCache cache_;
-  uint64_t skipped_ = 0, made_tokens_ = 0, made_ = 0, snapshots_ = 0;
+  uint64_t skipped_ = 0, made_tokens_ = 0, made_ = 0;
 };
 
 }  // namespace rwkvpp
