@@ -70,7 +70,8 @@ Job shared_job() {
 
 std::string batch_cmd(const std::string& dir, const std::string& out, const std::string& flags) {
   return rwkvpp_binary() + " batch -m " + byte_model() + " -i " + dir + "/in.jsonl -o " + dir +
-         "/" + out + " --progress none --temperature 1 --top-k 20 --seed 5 " + flags;
+         "/" + out + " --progress none --temperature 1 --top-k 20 --seed 5 --logprobs --token-ids " +
+         flags;
 }
 
 struct Summary {
@@ -132,8 +133,8 @@ TEST_CASE("a shared-prefix record equals rwkvpp generate of its whole prompt", "
   std::string in;
   for (int i = 0; i < 4; ++i)
     in += fmt::format(
-        "{{\"id\": \"g{}\", \"prompt\": \"{}{} then?\", \"max_tokens\": 16, \"n\": 2, "
-        "\"seed\": {}, \"temperature\": 1.0, \"top_k\": 20}}\n",
+        "{{\"id\": \"g{}\", \"prompt\": \"{}{} then?\", \"max_tokens\": 64, \"n\": 2, "
+        "\"seed\": {}, \"temperature\": 1.5, \"top_k\": 0}}\n",
         i, doc, char('K' + i), 40 + 10 * i);
   write_file(d / "in.jsonl", in);
   auto r = run(batch_cmd(d.path(), "out.jsonl", ""), 300);
@@ -149,7 +150,7 @@ TEST_CASE("a shared-prefix record equals rwkvpp generate of its whole prompt", "
     if (i != 2) continue;  // one line's two samples (each generate is a separate process)
     const std::string prompt = fmt::format("{}{} then?", doc, char('K' + i));
     auto g = run(rwkvpp_binary() + " generate -m " + byte_model() +
-                 fmt::format(" --temperature 1 --top-k 20 --seed {} -n 16", 40 + 10 * i + index) +
+                 fmt::format(" --temperature 1.5 --seed {} -n 64", 40 + 10 * i + index) +
                  " --prompt '" + prompt + "'");
     INFO(j.dump() << "\n" << g.err);
     REQUIRE(g.exit_code == 0);
