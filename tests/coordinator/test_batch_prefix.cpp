@@ -127,6 +127,32 @@ TEST_CASE("automatic prefix sharing gives the records of feeding every prompt in
   CHECK(ss.states == 4);  // one per document, and the third's longer shared question
 }
 
+TEST_CASE("the progress line reports the tokens fed and saved so far", "[batch]") {
+  TempDir d;
+  const Job job = shared_job();
+  write_file(d / "in.jsonl", job.input);
+  auto r = run(rwkvpp_binary() + " batch -m " + byte_model() + " -i " + d / "in.jsonl" + " -o " +
+                   d / "out.jsonl" + " --progress log --log-interval 0",
+               300);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const std::regex line(R"(records \(.*, (\d+) tokens fed, (\d+) saved\n)");
+  uint64_t lines = 0, fed = 0, saved = 0;
+  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line);
+       it != std::sregex_iterator(); ++it, ++lines) {
+    const uint64_t f = std::stoull((*it)[1]), s = std::stoull((*it)[2]);
+    CHECK(f >= fed);  // counts only grow
+    CHECK(s >= saved);
+    fed = f;
+    saved = s;
+  }
+  CHECK(lines > 0);
+  CHECK(saved == job.expected_saved);  // every prompt had started before the last record
+  const Summary sum = summary_of(r.err);
+  CHECK(sum.saved == job.expected_saved);
+  CHECK(fed <= sum.fed);
+}
+
 TEST_CASE("a shared-prefix record equals rwkvpp generate of its whole prompt", "[batch]") {
   TempDir d;
   const std::string doc = document(200, 1);
