@@ -91,6 +91,12 @@ int Engine::submit(Request r) {
 int Engine::add_prefix(std::vector<int32_t> tokens) {
   Request r;
   r.prompt = std::move(tokens);
+  return add_prefix(std::move(r));
+}
+
+int Engine::add_prefix(Request r) {
+  if (r.max_tokens != 0) fail("a prefix only reads its tokens (max tokens must be 0)");
+  r.keep_state = true;
   int id = submit(std::move(r));
   seqs_.at(id)->is_prefix = true;
   return id;

@@ -95,6 +95,11 @@ class Engine {
   // any number of requests (n samples of one prompt, prompts sharing a preamble) start from it.
   // Returns the prefix id for Request::prefix.
   int add_prefix(std::vector<int32_t> tokens);
+  // The same for a prefix that continues another (`r.prefix`) and may take snapshots on the way
+  // (`r.snapshot_at`, as submit()): `r` only reads (max_tokens 0; its sampling, stop and token
+  // callbacks are unused), and its id may be named as a Request::prefix from now on, while it is
+  // still being read (unlike a keep_state request's, which only once it has finished).
+  int add_prefix(Request r);
   void release_prefix(int id);
   // Runs until every submitted request has finished. Callbacks may call submit(), add_prefix()
   // and release_prefix() (of another sequence) to feed run() as it goes; a finished sequence is

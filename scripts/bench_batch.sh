@@ -4,12 +4,17 @@
 #   1. n=8 samples per prompt (the prompt is read once, its state forked for every sample)
 #      against the same samples as 8 separate input lines per prompt (each reads the prompt);
 #   2. a 500-token --prefix-file read once for the job against the same text pasted in front
-#      of every prompt.
+#      of every prompt;
+#   3. automatic prefix sharing: DOC_PROMPTS prompts (2000) made of one DOC_BYTES-token document
+#      (1000) and a different QUESTION_BYTES-token question (20), against --no-auto-prefix;
+#   4. the same on DOC_PROMPTS prompts of DOC_BYTES + QUESTION_BYTES tokens that share nothing
+#      (what the sharing costs when there is nothing to share).
 # Usage: scripts/bench_batch.sh [MODEL]   (default: a RANDOM-weight `rwkvpp synth --shape tiny`)
 # Environment: RWKVPP (binary, default build/coordinator/rwkvpp), LAUNCH (e.g. "mpirun -np 3"),
 # PROMPTS (default 32), PROMPT_BYTES (500), MAX_TOKENS (16), FLAGS (more batch flags),
-# REPEAT (runs per case, the best is kept; default 2). The bytes tokenizer is used, so a byte
-# of prompt text is one token.
+# REPEAT (runs per case, the best is kept; default 2), CASES (which cases, default "1 2 3 4"),
+# DOC_PROMPTS, DOC_BYTES, QUESTION_BYTES (cases 3 and 4), DOC_REPEAT (runs of cases 3 and 4,
+# default REPEAT). The bytes tokenizer is used, so a byte of prompt text is one token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${RWKVPP:-build/coordinator/rwkvpp}
@@ -18,6 +23,11 @@ prompts=${PROMPTS:-32}
 plen=${PROMPT_BYTES:-500}
 gen=${MAX_TOKENS:-16}
 repeat=${REPEAT:-2}
+cases=${CASES:-1 2 3 4}
+doc_prompts=${DOC_PROMPTS:-2000}
+doc_bytes=${DOC_BYTES:-1000}
+q_bytes=${QUESTION_BYTES:-20}
+doc_repeat=${DOC_REPEAT:-$repeat}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -53,10 +63,22 @@ for ((i = 0; i < prompts * 8; i++)); do
   printf '{"id": "q%d", "prompt": "%s%s"}\n' "$i" "$prefix" "$q" >>"$work/joined.jsonl"
 done
 
+# Cases 3 and 4: one document and many questions; prompts that share nothing.
+doc=$(text "$doc_bytes" 777)
+: >"$work/doc.jsonl"
+: >"$work/distinct.jsonl"
+for ((i = 0; i < doc_prompts; i++)); do
+  printf '{"id": "d%d", "prompt": "%s%s"}\n' "$i" "$doc" "$(text "$q_bytes" "$((i + 20000))")" >>"$work/doc.jsonl"
+done
+# Distinct from the first token on: each prompt starts with its own number.
+for ((i = 0; i < doc_prompts; i++)); do
+  printf '{"id": "u%d", "prompt": "%d %s"}\n' "$i" "$i" "$(text "$((doc_bytes + q_bytes))" "$((i + 40000))")"
+done >"$work/distinct.jsonl"
+
 # Runs one case REPEAT times (fresh output each time); prints "seconds tokens_fed".
 time_case() {
-  local input=$1 extra=$2 best="" fed=""
-  for ((r = 0; r < repeat; r++)); do
+  local input=$1 extra=$2 best="" fed="" n=${3:-$repeat}
+  for ((r = 0; r < n; r++)); do
     rm -f "$work/out.jsonl" "$work/out.jsonl.meta.json"
     local t0 t1 s
     t0=$(date +%s.%N)
@@ -65,7 +87,7 @@ time_case() {
       --temperature 1 --seed 1 --progress none $extra ${FLAGS:-} 2>"$work/err"
     t1=$(date +%s.%N)
     s=$(echo "$t1 - $t0" | bc -l)
-    fed=$(sed -n 's/.*; \([0-9]*\) tokens fed to the model/\1/p' "$work/err")
+    fed=$(sed -n 's/.*; \([0-9]*\) tokens fed to the model.*/\1/p' "$work/err")
     if [[ -z $best ]] || (( $(echo "$s < $best" | bc -l) )); then best=$s; fi
   done
   echo "$best $fed"
@@ -82,8 +104,25 @@ report() {
 echo "rwkvpp batch prompt reuse: model $model, ${launch:-1 process}, $prompts prompts x 8 samples, prompts of $plen" \
   "tokens (case 1) / 40 tokens after a 500-token prefix (case 2), $gen generated tokens per sample, best of $repeat"
 echo
+echo "cases 3 and 4: $doc_prompts prompts of a $doc_bytes-token document + a $q_bytes-token question" \
+  "(3) or of $((doc_bytes + q_bytes))+ tokens sharing nothing (4), 1 sample each, best of $doc_repeat"
+echo
 echo "| case | read in full | read once | speedup |"
 echo "| --- | --- | --- | --- |"
-report "n=8 samples: forked state vs 8 lines" "$(time_case "$work/lines.jsonl" "")" "$(time_case "$work/forked.jsonl" "")"
-report "500-token shared prefix: --prefix-file vs pasted" "$(time_case "$work/joined.jsonl" "")" \
-  "$(time_case "$work/short.jsonl" "--prefix-file $work/prefix.txt")"
+has() { [[ " $cases " == *" $1 "* ]]; }
+if has 1; then
+  report "n=8 samples: forked state vs 8 lines" "$(time_case "$work/lines.jsonl" "--no-auto-prefix")" \
+    "$(time_case "$work/forked.jsonl" "--no-auto-prefix")"
+fi
+if has 2; then
+  report "500-token shared prefix: --prefix-file vs pasted" "$(time_case "$work/joined.jsonl" "--no-auto-prefix")" \
+    "$(time_case "$work/short.jsonl" "--no-auto-prefix --prefix-file $work/prefix.txt")"
+fi
+if has 3; then
+  report "document + questions: automatic sharing vs --no-auto-prefix" \
+    "$(time_case "$work/doc.jsonl" "--no-auto-prefix" "$doc_repeat")" "$(time_case "$work/doc.jsonl" "" "$doc_repeat")"
+fi
+if has 4; then
+  report "nothing shared: automatic sharing (on) vs --no-auto-prefix" \
+    "$(time_case "$work/distinct.jsonl" "--no-auto-prefix" "$doc_repeat")" "$(time_case "$work/distinct.jsonl" "" "$doc_repeat")"
+fi

@@ -176,7 +176,7 @@ int batch_body(Engine& e, const BatchOptions& o) {
                journal.records_found() - done, o.output);
 
   Progress progress(parse_progress_mode(o.progress), scan.samples, done, o.log_interval_s);
-  uint64_t abandoned = 0;
+  uint64_t abandoned = 0, saved = 0, states = 0;
   OpenAIOutput openai;
   openai.input_hash = scan.hash;
   openai.fingerprint = system_fingerprint(fingerprint, num.dtype, num.layers);
@@ -190,6 +190,8 @@ int batch_body(Engine& e, const BatchOptions& o) {
     try {
       runner.run();
       abandoned = runner.abandoned();
+      saved = runner.tokens_saved();
+      states = runner.shared_states();
     } catch (...) {
       progress.clear();
       journal.sync();
@@ -198,8 +200,11 @@ int batch_body(Engine& e, const BatchOptions& o) {
   }
   journal.sync();
   progress.clear();
-  fmt::print(stderr, "batch: {}; {} tokens fed to the model\n", progress.summary(),
-             e.tokens_processed());
+  fmt::print(stderr, "batch: {}; {} tokens fed to the model{}\n", progress.summary(),
+             e.tokens_processed(),
+             o.auto_prefix ? fmt::format(", {} prompt tokens saved by {} shared prefix state(s)",
+                                         saved, states)
+                           : "");
   if (progress.done() < progress.total()) {
     fmt::print(stderr,
                "batch: stopped by {}: {} of {} records are in '{}' ({} unfinished samples "
@@ -239,8 +244,15 @@ int run_batch(const BatchOptions& o) {
   validate(o.defaults.sampling);
   for (const auto& s : o.defaults.stop)
     if (s.empty()) fail("--stop must not be empty");
+  if (o.auto_prefix_min < 1)
+    fail("--auto-prefix-min must be at least 1 (got {})", o.auto_prefix_min);
+  if (o.auto_prefix_states < 1 || o.auto_prefix_states > 4096)
+    fail("--auto-prefix-states must be in [1, 4096] (got {})", o.auto_prefix_states);
   install_stop_handlers();  // run_cluster makes worker ranks ignore SIGTERM
-  return run_cluster(o.cluster, [&](Engine& e) { return batch_body(e, o); });
+  ClusterOptions cluster = o.cluster;
+  // The shared states' slots, on every stage beside those of the running sequences.
+  if (o.auto_prefix) cluster.extra_slots += o.auto_prefix_states;
+  return run_cluster(cluster, [&](Engine& e) { return batch_body(e, o); });
 }
 
 }  // namespace rwkvpp

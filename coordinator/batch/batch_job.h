@@ -7,7 +7,8 @@
 //
 // Throughput: the n samples of a prompt read the prompt once (its state is forked: every
 // prompt's tokens but the last are read into a kept state, and each sample continues it from
-// the last token); a --prefix-file common to every prompt is read once for the whole job.
+// the last token); a --prefix-file common to every prompt is read once for the whole job; and
+// prompts that share a long enough prefix read it once (automatic prefix sharing).
 // Records follow the order in which samples finish, not the input order.
 //
 // Seeds: sample `index` of a line uses the line's "seed" + index when the line has one, else
@@ -35,6 +36,12 @@ struct BatchOptions {
   bool logprobs = false;
   bool token_ids = false;   // records carry "token_ids"
   bool ordered = false;     // once complete, rewrite the output in input order
+  // Automatic prefix sharing (prefix_share.h): prompts sharing at least `auto_prefix_min`
+  // leading tokens read them once, into one of `auto_prefix_states` state slots set aside on
+  // every stage. Off with --no-auto-prefix; results are the same either way.
+  bool auto_prefix = true;
+  int auto_prefix_min = 64;
+  int auto_prefix_states = 32;
   double fsync_interval_s = 1.0;
   double log_interval_s = 10.0;
   std::string progress = "auto";  // auto, bar, log, none

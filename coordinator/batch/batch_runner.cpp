@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "coordinator/partition.h"
 #include "coordinator/signals.h"
 
 namespace rwkvpp {
@@ -25,11 +26,23 @@ struct BatchRunner::Line {
 
 // One prompt of a line, and the choices generated from it.
 struct BatchRunner::Group {
+  explicit Group(AutoPrefix* a) : sharing(a) {}
+  ~Group() {  // out of the prefix sharing's view, its shared states unpinned
+    if (!sharing) return;
+    sharing->done(start);
+    sharing->remove(&ids);
+  }
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  AutoPrefix* sharing = nullptr;  // automatic prefix sharing, or null
+  AutoPrefix::Start start;        // where sharing started it (its pins)
   Line* line = nullptr;
   std::vector<int32_t> ids;  // the prompt's tokens (after the --prefix-file)
   std::vector<int> choices;  // choice indices to generate (records: the sample index)
   int waiting = 0;           // choices whose result has not come back
-  int from = -1;             // the state it continues (the --prefix-file's), -1: a fresh one
+  int from = -1;             // the state it continues (a shared one, the --prefix-file's), or -1
+  size_t skip = 0;           // leading tokens of `ids` that state has read
   int prefix = -1;           // kept state holding the prompt's tokens but the last; -1: none
   int prompt_tokens = 0;     // --prefix-file + prompt
 };
@@ -46,7 +59,8 @@ BatchRunner::BatchRunner(Engine& e, const Tokenizer& tok, const BatchOptions& o,
       p_(p),
       shared_ids_(std::move(shared_ids)),
       openai_(std::move(openai)) {
-  budget_ = std::max(1, e_.limits().max_slots - (shared_ids_.empty() ? 0 : 1));
+  budget_ = std::max(1, e_.limits().max_slots - (shared_ids_.empty() ? 0 : 1) -
+                            (o_.auto_prefix ? o_.auto_prefix_states : 0));
 }
 
 BatchRunner::~BatchRunner() = default;
@@ -56,7 +70,20 @@ void BatchRunner::run() {
     explicit Attach(Engine* e) { stop_engine_on_signal(e); }
     ~Attach() { stop_engine_on_signal(nullptr); }
   } attach(&e_);
+  struct Feed {  // the progress line's token counts, while the runner lives
+    Feed(Progress& p, BatchRunner* r) : p_(p) {
+      p_.set_feed([r] { return FeedCounts{r->e_.tokens_processed(), r->tokens_saved()}; });
+    }
+    ~Feed() { p_.set_feed(nullptr); }
+    Progress& p_;
+  } feed(p_, this);
   if (!shared_ids_.empty()) shared_ = e_.add_prefix(shared_ids_);
+  if (o_.auto_prefix) {
+    const ModelConfig& cfg = e_.config();
+    auto_ = std::make_unique<AutoPrefix>(e_, size_t(o_.auto_prefix_min),
+                                         size_t(o_.auto_prefix_states),
+                                         uint64_t(cfg.n_layer) * layer_state_bytes(cfg), shared_);
+  }
   refill();
   e_.run();
   // Every sequence has finished (or was cancelled): give the kept states back.
@@ -64,7 +91,15 @@ void BatchRunner::run() {
   for (auto& [line, l] : lines_)
     for (auto& g : l->groups)
       if (g->prefix >= 0) release(g->prefix);
-  lines_.clear();
+  lines_.clear();  // unpins the shared states
+  ahead_.clear();
+  if (auto_) {
+    try {
+      auto_->release_all();
+    } catch (...) {
+      note_error(std::current_exception());
+    }
+  }
   if (shared_ >= 0) release(shared_);
   if (error_) std::rethrow_exception(error_);
 }
@@ -82,21 +117,31 @@ void BatchRunner::note_error(std::exception_ptr ex) {
   e_.request_stop();
 }
 
-// Starts lines while the engine has room; callbacks call it again as samples finish.
+// Starts lines while the engine has room, keeping lines read ahead for the prefix sharing to
+// see; callbacks call it again as samples finish.
 void BatchRunner::refill() {
+  const size_t ahead = auto_ ? kReadAhead : 1;
   try {
-    while (!stopping() && next_ < scan_.lines.size() && (live_ < budget_ || lines_.empty()))
-      start_line(scan_.lines[next_++]);
+    while (!stopping()) {
+      while (ahead_.size() < ahead && next_ < scan_.lines.size())
+        if (auto l = read_line(scan_.lines[next_++])) ahead_.push_back(std::move(l));
+      if (ahead_.empty() || !(live_ < budget_ || lines_.empty())) break;
+      std::unique_ptr<Line> l = std::move(ahead_.front());
+      ahead_.pop_front();
+      start_line(std::move(l));
+    }
   } catch (...) {
     note_error(std::current_exception());
   }
 }
 
-void BatchRunner::start_line(const LineRef& ref) {
+// Reads and tokenizes a line's prompts (null when its records are all in the output); its
+// prompts come into the prefix sharing's view.
+std::unique_ptr<BatchRunner::Line> BatchRunner::read_line(const LineRef& ref) {
   std::vector<int> todo;  // records not in the output yet
   for (int i = 0; i < ref.n; ++i)
     if (!j_.has(ref.key, i)) todo.push_back(i);
-  if (todo.empty()) return;
+  if (todo.empty()) return nullptr;
   auto owned = std::make_unique<Line>();
   Line& l = *owned;
   l.item = reader_.read(ref, o_.defaults);
@@ -108,7 +153,7 @@ void BatchRunner::start_line(const LineRef& ref) {
   }
   const int n = l.item.n;
   for (size_t p = 0; p < l.item.prompts.size(); ++p) {
-    auto g = std::make_unique<Group>();
+    auto g = std::make_unique<Group>(nullptr);
     g->line = &l;
     for (int c : todo)
       if (c / n == int(p)) g->choices.push_back(c);
@@ -121,21 +166,35 @@ void BatchRunner::start_line(const LineRef& ref) {
     g->waiting = int(g->choices.size());
     l.open += g->waiting;
     l.prompt_tokens += g->prompt_tokens * n;
+    if (auto_) {
+      auto_->add(&g->ids);
+      g->sharing = auto_.get();
+    }
     l.groups.push_back(std::move(g));
   }
-  lines_.emplace(ref.line, std::move(owned));
+  return owned;
+}
+
+void BatchRunner::start_line(std::unique_ptr<Line> owned) {
+  Line& l = *owned;
+  lines_.emplace(l.item.line, std::move(owned));
   for (auto& g : l.groups) start_group(*g);
 }
 
 void BatchRunner::start_group(Group& g) {
   live_ += g.waiting;
-  if (g.ids.size() == 1) {  // nothing to fork from but the state it continues
+  if (auto_) {  // the prompt's tokens but the last may come from shared states
+    g.start = auto_->start(g.ids, g.ids.size() - 1);
+    g.from = g.start.from;
+    g.skip = g.start.skip;
+  }
+  if (g.ids.size() - g.skip == 1) {  // nothing to fork from but the state it continues
     start_samples(g);
     return;
   }
   // The prompt's tokens but the last, read once into a state that every sample continues.
   Request r;
-  r.prompt.assign(g.ids.begin(), g.ids.end() - 1);
+  r.prompt.assign(g.ids.begin() + long(g.skip), g.ids.end() - 1);
   r.prefix = g.from;
   r.max_tokens = 0;
   r.keep_state = true;
@@ -160,6 +219,8 @@ void BatchRunner::prefix_done(Group& g, Finish why) {
     return;
   }
   try {
+    // The kept state has read what it needed of the shared ones.
+    if (auto_) auto_->done(g.start);
     start_samples(g);
   } catch (...) {
     note_error(std::current_exception());
@@ -178,7 +239,9 @@ void BatchRunner::start_samples(Group& g) {
     t.stop = it.stop;
     t.stop_ids = it.format == InputFormat::OpenAI ? openai_.stop_ids : o_.stop_ids;
     t.logprobs = it.format == InputFormat::OpenAI ? it.logprobs : o_.logprobs;
-    std::vector<int32_t> prompt = g.prefix >= 0 ? std::vector<int32_t>{g.ids.back()} : g.ids;
+    std::vector<int32_t> prompt = g.prefix >= 0
+                                      ? std::vector<int32_t>{g.ids.back()}
+                                      : std::vector<int32_t>(g.ids.begin() + long(g.skip), g.ids.end());
     Group* gp = &g;
     Request r = make_text_request(
         tok_, std::move(prompt), t, [this](std::string_view) { p_.tick(); },

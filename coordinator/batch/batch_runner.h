@@ -3,7 +3,9 @@
 // journal. An input line is a Line; each of its prompts a Group, whose tokens but the last are
 // read once into a kept state that every choice of the prompt continues from its last token
 // (n samples read the prompt once). A --prefix-file is read once for the whole job, and every
-// group starts from it.
+// group starts from it. With automatic prefix sharing (prefix_share.h) lines are read ahead
+// (kReadAhead), and a group starts from the deepest shared state on its prompt's path instead,
+// reading only the rest of its prompt.
 //
 // Records: the rwkvpp format writes one record per sample as it finishes; the OpenAI Batch
 // format one line per input line, once all its choices are back (openai_batch.h). Either way a
@@ -12,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <map>
 #include <memory>
@@ -20,6 +23,7 @@
 #include "coordinator/batch/batch_job.h"
 #include "coordinator/batch/journal.h"
 #include "coordinator/batch/openai_batch.h"
+#include "coordinator/batch/prefix_share.h"
 #include "coordinator/batch/progress.h"
 
 namespace rwkvpp {
@@ -38,6 +42,14 @@ class BatchRunner {
   // a callback caught.
   void run();
   uint64_t abandoned() const { return abandoned_; }  // unfinished choices given up (stopping)
+  // Automatic prefix sharing: prompt tokens not fed, net of what the shared states read; and
+  // the shared states made (0 when it is off).
+  uint64_t tokens_saved() const { return auto_ ? auto_->tokens_saved() : 0; }
+  uint64_t shared_states() const { return auto_ ? auto_->states_made() : 0; }
+
+  // Input lines read ahead (tokenized, their prompts in view of the prefix sharing) beyond those
+  // started, when sharing is on.
+  static constexpr size_t kReadAhead = 256;
 
  private:
   struct Line;
@@ -46,7 +58,8 @@ class BatchRunner {
   void note_error(std::exception_ptr ex);
   bool stopping() const { return e_.stop_requested() || error_; }
   void refill();
-  void start_line(const LineRef& ref);
+  std::unique_ptr<Line> read_line(const LineRef& ref);
+  void start_line(std::unique_ptr<Line> owned);
   void start_group(Group& g);
   void prefix_done(Group& g, Finish why);
   void start_samples(Group& g);
@@ -64,10 +77,12 @@ class BatchRunner {
   std::vector<int32_t> shared_ids_;
   OpenAIOutput openai_;
   int shared_ = -1;  // the --prefix-file's state, or -1
+  std::unique_ptr<AutoPrefix> auto_;  // automatic prefix sharing, or null (outlives the lines)
   int budget_ = 1;   // state slots the job keeps busy (prompt states + samples)
   int live_ = 0;
   size_t next_ = 0;                                 // next line of the scan to start
-  std::map<int64_t, std::unique_ptr<Line>> lines_;  // by input line
+  std::map<int64_t, std::unique_ptr<Line>> lines_;  // started, by input line
+  std::deque<std::unique_ptr<Line>> ahead_;         // read, not started yet
   std::vector<int> to_release_;
   uint64_t abandoned_ = 0;
   std::exception_ptr error_;

@@ -37,6 +37,16 @@ void add_batch_command(CLI::App& app, Action& run) {
   c->add_option("--prefix-file", a->prefix_file,
                 "text put before every prompt, read once for the whole job (tokenized on its own: "
                 "see docs/batch.md)");
+  auto no_auto_prefix = std::make_shared<bool>(false);
+  c->add_flag("--no-auto-prefix", *no_auto_prefix,
+              "do not share prompt prefixes automatically (results are the same; see "
+              "docs/batch.md)");
+  c->add_option("--auto-prefix-min", a->auto_prefix_min,
+                "leading tokens prompts must share to read them once")
+      ->capture_default_str();
+  c->add_option("--auto-prefix-states", a->auto_prefix_states,
+                "state slots set aside on every stage for shared prefixes")
+      ->capture_default_str();
   c->add_option("--rejects", a->rejects,
                 "where bad input lines go (default: OUTPUT.rejects.jsonl)");
   c->add_flag("--logprobs", a->logprobs, "add each sample's per-token log-probabilities");
@@ -58,7 +68,10 @@ void add_batch_command(CLI::App& app, Action& run) {
   c->add_option("--log-interval", a->log_interval_s,
                 "seconds between progress lines when not on a terminal")
       ->capture_default_str();
-  c->callback([a, &run] { run = [a] { return run_batch(*a); }; });
+  c->callback([a, no_auto_prefix, &run] {
+    a->auto_prefix = !*no_auto_prefix;
+    run = [a] { return run_batch(*a); };
+  });
 }
 
 }  // namespace rwkvpp

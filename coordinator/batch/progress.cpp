@@ -64,8 +64,14 @@ std::string Progress::status_line() const {
   double rate = double(done_now_) / t;  // records/s in this run
   std::string eta = done_now_ ? format_duration(double(left) / rate) : "?";
   double pct = total_ ? 100.0 * double(done()) / double(total_) : 100.0;
-  return fmt::format("{}/{} records ({:.1f}%), {:.1f} tokens/s, {:.2f} records/s, ETA {}", done(),
-                     total_, pct, double(tokens_) / t, rate, eta);
+  std::string line =
+      fmt::format("{}/{} records ({:.1f}%), {:.1f} tokens/s, {:.2f} records/s, ETA {}", done(),
+                  total_, pct, double(tokens_) / t, rate, eta);
+  if (feed_) {
+    const FeedCounts c = feed_();
+    line += fmt::format(", {} tokens fed, {} saved", c.fed, c.saved);
+  }
+  return line;
 }
 
 void Progress::draw() {

@@ -6,9 +6,16 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 
 namespace rwkvpp {
+
+// Prompt and generated tokens fed to the model so far, and prompt tokens automatic prefix
+// sharing spared it.
+struct FeedCounts {
+  uint64_t fed = 0, saved = 0;
+};
 
 enum class ProgressMode { Auto, Bar, Log, None };
 ProgressMode parse_progress_mode(const std::string& s);  // "auto", "bar", "log", "none"
@@ -23,6 +30,8 @@ class Progress {
   void record(uint64_t tokens);
   // Called often (every generated piece); redraws or logs when it is time.
   void tick();
+  // Where the progress line gets the token counts (optional; null: not shown).
+  void set_feed(std::function<FeedCounts()> f) { feed_ = std::move(f); }
   // Clears the bar (before printing other lines, and at the end).
   void clear();
   // One line: what this run did, and where the job stands.
@@ -42,6 +51,7 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_draw_;
   std::chrono::duration<double> log_interval_;
   bool drawn_ = false;
+  std::function<FeedCounts()> feed_;
 };
 
 // "1h02m", "3m05s", "12s"
