@@ -40,6 +40,10 @@ struct ClusterOptions {
   // least max_batch x microbatches), for states kept between requests (rwkvpp serve's cache).
   int extra_slots = 0;
   bool stats = false;
+  // --trace FILE.json: the run's timeline in trace-event JSON, written by rank 0
+  // (coordinator/trace_session.h); the last trace_steps steps are kept.
+  std::string trace;
+  uint64_t trace_steps = 4096;
 };
 
 // Registers the options above on a CLI11 subcommand (shared by every command that runs a model).
