@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 
+#include "common/progress.h"
 #include "coordinator/engine.h"
 
 namespace rwkvpp {
@@ -44,6 +45,8 @@ struct ClusterOptions {
   // (coordinator/trace_session.h); the last trace_steps steps are kept.
   std::string trace;
   uint64_t trace_steps = 4096;
+  // Loading progress of every stage (common/progress.h); batch's --progress sets it too.
+  ProgressMode progress = ProgressMode::Auto;
 };
 
 // Registers the options above on a CLI11 subcommand (shared by every command that runs a model).

@@ -23,6 +23,7 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
   for (int i = spec.first; i < spec.last; ++i) {
     blocks_.push_back(make_block(be, cfg_, i, src.layer(i), spec.dtype));
     raw.push_back(blocks_.back().get());
+    if (spec.on_layer) spec.on_layer(i - spec.first + 1, spec.last - spec.first);
   }
   pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
 }

@@ -22,6 +22,8 @@ struct StageSpec {
   bool head = false;   // holds ln_out + head (the stage that holds the last layer)
   DType dtype = DType::F32;  // matrix dtype on the device
   int max_slots = 1;
+  // Called after each layer is loaded: layers loaded so far of last - first (progress).
+  std::function<void(int done, int total)> on_layer;
 };
 
 class Stage {

@@ -362,8 +362,9 @@ bool StepLoop::poll() {
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
   idle_since_ = Clock::now();
   if (tracing_ && traced_step_ != kUntraced) {
-    idle_ns_ = trace::now_ns();
-    trace_host_spans(idle_ns_);
+    const uint64_t end = trace::now_ns();
+    trace_host_spans(end);  // its wait: from idle_ns_, the previous step's end
+    idle_ns_ = end;
   }
   stats_.handle_s += std::chrono::duration<double>(idle_since_ - t0).count();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes

@@ -58,7 +58,12 @@ void add_batch_command(CLI::App& app, Action& run) {
   c->add_option("--log-interval", a->log_interval_s,
                 "seconds between progress lines when not on a terminal")
       ->capture_default_str();
-  c->callback([a, &run] { run = [a] { return run_batch(*a); }; });
+  c->callback([a, &run] {
+    run = [a] {
+      a->cluster.progress = parse_progress_mode(a->progress);  // the stages' loading too
+      return run_batch(*a);
+    };
+  });
 }
 
 }  // namespace rwkvpp

@@ -8,10 +8,9 @@
 #include <cstdio>
 #include <string>
 
-namespace rwkvpp {
+#include "common/progress.h"
 
-enum class ProgressMode { Auto, Bar, Log, None };
-ProgressMode parse_progress_mode(const std::string& s);  // "auto", "bar", "log", "none"
+namespace rwkvpp {
 
 class Progress {
  public:
@@ -34,17 +33,10 @@ class Progress {
 
  private:
   std::string status_line() const;
-  void draw();
 
-  bool bar_ = false, log_ = false;
-  FILE* out_;
+  ProgressLine line_;  // common/progress.h: the bar or the log lines
   uint64_t total_, done_before_, done_now_ = 0, tokens_ = 0;
-  std::chrono::steady_clock::time_point start_, last_draw_;
-  std::chrono::duration<double> log_interval_;
-  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
 };
-
-// "1h02m", "3m05s", "12s"
-std::string format_duration(double seconds);
 
 }  // namespace rwkvpp
