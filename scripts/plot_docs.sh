@@ -9,7 +9,7 @@ build="${1:-$root/build}"
 bin="$build/coordinator/rwkvpp"
 out="$root/docs/plots"
 mkdir -p "$out"
-"$bin" bench --synthetic 169m --batch 1,2,4,8,16,32 --prompt 128 --gen 16 --context 128,512,2048 \
+"$bin" bench --synthetic 169m --batch 1,2,4,8,16,32 --prompt 128 --gen 16 --context 128,1024,8192 \
     -o "$out/bench-169m-cpu.json" >/dev/null
 mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" bench --synthetic 169m --batch 1,8 --prompt 128 --gen 16 \
     -o "$out/bench-169m-cpu-2stages.json" >/dev/null
