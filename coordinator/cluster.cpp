@@ -43,8 +43,6 @@ PipelineNumerics pipeline_numerics(DType dtype, const std::vector<StagePlan>& pl
 
 using Clock = std::chrono::steady_clock;
 
-static double ready_seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
 void add_cluster_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--model,-m", o.model, "converted model: its directory or model.h5")->required();
   add_cluster_tuning_options(c, o);
@@ -244,15 +242,16 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       auto t0 = Clock::now();
       ReadyMsg ready;
       try {
-        StageSpec spec{a.first, a.last, a.embed != 0, a.head != 0, a.dtype, a.max_slots, {}};
+        StageSpec spec{a.first, a.last, a.embed != 0, a.head != 0, a.dtype, a.max_slots};
         // Loading progress: a bar on a terminal, a line every 5 s on a pipe (mpirun's output).
         const uint64_t per_layer = layer_weight_bytes(cfg, a.dtype);
         WorkProgress progress(opt.progress, fmt::format("rank {} stage {}: loading layers {}-{}", rank, a.stage,
                                                         a.first, a.last - 1),
                               per_layer * uint64_t(a.last - a.first), uint64_t(a.last - a.first), "layers");
-        spec.on_layer = [&](int done, int) { progress.update(per_layer * uint64_t(done), uint64_t(done)); };
-        stage = std::make_unique<Stage>(*be, source, spec);
-        if (opt.progress != ProgressMode::None && ready_seconds(t0) >= 2) progress.finish();
+        stage = std::make_unique<Stage>(*be, source, spec, [&](int done, int) {
+          progress.update(per_layer * uint64_t(done), uint64_t(done));
+        });
+        progress.finish();
       } catch (const std::exception& e) {
         send_blocking(t, coord, kTagCtrl, encode_error(e.what()));
         if (rank != coord) {

@@ -87,7 +87,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   side_ = sv != "0";
   side_min_bytes_ = sv == "all" ? 0 : kSideCopyMinBytes;
   const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
-  timing_ = times && std::string(times) == "1";
+  timing_ = device_times_ = times && std::string(times) == "1";
   tracing_ = trace::on();
   if (tracing_) {
     // The device's marks give its spans (CUDA events, read once they have passed). A device
@@ -445,7 +445,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     // Inside the layers' recording where the device sequences the ring (not when timing: the
     // layers' marks would take in the wait for the previous stage).
     std::function<void()> op = rx_->take_op(s.shared_slot, h.x, hf * 4, what);
-    if (rx_->replayable(hf * 4) && !timing_)
+    if (rx_->replayable(hf * 4) && !device_times_)
       hooks.before = std::move(op);
     else
       op();
@@ -493,7 +493,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   // Out through a device-sequenced ring: inside the recording too, when a slot is free now
   // (otherwise after the layers, once a credit has come: the layers need not wait for it).
   int out_slot = -1;
-  if (shared_out && tx_->replayable(hf * 4) && !timing_ && tx_->has_credit()) {
+  if (shared_out && tx_->replayable(hf * 4) && !device_times_ && tx_->has_credit()) {
     auto [slot, op] = tx_->put_op(h.x, hf * 4);
     out_slot = slot;
     hooks.after = std::move(op);

@@ -113,6 +113,10 @@ class StepLoop {
   // Device times of steps (Backend::timer_mark) in the stats: RWKVPP_DEVICE_TIMES=1. Off by
   // default: the marks add a few API calls to every step, i.e. to a token's latency.
   bool timing_ = false;
+  // RWKVPP_DEVICE_TIMES itself (not only --trace's marks): shared-slot copies leave the
+  // layers' recording, so that the layers' marks do not take in the wait for the neighbour.
+  // --trace keeps the recording as it is (its device spans then include that wait).
+  bool device_times_ = false;
   // Shared slots with the neighbours on this host (off with RWKVPP_SHARE=0): rx_ ours, which
   // the previous stage writes; tx_ the next stage's, which we write. share_buf_ receives the
   // next stage's offer and credits.
