@@ -31,7 +31,8 @@ std::string format_duration(double s) {
 
 ProgressLine::ProgressLine(ProgressMode mode, std::string label, double log_interval_s, FILE* out)
     : label_(std::move(label)), out_(out), log_interval_(log_interval_s) {
-  if (mode == ProgressMode::Auto) mode = isatty(fileno(out)) ? ProgressMode::Bar : ProgressMode::Log;
+  if (mode == ProgressMode::Auto)
+    mode = isatty(fileno(out)) ? ProgressMode::Bar : ProgressMode::Log;
   bar_ = mode == ProgressMode::Bar;
   log_ = mode == ProgressMode::Log;
   last_draw_ = Clock::now();
@@ -50,8 +51,8 @@ void ProgressLine::draw(double fraction, const std::string& status) {
   if (bar_) {
     constexpr int kWidth = 30;
     int fill = std::clamp(int(double(kWidth) * fraction), 0, kWidth);
-    fmt::print(out_, "\r\033[K[{}{}] {}", std::string(size_t(fill), '#'), std::string(size_t(kWidth - fill), '.'),
-               status);
+    fmt::print(out_, "\r\033[K[{}{}] {}", std::string(size_t(fill), '#'),
+               std::string(size_t(kWidth - fill), '.'), status);
     drawn_ = true;
   } else if (log_) {
     fmt::print(out_, "{}: {}\n", label_, status);
@@ -77,8 +78,9 @@ std::string bytes_text(double b) {
 
 }  // namespace
 
-WorkProgress::WorkProgress(ProgressMode mode, std::string label, uint64_t total_bytes, uint64_t total_items,
-                           std::string item_name, double log_interval_s, FILE* out)
+WorkProgress::WorkProgress(ProgressMode mode, std::string label, uint64_t total_bytes,
+                           uint64_t total_items, std::string item_name, double log_interval_s,
+                           FILE* out)
     : line_(mode, label, log_interval_s, out),
       label_(std::move(label)),
       item_(std::move(item_name)),
@@ -92,8 +94,9 @@ std::string WorkProgress::status() const {
   const double t = std::max(std::chrono::duration<double>(Clock::now() - start_).count(), 1e-9);
   const double rate = double(bytes_) / t;
   const double left = total_bytes_ > bytes_ ? double(total_bytes_ - bytes_) : 0;
-  return fmt::format("{} of {}, {}/{} {}, {}/s, ETA {}", bytes_text(double(bytes_)), bytes_text(double(total_bytes_)),
-                     items_, total_items_, item_, bytes_text(rate), bytes_ ? format_duration(left / rate) : "?");
+  return fmt::format("{} of {}, {}/{} {}, {}/s, ETA {}", bytes_text(double(bytes_)),
+                     bytes_text(double(total_bytes_)), items_, total_items_, item_,
+                     bytes_text(rate), bytes_ ? format_duration(left / rate) : "?");
 }
 
 void WorkProgress::update(uint64_t bytes_done, uint64_t items_done) {
@@ -107,7 +110,8 @@ void WorkProgress::finish() {
   if (quiet_) return;
   const double t = std::chrono::duration<double>(Clock::now() - start_).count();
   if (t < 1) return;  // quick work needs no summary
-  fmt::print(out_, "{}: {} in {} {} in {}\n", label_, bytes_text(double(bytes_)), items_, item_, format_duration(t));
+  fmt::print(out_, "{}: {} in {} {} in {}\n", label_, bytes_text(double(bytes_)), items_, item_,
+             format_duration(t));
 }
 
 }  // namespace rwkvpp

@@ -69,10 +69,14 @@ std::string json_escape(const std::string& s) {
 
 const char* track_name(Track t) {
   switch (t) {
-    case Track::Host: return "host (protocol thread)";
-    case Track::Device: return "device";
-    case Track::Hops: return "hops (sends in flight)";
-    case Track::Admission: return "coordinator (admission)";
+    case Track::Host:
+      return "host (protocol thread)";
+    case Track::Device:
+      return "device";
+    case Track::Hops:
+      return "hops (sends in flight)";
+    case Track::Admission:
+      return "coordinator (admission)";
   }
   return "?";
 }
@@ -150,12 +154,14 @@ std::string events_json(int pid, const std::string& process_label) {
   if (!on()) return {};
   Ring& r = ring();
   std::lock_guard<std::mutex> lock(r.mu);
-  std::string o = fmt::format(R"({{"ph":"M","pid":{},"tid":0,"name":"process_name","args":{{"name":"{}"}}}},)"
-                              R"({{"ph":"M","pid":{},"tid":0,"name":"process_sort_index","args":{{"sort_index":{}}}}})",
-                              pid, json_escape(process_label), pid, pid);
+  std::string o = fmt::format(
+      R"({{"ph":"M","pid":{},"tid":0,"name":"process_name","args":{{"name":"{}"}}}},)"
+      R"({{"ph":"M","pid":{},"tid":0,"name":"process_sort_index","args":{{"sort_index":{}}}}})",
+      pid, json_escape(process_label), pid, pid);
   for (Track t : {Track::Host, Track::Device, Track::Hops, Track::Admission})
-    o += fmt::format(R"(,{{"ph":"M","pid":{},"tid":{},"name":"thread_name","args":{{"name":"{}"}}}})", pid, int(t),
-                     track_name(t));
+    o += fmt::format(
+        R"(,{{"ph":"M","pid":{},"tid":{},"name":"thread_name","args":{{"name":"{}"}}}})", pid,
+        int(t), track_name(t));
   // Timestamps in microseconds on rank 0's clock, from its base; events in recording order
   // (oldest first), only those of the last max_steps steps.
   auto us = [&](uint64_t ns) { return double(int64_t(ns - r.base_ns) - r.offset_ns) * 1e-3; };
@@ -166,27 +172,32 @@ std::string events_json(int pid, const std::string& process_label) {
     if (e.step < first) continue;
     switch (e.kind) {
       case Kind::Span:
-        o += fmt::format(R"(,{{"ph":"X","pid":{},"tid":{},"name":"{}","ts":{:.3f},"dur":{:.3f},"args":{{"step":{}}}}})",
-                         pid, int(e.track), e.name, us(e.ns), double(e.dur_ns) * 1e-3, e.step);
+        o += fmt::format(
+            R"(,{{"ph":"X","pid":{},"tid":{},"name":"{}","ts":{:.3f},"dur":{:.3f},"args":{{"step":{}}}}})",
+            pid, int(e.track), e.name, us(e.ns), double(e.dur_ns) * 1e-3, e.step);
         break;
       case Kind::Async: {
         const uint64_t id = (uint64_t(pid) << 40) | ++async_id;
-        o += fmt::format(R"(,{{"ph":"b","cat":"hop","id":{},"pid":{},"tid":{},"name":"{}","ts":{:.3f},"args":{{"step":{}}}}})",
-                         id, pid, int(e.track), e.name, us(e.ns), e.step);
-        o += fmt::format(R"(,{{"ph":"e","cat":"hop","id":{},"pid":{},"tid":{},"name":"{}","ts":{:.3f}}})", id, pid,
-                         int(e.track), e.name, us(e.ns + e.dur_ns));
+        o += fmt::format(
+            R"(,{{"ph":"b","cat":"hop","id":{},"pid":{},"tid":{},"name":"{}","ts":{:.3f},"args":{{"step":{}}}}})",
+            id, pid, int(e.track), e.name, us(e.ns), e.step);
+        o += fmt::format(
+            R"(,{{"ph":"e","cat":"hop","id":{},"pid":{},"tid":{},"name":"{}","ts":{:.3f}}})", id,
+            pid, int(e.track), e.name, us(e.ns + e.dur_ns));
         break;
       }
       case Kind::Counter:
-        o += fmt::format(R"(,{{"ph":"C","pid":{},"tid":0,"name":"{}","ts":{:.3f},"args":{{"value":{}}}}})", pid,
-                         e.name, us(e.ns), e.value);
+        o += fmt::format(
+            R"(,{{"ph":"C","pid":{},"tid":0,"name":"{}","ts":{:.3f},"args":{{"value":{}}}}})", pid,
+            e.name, us(e.ns), e.value);
         break;
     }
   }
   return o;
 }
 
-void write_file(const std::string& path, const std::vector<std::string>& fragments, const std::string& about) {
+void write_file(const std::string& path, const std::vector<std::string>& fragments,
+                const std::string& about) {
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) fail("--trace: cannot write {}", path);
   fmt::print(f, "{{\"traceEvents\":[\n");
@@ -196,7 +207,8 @@ void write_file(const std::string& path, const std::vector<std::string>& fragmen
     fmt::print(f, "{}{}\n", first ? "" : ",", s);
     first = false;
   }
-  fmt::print(f, "],\"displayTimeUnit\":\"ms\",\"otherData\":{{\"about\":\"{}\"}}}}\n", json_escape(about));
+  fmt::print(f, "],\"displayTimeUnit\":\"ms\",\"otherData\":{{\"about\":\"{}\"}}}}\n",
+             json_escape(about));
   const bool ok = std::ferror(f) == 0;
   if (std::fclose(f) != 0 || !ok) fail("--trace: cannot write {}", path);
 }

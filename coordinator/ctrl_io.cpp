@@ -4,8 +4,8 @@
 
 namespace rwkvpp {
 
-std::vector<uint8_t> recv_ctrl(Transport& t, int peer, size_t cap, int timeout_s, const std::string& waiting_for,
-                               Completion* c) {
+std::vector<uint8_t> recv_ctrl(Transport& t, int peer, size_t cap, int timeout_s,
+                               const std::string& waiting_for, Completion* c) {
   using Clock = std::chrono::steady_clock;
   std::vector<uint8_t> buf(cap);
   RequestId r = t.post_recv(peer, kTagCtrl, buf.data(), buf.size());

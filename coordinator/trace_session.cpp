@@ -81,7 +81,8 @@ std::string recv_trace(Transport& t, int peer) {
 
 std::string trace_label(int rank, int stage, int first, int last, const std::string& host) {
   if (stage < 0) return fmt::format("rank {} · coordinator · host {}", rank, host);
-  return fmt::format("rank {} · stage {} (layers {}-{}) · host {}", rank, stage, first, last - 1, host);
+  return fmt::format("rank {} · stage {} (layers {}-{}) · host {}", rank, stage, first, last - 1,
+                     host);
 }
 
 }  // namespace rwkvpp

@@ -22,7 +22,8 @@ std::string contents(FILE* f) {
 
 }  // namespace
 
-TEST_CASE("progress: log lines say bytes and items done of their totals, with an ETA", "[progress]") {
+TEST_CASE("progress: log lines say bytes and items done of their totals, with an ETA",
+          "[progress]") {
   FILE* f = std::tmpfile();
   REQUIRE(f);
   WorkProgress p(ProgressMode::Log, "convert", 4000000, 8, "tensors", 0.0, f);

@@ -13,7 +13,9 @@ namespace {
 
 bool near(double a, double b) { return std::abs(a - b) < 1e-6; }
 
-nlohmann::json events(int pid) { return nlohmann::json::parse("[" + trace::events_json(pid, "rank \"x\"") + "]"); }
+nlohmann::json events(int pid) {
+  return nlohmann::json::parse("[" + trace::events_json(pid, "rank \"x\"") + "]");
+}
 
 }  // namespace
 

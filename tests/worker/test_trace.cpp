@@ -38,7 +38,7 @@ struct Span {
 
 // What a trace-event file holds, after checking the rules every event must follow.
 struct Parsed {
-  std::map<int, std::string> process;                 // pid -> process_name
+  std::map<int, std::string> process;                  // pid -> process_name
   std::map<std::pair<int, int>, std::vector<Span>> x;  // (pid, tid) -> complete spans in file order
   int async_open = 0;
 };
@@ -65,12 +65,13 @@ Parsed parse_trace(const std::string& path) {
     }
     REQUIRE(e.contains("ts"));
     const double ts = e["ts"];
-    CHECK(ts >= 0);        // on rank 0's clock, from the run's start
-    CHECK(ts < 600e6);     // not some other clock's origin
+    CHECK(ts >= 0);     // on rank 0's clock, from the run's start
+    CHECK(ts < 600e6);  // not some other clock's origin
     if (ph == "X") {
       REQUIRE(e.contains("dur"));
       CHECK(double(e["dur"]) >= 0);
-      p.x[{pid, tid}].push_back({ts, ts + double(e["dur"]), e["name"], e["args"].value("step", int64_t(-1))});
+      p.x[{pid, tid}].push_back(
+          {ts, ts + double(e["dur"]), e["name"], e["args"].value("step", int64_t(-1))});
     } else if (ph == "B") {
       open[{pid, tid}].push_back(e["name"]);
     } else if (ph == "E") {
@@ -114,10 +115,12 @@ constexpr int kHost = 1, kAdmission = 4;
 
 }  // namespace
 
-TEST_CASE("--trace: one trace-event file of a 3-rank generate, every step on every stage", "[mpi][pipeline]") {
+TEST_CASE("--trace: one trace-event file of a 3-rank generate, every step on every stage",
+          "[mpi][pipeline]") {
   TempDir d;
   const std::string path = d / "run.json";
-  auto r = run(fmt::format("mpirun --allow-run-as-root --oversubscribe -np 3 {} generate -m {} --prompt-tokens 11,12,13,14,15,16,17 -n 12 "
+  auto r = run(fmt::format("mpirun --allow-run-as-root --oversubscribe -np 3 {} generate -m {} "
+                           "--prompt-tokens 11,12,13,14,15,16,17 -n 12 "
                            "--chunk 4 --layers 0-1,2-2,3-3 --trace {}",
                            rwkvpp_binary(), trace_model(), path),
                300);
@@ -154,7 +157,8 @@ TEST_CASE("--trace: one trace-event file of a 3-rank generate, every step on eve
 TEST_CASE("--trace-steps keeps the last steps only", "[mpi][pipeline]") {
   TempDir d;
   const std::string path = d / "run.json";
-  auto r = run(fmt::format("mpirun --allow-run-as-root --oversubscribe -np 2 {} generate -m {} --prompt-tokens 21,22,23 -n 9 "
+  auto r = run(fmt::format("mpirun --allow-run-as-root --oversubscribe -np 2 {} generate -m {} "
+                           "--prompt-tokens 21,22,23 -n 9 "
                            "--trace {} --trace-steps 3",
                            rwkvpp_binary(), trace_model(), path),
                300);
