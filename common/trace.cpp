@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -50,6 +51,8 @@ void push(const Event& e) {
   std::lock_guard<std::mutex> lock(r.mu);
   if (e.step > r.last_step) r.last_step = e.step;
   if (r.ev.size() < r.cap) {
+    // Grown in steps, never past the ring's size (push_back's doubling could overshoot it).
+    if (r.ev.size() == r.ev.capacity()) r.ev.reserve(std::min(r.cap, 2 * r.ev.capacity() + 1024));
     r.ev.push_back(e);
   } else {
     r.ev[r.head] = e;
