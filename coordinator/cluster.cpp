@@ -8,11 +8,16 @@
 #include <thread>
 
 #include "common/memory_use.h"
+#include "common/progress.h"
 #include "common/trace.h"
 #include "coordinator/cluster_join.h"
+#include "coordinator/ctrl_io.h"
+#include "coordinator/partition.h"
+#include "coordinator/trace_session.h"
 #include "kernels/backend.h"
 #include "shards/model_reader.h"
 #include "shards/synthetic.h"
+#include "worker/shared_ring.h"
 #include "worker/stage.h"
 #include "worker/step_loop.h"
 
@@ -63,6 +68,12 @@ void add_cluster_tuning_options(CLI::App* c, ClusterOptions& o) {
   c->add_option("--chunk", o.limits.chunk, "prompt tokens per sequence per step")->capture_default_str();
   c->add_flag("--stats", o.stats, "print per-stage statistics at the end (stderr)");
   add_listen_options(c, o);
+  c->add_option("--trace", o.trace,
+                "write the run's timeline to this file (Chrome/Perfetto trace-event JSON: open it in "
+                "ui.perfetto.dev or chrome://tracing); rank 0 writes it");
+  c->add_option("--trace-steps", o.trace_steps, "steps the trace keeps (the last ones; bounds its memory)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 }
 
 namespace {
@@ -84,33 +95,9 @@ std::unique_ptr<Backend> choose_backend(const ClusterOptions& o, int threads) {
   return make_cpu_backend(threads);
 }
 
-std::vector<uint8_t> recv_ctrl(Transport& t, int peer, size_t cap, int timeout_s, const std::string& waiting_for,
-                               Completion* c = nullptr) {
-  std::vector<uint8_t> buf(cap);
-  RequestId r = t.post_recv(peer, kTagCtrl, buf.data(), buf.size());
-  auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
-  Completion cc;
-  while (!t.test(r, &cc)) {
-    if (Clock::now() > deadline) {
-      t.cancel(r);
-      throw PeerLost(peer, "no answer while waiting for " + waiting_for);
-    }
-    t.wait_some(std::chrono::milliseconds(2));
-  }
-  buf.resize(cc.bytes);
-  if (c) *c = cc;
-  return buf;
-}
-
-void send_blocking(Transport& t, int peer, int tag, const std::vector<uint8_t>& m) {
-  RequestId r = t.post_send(peer, tag, m.data(), m.size());
-  while (!t.test(r)) t.wait_some(std::chrono::milliseconds(1));
-}
-
-constexpr size_t kCtrlCap = 1 << 20;
 
 // A worker's life after the handshake: run steps until Shutdown arrives.
-void serve_steps(Transport& t, StepLoop& loop, int coord) {
+void serve_steps(Transport& t, StepLoop& loop, int coord, const std::string& label) {
   std::vector<uint8_t> buf(kCtrlCap);
   RequestId r = t.post_recv(coord, kTagCtrl, buf.data(), buf.size());
   Completion c;
@@ -124,8 +111,8 @@ void serve_steps(Transport& t, StepLoop& loop, int coord) {
     if (!busy) t.wait_some(std::chrono::milliseconds(1));
   }
   loop.drain();
-  trace::dump(t.rank());
   send_blocking(t, coord, kTagCtrl, encode_stats(loop.stats()));
+  if (trace::on()) send_trace(t, coord, label);
 }
 
 }  // namespace
@@ -160,6 +147,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     if (opt.threads < 0)
       fail("--threads: {}; 0 (the host's cores shared among its ranks) or more", opt.threads);
     if (rank == coord && opt.on_coordinator_start) opt.on_coordinator_start();
+    if (!opt.trace.empty()) trace::start(opt.trace_steps);
     std::vector<int> stage_ranks;
     for (int r = opt.coordinator_only ? 1 : 0; r < size; ++r) stage_ranks.push_back(r);
     const bool is_stage = !(opt.coordinator_only && rank == coord);
@@ -196,12 +184,11 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
       // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf-log.md).
       if (!be->host_memory()) t.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
-      char host[256] = {};
-      gethostname(host, sizeof host - 1);
       uint64_t offer = uint64_t(be->free_memory());
       if (opt.memory_limit > 0) offer = std::min(offer, opt.memory_limit);
-      HelloMsg h{kProtocolVersion, fingerprint, offer, be->name(), host};
+      HelloMsg h{kProtocolVersion, fingerprint, offer, be->name(), this_host()};
       send_blocking(t, coord, kTagCtrl, encode_hello(h));
+      if (trace::on() && rank != coord) measure_clock(t, coord);
     }
 
     std::vector<StagePlan> plan;
@@ -225,6 +212,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
           fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
                "see the same model files", r, h.host, h.fingerprint, fingerprint);
         in.free_memory.push_back(h.free_memory);
+        if (trace::on() && r != coord) serve_clock(t, r);
       }
       plan = plan_partition(in, opt.layers);
       for (size_t s = 0; s < stage_ranks.size(); ++s) {
@@ -247,6 +235,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
 
     std::unique_ptr<Stage> stage;
     std::unique_ptr<StepLoop> loop;
+    int loop_stage = -1, loop_first = 0, loop_last = 0;  // the trace's label of this rank
     if (is_stage) {
       auto b = recv_ctrl(t, coord, kCtrlCap, 600, "the stage assignment");
       Message m = decode_message(b, kCtrlCap);
@@ -256,7 +245,15 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       ReadyMsg ready;
       try {
         StageSpec spec{a.first, a.last, a.embed != 0, a.head != 0, a.dtype, a.max_slots};
-        stage = std::make_unique<Stage>(*be, source, spec);
+        // Loading progress: a bar on a terminal, a line every 5 s on a pipe (mpirun's output).
+        const uint64_t per_layer = layer_weight_bytes(cfg, a.dtype);
+        WorkProgress progress(opt.progress, fmt::format("rank {} stage {}: loading layers {}-{}", rank, a.stage,
+                                                        a.first, a.last - 1),
+                              per_layer * uint64_t(a.last - a.first), uint64_t(a.last - a.first), "layers");
+        stage = std::make_unique<Stage>(*be, source, spec, [&](int done, int) {
+          progress.update(per_layer * uint64_t(done), uint64_t(done));
+        });
+        progress.finish();
       } catch (const std::exception& e) {
         send_blocking(t, coord, kTagCtrl, encode_error(e.what()));
         if (rank != coord) {
@@ -284,11 +281,14 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         }
         send_blocking(t, coord, kTagCtrl, encode_ready(ready));
         loop = std::make_unique<StepLoop>(t, *stage, a);
+        loop_stage = a.stage;
+        loop_first = a.first;
+        loop_last = a.last;
       }
     }
 
     if (rank != coord) {
-      serve_steps(t, *loop, coord);
+      serve_steps(t, *loop, coord, trace_label(rank, loop_stage, loop_first, loop_last, this_host()));
       return 0;
     }
 
@@ -330,6 +330,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
       for (int r : stage_ranks)
         if (r != coord) send_blocking(t, r, kTagCtrl, encode_shutdown());
       std::vector<StatsMsg> stats;
+      std::vector<std::string> traces;  // --trace: every other rank's events
       for (int r : stage_ranks) {
         if (r == coord) {
           loop->drain();
@@ -338,8 +339,13 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
         }
         auto b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
         stats.push_back(decode_stats(decode_message(b, kCtrlCap), fmt::format("Stats from rank {}", r)));
+        if (trace::on()) traces.push_back(recv_trace(t, r));
       }
-      trace::dump(rank);
+      if (trace::on()) {
+        traces.insert(traces.begin(), trace::events_json(rank, trace_label(rank, loop_stage, loop_first, loop_last, this_host())));
+        trace::write_file(opt.trace, traces, fmt::format("rwkvpp, {} rank(s), the last {} steps", size, opt.trace_steps));
+        fmt::print(stderr, "rwkvpp: trace written to {} (open it in ui.perfetto.dev or chrome://tracing)\n", opt.trace);
+      }
       if (opt.on_report) opt.on_report(ClusterReport{stage_ranks, plan, readies, stats});
       if (opt.stats) {
         double wall = std::max(engine.run_seconds(), 1e-9);

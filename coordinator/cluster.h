@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "common/progress.h"
 #include "coordinator/engine.h"
 #include "net/transport.h"
 
@@ -53,6 +54,12 @@ struct ClusterOptions {
   uint64_t memory_limit = 0;
   // A worker daemon: the transport it already joined through (else run_cluster makes one).
   std::function<std::unique_ptr<Transport>()> transport;
+  // --trace FILE.json: the run's timeline in trace-event JSON, written by rank 0
+  // (coordinator/trace_session.h); the last trace_steps steps are kept.
+  std::string trace;
+  uint64_t trace_steps = 4096;
+  // Loading progress of every stage (common/progress.h); batch's --progress sets it too.
+  ProgressMode progress = ProgressMode::Auto;
 };
 
 // Registers the options above on a CLI11 subcommand (shared by every command that runs a model).

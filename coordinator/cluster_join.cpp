@@ -75,6 +75,8 @@ std::string job_to_json(const ClusterOptions& o) {
             {"batch_invariant", o.batch_invariant},
             {"extra_slots", o.extra_slots},
             {"stats", o.stats},
+            {"trace", o.trace},
+            {"trace_steps", o.trace_steps},
             {"limits",
              {{"max_slots", o.limits.max_slots},
               {"max_batch", o.limits.max_batch},
@@ -121,6 +123,8 @@ void job_from_json(const std::string& text, ClusterOptions& o) {
   take(j, "batch_invariant", o.batch_invariant, where);
   take(j, "extra_slots", o.extra_slots, where);
   take(j, "stats", o.stats, where);
+  take(j, "trace", o.trace, where);  // on the workers: whether to record (rank 0 writes the file)
+  take(j, "trace_steps", o.trace_steps, where);
   const json& l = j["limits"];
   const std::string lw = where + " (limits)";
   take(l, "max_slots", o.limits.max_slots, lw);

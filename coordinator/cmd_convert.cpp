@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "common/progress.h"
 #include "coordinator/commands.h"
 #include "shards/checkpoint.h"
 #include "shards/model_format.h"
@@ -15,9 +16,32 @@ namespace rwkvpp {
 namespace {
 
 struct ConvertArgs {
-  std::string input, outdir, dtype, tokenizer;
+  std::string input, outdir, dtype, tokenizer, progress = "auto";
   int shards = 1;
 };
+
+// Progress of writing the model (common/progress.h), made at the first tensor (the totals are
+// known then); finish() after write_model.
+struct WriteProgress {
+  std::string mode, label;
+  std::unique_ptr<WorkProgress> p;
+  void attach(WriteOptions& o) {
+    const ProgressMode m = parse_progress_mode(mode);
+    o.on_progress = [this, m](uint64_t b, uint64_t tb, size_t n, size_t tn) {
+      if (!p) p = std::make_unique<WorkProgress>(m, label, tb, tn, "tensors");
+      p->update(b, n);
+    };
+  }
+  void finish() {
+    if (p) p->finish();
+  }
+};
+
+void add_progress_option(CLI::App* c, std::string& mode) {
+  c->add_option("--progress", mode,
+                "auto (a bar on a terminal, a line every 5 s otherwise), bar, log or none")
+      ->capture_default_str();
+}
 
 }  // namespace
 
@@ -34,6 +58,7 @@ void add_convert_command(CLI::App& app, Action& run) {
   c->add_option("--dtype", a->dtype, "storage dtype of the weight matrices: fp32, fp16 or bf16 (default: as in INPUT)");
   c->add_option("--tokenizer", a->tokenizer,
                 "vocabulary to embed: a World vocab .txt, a 20B tokenizer.json, or 'bytes'");
+  add_progress_option(c, a->progress);
   c->callback([a, &run] {
     run = [a] {
       Checkpoint ck = read_checkpoint(a->input);
@@ -45,7 +70,10 @@ void add_convert_command(CLI::App& app, Action& run) {
         opt.dtype_from_source = false;
       }
       if (!a->tokenizer.empty()) opt.tokenizer = load_tokenizer_blob(a->tokenizer);
+      WriteProgress progress{a->progress, "convert", nullptr};
+      progress.attach(opt);
       write_model(ck, cfg, a->outdir, opt);
+      progress.finish();
       ModelReader r(a->outdir);
       fmt::print("converted {} ({}) -> {}: RWKV-{}, {} layers, n_embd {}, vocab {}, {} matrices, {} shard(s)\n",
                  a->input, ck.format, a->outdir, version_name(cfg.version), cfg.n_layer, cfg.n_embd,
@@ -57,7 +85,7 @@ void add_convert_command(CLI::App& app, Action& run) {
 
 void add_synth_command(CLI::App& app, Action& run) {
   struct Args {
-    std::string shape, version, outdir, dtype = "fp16";
+    std::string shape, version, outdir, dtype = "fp16", progress = "auto";
     int shards = 1;
     uint64_t seed = 1;
   };
@@ -75,6 +103,7 @@ void add_synth_command(CLI::App& app, Action& run) {
   c->add_option("--shards", a->shards, "number of shard files")->capture_default_str();
   c->add_option("--dtype", a->dtype, "fp32, fp16 or bf16")->capture_default_str();
   c->add_option("--seed", a->seed, "random seed")->capture_default_str();
+  add_progress_option(c, a->progress);
   c->callback([a, &run] {
     run = [a] {
       const std::string shape = synthetic_shape_name(a->shape, a->version);
@@ -84,7 +113,10 @@ void add_synth_command(CLI::App& app, Action& run) {
       opt.shards = a->shards;
       opt.tokenizer = {"bytes", ""};
       if (cfg.vocab_size != 256) opt.tokenizer = {};
+      WriteProgress progress{a->progress, "synth", nullptr};
+      progress.attach(opt);
       write_model(ck, cfg, a->outdir, opt);
+      progress.finish();
       fmt::print("wrote a RANDOM-weight RWKV-{} model, shape {} ({} layers, n_embd {}, vocab {}), to {}\n",
                  version_name(cfg.version), shape, cfg.n_layer, cfg.n_embd, cfg.vocab_size, a->outdir);
       return 0;

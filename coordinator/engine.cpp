@@ -151,6 +151,7 @@ void Engine::set_max_batch(int n) {
 
 bool Engine::schedule() {
   if (int(inflight_.size()) >= lim_.microbatches) return false;
+  const uint64_t t0 = trace::on() ? trace::now_ns() : 0;
   StepMsg m;
   m.step = next_step_;
   InFlight f;
@@ -213,7 +214,14 @@ bool Engine::schedule() {
   tokens_ += uint64_t(tokens);
   f.keep.push_back(encode_step(m, nullptr, 0));
   f.send = t_.post_send(stage_ranks_.front(), kTagStep, f.keep.back().data(), f.keep.back().size());
-  trace::mark(trace::Point::StepPosted, m.step);
+  if (trace::on()) {
+    const uint64_t t1 = f.posted_ns = trace::now_ns();
+    trace::span(trace::Track::Admission, "admit + post step", m.step, t0, t1);
+    trace::counter("batch (sequences)", m.step, t1, double(m.segs.size()));
+    trace::counter("tokens in step", m.step, t1, double(tokens));
+    trace::counter("state slots in use", m.step, t1, double(lim_.max_slots - int(free_slots_.size())));
+    trace::counter("steps in flight", m.step, t1, double(inflight_.size() + 1));
+  }
   inflight_.emplace(m.step, std::move(f));
   return true;
 }
@@ -223,6 +231,7 @@ void Engine::handle_result(const ResultMsg& r) {
   if (it == inflight_.end()) fail("result for unknown step {} from rank {}", r.step, stage_ranks_.back());
   InFlight f = std::move(it->second);
   inflight_.erase(it);
+  if (trace::on()) trace::async_span(trace::Track::Hops, "step through the pipeline", r.step, f.posted_ns, trace::now_ns());
   while (!t_.test(f.send)) t_.wait_some(std::chrono::milliseconds(1));
   if (r.segs.size() != f.seq_ids.size())
     fail("result for step {} has {} segments, the step had {}", r.step, r.segs.size(), f.seq_ids.size());
@@ -260,7 +269,7 @@ void Engine::handle_result(const ResultMsg& r) {
 bool Engine::poll_results() {
   Completion c;
   if (!t_.test(rreq_, &c)) return false;
-  const uint64_t arrived = trace::now_ns();
+  const uint64_t arrived = trace::on() ? trace::now_ns() : 0;
   // Double buffering: the next result lands in the spare buffer while this one is handled.
   std::swap(rbuf_, rspare_);
   rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
@@ -269,8 +278,19 @@ bool Engine::poll_results() {
   std::string what = fmt::format("Result from rank {}", c.peer);
   Message msg = decode_message({cur.data(), c.bytes}, rbuf_.size());
   ResultMsg r = decode_result(msg, what);
-  trace::mark(trace::Point::ResultIn, r.step, arrived);
   handle_result(r);
+  if (trace::on()) {
+    const uint64_t done = trace::now_ns();
+    trace::span(trace::Track::Admission, "handle result", r.step, arrived, done);
+    if (rate_ns_ == 0) {
+      rate_ns_ = done;
+      rate_generated_ = generated_;
+    } else if (done - rate_ns_ >= 100000000) {  // tokens/s over the last 0.1 s or more
+      trace::counter("generated tokens/s", r.step, done, double(generated_ - rate_generated_) * 1e9 / double(done - rate_ns_));
+      rate_ns_ = done;
+      rate_generated_ = generated_;
+    }
+  }
   return true;
 }
 

@@ -178,8 +178,11 @@ class Engine {
     std::vector<int> seq_ids;
     std::vector<std::vector<uint8_t>> keep;  // send buffer
     RequestId send = 0;
+    uint64_t posted_ns = 0;  // --trace: when the Step was posted
   };
   std::map<uint64_t, InFlight> inflight_;
+  // --trace: tokens generated at the last tokens/s counter, and when (common/trace.h).
+  uint64_t rate_generated_ = 0, rate_ns_ = 0;
   ByteBuffer rbuf_, rspare_;  // Results: sized for the largest, resident only where written
   std::vector<uint8_t> hbuf_;  // heartbeats, with the stage's statistics
   RequestId rreq_ = 0, hreq_ = 0;

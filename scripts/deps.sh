@@ -4,7 +4,7 @@
 # reach for apt-get at all. Then the official OpenAI client for the end-to-end tests of
 # `rwkvpp serve` (tests/e2e/package.json) into tests/e2e/node_modules (git-ignored), unless it is
 # there; where npm cannot reach a registry that step only warns, and those tests skip.
-# Usage: scripts/deps.sh [--slurm]
+# Usage: scripts/deps.sh [--slurm] [--plots]   (--plots: python3-matplotlib for scripts/plot.py)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -26,7 +26,13 @@ install_e2e_client() {
 pkgs=(cmake ninja-build g++ pkg-config zlib1g-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libucx-dev libboost-dev catch2 libcli11-dev libfmt-dev libspdlog-dev
       nlohmann-json3-dev libpcre2-dev libutf8proc-dev libssl-dev)
-if [[ "${1:-}" == "--slurm" ]]; then pkgs+=(slurm-wlm munge); fi
+for arg in "$@"; do
+  case "$arg" in
+    --slurm) pkgs+=(slurm-wlm munge) ;;
+    --plots) pkgs+=(python3-matplotlib) ;;
+    *) echo "deps: unknown option $arg (--slurm, --plots)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${pkgs[@]}"; do

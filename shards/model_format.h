@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@ struct WriteOptions {
   DType dtype = DType::F32;       // storage dtype of 2-D `.weight` matrices; the rest stay fp32
   bool dtype_from_source = true;  // keep each matrix's source dtype (ignores `dtype`)
   TokenizerBlob tokenizer;
+  // Called after each tensor is written: source bytes and tensors written so far, of the totals.
+  std::function<void(uint64_t bytes, uint64_t total_bytes, size_t tensors, size_t total_tensors)> on_progress;
 };
 
 // Writes a converted model into a new directory `outdir` (which must not exist). The files

@@ -80,6 +80,14 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
         top.emplace_back(name, &t);
       }
     }
+    uint64_t total_bytes = 0, done_bytes = 0;
+    size_t done_tensors = 0;
+    for (auto& [name, t] : ck.tensors) total_bytes += t.data.size();
+    auto progressed = [&](const HostTensor& t) {
+      done_bytes += t.data.size();
+      ++done_tensors;
+      if (opt.on_progress) opt.on_progress(done_bytes, total_bytes, done_tensors, ck.tensors.size());
+    };
     // Fingerprint: over every tensor name and checksum of what is stored.
     uint64_t fp = 0xcbf29ce484222325ull;
     int64_t params = 0;
@@ -96,6 +104,7 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
         HostTensor s = storage_form(name, *t, opt);
         h5::write_tensor(f, dataset_path(name), s, file);
         account(name, s);
+        progressed(*t);
       }
       h5::set_attr(f, "format", std::string("rwkvpp-shard"));
       h5::set_attr(f, "format_version", int64_t(kFormatVersion));
@@ -108,6 +117,7 @@ void write_model(const Checkpoint& ck, const ModelConfig& cfg, const std::string
       HostTensor s = storage_form(name, *t, opt);
       h5::write_tensor(f, dataset_path(name), s, main_file);
       account(name, s);
+      progressed(*t);
     }
     {
       h5::Id g(H5Gcreate2(f, "/blocks", H5P_DEFAULT, h5::untimed(H5P_GROUP_CREATE), H5P_DEFAULT));

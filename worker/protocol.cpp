@@ -368,4 +368,50 @@ ResultMsg decode_result(const Message& msg, const std::string& what) {
   return m;
 }
 
+std::vector<uint8_t> encode_clock(const ClockMsg& m) {
+  auto w = ctrl(Ctrl::Clock);
+  for (uint64_t v : {m.t0, m.t1, m.base}) w.put_u64(v);
+  return w.finish();
+}
+
+ClockMsg decode_clock(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Clock, what);
+  ClockMsg m;
+  m.t0 = r.get_u64();
+  m.t1 = r.get_u64();
+  m.base = r.get_u64();
+  r.expect_end();
+  return m;
+}
+
+std::vector<uint8_t> encode_trace_size(uint64_t bytes) {
+  auto w = ctrl(Ctrl::Trace);
+  w.put_u8(0);
+  w.put_u64(bytes);
+  return w.finish();
+}
+
+std::vector<uint8_t> encode_trace(const std::string& events) {
+  auto w = ctrl(Ctrl::Trace);
+  w.put_u8(1);
+  w.put_string(events);
+  return w.finish();
+}
+
+uint64_t decode_trace_size(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Trace, what);
+  if (r.get_u8() != 0) fail("{}: expected the size of a trace", what);
+  uint64_t n = r.get_u64();
+  r.expect_end();
+  return n;
+}
+
+std::string decode_trace(const Message& msg, const std::string& what, uint64_t max_bytes) {
+  auto r = ctrl_reader(msg, Ctrl::Trace, what);
+  if (r.get_u8() != 1) fail("{}: expected trace events", what);
+  std::string s = r.get_string(size_t(max_bytes));
+  r.expect_end();
+  return s;
+}
+
 }  // namespace rwkvpp

@@ -7,7 +7,10 @@
 //   steps:  coordinator --Step(ops, segments, token ids)--> stage 0
 //           stage i --Step(ops, segments, hidden [carried, n, C])--> stage i+1
 //           last stage --Result(sampled ids, logprobs, requested logits)--> coordinator
-//   stop:   coordinator --Shutdown--> every stage rank; each answers with its Stats.
+//           with --trace, after its Hello: a stage rank --Clock(t0)--> coordinator --Clock(t0, t1,
+//           base)--> the rank, a few rounds, to measure its clock's offset (coordinator/trace_session.h)
+//   stop:   coordinator --Shutdown--> every stage rank; each answers with its Stats (and with
+//           --trace, then its Trace: the events' size, then the events).
 //   always: every stage rank --Heartbeat(its Stats so far)--> coordinator about once a second, so
 //           that a rank that stops answering is named within the liveness timeout (and a
 //           server can show every stage's compute and wait time while it runs).
@@ -35,7 +38,7 @@ inline constexpr int kTagHeartbeat = 4;  // liveness
 inline constexpr int kTagShare = 5;      // shared-slot offers and credits, to the previous stage
 
 // Control message kinds inside MsgType::Hello / Shutdown / Error payloads.
-enum class Ctrl : uint8_t { Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6 };
+enum class Ctrl : uint8_t { Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6, Clock = 7, Trace = 8 };
 
 struct HelloMsg {
   uint16_t protocol = kProtocolVersion;
@@ -153,6 +156,12 @@ struct ResultMsg {
   std::vector<SegmentResult> segs;
 };
 
+// A clock exchange (--trace): the stage's send time t0; rank 0's answer adds its time t1 and
+// the time that becomes timestamp 0 of the trace (all CLOCK_MONOTONIC ns of their ranks).
+struct ClockMsg {
+  uint64_t t0 = 0, t1 = 0, base = 0;
+};
+
 // Encoding: each returns a complete framed message (header + payload).
 std::vector<uint8_t> encode_hello(const HelloMsg& m);
 std::vector<uint8_t> encode_assign(const AssignMsg& m);
@@ -168,6 +177,11 @@ std::vector<uint8_t> encode_step(const StepMsg& m, const float* hidden, size_t h
 std::vector<uint8_t> encode_step_head(const StepMsg& m, size_t hidden_floats);
 std::vector<uint8_t> encode_result(const ResultMsg& m);
 std::vector<uint8_t> encode_share(const ShareMsg& m);
+std::vector<uint8_t> encode_clock(const ClockMsg& m);
+// A rank's trace events (common/trace.h events_json()): sent after a Trace message carrying
+// only their size (encode_trace_size), so that rank 0 can make room for them.
+std::vector<uint8_t> encode_trace_size(uint64_t bytes);
+std::vector<uint8_t> encode_trace(const std::string& events);
 
 // Decoding: `what` names the sender in errors ("Step from rank 2").
 Ctrl peek_ctrl(const Message& msg, const std::string& what);
@@ -181,5 +195,8 @@ std::string decode_error(const Message& msg, const std::string& what);
 StepMsg decode_step(const Message& msg, const std::string& what, std::span<const uint8_t>* hidden);
 ResultMsg decode_result(const Message& msg, const std::string& what);
 ShareMsg decode_share(const Message& msg, const std::string& what);
+ClockMsg decode_clock(const Message& msg, const std::string& what);
+uint64_t decode_trace_size(const Message& msg, const std::string& what);
+std::string decode_trace(const Message& msg, const std::string& what, uint64_t max_bytes);
 
 }  // namespace rwkvpp

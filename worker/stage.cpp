@@ -6,7 +6,7 @@
 
 namespace rwkvpp {
 
-Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
+Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec, const std::function<void(int, int)>& on_layer)
     : be_(be), spec_(spec), cfg_(src.config()), ws_(be) {
   if (spec.first < 0 || spec.last > cfg_.n_layer || spec.first > spec.last)
     fail("stage layers [{}, {}) are outside the model's {} layers", spec.first, spec.last, cfg_.n_layer);
@@ -23,6 +23,7 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec)
   for (int i = spec.first; i < spec.last; ++i) {
     blocks_.push_back(make_block(be, cfg_, i, src.layer(i), spec.dtype));
     raw.push_back(blocks_.back().get());
+    if (on_layer) on_layer(i - spec.first + 1, spec.last - spec.first);
   }
   pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
 }

@@ -27,7 +27,9 @@ struct StageSpec {
 class Stage {
  public:
   // Reads exactly the tensors of its layers (and emb/head where it holds them) from `src`.
-  Stage(Backend& be, TensorSource& src, const StageSpec& spec);
+  // `on_layer` (may be empty) is called after each layer is loaded: layers loaded so far, of
+  // last - first (progress).
+  Stage(Backend& be, TensorSource& src, const StageSpec& spec, const std::function<void(int done, int total)>& on_layer = {});
 
   const StageSpec& spec() const { return spec_; }
   const ModelConfig& config() const { return cfg_; }

@@ -87,7 +87,23 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   side_ = sv != "0";
   side_min_bytes_ = sv == "all" ? 0 : kSideCopyMinBytes;
   const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
-  timing_ = times && std::string(times) == "1";
+  timing_ = device_times_ = times && std::string(times) == "1";
+  tracing_ = trace::on();
+  if (tracing_) {
+    // The device's marks give its spans (CUDA events, read once they have passed). A device
+    // without marks is synchronous: its work is the host's spans.
+    Backend& be = stage.backend();
+    const uint64_t probe = be.timer_mark();
+    sync_device_ = probe == 0;
+    be.timer_release(probe);
+    if (!sync_device_) {
+      timing_ = true;
+      be.fence_wait(be.fence());  // once, at start: the anchor is recorded on an idle device
+      anchor_ns_ = trace::now_ns();
+      anchor_mark_ = be.timer_mark();
+    }
+    idle_ns_ = trace::now_ns();
+  }
   // Shared slots: offered to the previous stage; the next stage's offer is awaited (poll_share).
   const char* share = std::getenv("RWKVPP_SHARE");
   share_ = !(share && std::string(share) == "0") && !stage.backend().share_kind().empty();
@@ -113,6 +129,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
 }
 
 StepLoop::~StepLoop() {
+  stage_.backend().timer_release(anchor_mark_);
   if (rreq_) t_.cancel(rreq_);
   if (share_req_) t_.cancel(share_req_);
 }
@@ -182,8 +199,9 @@ StepLoop::Outgoing StepLoop::outgoing(int peer, int tag, std::vector<uint8_t> ms
   return o;
 }
 
-void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg) {
+void StepLoop::send(int peer, int tag, std::vector<uint8_t> msg, uint64_t step) {
   ready_.push_back(outgoing(peer, tag, std::move(msg)));
+  ready_.back().step = step;
   flush_ready();
 }
 
@@ -216,8 +234,9 @@ void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
 // Device time of a step whose marks have passed, and the device's idle time before it: from
 // the end of the previous step's ops to this step's first op (the host had not queued it
 // yet), and from there to its start (waiting for the upload).
-void StepLoop::count_device(const uint64_t (&m)[5], bool side_download, bool decode) {
+void StepLoop::count_device(const uint64_t (&m)[5], bool side_download, bool decode, uint64_t step) {
   Backend& be = stage_.backend();
+  if (tracing_ && step != kUntraced) trace_device_spans(m, side_download, step);
   stats_.device_s += be.seconds_between(m[0], m[3]);
   const double layers = be.seconds_between(m[1], m[2]);
   stats_.layers_s += layers;
@@ -228,20 +247,56 @@ void StepLoop::count_device(const uint64_t (&m)[5], bool side_download, bool dec
   be.timer_release(prev_end_);
   prev_end_ = m[side_download ? 2 : 3];  // a side download ends on its own queue
   for (uint64_t x : m)
-    if (x != prev_end_) be.timer_release(x);
+    if (x != prev_end_ && x != anchor_mark_) be.timer_release(x);
+}
+
+void StepLoop::trace_device_spans(const uint64_t (&m)[5], bool side_download, uint64_t step) {
+  Backend& be = stage_.backend();
+  auto at = [&](uint64_t mark) { return anchor_ns_ + uint64_t(std::max(0.0, be.seconds_between(anchor_mark_, mark)) * 1e9); };
+  const uint64_t pre = at(m[4]), t0 = at(m[0]), t1 = at(m[1]), t2 = at(m[2]), t3 = at(m[3]);
+  trace::span(trace::Track::Device, "wait for input", step, pre, t0);
+  // A side download runs on its own queue: the step's ops end with its layers.
+  trace::span(trace::Track::Device, "step", step, t0, side_download ? t2 : t3);
+  trace::span(trace::Track::Device, "input", step, t0, t1);
+  trace::span(trace::Track::Device, "layers", step, t1, t2);
+  if (side_download)
+    trace::async_span(trace::Track::Hops, "download (side queue)", step, t2, t3);
+  else
+    trace::span(trace::Track::Device, a_.head ? "head + sampling" : "output copy", step, t2, t3);
+  // Elapsed times between events are floats in ms: move the anchor on every second so that
+  // they stay exact to the microsecond.
+  if (t0 - anchor_ns_ > 1000000000u && m[0] != prev_end_) {
+    be.timer_release(anchor_mark_);
+    anchor_mark_ = m[0];
+    anchor_ns_ = t0;
+  }
+}
+
+void StepLoop::trace_host_spans(uint64_t end_ns) {
+  const uint64_t s = traced_step_;
+  trace::span(trace::Track::Host, "wait for step", s, idle_ns_, arrived_ns_);
+  trace::span(trace::Track::Host, "step", s, arrived_ns_, end_ns);
+  trace::span(trace::Track::Host, "slot ops + input", s, arrived_ns_, input_ns_);
+  trace::span(trace::Track::Host, "layers", s, input_ns_, layers_ns_);
+  const char* out = a_.head ? "head + sampling" : "send";
+  trace::span(trace::Track::Host, out, s, layers_ns_, end_ns);
+  if (sync_device_) {  // the host did the device's work
+    trace::span(trace::Track::Device, "layers", s, input_ns_, layers_ns_);
+    if (a_.head) trace::span(trace::Track::Device, out, s, layers_ns_, end_ns);
+  }
 }
 
 void StepLoop::flush_ready() {
   while (!timed_.empty() && stage_.backend().fence_done(timed_.front().fence)) {
     count_busy(timed_.front().started, Clock::now());
-    if (timed_.front().marks[3]) count_device(timed_.front().marks, false, timed_.front().decode);
+    if (timed_.front().marks[3]) count_device(timed_.front().marks, false, timed_.front().decode, timed_.front().step);
     timed_.pop_front();
   }
   while (!ready_.empty() && ready_to_send(ready_.front())) {
     Outgoing o = std::move(ready_.front());
     ready_.pop_front();
     if (o.fence || o.mark) count_busy(o.started, Clock::now());  // the device finished its step now
-    if (o.marks[3]) count_device(o.marks, o.mark != 0, o.decode);
+    if (o.marks[3]) count_device(o.marks, o.mark != 0, o.decode, o.step);
     if (o.mark) stage_.backend().timer_release(o.mark);
     if (o.make) {  // a Result made from what the device wrote into the buffer
       o.vec = o.make(bufs_[size_t(o.buf)].data());
@@ -252,6 +307,7 @@ void StepLoop::flush_ready() {
     const void* p = o.buf >= 0 ? static_cast<const void*>(bufs_[size_t(o.buf)].data()) : o.vec.data();
     stats_.bytes_sent += o.bytes;
     o.req = t_.post_send(o.peer, o.tag, p, o.bytes);
+    if (tracing_) o.posted_ns = trace::now_ns();
     sends_.push_back(std::move(o));
   }
 }
@@ -263,6 +319,9 @@ bool StepLoop::ready_to_send(const Outgoing& o) {
 
 void StepLoop::reap_sends() {
   while (!sends_.empty() && t_.test(sends_.front().req)) {
+    if (tracing_ && sends_.front().step != kUntraced)
+      trace::async_span(trace::Track::Hops, a_.head ? "Result to the coordinator" : "Step to the next stage",
+                        sends_.front().step, sends_.front().posted_ns, trace::now_ns());
     if (sends_.front().buf >= 0) free_bufs_.push_back(sends_.front().buf);
     sends_.pop_front();
   }
@@ -296,13 +355,17 @@ bool StepLoop::poll() {
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
   rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
-  arrived_ns_ = trace::now_ns();
+  if (tracing_) arrived_ns_ = trace::now_ns();
   auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
   stats_.bytes_received += c.bytes;
   handle({rbufs_[cur].data(), c.bytes}, &rfence_[cur], &rmark_[cur]);
-  if (traced_step_ != ~uint64_t(0)) trace::mark(trace::Point::StepQueued, traced_step_);
   idle_since_ = Clock::now();
+  if (tracing_ && traced_step_ != kUntraced) {
+    const uint64_t end = trace::now_ns();
+    trace_host_spans(end);  // its wait: from idle_ns_, the previous step's end
+    idle_ns_ = end;
+  }
   stats_.handle_s += std::chrono::duration<double>(idle_since_ - t0).count();
   // Busy: the host's time in handle(), and a step handed to the device until its fence passes
   // (flush_ready); count_busy() merges the overlapping intervals.
@@ -315,13 +378,13 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
-  traced_step_ = ~uint64_t(0);
+  traced_step_ = kUntraced;
   if (msg.header.msg_type() == MsgType::Share) return on_accept(msg);
   if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", what, msg_type_name(msg.header.type));
   std::span<const uint8_t> hidden_bytes;
   StepMsg s = decode_step(msg, what, &hidden_bytes);
   traced_step_ = s.step;
-  trace::mark(trace::Point::StepArrived, s.step, arrived_ns_);
+  input_ns_ = layers_ns_ = arrived_ns_;
 
   for (const SlotOp& op : s.ops) {
     if (op.slot < 0 || op.slot >= a_.max_slots) fail("{}: slot {} out of range", what, op.slot);
@@ -346,8 +409,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   stats_.tokens += uint64_t(n);
   if (decode) stats_.decode_steps += 1;
   if (n == 0) {
-    if (!a_.head) send(a_.next_rank, kTagStep, encode_step(s, nullptr, 0));
-    else send(a_.coord_rank, kTagResult, encode_result(ResultMsg{s.step, {}}));
+    if (!a_.head) send(a_.next_rank, kTagStep, encode_step(s, nullptr, 0), s.step);
+    else send(a_.coord_rank, kTagResult, encode_result(ResultMsg{s.step, {}}), s.step);
     return;
   }
   Backend& be = stage_.backend();
@@ -382,7 +445,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     // Inside the layers' recording where the device sequences the ring (not when timing: the
     // layers' marks would take in the wait for the previous stage).
     std::function<void()> op = rx_->take_op(s.shared_slot, h.x, hf * 4, what);
-    if (rx_->replayable(hf * 4) && !timing_)
+    if (rx_->replayable(hf * 4) && !device_times_)
       hooks.before = std::move(op);
     else
       op();
@@ -425,19 +488,19 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       main_used_[b] = true;
     }
   };
-  trace::mark(trace::Point::InputQueued, s.step);
+  if (tracing_) input_ns_ = trace::now_ns();
   marks[1] = mark();
   // Out through a device-sequenced ring: inside the recording too, when a slot is free now
   // (otherwise after the layers, once a credit has come: the layers need not wait for it).
   int out_slot = -1;
-  if (shared_out && tx_->replayable(hf * 4) && !timing_ && tx_->has_credit()) {
+  if (shared_out && tx_->replayable(hf * 4) && !device_times_ && tx_->has_credit()) {
     auto [slot, op] = tx_->put_op(h.x, hf * 4);
     out_slot = slot;
     hooks.after = std::move(op);
   }
   stage_.forward(s.segs, h, &hooks);
   marks[2] = mark();
-  trace::mark(trace::Point::LayersQueued, s.step);
+  if (tracing_) layers_ns_ = trace::now_ns();
   // Marks of a step that sends no fenced message are not read.
   auto drop_marks = [&] {
     for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
@@ -457,8 +520,9 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     t.decode = decode;
     t.fence = be.fence();
     t.started = step_started_;
+    t.step = s.step;
     timed_.push_back(t);
-    send(a_.next_rank, kTagStep, encode_step_head(s, 0));
+    send(a_.next_rank, kTagStep, encode_step_head(s, 0), s.step);
     return;
   }
   if (!a_.head) {
@@ -485,6 +549,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     }
     std::copy(marks, marks + 5, o.marks);
     o.decode = decode;
+    o.step = s.step;
     ready_.push_back(std::move(o));
     return;
   }
@@ -515,8 +580,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     std::copy(marks, marks + 5, o.marks);
     o.decode = decode;
     o.fence = be.fence();
+    o.step = s.step;
     o.make = [this, s = std::move(s), m](const uint8_t* p) {
-      trace::mark(trace::Point::ResultReady, s.step);
       auto* ids = reinterpret_cast<const int32_t*>(p);
       return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), sampling_, penalty_));
     };
@@ -543,7 +608,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     at += nrows;
     res.segs.push_back(std::move(r));
   }
-  send(a_.coord_rank, kTagResult, encode_result(res));
+  send(a_.coord_rank, kTagResult, encode_result(res), res.step);
 }
 
 void StepLoop::drain() {

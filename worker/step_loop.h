@@ -57,7 +57,10 @@ class StepLoop {
     // first wait (pre); whether the step had one token per segment.
     uint64_t marks[5] = {};
     bool decode = false;
+    uint64_t step = kUntraced;   // --trace: the step it belongs to (kUntraced: none)
+    uint64_t posted_ns = 0;      // --trace: when it was handed to the transport
   };
+  static constexpr uint64_t kUntraced = ~uint64_t(0);
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
   // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
   // returns true when one was handled. The predecessor's Accept arrives as a Step-tag message.
@@ -68,7 +71,7 @@ class StepLoop {
   void heartbeat();  // to the coordinator, about once a second
   bool ready_to_send(const Outgoing& o);
   Outgoing outgoing(int peer, int tag, std::vector<uint8_t> msg) const;  // a plain message
-  void send(int peer, int tag, std::vector<uint8_t> msg);
+  void send(int peer, int tag, std::vector<uint8_t> msg, uint64_t step = kUntraced);
   // Posts at once, ahead of queued messages: for messages that no queued one must precede
   // (credits to the previous stage).
   void send_now(int peer, int tag, std::vector<uint8_t> msg);
@@ -76,7 +79,13 @@ class StepLoop {
   void reap_sends();
   int take_buffer(size_t bytes);
   void count_busy(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to);
-  void count_device(const uint64_t (&marks)[5], bool side_download, bool decode);
+  void count_device(const uint64_t (&marks)[5], bool side_download, bool decode, uint64_t step);
+  // --trace: the step's host spans (and on a synchronous device, its device spans), once
+  // handle() is done with it.
+  void trace_host_spans(uint64_t end_ns);
+  // --trace: the device spans of a step whose marks have passed (on rank 0's clock via the
+  // anchor: a mark recorded on an idle device at a known host time, moved on every second).
+  void trace_device_spans(const uint64_t (&marks)[5], bool side_download, uint64_t step);
   uint64_t prev_end_ = 0;  // the mark where the previous step's ops ended on the device
 
   Transport& t_;
@@ -104,6 +113,10 @@ class StepLoop {
   // Device times of steps (Backend::timer_mark) in the stats: RWKVPP_DEVICE_TIMES=1. Off by
   // default: the marks add a few API calls to every step, i.e. to a token's latency.
   bool timing_ = false;
+  // RWKVPP_DEVICE_TIMES itself (not only --trace's marks): shared-slot copies leave the
+  // layers' recording, so that the layers' marks do not take in the wait for the neighbour.
+  // --trace keeps the recording as it is (its device spans then include that wait).
+  bool device_times_ = false;
   // Shared slots with the neighbours on this host (off with RWKVPP_SHARE=0): rx_ ours, which
   // the previous stage writes; tx_ the next stage's, which we write. share_buf_ receives the
   // next stage's offer and credits.
@@ -119,6 +132,7 @@ class StepLoop {
     std::chrono::steady_clock::time_point started;
     uint64_t marks[5] = {};
     bool decode = false;  // one token per segment
+    uint64_t step = kUntraced;
   };
   std::deque<Timed> timed_;
   int rcur_ = 0;
@@ -134,8 +148,14 @@ class StepLoop {
   std::chrono::steady_clock::time_point step_started_;
   uint64_t hb_seq_ = 0;
   StatsMsg stats_;
-  // RWKVPP_TRACE (common/trace.h): when the Step being handled arrived, and its number.
-  uint64_t arrived_ns_ = 0, traced_step_ = ~uint64_t(0);
+  // --trace (common/trace.h): the Step being handled (its number, kUntraced for none) and the
+  // host times of its way through handle(): arrived, its input queued, its layers queued;
+  // when the previous one was done (the wait before this one).
+  bool tracing_ = false, sync_device_ = true;
+  uint64_t traced_step_ = kUntraced;
+  uint64_t arrived_ns_ = 0, input_ns_ = 0, layers_ns_ = 0, idle_ns_ = 0;
+  // The device clock's anchor (asynchronous devices): a mark and its host time.
+  uint64_t anchor_mark_ = 0, anchor_ns_ = 0;
 };
 
 }  // namespace rwkvpp

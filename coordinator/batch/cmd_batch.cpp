@@ -70,7 +70,10 @@ void add_batch_command(CLI::App& app, Action& run) {
       ->capture_default_str();
   c->callback([a, no_auto_prefix, &run] {
     a->auto_prefix = !*no_auto_prefix;
-    run = [a] { return run_batch(*a); };
+    run = [a] {
+      a->cluster.progress = parse_progress_mode(a->progress);  // the stages' loading too
+      return run_batch(*a);
+    };
   });
 }
 

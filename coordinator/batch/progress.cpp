@@ -13,30 +13,10 @@ namespace rwkvpp {
 
 using Clock = std::chrono::steady_clock;
 
-ProgressMode parse_progress_mode(const std::string& s) {
-  if (s == "auto") return ProgressMode::Auto;
-  if (s == "bar") return ProgressMode::Bar;
-  if (s == "log") return ProgressMode::Log;
-  if (s == "none") return ProgressMode::None;
-  fail("--progress must be auto, bar, log or none (got '{}')", s);
-}
-
-std::string format_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  auto t = static_cast<long long>(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, int(t % 3600 / 60));
-  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, int(t % 60));
-  return fmt::format("{}s", t);
-}
-
 Progress::Progress(ProgressMode mode, uint64_t total, uint64_t done_before, double log_interval_s,
                    FILE* out)
-    : out_(out), total_(total), done_before_(done_before), log_interval_(log_interval_s) {
-  if (mode == ProgressMode::Auto)
-    mode = isatty(fileno(out)) ? ProgressMode::Bar : ProgressMode::Log;
-  bar_ = mode == ProgressMode::Bar;
-  log_ = mode == ProgressMode::Log;
-  start_ = last_draw_ = Clock::now();
+    : line_(mode, "batch", log_interval_s, out), total_(total), done_before_(done_before) {
+  start_ = Clock::now();
 }
 
 double Progress::elapsed_s() const {
@@ -50,12 +30,7 @@ void Progress::record(uint64_t tokens) {
 }
 
 void Progress::tick() {
-  if (!bar_ && !log_) return;
-  auto now = Clock::now();
-  auto every = bar_ ? std::chrono::duration<double>(0.25) : log_interval_;
-  if (now - last_draw_ < every) return;
-  last_draw_ = now;
-  draw();
+  if (line_.due()) line_.draw(total_ ? double(done()) / double(total_) : 1.0, status_line());
 }
 
 std::string Progress::status_line() const {
@@ -74,27 +49,7 @@ std::string Progress::status_line() const {
   return line;
 }
 
-void Progress::draw() {
-  if (bar_) {
-    constexpr int kWidth = 30;
-    int fill = total_ ? int(double(kWidth) * double(done()) / double(total_)) : kWidth;
-    fill = std::clamp(fill, 0, kWidth);
-    fmt::print(out_, "\r\033[K[{}{}] {}", std::string(size_t(fill), '#'),
-               std::string(size_t(kWidth - fill), '.'), status_line());
-    drawn_ = true;
-  } else {
-    fmt::print(out_, "batch: {}\n", status_line());
-  }
-  std::fflush(out_);
-}
-
-void Progress::clear() {
-  if (bar_ && drawn_) {
-    fmt::print(out_, "\r\033[K");
-    std::fflush(out_);
-    drawn_ = false;
-  }
-}
+void Progress::clear() { line_.clear(); }
 
 std::string Progress::summary() const {
   double t = elapsed_s();

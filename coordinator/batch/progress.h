@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "common/progress.h"
+
 namespace rwkvpp {
 
 // Prompt and generated tokens fed to the model so far, and prompt tokens automatic prefix
@@ -16,9 +18,6 @@ namespace rwkvpp {
 struct FeedCounts {
   uint64_t fed = 0, saved = 0;
 };
-
-enum class ProgressMode { Auto, Bar, Log, None };
-ProgressMode parse_progress_mode(const std::string& s);  // "auto", "bar", "log", "none"
 
 class Progress {
  public:
@@ -43,18 +42,11 @@ class Progress {
 
  private:
   std::string status_line() const;
-  void draw();
 
-  bool bar_ = false, log_ = false;
-  FILE* out_;
+  ProgressLine line_;  // common/progress.h: the bar or the log lines
   uint64_t total_, done_before_, done_now_ = 0, tokens_ = 0;
-  std::chrono::steady_clock::time_point start_, last_draw_;
-  std::chrono::duration<double> log_interval_;
-  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
   std::function<FeedCounts()> feed_;
 };
-
-// "1h02m", "3m05s", "12s"
-std::string format_duration(double seconds);
 
 }  // namespace rwkvpp

@@ -44,6 +44,15 @@ void control(const Message& m) {
     case Ctrl::Error:
       same_payload(m, encode_error(decode_error(m, who)), "Error re-encodes differently");
       break;
+    case Ctrl::Clock:
+      same_payload(m, encode_clock(decode_clock(m, who)), "Clock re-encodes differently");
+      break;
+    case Ctrl::Trace:  // its size (variant 0) or its events (variant 1)
+      if (m.payload.size() > 1 && m.payload[1] == 0)
+        same_payload(m, encode_trace_size(decode_trace_size(m, who)), "Trace size re-encodes differently");
+      else
+        same_payload(m, encode_trace(decode_trace(m, who, 1 << 20)), "Trace re-encodes differently");
+      break;
     case Ctrl::Shutdown:
       break;
   }
