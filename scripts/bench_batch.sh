@@ -86,9 +86,9 @@ time_case() {
     $launch "$bin" batch -m "$model" --tokenizer bytes -i "$input" -o "$work/out.jsonl" -n "$gen" \
       --temperature 1 --seed 1 --progress none $extra ${FLAGS:-} 2>"$work/err"
     t1=$(date +%s.%N)
-    s=$(echo "$t1 - $t0" | bc -l)
+    s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     fed=$(sed -n 's/.*; \([0-9]*\) tokens fed to the model.*/\1/p' "$work/err")
-    if [[ -z $best ]] || (( $(echo "$s < $best" | bc -l) )); then best=$s; fi
+    if [[ -z $best ]] || awk -v s="$s" -v b="$best" 'BEGIN { exit !(s < b) }'; then best=$s; fi
   done
   echo "$best $fed"
 }
@@ -98,7 +98,7 @@ report() {
   read -r bs bf <<<"$base"
   read -r fs ff <<<"$fast"
   printf '| %s | %.2f s (%s tokens fed) | %.2f s (%s tokens fed) | %.2fx |\n' "$name" "$bs" "$bf" "$fs" "$ff" \
-    "$(echo "$bs / $fs" | bc -l)"
+    "$(awk -v a="$bs" -v b="$fs" 'BEGIN { printf "%.4f", a / b }')"
 }
 
 echo "rwkvpp batch prompt reuse: model $model, ${launch:-1 process}, $prompts prompts x 8 samples, prompts of $plen" \
