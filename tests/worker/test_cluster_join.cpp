@@ -13,40 +13,15 @@
 #include "helpers.h"
 #include "launch_ranks.h"
 #include "net/transports.h"
-#include "shards/checkpoint.h"
-#include "shards/model_format.h"
+#include "small_model.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
 
 namespace {
 
-struct JoinFixture {
-  TempDir dir;
-  std::string model = dir / "model";
-  JoinFixture() {
-    Checkpoint ck = read_checkpoint(fixture("hf-rwkv4/hf-rwkv4-small.safetensors"));
-    WriteOptions o;
-    o.shards = 4;
-    write_model(ck, infer_config(ck), model, o);
-  }
-};
-
-JoinFixture& jfx() {
-  static JoinFixture f;
-  return f;
-}
-
-std::vector<std::string> generate_args() {
-  return {rwkvpp_binary(), "generate", "-m", jfx().model, "--prompt-tokens", "3,1,4,1,5,9,2,6", "-n", "40",
-          "--temperature", "0.8", "--seed", "7", "--threads", "1"};
-}
-
-std::string shell(const std::vector<std::string>& args) {
-  std::string s;
-  for (auto& a : args) s += (s.empty() ? "" : " ") + a;
-  return s;
-}
+std::vector<std::string> generate_args() { return small_generate_args(); }
+std::string shell(const std::vector<std::string>& a) { return shell_line(a); }
 
 size_t count(const std::string& s, const std::string& part) {
   size_t n = 0;

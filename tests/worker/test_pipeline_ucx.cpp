@@ -11,46 +11,23 @@
 #include "helpers.h"
 #include "launch_ranks.h"
 #include "net/transports.h"
-#include "shards/checkpoint.h"
-#include "shards/model_format.h"
+#include "small_model.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
 
 namespace {
 
-struct UcxFixture {
-  TempDir dir;
-  std::string model = dir / "model";
-  UcxFixture() {
-    Checkpoint ck = read_checkpoint(fixture("hf-rwkv4/hf-rwkv4-small.safetensors"));
-    WriteOptions o;
-    o.shards = 4;
-    write_model(ck, infer_config(ck), model, o);
-  }
-};
-
-UcxFixture& ufx() {
-  static UcxFixture f;
-  return f;
-}
+const std::string& model() { return small_sharded_model(); }
 
 // Three prompts of different lengths in one batch.
 std::vector<std::string> logits_args(const std::string& out) {
-  return {rwkvpp_binary(), "logits", "-m", ufx().model, "--tokens", "5,17,200,3,9,22,81,1,2,3,4,5,6,7,8,9,10,11,12",
+  return {rwkvpp_binary(), "logits", "-m", model(), "--tokens", "5,17,200,3,9,22,81,1,2,3,4,5,6,7,8,9,10,11,12",
           "--tokens", "30,31,32,33,34", "--tokens", "7", "--chunk", "4", "--threads", "1", "--stats", "-o", out};
 }
 
-std::vector<std::string> generate_args() {
-  return {rwkvpp_binary(), "generate", "-m", ufx().model, "--prompt-tokens", "3,1,4,1,5,9,2,6", "-n", "40",
-          "--temperature", "0.8", "--seed", "7", "--threads", "1"};
-}
-
-std::string shell(const std::vector<std::string>& args) {
-  std::string s;
-  for (auto& a : args) s += (s.empty() ? "" : " ") + a;
-  return s;
-}
+std::vector<std::string> generate_args() { return small_generate_args(); }
+std::string shell(const std::vector<std::string>& a) { return shell_line(a); }
 
 }  // namespace
 
