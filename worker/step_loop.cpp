@@ -98,6 +98,12 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     be.timer_release(probe);
     if (!sync_device_) {
       timing_ = true;
+      if (const char* e = std::getenv("RWKVPP_TRACE_DEVICE_EVERY"); e && *e) {
+        const long v = std::atol(e);
+        if (v < 1 || v > 1000000)
+          fail("RWKVPP_TRACE_DEVICE_EVERY='{}': mark every N-th step on the device, N >= 1", e);
+        trace_every_ = uint64_t(v);
+      }
       be.fence_wait(be.fence());  // once, at start: the anchor is recorded on an idle device
       anchor_ns_ = trace::now_ns();
       anchor_mark_ = be.timer_mark();
@@ -237,13 +243,15 @@ void StepLoop::count_busy(Clock::time_point from, Clock::time_point to) {
 void StepLoop::count_device(const uint64_t (&m)[5], bool side_download, bool decode, uint64_t step) {
   Backend& be = stage_.backend();
   if (tracing_ && step != kUntraced) trace_device_spans(m, side_download, step);
-  stats_.device_s += be.seconds_between(m[0], m[3]);
-  const double layers = be.seconds_between(m[1], m[2]);
-  stats_.layers_s += layers;
-  if (decode) stats_.decode_layers_s += layers;
-  stats_.out_s += be.seconds_between(m[2], m[3]);
-  if (prev_end_) stats_.idle_host_s += be.seconds_between(prev_end_, m[4]);
-  stats_.idle_upload_s += be.seconds_between(m[4], m[0]);
+  if (device_times_) {  // every step marked (with --trace alone, only some are)
+    stats_.device_s += be.seconds_between(m[0], m[3]);
+    const double layers = be.seconds_between(m[1], m[2]);
+    stats_.layers_s += layers;
+    if (decode) stats_.decode_layers_s += layers;
+    stats_.out_s += be.seconds_between(m[2], m[3]);
+    if (prev_end_) stats_.idle_host_s += be.seconds_between(prev_end_, m[4]);
+    stats_.idle_upload_s += be.seconds_between(m[4], m[0]);
+  }
   be.timer_release(prev_end_);
   prev_end_ = m[side_download ? 2 : 3];  // a side download ends on its own queue
   for (uint64_t x : m)
@@ -429,7 +437,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   const int b = side ? hcur_ : 0;
   if (side) hcur_ ^= 1;
   Hidden h = stage_.hidden(n, b);
-  auto mark = [&] { return timing_ ? be.timer_mark() : uint64_t(0); };
+  step_timed_ = timing_ && (device_times_ || trace_count_++ % trace_every_ == 0);
+  auto mark = [&] { return step_timed_ ? be.timer_mark() : uint64_t(0); };
   uint64_t marks[5] = {0, 0, 0, 0, mark()};
   const uint64_t free_at = hidden_free_[b];
   if (a_.embed) {
@@ -540,7 +549,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     if (side) {
       // The message's mark, released by flush_ready() once it has passed.
       o.mark = hidden_free_[b] = be.download_side(p + head.size(), h.x, hf * 4);
-      if (timing_) marks[3] = o.mark;
+      if (step_timed_) marks[3] = o.mark;
     } else {
       be.download_async(p + head.size(), h.x, hf * 4);
       own_free_mark();

@@ -117,6 +117,11 @@ class StepLoop {
   // layers' recording, so that the layers' marks do not take in the wait for the neighbour.
   // --trace keeps the recording as it is (its device spans then include that wait).
   bool device_times_ = false;
+  // --trace alone marks every trace_every_-th step on the device (RWKVPP_TRACE_DEVICE_EVERY,
+  // default 4): the marks cost ~9 us of host time a step, 3.4 % of a 169m b1 step on an H100
+  // when every step had them (docs/perf.md, "The cost of --trace"). step_timed_: this step's.
+  uint64_t trace_every_ = 4, trace_count_ = 0;
+  bool step_timed_ = false;
   // Shared slots with the neighbours on this host (off with RWKVPP_SHARE=0): rx_ ours, which
   // the previous stage writes; tx_ the next stage's, which we write. share_buf_ receives the
   // next stage's offer and credits.
