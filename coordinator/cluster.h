@@ -55,7 +55,7 @@ struct ClusterOptions {
   // A worker daemon: the transport it already joined through (else run_cluster makes one).
   std::function<std::unique_ptr<Transport>()> transport;
   // --trace FILE.json: the run's timeline in trace-event JSON, written by rank 0
-  // (coordinator/trace_session.h); the last trace_steps steps are kept.
+  // (protocol/trace_session.h); the last trace_steps steps are kept.
   std::string trace;
   uint64_t trace_steps = 4096;
   // Loading progress of every stage (common/progress.h); batch's --progress sets it too.
