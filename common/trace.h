@@ -1,7 +1,7 @@
 // The run's timeline for `--trace FILE.json` (Chrome / Perfetto trace-event format): each rank
 // records spans and counters of its steps into a bounded ring in memory; at the end every
 // rank turns its ring into trace-event JSON objects (one process per rank, named by its role
-// and host) and rank 0 writes them all into one file (coordinator/trace_session.h moves them,
+// and host) and rank 0 writes them all into one file (protocol/trace_session.h moves them,
 // and measures the clock offsets between ranks at start-up).
 //
 // Cost when off: one predictable branch per call (on() reads a plain bool). When on: a mutex

@@ -1,7 +1,7 @@
 // Starting and stopping the pipeline: every rank calls run_cluster() with the same options.
-// Rank 0 coordinates (and holds stage 0 unless --coordinator-only); the other ranks become stage
-// workers and return when the coordinator shuts the pipeline down. `body` runs on rank 0 only,
-// with an Engine ready to take requests.
+// Rank 0 coordinates (and holds stage 0 unless --coordinator-only); the other ranks run the
+// stage's own entry point (worker/stage_rank.h) and return when the coordinator shuts the
+// pipeline down. `body` runs on rank 0 only, with an Engine ready to take requests.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -55,7 +55,7 @@ struct ClusterOptions {
   // A worker daemon: the transport it already joined through (else run_cluster makes one).
   std::function<std::unique_ptr<Transport>()> transport;
   // --trace FILE.json: the run's timeline in trace-event JSON, written by rank 0
-  // (coordinator/trace_session.h); the last trace_steps steps are kept.
+  // (protocol/trace_session.h); the last trace_steps steps are kept.
   std::string trace;
   uint64_t trace_steps = 4096;
   // Loading progress of every stage (common/progress.h); batch's --progress sets it too.
@@ -70,11 +70,6 @@ void add_cluster_tuning_options(CLI::App* cmd, ClusterOptions& o);
 // The pipeline's arithmetic from the plan and the stages' Ready messages (PipelineNumerics).
 PipelineNumerics pipeline_numerics(DType dtype, const std::vector<StagePlan>& plan,
                                    const std::vector<ReadyMsg>& readies);
-
-// Ranks other than 0 wait 1.5x longer than the coordinator before declaring a silent peer lost,
-// so that the coordinator, which knows every stage, is the one that names it. Sets
-// RWKVPP_PEER_TIMEOUT_S for the transport made next; call it on a worker before that.
-void stretch_worker_timeout();
 
 // Runs the pipeline; returns the exit code (body's on rank 0, 0 on workers).
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body);

@@ -11,6 +11,7 @@
 #include "common/limits.h"
 #include "net/control/cluster_key.h"
 #include "net/transports.h"
+#include "worker/stage_rank.h"  // stretch_worker_timeout
 
 namespace rwkvpp {
 

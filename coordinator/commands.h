@@ -27,7 +27,7 @@ void add_serve_command(CLI::App& app, Action& run);  // serve (coordinator/serve
 #include <string>
 #include <vector>
 
-#include "kernels/sampling.h"
+#include "common/sampling_params.h"
 #include "shards/model_format.h"
 
 namespace rwkvpp {

@@ -5,7 +5,6 @@
 #include <deque>
 
 #include "common/trace.h"
-#include "worker/step_loop.h"
 
 namespace rwkvpp {
 

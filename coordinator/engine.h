@@ -15,7 +15,7 @@
 #include "common/byte_buffer.h"
 #include "coordinator/partition.h"
 #include "net/transport.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 
 namespace rwkvpp {
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/model_config.h"
+#include "shards/layer_size.h"  // layer_weight_bytes, layer_state_bytes
 
 namespace rwkvpp {
 
@@ -25,10 +26,6 @@ struct PlanInputs {
   std::vector<uint64_t> free_memory;  // per stage, in stage order (its size = stage count)
   std::vector<int> ranks;             // rank of each stage (for messages)
 };
-
-// Estimated bytes of one layer's weights / of its state for one slot.
-uint64_t layer_weight_bytes(const ModelConfig& cfg, DType dtype);
-uint64_t layer_state_bytes(const ModelConfig& cfg);
 
 std::vector<StagePlan> plan_partition(const PlanInputs& in, const std::string& spec);
 

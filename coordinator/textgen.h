@@ -18,7 +18,7 @@
 
 #include "coordinator/engine.h"
 #include "coordinator/tokenizer/tokenizer.h"
-#include "kernels/sampling.h"
+#include "common/sampling_params.h"
 
 namespace rwkvpp {
 

@@ -22,16 +22,10 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/segment.h"
 #include "common/tensor.h"
 
 namespace rwkvpp {
-
-// Tokens [start, start + len) of the batch belong to the sequence in state slot `slot`.
-struct Segment {
-  int32_t slot;
-  int32_t start;
-  int32_t len;
-};
 
 // The segments of one batch, as the host built them and as the device sees them.
 struct SegTable {

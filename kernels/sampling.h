@@ -29,27 +29,14 @@
 #include <unordered_map>
 #include <vector>
 
-namespace rwkvpp {
+#include "common/sampling_params.h"  // SamplingParams, validate()
 
-struct SamplingParams {
-  float temperature = 0.0f;  // 0 = greedy argmax; > 0 divides the logits
-  int top_k = 0;             // 0 = off
-  float top_p = 1.0f;        // in (0, 1]; 1 = off
-  float min_p = 0.0f;        // in [0, 1); 0 = off
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  float repetition_penalty = 1.0f;  // > 0; 1 = off
-  float penalty_decay = 0.996f;     // in [0, 1]
-  uint64_t seed = 0;
-};
+namespace rwkvpp {
 
 // Occurrence counts of the tokens a sequence has generated (decayed), one per sequence.
 struct PenaltyState {
   std::unordered_map<int32_t, float> counts;
 };
-
-// Throws rwkvpp::Error naming the first bad field.
-void validate(const SamplingParams& p);
 
 // Samples one id from logits[vocab] (fp32, not modified), as described above. `position` is the
 // index of the token being generated within its request. When logprob is non-null it receives

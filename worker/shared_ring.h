@@ -11,7 +11,7 @@
 // for it (the offer carries the "written" signals, the accept the "consumed" ones): a memory
 // flag lives in the waiter's memory and is polled there, and only the recorder's store crosses
 // the link. Each wait, copy and record is one Backend::share_copy (on CUDA, one kernel for
-// small copies). Handshake and messages: worker/protocol.h (ShareMsg).
+// small copies). Handshake and messages: protocol/protocol.h (ShareMsg).
 #pragma once
 
 #include <functional>
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 
 namespace rwkvpp {
 

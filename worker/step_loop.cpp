@@ -59,19 +59,6 @@ ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logpr
 
 }  // namespace
 
-size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots) {
-  size_t per_token = size_t(cfg.carried() * cfg.n_embd) * 4 + 4 + sizeof(Segment) + 1 + 4;
-  return kHeaderBytes + 4096 + size_t(max_tokens) * per_token + size_t(3 * max_slots + 8) * 64;
-}
-
-int max_logit_rows(const ModelConfig& cfg) {
-  return int(std::max<int64_t>(1, (int64_t(64) << 20) / (cfg.vocab_size * 4)));
-}
-
-size_t result_capacity(const ModelConfig& cfg, int max_tokens, int rows) {
-  return kHeaderBytes + 4096 + size_t(max_tokens) * 24 + size_t(rows) * size_t(cfg.vocab_size) * 4;
-}
-
 StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     : t_(t), stage_(stage), a_(a), sampling_(size_t(a.max_slots)), penalty_(size_t(a.max_slots)) {
   const size_t cap = step_capacity(stage.config(), a.max_tokens, a.max_slots);

@@ -12,19 +12,13 @@
 #include <functional>
 #include <vector>
 
+#include "kernels/sampling.h"
 #include "net/transport.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 #include "worker/shared_ring.h"
 #include "worker/stage.h"
 
 namespace rwkvpp {
-
-// Bytes a Step message may need for `max_tokens` tokens of a model with this config.
-size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots);
-// Bytes a Result message may need (logits of at most `max_logit_rows` rows).
-size_t result_capacity(const ModelConfig& cfg, int max_tokens, int max_logit_rows);
-// Most logit rows one Result may carry (keeps messages to about 64 MiB).
-int max_logit_rows(const ModelConfig& cfg);
 
 class StepLoop {
  public:

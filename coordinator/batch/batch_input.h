@@ -28,7 +28,7 @@
 
 #include "common/error.h"
 #include "coordinator/serve/openai_request.h"
-#include "kernels/sampling.h"
+#include "common/sampling_params.h"
 
 namespace rwkvpp {
 

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "kernels/sampling.h"
+#include "common/sampling_params.h"
 
 namespace rwkvpp {
 

@@ -1,4 +1,4 @@
-// Fuzz harness of the wire protocol (net/wire.h framing, worker/protocol.h messages): a message
+// Fuzz harness of the wire protocol (net/wire.h framing, protocol/protocol.h messages): a message
 // as it arrives from a rank is framed, decoded by its type, and re-encoded; what decodes must
 // encode back to the same payload (so no field is misread or dropped). Seeds are messages of
 // every type made by the protocol's own encoders.
@@ -8,7 +8,7 @@
 #include "fuzz/targets.h"
 #include "net/control/join_handshake.h"
 #include "net/wire.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 
 namespace rwkvpp::fuzz {
 

@@ -14,7 +14,7 @@
 #include "cuda_skip.h"
 #include "kernels/backend.h"
 #include "net/wire.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 #include "worker/shared_ring.h"
 
 using namespace rwkvpp;

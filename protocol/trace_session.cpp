@@ -1,12 +1,12 @@
-#include "coordinator/trace_session.h"
+#include "protocol/trace_session.h"
 
 #include <fmt/format.h>
 
 #include <chrono>
 
 #include "common/trace.h"
-#include "coordinator/ctrl_io.h"
-#include "worker/protocol.h"
+#include "protocol/ctrl_io.h"
+#include "protocol/protocol.h"
 
 namespace rwkvpp {
 

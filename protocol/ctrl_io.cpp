@@ -1,4 +1,4 @@
-#include "coordinator/ctrl_io.h"
+#include "protocol/ctrl_io.h"
 
 #include <chrono>
 

@@ -8,7 +8,7 @@
 //           stage i --Step(ops, segments, hidden [carried, n, C])--> stage i+1
 //           last stage --Result(sampled ids, logprobs, requested logits)--> coordinator
 //           with --trace, after its Hello: a stage rank --Clock(t0)--> coordinator --Clock(t0, t1,
-//           base)--> the rank, a few rounds, to measure its clock's offset (coordinator/trace_session.h)
+//           base)--> the rank, a few rounds, to measure its clock's offset (protocol/trace_session.h)
 //   stop:   coordinator --Shutdown--> every stage rank; each answers with its Stats (and with
 //           --trace, then its Trace: the events' size, then the events).
 //   always: every stage rank --Heartbeat(its Stats so far)--> coordinator about once a second, so
@@ -19,13 +19,16 @@
 // order, all stages apply them at the same point of the stream.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "common/dtype.h"
-#include "kernels/backend.h"
-#include "kernels/sampling.h"
+#include "common/model_config.h"
+#include "common/sampling_params.h"
+#include "common/segment.h"
 #include "net/wire.h"
 
 namespace rwkvpp {
@@ -161,6 +164,14 @@ struct ResultMsg {
 struct ClockMsg {
   uint64_t t0 = 0, t1 = 0, base = 0;
 };
+
+// Capacities: the receive buffers both ends size from the model and the assignment.
+// Bytes a Step message may need for `max_tokens` tokens of a model with this config.
+size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots);
+// Bytes a Result message may need (logits of at most `max_logit_rows` rows).
+size_t result_capacity(const ModelConfig& cfg, int max_tokens, int max_logit_rows);
+// Most logit rows one Result may carry (keeps messages to about 64 MiB).
+int max_logit_rows(const ModelConfig& cfg);
 
 // Encoding: each returns a complete framed message (header + payload).
 std::vector<uint8_t> encode_hello(const HelloMsg& m);

@@ -1,6 +1,8 @@
-// Encoding and decoding of the step protocol's messages (worker/protocol.h).
-#include "worker/protocol.h"
+// Encoding and decoding of the step protocol's messages, and their capacities
+// (protocol/protocol.h).
+#include "protocol/protocol.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -48,6 +50,19 @@ SamplingParams get_sampling(ByteReader& r) {
 }
 
 }  // namespace
+
+size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots) {
+  size_t per_token = size_t(cfg.carried() * cfg.n_embd) * 4 + 4 + sizeof(Segment) + 1 + 4;
+  return kHeaderBytes + 4096 + size_t(max_tokens) * per_token + size_t(3 * max_slots + 8) * 64;
+}
+
+int max_logit_rows(const ModelConfig& cfg) {
+  return int(std::max<int64_t>(1, (int64_t(64) << 20) / (cfg.vocab_size * 4)));
+}
+
+size_t result_capacity(const ModelConfig& cfg, int max_tokens, int rows) {
+  return kHeaderBytes + 4096 + size_t(max_tokens) * 24 + size_t(rows) * size_t(cfg.vocab_size) * 4;
+}
 
 std::vector<uint8_t> encode_hello(const HelloMsg& m) {
   auto w = ctrl(Ctrl::Hello);

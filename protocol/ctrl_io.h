@@ -1,5 +1,6 @@
-// Blocking control-message exchanges of the start-up and shutdown handshakes (coordinator/
-// cluster.cpp, coordinator/trace_session.cpp), on the transport's control tag.
+// Blocking control-message exchanges of the start-up and shutdown handshakes (both sides:
+// coordinator/cluster.cpp, worker/stage_rank.cpp, protocol/trace_session.cpp), on the
+// transport's control tag.
 #pragma once
 
 #include <cstdint>
@@ -7,7 +8,7 @@
 #include <vector>
 
 #include "net/transport.h"
-#include "worker/protocol.h"
+#include "protocol/protocol.h"
 
 namespace rwkvpp {
 

@@ -1,0 +1,143 @@
+// A stage rank's handshake, load and step serving (worker/stage_rank.h).
+#include "worker/stage_rank.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "common/env.h"
+#include "common/memory_use.h"
+#include "common/trace.h"
+#include "protocol/ctrl_io.h"
+#include "protocol/trace_session.h"
+#include "shards/layer_size.h"
+#include "worker/shared_ring.h"
+
+namespace rwkvpp {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::unique_ptr<Backend> choose_backend(const StageRankOptions& o) {
+  const int ranks_here = env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"}, 1);
+  const int threads = o.threads > 0 ? o.threads
+                                    : std::max(1, int(std::thread::hardware_concurrency()) / std::max(1, ranks_here));
+  int local = env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}, 0);
+  if (o.device == "cuda" || (o.device == "auto" && cuda_available())) {
+    int n = cuda_device_count();
+    if (n == 0) fail("--device cuda: no CUDA device is available on this host");
+    return make_cuda_backend(local % n);
+  }
+  if (o.device != "cpu" && o.device != "auto") fail("--device must be auto, cpu or cuda (got '{}')", o.device);
+  return make_cpu_backend(threads);
+}
+
+}  // namespace
+
+StageRank::StageRank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o)
+    : t_(t), coord_(coord), source_(source), o_(o) {
+  be_ = choose_backend(o_);
+  if (o_.batch_invariant != "auto") be_->set_batch_invariant(o_.batch_invariant == "on");
+  // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
+  // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf-log.md).
+  if (!be_->host_memory()) t_.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
+  uint64_t offer = uint64_t(be_->free_memory());
+  if (o_.memory_limit > 0) offer = std::min(offer, o_.memory_limit);
+  HelloMsg h{kProtocolVersion, source_.fingerprint, offer, be_->name(), this_host()};
+  send_blocking(t_, coord_, kTagCtrl, encode_hello(h));
+  if (trace::on() && t_.rank() != coord_) measure_clock(t_, coord_);
+}
+
+StageRank::~StageRank() = default;
+
+bool StageRank::load() {
+  auto b = recv_ctrl(t_, coord_, kCtrlCap, 600, "the stage assignment");
+  Message m = decode_message(b, kCtrlCap);
+  if (m.header.msg_type() == MsgType::Shutdown) return false;  // the coordinator gave up
+  a_ = decode_assign(m, "Assign from rank 0");
+  const int rank = t_.rank();
+  const ModelConfig& cfg = source_.get().config();
+  auto t0 = Clock::now();
+  try {
+    StageSpec spec{a_.first, a_.last, a_.embed != 0, a_.head != 0, a_.dtype, a_.max_slots};
+    // Loading progress: a bar on a terminal, a line every 5 s on a pipe (mpirun's output).
+    const uint64_t per_layer = layer_weight_bytes(cfg, a_.dtype);
+    WorkProgress progress(o_.progress, fmt::format("rank {} stage {}: loading layers {}-{}", rank, a_.stage,
+                                                   a_.first, a_.last - 1),
+                          per_layer * uint64_t(a_.last - a_.first), uint64_t(a_.last - a_.first), "layers");
+    stage_ = std::make_unique<Stage>(*be_, source_.get(), spec, [&](int done, int) {
+      progress.update(per_layer * uint64_t(done), uint64_t(done));
+    });
+    progress.finish();
+  } catch (const std::exception& e) {
+    send_blocking(t_, coord_, kTagCtrl, encode_error(e.what()));
+    // Wait to be told to stop (or be aborted); never exit on our own and leave rank 0 hanging.
+    // Rank 0 reads its own Error among the stages' answers.
+    if (rank != coord_) recv_ctrl(t_, coord_, kCtrlCap, 3600, "shutdown after an error");
+    return false;
+  }
+  ReadyMsg ready;
+  ready.weight_bytes = stage_->weight_bytes();
+  ready.state_bytes = stage_->state().bytes();
+  if (source_.reader) {
+    ready.bytes_read = source_.reader->bytes_read();
+    ready.files.assign(source_.reader->files_opened().begin(), source_.reader->files_opened().end());
+  }
+  ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  ready.backend = be_->name();
+  ready.peak_rss_bytes = peak_resident_bytes();
+  ready.numerics = be_->numerics();
+  ready.batch_invariant = be_->batch_invariant() ? 1 : 0;
+  if (o_.measure_floors) {
+    ready.copy_GBps = be_->measure_copy_GBps();
+    ready.read_GBps = be_->measure_read_GBps();
+    ready.gemm_TFLOPs = be_->measure_gemm_TFLOPs(DType::F16);
+  }
+  send_blocking(t_, coord_, kTagCtrl, encode_ready(ready));
+  loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  return true;
+}
+
+std::string StageRank::trace_label() const {
+  if (!loop_) return rwkvpp::trace_label(t_.rank(), -1, 0, 0, this_host());
+  return rwkvpp::trace_label(t_.rank(), a_.stage, a_.first, a_.last, this_host());
+}
+
+void StageRank::serve() {
+  RWKVPP_CHECK(loop_ != nullptr, "StageRank::serve() before a successful load()");
+  std::vector<uint8_t> buf(kCtrlCap);
+  RequestId r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
+  Completion c;
+  for (;;) {
+    bool busy = loop_->poll();
+    if (t_.test(r, &c)) {
+      Message m = decode_message({buf.data(), c.bytes}, kCtrlCap);
+      if (m.header.msg_type() == MsgType::Shutdown) break;
+      r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
+    }
+    if (!busy) t_.wait_some(std::chrono::milliseconds(1));
+  }
+  loop_->drain();
+  send_blocking(t_, coord_, kTagCtrl, encode_stats(loop_->stats()));
+  if (trace::on()) send_trace(t_, coord_, trace_label());
+}
+
+int run_stage_rank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o) {
+  StageRank stage(t, coord, source, o);
+  if (!stage.load()) return 1;
+  stage.serve();
+  return 0;
+}
+
+void stretch_worker_timeout() {
+  double base = 20;
+  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && *e) base = std::atof(e);
+  if (base <= 0) return;  // disabled
+  setenv("RWKVPP_PEER_TIMEOUT_S", fmt::format("{:.3f}", base * 1.5).c_str(), 1);
+}
+
+}  // namespace rwkvpp

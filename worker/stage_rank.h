@@ -1,0 +1,80 @@
+// A stage rank's own entry point: its side of the start-up handshake (protocol/protocol.h:
+// Hello, then the Assign, loading its layers, Ready) and its life after it (steps until
+// Shutdown, then its Stats and, with --trace, its events).
+//
+// Every rank but 0 runs run_stage_rank(). Rank 0 also holds stage 0 unless
+// --coordinator-only; coordinator/cluster.cpp then drives the same StageRank in two halves
+// around its planning: constructed (the Hello) before it gathers every rank's Hello, load()
+// after it has sent every Assign, and its StepLoop polled by the engine between transport
+// calls.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/progress.h"
+#include "kernels/backend.h"
+#include "net/transport.h"
+#include "protocol/protocol.h"
+#include "shards/model_source.h"
+#include "worker/stage.h"
+#include "worker/step_loop.h"
+
+namespace rwkvpp {
+
+// What a stage rank chooses for itself (the pipeline's shape comes in its Assign).
+struct StageRankOptions {
+  std::string device = "auto";           // auto (a GPU per rank when present), cpu or cuda
+  int threads = 0;                       // CPU threads; 0: the host's cores shared among its ranks
+  std::string batch_invariant = "auto";  // on, off or auto (Backend::set_batch_invariant)
+  uint64_t memory_limit = 0;             // most bytes offered for layers; 0: the device's free memory
+  bool measure_floors = false;           // measure the device's copy and GEMM rates for Ready
+  ProgressMode progress = ProgressMode::Auto;  // loading progress (common/progress.h)
+};
+
+class StageRank {
+ public:
+  // Chooses the device (a GPU rank also turns on the transport's spinning: RWKVPP_SPIN_US) and
+  // sends its Hello to `coord`; with --trace, a rank other than `coord` then measures its
+  // clock's offset (protocol/trace_session.h). `source` must outlive the StageRank.
+  StageRank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o);
+  ~StageRank();
+  StageRank(const StageRank&) = delete;
+  StageRank& operator=(const StageRank&) = delete;
+
+  // Receives the Assign, loads the assigned layers and sends Ready, or Error when loading
+  // failed. Returns false when there is no stage to run: the coordinator sent Shutdown instead
+  // of an Assign, or loading failed (a rank other than `coord` has then also waited to be told
+  // to stop, so that it never leaves rank 0 waiting for it).
+  bool load();
+  // The step loop, after load() succeeded (null before, or after a failure).
+  StepLoop* loop() { return loop_.get(); }
+  // This rank's process label in the trace (protocol/trace_session.h).
+  std::string trace_label() const;
+  // A rank other than `coord`, after load(): runs steps until Shutdown arrives, then sends its
+  // Stats (and with --trace, its events).
+  void serve();
+
+ private:
+  Transport& t_;
+  const int coord_;
+  const ModelSource& source_;
+  const StageRankOptions o_;
+  std::unique_ptr<Backend> be_;
+  std::unique_ptr<Stage> stage_;
+  std::unique_ptr<StepLoop> loop_;
+  AssignMsg a_;
+  bool assigned_ = false;
+};
+
+// A stage rank's whole life (every rank but 0); returns its exit code: 0, or 1 when it had no
+// stage to run (see StageRank::load).
+int run_stage_rank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o);
+
+// Ranks other than 0 wait 1.5x longer than the coordinator before declaring a silent peer
+// lost, so that the coordinator, which knows every stage, is the one that names it. Sets
+// RWKVPP_PEER_TIMEOUT_S for the transport made next; call it on a stage rank before that.
+void stretch_worker_timeout();
+
+}  // namespace rwkvpp
