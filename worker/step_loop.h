@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "net/transport.h"
+#include "worker/host_sampler.h"
 #include "worker/protocol.h"
 #include "worker/shared_ring.h"
 #include "worker/stage.h"
@@ -148,7 +149,8 @@ class StepLoop {
   std::vector<int> free_bufs_;
   std::vector<SamplingParams> sampling_;
   std::vector<PenaltyState> penalty_;
-  std::vector<float> logits_;
+  HostBuffer logits_;    // the last stage's logits rows, [rows, vocab] fp32, grown as needed
+  HostSampler sampler_;  // the rows that are not plain greedy (host_sampler.h)
   std::chrono::steady_clock::time_point last_heartbeat_, idle_since_, busy_until_;
   std::chrono::steady_clock::time_point step_started_;
   uint64_t hb_seq_ = 0;

@@ -1,0 +1,49 @@
+// Parallel host sampling of a step's rows (host_sampler.h).
+#include "worker/host_sampler.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common/error.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace rwkvpp {
+
+HostSampler::HostSampler() {
+  threads_ = int(std::clamp(std::thread::hardware_concurrency(), 1u, 16u));
+  if (const char* e = std::getenv("RWKVPP_SAMPLE_THREADS"); e && *e) {
+    const long v = std::atol(e);
+    if (v < 1 || v > 1024) fail("RWKVPP_SAMPLE_THREADS='{}': give a thread count from 1 to 1024", e);
+    threads_ = int(v);
+  }
+}
+
+HostSampler::~HostSampler() = default;
+
+void HostSampler::sample(std::vector<Row>& rows, int64_t vocab) {
+  // Exceptions must not leave a pool item (ThreadPool's contract): the first caught is kept.
+  std::mutex mu;
+  std::exception_ptr failed;
+  const auto one = [&](int64_t i) {
+    Row& r = rows[size_t(i)];
+    try {
+      r.token = sample_token(r.logits, vocab, *r.params, *r.penalty, r.position, &r.logprob);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!failed) failed = std::current_exception();
+    }
+  };
+  const int64_t n = int64_t(rows.size());
+  if (threads_ <= 1 || n < 2 || n * vocab < kParallelMin) {
+    for (int64_t i = 0; i < n; ++i) one(i);
+  } else {
+    if (!pool_) pool_ = std::make_unique<cpu::ThreadPool>(threads_);
+    pool_->parallel_for(n, one);
+  }
+  if (failed) std::rethrow_exception(failed);
+}
+
+}  // namespace rwkvpp

@@ -1,0 +1,55 @@
+// The last stage's host sampling of a step's rows (kernels/sampling.h), spread over threads.
+//
+// Why: a row that is not plain greedy (temperature > 0, or penalties) is sampled on the host
+// from its downloaded logits, one exp per vocabulary id: about 0.3-0.5 ms per row at a vocab of
+// 50-65k. On one thread that is ~0.4 ms per generated token whatever the batch, which held
+// `rwkvpp serve` (whose clients sample at temperature 1, OpenAI's default) near 2,400 tokens/s
+// on an H100 that decodes 63k tokens/s greedily (docs/perf.md, serving). The rows of a step are
+// independent (each has its own slot's penalty state), so they are sampled in parallel; each
+// row's result is exactly what sample_token gives it alone.
+//
+// Threads: RWKVPP_SAMPLE_THREADS (default: the host's cores, at most 16; 1: no pool). The pool
+// is made on the first step with enough work (rows x vocab >= kParallelMin), so stages that
+// never sample, and small vocabularies at small batches, start no threads. Not thread-safe:
+// one StepLoop calls it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/sampling.h"
+
+namespace rwkvpp {
+
+namespace cpu {
+class ThreadPool;
+}
+
+class HostSampler {
+ public:
+  struct Row {
+    const float* logits = nullptr;  // [vocab]
+    const SamplingParams* params = nullptr;
+    PenaltyState* penalty = nullptr;  // distinct for every row of a call
+    uint64_t position = 0;
+    int32_t token = -1;  // out
+    float logprob = 0;   // out
+  };
+  // Below this many logits in a step, rows are sampled on the calling thread (the pool's wake
+  // would cost more than it saves).
+  static constexpr int64_t kParallelMin = int64_t(1) << 16;
+
+  HostSampler();
+  ~HostSampler();
+  // Samples every row (sample_token with its logprob). When rows fail (every logit NaN or
+  // -inf), rethrows one of their errors once every row is done.
+  void sample(std::vector<Row>& rows, int64_t vocab);
+  int threads() const { return threads_; }
+
+ private:
+  int threads_ = 1;
+  std::unique_ptr<cpu::ThreadPool> pool_;
+};
+
+}  // namespace rwkvpp
