@@ -12,8 +12,12 @@
 
 namespace rwkvpp {
 
-HostSampler::HostSampler() {
-  threads_ = int(std::clamp(std::thread::hardware_concurrency(), 1u, 16u));
+HostSampler::HostSampler(int threads) {
+  threads_ = std::clamp(int(std::thread::hardware_concurrency()) - 2, 1, 16);
+  if (threads > 0) {
+    threads_ = threads;
+    return;
+  }
   if (const char* e = std::getenv("RWKVPP_SAMPLE_THREADS"); e && *e) {
     const long v = std::atol(e);
     if (v < 1 || v > 1024) fail("RWKVPP_SAMPLE_THREADS='{}': give a thread count from 1 to 1024", e);
@@ -37,7 +41,7 @@ void HostSampler::sample(std::vector<Row>& rows, int64_t vocab) {
     }
   };
   const int64_t n = int64_t(rows.size());
-  if (threads_ <= 1 || n < 2 || n * vocab < kParallelMin) {
+  if (threads_ <= 1 || n < 2 || vocab < kParallelMinVocab) {
     for (int64_t i = 0; i < n; ++i) one(i);
   } else {
     if (!pool_) pool_ = std::make_unique<cpu::ThreadPool>(threads_);

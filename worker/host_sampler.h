@@ -8,10 +8,12 @@
 // independent (each has its own slot's penalty state), so they are sampled in parallel; each
 // row's result is exactly what sample_token gives it alone.
 //
-// Threads: RWKVPP_SAMPLE_THREADS (default: the host's cores, at most 16; 1: no pool). The pool
-// is made on the first step with enough work (rows x vocab >= kParallelMin), so stages that
-// never sample, and small vocabularies at small batches, start no threads. Not thread-safe:
-// one StepLoop calls it.
+// Threads: RWKVPP_SAMPLE_THREADS (default: the host's cores but two, which rank 0's HTTP threads
+// and other ranks' hosts need, from 1 to 16; 1: no pool). The pool
+// is made on the first step of several rows of a vocab of at least kParallelMinVocab, so stages
+// that never sample, and small vocabularies, start no threads: a row of a 512-id vocab takes
+// ~3 us, and on a loaded 2-core machine a pool made 256 of them 6x slower (a worker preempted
+// while it holds a row delays the whole step). Not thread-safe: one StepLoop calls it.
 #pragma once
 
 #include <cstdint>
@@ -36,11 +38,11 @@ class HostSampler {
     int32_t token = -1;  // out
     float logprob = 0;   // out
   };
-  // Below this many logits in a step, rows are sampled on the calling thread (the pool's wake
-  // would cost more than it saves).
-  static constexpr int64_t kParallelMin = int64_t(1) << 16;
+  // Smaller vocabularies are sampled on the calling thread (a row costs less than a wake).
+  static constexpr int64_t kParallelMinVocab = 8192;
 
-  HostSampler();
+  // threads 0: RWKVPP_SAMPLE_THREADS or the default above.
+  explicit HostSampler(int threads = 0);
   ~HostSampler();
   // Samples every row (sample_token with its logprob). When rows fail (every logit NaN or
   // -inf), rethrows one of their errors once every row is done.

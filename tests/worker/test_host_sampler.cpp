@@ -25,8 +25,8 @@ std::vector<float> random_rows(size_t rows, size_t vocab, uint32_t seed) {
 
 TEST_CASE("host sampling over threads gives every row what sample_token gives it alone",
           "[sampling][worker]") {
-  // Enough logits for the pool (rows x vocab >= kParallelMin), and a small case on one thread.
-  for (auto [rows, vocab] : {std::pair<size_t, size_t>{64, 4099}, {3, 512}}) {
+  // A vocab large enough for the pool (kParallelMinVocab), and a small one on one thread.
+  for (auto [rows, vocab] : {std::pair<size_t, size_t>{24, 8193}, {3, 512}}) {
     const std::vector<float> logits = random_rows(rows, vocab, 7);
     std::vector<SamplingParams> params(rows);
     std::vector<PenaltyState> mine(rows), ref(rows);
@@ -41,7 +41,7 @@ TEST_CASE("host sampling over threads gives every row what sample_token gives it
       mine[r].counts[int32_t(r % vocab)] = 2.0f;  // earlier tokens, so penalties bite
       ref[r] = mine[r];
     }
-    HostSampler sampler;
+    HostSampler sampler(4);  // a pool on any machine
     for (uint64_t position = 0; position < 3; ++position) {  // penalty states carry over
       std::vector<HostSampler::Row> batch;
       for (size_t r = 0; r < rows; ++r)
@@ -60,19 +60,22 @@ TEST_CASE("host sampling over threads gives every row what sample_token gives it
 }
 
 TEST_CASE("a row that cannot be sampled fails the call once every row is done", "[worker]") {
-  const size_t rows = 32, vocab = 4096;
+  const size_t rows = 32, vocab = 8192;
   std::vector<float> logits = random_rows(rows, vocab, 3);
   for (size_t i = 0; i < vocab; ++i)
     logits[5 * vocab + i] = std::numeric_limits<float>::quiet_NaN();
   std::vector<SamplingParams> params(rows);
-  std::vector<PenaltyState> st(rows);
-  std::vector<HostSampler::Row> batch;
-  for (size_t r = 0; r < rows; ++r) {
-    params[r].temperature = 1.0f;
-    batch.push_back({logits.data() + r * vocab, &params[r], &st[r], 0});
+  for (int threads : {1, 3}) {
+    std::vector<PenaltyState> st(rows);
+    std::vector<HostSampler::Row> batch;
+    for (size_t r = 0; r < rows; ++r) {
+      params[r].temperature = 1.0f;
+      batch.push_back({logits.data() + r * vocab, &params[r], &st[r], 0});
+    }
+    HostSampler sampler(threads);
+    CHECK_THROWS_AS(sampler.sample(batch, int64_t(vocab)), Error);
+    CHECK(batch[5].token == -1);
+    CHECK(batch[4].token >= 0);
+    CHECK(batch[31].token >= 0);
   }
-  HostSampler sampler;
-  CHECK_THROWS_AS(sampler.sample(batch, int64_t(vocab)), Error);
-  CHECK(batch[4].token >= 0);
-  CHECK(batch[6].token >= 0);
 }
