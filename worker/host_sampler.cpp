@@ -41,8 +41,23 @@ void HostSampler::sample(std::vector<Row>& rows, int64_t vocab) {
     }
   };
   const int64_t n = int64_t(rows.size());
-  if (threads_ <= 1 || n < 2 || vocab < kParallelMinVocab) {
+  if (threads_ <= 1 || n < 1 || vocab < kParallelMinVocab) {
     for (int64_t i = 0; i < n; ++i) one(i);
+  } else if (n * kRowsPerThreadMin < threads_) {
+    // Few rows (c=1 of a server): one row at a time, its exps spread over the pool.
+    if (!pool_) pool_ = std::make_unique<cpu::ThreadPool>(threads_);
+    const ParallelRanges split = [this](int64_t len, const std::function<void(int64_t, int64_t)>& part) {
+      const int64_t pieces = std::min<int64_t>(2 * threads_, (len + 1023) / 1024);
+      const int64_t each = (len + pieces - 1) / pieces;
+      pool_->parallel_for(pieces, [&](int64_t k) { part(k * each, std::min(len, (k + 1) * each)); });
+    };
+    for (Row& r : rows) {
+      try {
+        r.token = sample_token(r.logits, vocab, *r.params, *r.penalty, r.position, &r.logprob, &split);
+      } catch (...) {
+        if (!failed) failed = std::current_exception();
+      }
+    }
   } else {
     if (!pool_) pool_ = std::make_unique<cpu::ThreadPool>(threads_);
     pool_->parallel_for(n, one);

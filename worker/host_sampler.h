@@ -5,8 +5,9 @@
 // 50-65k. On one thread that is ~0.4 ms per generated token whatever the batch, which held
 // `rwkvpp serve` (whose clients sample at temperature 1, OpenAI's default) near 2,400 tokens/s
 // on an H100 that decodes 63k tokens/s greedily (docs/perf.md, serving). The rows of a step are
-// independent (each has its own slot's penalty state), so they are sampled in parallel; each
-// row's result is exactly what sample_token gives it alone.
+// independent (each has its own slot's penalty state), so they are sampled in parallel; a step
+// of few rows (a server at low concurrency) splits each row's passes over the vocabulary
+// instead. Each row's result is exactly what sample_token gives it alone.
 //
 // Threads: RWKVPP_SAMPLE_THREADS (default: the host's cores but two, which rank 0's HTTP threads
 // and other ranks' hosts need, from 1 to 16; 1: no pool). The pool
@@ -40,6 +41,11 @@ class HostSampler {
   };
   // Smaller vocabularies are sampled on the calling thread (a row costs less than a wake).
   static constexpr int64_t kParallelMinVocab = 8192;
+  // Steps of fewer rows than threads / this are sampled a row at a time, each row's passes
+  // over the vocabulary spread over the pool (sample_token's ParallelRanges); more rows, a row
+  // per thread. A row's sum and draw stay serial (~20 % of it), so splitting a row pays
+  // while the rows alone would leave most threads idle.
+  static constexpr int64_t kRowsPerThreadMin = 3;
 
   // threads 0: RWKVPP_SAMPLE_THREADS or the default above.
   explicit HostSampler(int threads = 0);

@@ -25,8 +25,9 @@ std::vector<float> random_rows(size_t rows, size_t vocab, uint32_t seed) {
 
 TEST_CASE("host sampling over threads gives every row what sample_token gives it alone",
           "[sampling][worker]") {
-  // A vocab large enough for the pool (kParallelMinVocab), and a small one on one thread.
-  for (auto [rows, vocab] : {std::pair<size_t, size_t>{24, 8193}, {3, 512}}) {
+  // A vocab large enough for the pool (kParallelMinVocab) with a row per thread, one row split
+  // over the pool (fewer rows than threads / kRowsPerThreadMin), and a small vocab on one thread.
+  for (auto [rows, vocab] : {std::pair<size_t, size_t>{24, 8193}, {1, 65536}, {3, 512}}) {
     const std::vector<float> logits = random_rows(rows, vocab, 7);
     std::vector<SamplingParams> params(rows);
     std::vector<PenaltyState> mine(rows), ref(rows);
