@@ -383,7 +383,6 @@ bool StepLoop::poll() {
 }
 
 void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark) {
-  const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
   traced_step_ = kUntraced;
@@ -572,7 +571,6 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       rows.push_back(g.start + g.len - 1);
     }
   }
-  const int64_t V = cfg.vocab_size;
   if (!rows.empty() && device_greedy(s, sampling_)) {
     // Ids and logprobs land in a message buffer by DMA; the Result is made and sent by
     // flush_ready() once the device has got there, while this rank takes the next step. (The
@@ -598,6 +596,14 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   drop_marks();
+  send(a_.coord_rank, kTagResult, encode_result(host_result(s, h, rows)), s.step);
+}
+
+// The last stage's Result when some row wants logits or is not plain greedy: the rows' logits
+// come to the host, and the sampled rows are sampled there together (host_sampler.h).
+ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::vector<int32_t>& rows) {
+  const int64_t V = stage_.config().vocab_size;
+  Backend& be = stage_.backend();
   // Page-locked (Backend::alloc_host), so that the download runs at DMA speed: at a batch of
   // 256 and a vocab of 50-65k it is 50-64 MiB a step.
   const size_t logit_bytes = rows.size() * size_t(V) * 4;
@@ -630,7 +636,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     res.segs[drawn[k]].token = draws[k].token;
     res.segs[drawn[k]].logprob = draws[k].logprob;
   }
-  send(a_.coord_rank, kTagResult, encode_result(res), res.step);
+  return res;
 }
 
 void StepLoop::drain() {

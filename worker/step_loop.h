@@ -63,6 +63,7 @@ class StepLoop {
   };
   static constexpr uint64_t kUntraced = ~uint64_t(0);
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
+  ResultMsg host_result(const StepMsg& s, const Hidden& h, const std::vector<int32_t>& rows);
   // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
   // returns true when one was handled. The predecessor's Accept arrives as a Step-tag message.
   bool poll_share();
