@@ -22,6 +22,7 @@ struct BenchArgs {
   ClusterOptions cluster;
   std::string batches = "1,32,256", prompts = "1024,4096", contexts, out, version;
   int gen = 128;
+  float temperature = 0;  // decode sampling: 0 greedy (on the device where it can), else on the host
 };
 
 // "1,32,256" (commas or spaces) -> sizes, each a whole number from 1 to `max`.
@@ -46,7 +47,8 @@ std::vector<int32_t> random_tokens(int n, int64_t vocab, uint64_t seed) {
 }
 
 // Timed decode: `batch` sequences per step, each from a 1-token prompt (or `context` tokens
-// first), generating `gen` tokens greedily. Batch 1 is one sequence: its ms per step is the
+// first), generating `gen` tokens greedily (or at `temperature`, sampled on the host from the
+// downloaded logits, as served requests at OpenAI's default of 1 are). Batch 1 is one sequence: its ms per step is the
 // latency of a token through every stage. A larger batch fills the pipeline: with M
 // micro-batches in flight (--microbatches; by default two per stage, one for a single stage)
 // it holds M x batch sequences, so that every stage is busy, which is the pipeline's
@@ -56,7 +58,7 @@ struct DecodeTiming {
   double s_per_step;
   int sequences;
 };
-DecodeTiming time_decode(Engine& e, int batch, int gen, int context) {
+DecodeTiming time_decode(Engine& e, int batch, int gen, int context, float temperature = 0) {
   const int64_t V = e.config().vocab_size;
   const int seqs = batch == 1 ? 1 : batch * std::max(1, e.limits().microbatches);
   e.set_max_batch(batch);
@@ -81,6 +83,8 @@ DecodeTiming time_decode(Engine& e, int batch, int gen, int context) {
     r.prompt = random_tokens(1, V, 1000 + uint64_t(b));
     r.max_tokens = gen;
     r.prefix = prefixes.empty() ? -1 : prefixes[size_t(b)];
+    r.sampling.temperature = temperature;
+    r.sampling.seed = uint64_t(b);
     e.submit(std::move(r));
   }
   double before = e.run_seconds();
@@ -131,6 +135,11 @@ void add_bench_command(CLI::App& app, Action& run) {
   c->add_option("--batch", a->batches, "decode batch sizes")->capture_default_str();
   c->add_option("--prompt", a->prompts, "prefill prompt lengths")->capture_default_str();
   c->add_option("--gen", a->gen, "tokens generated per decode measurement")->capture_default_str();
+  c->add_option("--temperature", a->temperature,
+                "decode sampling temperature (0: greedy, reduced to ids on the device where it can; "
+                "> 0: every row's logits come to the host and are sampled there, as for served "
+                "requests at OpenAI's default of 1)")
+      ->capture_default_str();
   c->add_option("--context", a->contexts, "also decode at batch 1 after contexts of these lengths (e.g. 1024,65536)");
   c->add_option("--out,-o", a->out, "also write the JSON to this file");
   add_cluster_tuning_options(c, a->cluster);
@@ -143,6 +152,8 @@ void add_bench_command(CLI::App& app, Action& run) {
       auto contexts =
           a->contexts.empty() ? std::vector<int>{} : parse_list(a->contexts, "--context", 1 << 24);
       if (a->gen < 1) fail("--gen: {} tokens; at least 1 is needed to time a decode step", a->gen);
+      if (!(a->temperature >= 0 && a->temperature <= 100))
+        fail("--temperature: {} is out of range (0 to 100)", a->temperature);
       ClusterOptions opt = a->cluster;
       opt.measure_floors = true;
       int max_b = *std::max_element(batches.begin(), batches.end());
@@ -170,7 +181,7 @@ void add_bench_command(CLI::App& app, Action& run) {
         cfg = e.config();
         time_decode(e, 1, 4, 0);  // warm-up: first-touch allocations, workspaces, graphs
         for (int b : batches) {
-          DecodeTiming d = time_decode(e, b, a->gen, 0);
+          DecodeTiming d = time_decode(e, b, a->gen, 0, a->temperature);
           out["decode"].push_back({{"batch", b},
                                    {"sequences", d.sequences},
                                    {"ms_per_step", d.s_per_step * 1e3},
@@ -247,6 +258,7 @@ void add_bench_command(CLI::App& app, Action& run) {
       out["head_size"] = cfg.head_size;
       out["ffn_dim"] = cfg.ffn_dim;
       out["vocab_size"] = cfg.vocab_size;
+      out["decode_temperature"] = a->temperature;
       out["dtype"] = dtype_name(opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype));
       out["floors"] = {{"copy_GBps", copy_min},
                        {"read_GBps", read_min},

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "common/error.h"
@@ -148,8 +149,17 @@ struct Prepared {
   double total = 0;          // sum of the unnormalised tempered probabilities
 };
 
+// Runs part over [0, n): through `par` when given, else on this thread.
+void for_ranges(const ParallelRanges* par, int64_t n,
+                const std::function<void(int64_t, int64_t)>& part) {
+  if (par)
+    (*par)(n, part);
+  else
+    part(0, n);
+}
+
 Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
-                 const PenaltyState& st) {
+                 const PenaltyState& st, const ParallelRanges* par) {
   RWKVPP_CHECK(vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(), "bad vocab size");
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   thread_local std::vector<float> z, q;
@@ -159,7 +169,10 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
 
   // 1. Logits after penalties; NaN counts as -inf.
   z.resize(n);
-  for (size_t i = 0; i < n; ++i) z[i] = std::isnan(logits[i]) ? kNegInf : logits[i];
+  float* zp = z.data();
+  for_ranges(par, vocab, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) zp[i] = std::isnan(logits[i]) ? kNegInf : logits[i];
+  });
   const bool rep = p.repetition_penalty != 1.0f;
   const bool pf = p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
   if (rep || pf) {
@@ -171,15 +184,27 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
       if (pf) v -= p.presence_penalty + c * p.frequency_penalty;
     }
   }
-  // Argmax, lowest id among equals; also the max for a stable softmax.
+  // Argmax, lowest id among equals; also the max for a stable softmax. Pieces merge by the same
+  // rule, so any split gives the same id.
   size_t best = 0;
   float top = z[0];
-  for (size_t i = 1; i < n; ++i) {
-    if (z[i] > top) {
-      top = z[i];
-      best = i;
+  std::mutex merge;
+  for_ranges(par, vocab, [&](int64_t b, int64_t e) {
+    if (b >= e) return;
+    size_t pb = size_t(b);
+    float pt = zp[b];
+    for (int64_t i = b + 1; i < e; ++i) {
+      if (zp[i] > pt) {
+        pt = zp[i];
+        pb = size_t(i);
+      }
     }
-  }
+    std::lock_guard<std::mutex> lock(merge);
+    if (pt > top || (pt == top && pb < best)) {
+      top = pt;
+      best = pb;
+    }
+  });
   r.best = best;
   r.m = top;
   if (!(r.m > kNegInf)) fail("sampling: every logit is NaN or -inf");
@@ -190,10 +215,13 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
   r.inv_t = 1.0f / p.temperature;
   const float m = r.m, inv_t = r.inv_t;
   q.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    const float d = z[i] - m;  // d == 0 kept apart: 0 * inf is NaN for a tiny temperature
-    q[i] = d == 0 ? 1.0f : std::exp(d * inv_t);
-  }
+  float* qp = q.data();
+  for_ranges(par, vocab, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float d = zp[i] - m;  // d == 0 kept apart: 0 * inf is NaN for a tiny temperature
+      qp[i] = d == 0 ? 1.0f : std::exp(d * inv_t);
+    }
+  });
   double sum[4] = {0, 0, 0, 0};  // four chains: faster, and still one fixed order
   size_t i4 = n & ~size_t(3);
   for (size_t i = 0; i < i4; i += 4) {
@@ -256,8 +284,9 @@ Prepared prepare(const float* logits, int64_t vocab, const SamplingParams& p,
 }  // namespace
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
-                     PenaltyState& st, uint64_t position, float* logprob) {
-  Prepared r = prepare(logits, vocab, p, st);
+                     PenaltyState& st, uint64_t position, float* logprob,
+                     const ParallelRanges* par) {
+  Prepared r = prepare(logits, vocab, p, st, par);
   if (p.temperature == 0.0f) {  // greedy; the logprob at temperature 1
     if (logprob) *logprob = float(double(r.m) - log_sum_exp(r.z.data(), vocab, r.m));
     update_penalties(st, p, int32_t(r.best));
@@ -297,7 +326,7 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p
 
 std::vector<int32_t> sampling_candidates(const float* logits, int64_t vocab,
                                          const SamplingParams& p, const PenaltyState& st) {
-  Prepared r = prepare(logits, vocab, p, st);
+  Prepared r = prepare(logits, vocab, p, st, nullptr);
   std::vector<int32_t> ids;
   if (p.temperature == 0.0f) {
     ids.push_back(int32_t(r.best));

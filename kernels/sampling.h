@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -43,8 +44,17 @@ struct PenaltyState {
 // the log-softmax of the chosen id after penalties and temperature, over the whole vocabulary
 // (before top_k/top_p/min_p; at temperature 1 for greedy). Throws Error when every logit is NaN
 // or -inf. Ids in `st` must be < vocab.
+//
+// `par` (may be null): runs part(begin, end) over pieces that cover [0, n), possibly on several
+// threads, and returns when all are done. sample_token then spreads its passes over the
+// vocabulary that are elementwise or an argmax (NaN -> -inf, the max, the exps) over it; the
+// sum and the draw stay in one order, so the result is the same bit for bit with or without it
+// (the last stage uses it for steps of few rows: worker/host_sampler.h).
+using ParallelRanges =
+    std::function<void(int64_t n, const std::function<void(int64_t begin, int64_t end)>& part)>;
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
-                     PenaltyState& st, uint64_t position, float* logprob = nullptr);
+                     PenaltyState& st, uint64_t position, float* logprob = nullptr,
+                     const ParallelRanges* par = nullptr);
 
 // The ids sample_token could return for these logits, parameters and state (those that survive
 // the filters with a non-zero probability), in increasing order; {argmax} for greedy. For tests

@@ -14,7 +14,9 @@
 # PREFIX (system prompt tokens of the shared-prefix case, 2000; 0: skip it), CACHE_MB (its
 # --state-cache-mb, 1024),
 # RWKVPP (the binary, default build/coordinator/rwkvpp), EXTRA (more serve/bench flags),
-# SERVE_EXTRA (serve's only, e.g. "--tokenizer bytes" for a `rwkvpp synth` model).
+# SERVE_EXTRA (serve's only, e.g. "--tokenizer bytes" for a `rwkvpp synth` model),
+# TEMPERATURE (1: the requests' and the offline decode's; 0 compares greedy with greedy, which
+# the last stage reduces to ids on the device, while > 0 samples every row on the host).
 # The server listens on 127.0.0.1 only; it is stopped (SIGTERM) before the offline bench runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,7 @@ launch=${LAUNCH:-}
 levels=${LEVELS:-1,4,16,64,256}
 prompt=${PROMPT:-64}
 gen=${GEN:-64}
+temperature=${TEMPERATURE:-1}
 threads=${THREADS:-0}
 out=${OUT:-bench-serve.json}
 extra=${EXTRA:-}
@@ -72,12 +75,13 @@ stop_server() {
 }
 
 start_server --max-tokens-limit "$gen" --state-cache-mb 0
-node scripts/bench_serve.mjs --url "$url" --model "$name" --levels "$levels" --prompt "$prompt" --gen "$gen" \
-  > "$work/served.json"
+node scripts/bench_serve.mjs --url "$url" --model "$name" --levels "$levels" --prompt "$prompt" --gen "$gen" --pid "$rank0" \
+  --temperature "$temperature" > "$work/served.json"
 stop_server
 
 # shellcheck disable=SC2086
-$launch "$bin" bench -m "$model" --batch "$levels" --prompt "$prompt" --gen "$gen" --threads "$threads" $extra \
+$launch "$bin" bench -m "$model" --batch "$levels" --prompt "$prompt" --gen "$gen" --threads "$threads" \
+  --temperature "$temperature" $extra \
   -o "$work/offline.json" >/dev/null
 
 echo '{}' >"$work/prefix.json"

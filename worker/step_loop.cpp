@@ -370,7 +370,6 @@ bool StepLoop::poll() {
 }
 
 void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark) {
-  const ModelConfig& cfg = stage_.config();
   std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
   traced_step_ = kUntraced;
@@ -559,7 +558,6 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
       rows.push_back(g.start + g.len - 1);
     }
   }
-  const int64_t V = cfg.vocab_size;
   if (!rows.empty() && device_greedy(s, sampling_)) {
     // Ids and logprobs land in a message buffer by DMA; the Result is made and sent by
     // flush_ready() once the device has got there, while this rank takes the next step. (The
@@ -585,26 +583,47 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   drop_marks();
-  logits_.resize(rows.size() * size_t(V));
-  if (!rows.empty()) stage_.logits(h, rows.data(), int64_t(rows.size()), logits_.data());
+  send(a_.coord_rank, kTagResult, encode_result(host_result(s, h, rows)), s.step);
+}
+
+// The last stage's Result when some row wants logits or is not plain greedy: the rows' logits
+// come to the host, and the sampled rows are sampled there together (host_sampler.h).
+ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::vector<int32_t>& rows) {
+  const int64_t V = stage_.config().vocab_size;
+  Backend& be = stage_.backend();
+  // Page-locked (Backend::alloc_host), so that the download runs at DMA speed: at a batch of
+  // 256 and a vocab of 50-65k it is 50-64 MiB a step.
+  const size_t logit_bytes = rows.size() * size_t(V) * 4;
+  if (logits_.size() < logit_bytes) logits_ = HostBuffer(&be, logit_bytes);
+  const float* logits = reinterpret_cast<const float*>(logits_.data());
+  if (!rows.empty()) stage_.logits(h, rows.data(), int64_t(rows.size()), reinterpret_cast<float*>(logits_.data()));
   ResultMsg res;
   res.step = s.step;
+  res.segs.resize(s.segs.size());
+  std::vector<HostSampler::Row> draws;  // the sampled segments' rows, sampled together
+  std::vector<size_t> drawn;            // their segments
   size_t at = 0;
   for (size_t i = 0; i < s.segs.size(); ++i) {
     const Segment& g = s.segs[i];
-    SegmentResult r;
+    SegmentResult& r = res.segs[i];
     size_t nrows = (s.want[i] & kWantLogitsAll) ? size_t(g.len) : (s.want[i] & (kWantSample | kWantLogitsLast)) ? 1 : 0;
-    const float* last = nrows ? logits_.data() + (at + nrows - 1) * size_t(V) : nullptr;
+    const float* last = nrows ? logits + (at + nrows - 1) * size_t(V) : nullptr;
     if (s.want[i] & (kWantLogitsAll | kWantLogitsLast)) {
       size_t first = (s.want[i] & kWantLogitsAll) ? at : at + nrows - 1;
-      r.logits.assign(logits_.begin() + int64_t(first * size_t(V)), logits_.begin() + int64_t((at + nrows) * size_t(V)));
+      r.logits.assign(logits + first * size_t(V), logits + (at + nrows) * size_t(V));
     }
-    if (s.want[i] & kWantSample)
-      r.token = sample_token(last, V, sampling_[size_t(g.slot)], penalty_[size_t(g.slot)], s.position[i], &r.logprob);
+    if (s.want[i] & kWantSample) {
+      draws.push_back({last, &sampling_[size_t(g.slot)], &penalty_[size_t(g.slot)], s.position[i]});
+      drawn.push_back(i);
+    }
     at += nrows;
-    res.segs.push_back(std::move(r));
   }
-  send(a_.coord_rank, kTagResult, encode_result(res), res.step);
+  sampler_.sample(draws, V);
+  for (size_t k = 0; k < draws.size(); ++k) {
+    res.segs[drawn[k]].token = draws[k].token;
+    res.segs[drawn[k]].logprob = draws[k].logprob;
+  }
+  return res;
 }
 
 void StepLoop::drain() {

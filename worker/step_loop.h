@@ -15,6 +15,7 @@
 #include "kernels/sampling.h"
 #include "net/transport.h"
 #include "protocol/protocol.h"
+#include "worker/host_sampler.h"
 #include "worker/shared_ring.h"
 #include "worker/stage.h"
 
@@ -56,6 +57,7 @@ class StepLoop {
   };
   static constexpr uint64_t kUntraced = ~uint64_t(0);
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
+  ResultMsg host_result(const StepMsg& s, const Hidden& h, const std::vector<int32_t>& rows);
   // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
   // returns true when one was handled. The predecessor's Accept arrives as a Step-tag message.
   bool poll_share();
@@ -142,7 +144,8 @@ class StepLoop {
   std::vector<int> free_bufs_;
   std::vector<SamplingParams> sampling_;
   std::vector<PenaltyState> penalty_;
-  std::vector<float> logits_;
+  HostBuffer logits_;    // the last stage's logits rows, [rows, vocab] fp32, grown as needed
+  HostSampler sampler_;  // the rows that are not plain greedy (host_sampler.h)
   std::chrono::steady_clock::time_point last_heartbeat_, idle_since_, busy_until_;
   std::chrono::steady_clock::time_point step_started_;
   uint64_t hb_seq_ = 0;

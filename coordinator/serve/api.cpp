@@ -97,12 +97,13 @@ void GenerationSink::on_end(JobEnd e) {
   if (wake) wake_();
 }
 
-GenerationSink::Batch GenerationSink::take() {
+void GenerationSink::take(Batch& into) {
+  into.events.clear();
+  into.end.reset();
   std::lock_guard<std::mutex> lock(mu_);
   woken_ = false;
-  Batch b = std::move(pending_);
-  pending_ = {};
-  return b;
+  into.events.swap(pending_.events);
+  into.end.swap(pending_.end);
 }
 
 ServeApi::ServeApi(ServeConfig c, const Tokenizer& tok, int64_t vocab, ServeQueue& q,

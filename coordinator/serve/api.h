@@ -77,8 +77,10 @@ class GenerationSink : public JobSink {
     std::vector<ChoiceEvent> events;
     std::optional<JobEnd> end;
   };
-  // HTTP side: what arrived since the last take (the next arrival wakes the session again).
-  Batch take();
+  // HTTP side: what arrived since the last take, into `into` (emptied first; the two event
+  // vectors trade places, so neither side allocates per token). The next arrival wakes the
+  // session again.
+  void take(Batch& into);
 
  private:
   std::mutex mu_;

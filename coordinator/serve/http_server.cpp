@@ -14,6 +14,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <mutex>
 #include <optional>
 
 namespace rwkvpp {
@@ -22,6 +23,15 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
+
+// A session that output has arrived for (its generation's sink woke it).
+class Wakeable {
+ public:
+  virtual void wake_now() = 0;  // schedules the session's work on its strand
+
+ protected:
+  ~Wakeable() = default;
+};
 
 struct HttpServer::Impl {
   Impl(const HttpOptions& o, ServeApi& a, ServeMetrics& m)
@@ -32,6 +42,12 @@ struct HttpServer::Impl {
         retry(acceptor.get_executor()),
         work(ioc.get_executor()) {}
   void accept();
+  // From the engine thread: queues a session's wake. A step brings output for every running
+  // stream at once; the first wake of a batch posts one drain to the io_context, which wakes
+  // them all from an HTTP thread, instead of the engine thread posting to every session's
+  // strand (a locked queue and often a thread wake-up each, on the step's critical path).
+  void wake(std::weak_ptr<Wakeable> w);
+  void drain_wakes();
 
   HttpOptions opt;
   ServeApi& api;
@@ -42,7 +58,33 @@ struct HttpServer::Impl {
   net::executor_work_guard<net::io_context::executor_type> work;
   std::atomic<bool> closing{false};  // no keep-alive: the server is shutting down
   std::atomic<int> generations{0};   // generations being written
+  std::mutex wake_mu;
+  std::vector<std::weak_ptr<Wakeable>> to_wake;  // since the last drain (under wake_mu)
 };
+
+void HttpServer::Impl::wake(std::weak_ptr<Wakeable> w) {
+  bool first;
+  {
+    std::lock_guard<std::mutex> lock(wake_mu);
+    first = to_wake.empty();
+    to_wake.push_back(std::move(w));
+  }
+  if (first) net::post(ioc, [this] { drain_wakes(); });
+}
+
+void HttpServer::Impl::drain_wakes() {
+  std::vector<std::weak_ptr<Wakeable>> batch;
+  {
+    std::lock_guard<std::mutex> lock(wake_mu);
+    batch.swap(to_wake);
+  }
+  for (auto& w : batch)
+    if (auto s = w.lock()) s->wake_now();
+  batch.clear();
+  std::lock_guard<std::mutex> lock(wake_mu);
+  // Hands the capacity back when nothing came meanwhile (an empty queue has no drain posted).
+  if (to_wake.empty() && to_wake.capacity() < batch.capacity()) to_wake.swap(batch);
+}
 
 namespace {
 
@@ -58,7 +100,7 @@ bool connection_error(const beast::error_code& ec) {
          ec == http::error::partial_message;
 }
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session : public std::enable_shared_from_this<Session>, public Wakeable {
  public:
   Session(tcp::socket&& s, HttpServer::Impl& srv) : stream_(std::move(s)), srv_(srv) {}
   ~Session() {
@@ -68,6 +110,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void run() {
     net::dispatch(stream_.get_executor(),
                   beast::bind_front_handler(&Session::read, shared_from_this()));
+  }
+  void wake_now() override {
+    net::post(stream_.get_executor(), [weak = weak_from_this()] {
+      if (auto s = weak.lock()) s->on_wake();
+    });
   }
 
  private:
@@ -107,12 +154,8 @@ class Session : public std::enable_shared_from_this<Session> {
     keep_alive_ = req.keep_alive() && !srv_.closing.load();
     HttpRequestView v{sv(req.method_string()), sv(req.target()),
                       sv(req[http::field::authorization]), req.body()};
-    std::weak_ptr<Session> weak = shared_from_this();
-    auto exec = stream_.get_executor();
-    auto wake = [weak, exec] {
-      net::post(exec, [weak] {
-        if (auto s = weak.lock()) s->on_wake();
-      });
+    auto wake = [srv = &srv_, weak = std::weak_ptr<Wakeable>(shared_from_this())] {
+      srv->wake(weak);
     };
     auto result = srv_.api.handle(v, std::move(wake));
     if (auto* r = std::get_if<HttpReply>(&result))
@@ -199,7 +242,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // New output from the engine thread (on this connection's strand).
   void on_wake() {
     if (dead_ || !sink_) return;
-    GenerationSink::Batch b = sink_->take();
+    GenerationSink::Batch& b = taken_;
+    sink_->take(b);
     for (const ChoiceEvent& e : b.events) pending_ += renderer_->event(e);
     if (b.end) {
       ended_ = true;
@@ -219,7 +263,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void pump() {
     if (writing_ || dead_ || !stream_mode_) return;
     if (!pending_.empty()) {
-      out_ = std::move(pending_);
+      out_.swap(pending_);  // both keep their capacity
       pending_.clear();
       writing_ = true;
       stream_.expires_after(ms(srv_.opt.idle_timeout_s));  // a client that stops reading is dropped
@@ -314,6 +358,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = false, dead_ = false;
   // The generation being served.
   std::shared_ptr<GenerationSink> sink_;
+  GenerationSink::Batch taken_;  // the sink's last output (kept: its capacity is reused)
   std::optional<ResponseRenderer> renderer_;
   uint64_t job_id_ = 0;
   bool has_job_ = false, ended_ = false, gen_active_ = false, stream_mode_ = false;

@@ -45,7 +45,34 @@ std::string sse_event(std::string_view json) {
 }
 
 ResponseRenderer::ResponseRenderer(ResponseMeta m)
-    : m_(std::move(m)), choices_(size_t(std::max(1, m_.choices))), offsets_(choices_.size(), 0) {}
+    : m_(std::move(m)), choices_(size_t(std::max(1, m_.choices))), offsets_(choices_.size(), 0) {
+  if (!m_.stream) return;
+  // What chunk() dumps, cut around the index and the text: the head object without its closing
+  // brace, then the choices array up to the index; after the text, the rest of the object.
+  const bool chat = m_.endpoint == Endpoint::ChatCompletions;
+  text_head_ = "data: " + dump(head_json(chat ? "chat.completion.chunk" : "text_completion"));
+  text_head_.pop_back();
+  text_head_ += R"(,"choices":[{"index":)";
+  text_tail_ = chat ? "}" : "";
+  text_tail_ += R"(,"logprobs":null,"finish_reason":null}])";
+  if (m_.include_usage) text_tail_ += R"(,"usage":null)";
+  text_tail_ += "}\n\n";
+}
+
+std::string ResponseRenderer::text_chunk(int index, std::string_view text, bool role) const {
+  const bool chat = m_.endpoint == Endpoint::ChatCompletions;
+  const std::string value = dump(Json(std::string(text)));  // escaped as chunk() escapes it
+  std::string out;
+  out.reserve(text_head_.size() + text_tail_.size() + value.size() + 48);
+  out += text_head_;
+  out += std::to_string(index);
+  out += !chat ? R"(,"text":)"
+        : role ? R"(,"delta":{"role":"assistant","content":)"
+               : R"(,"delta":{"content":)";
+  out += value;
+  out += text_tail_;
+  return out;
+}
 
 ResponseRenderer::Json ResponseRenderer::head_json(const char* object) const {
   Json j;
@@ -122,7 +149,8 @@ std::string ResponseRenderer::event(const ChoiceEvent& e) {
   const bool role = chat && !ch.started;
   ch.started = true;
   if (!e.text.empty() || !e.logprobs.empty() || role)
-    out += chunk(e.index, e.text, e.logprobs, nullptr, role);
+    out += m_.logprobs ? chunk(e.index, e.text, e.logprobs, nullptr, role)
+                       : text_chunk(e.index, e.text, role);
   if (e.finish) out += chunk(e.index, "", {}, e.finish, false);
   return out;
 }

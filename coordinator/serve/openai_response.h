@@ -92,12 +92,18 @@ class ResponseRenderer {
   // One streamed chunk of choice `index` (chat: role says whether delta carries the role).
   std::string chunk(int index, std::string_view text, const std::vector<TokenLogprob>& lps,
                     const char* finish, bool role);
+  // The same bytes for the common chunk, a text delta without log probabilities or finish
+  // reason, pasted from pieces made once (a JSON object per token cost the HTTP threads
+  // several microseconds per token): text_head_ + index + text key + the text as a JSON
+  // string + text_tail_.
+  std::string text_chunk(int index, std::string_view text, bool role) const;
   // The "logprobs" of a choice (null when not asked); `offset`: completions' text_offset start.
   Json logprobs_json(const std::vector<TokenLogprob>& lps, size_t offset) const;
   Json head_json(const char* object) const;  // id, object, created, model, system_fingerprint
   ResponseMeta m_;
   std::vector<Choice> choices_;
   std::vector<size_t> offsets_;  // completions: bytes of tokens so far per choice (text_offset)
+  std::string text_head_, text_tail_;  // text_chunk's fixed parts (streaming only)
 };
 
 }  // namespace rwkvpp

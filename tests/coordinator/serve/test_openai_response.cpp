@@ -192,3 +192,51 @@ TEST_CASE("text that is not valid UTF-8 goes out with U+FFFD", "[serve]") {
         "a\xef\xbf\xbd"
         "b");
 }
+
+TEST_CASE("streamed text chunks are the bytes of the whole JSON object, for any text", "[serve]") {
+  // The renderer pastes text chunks from fixed pieces; they must equal the object dumped whole
+  // (the order of its fields included), for both endpoints, with and without usage, for text
+  // that needs escaping and for bytes that are not UTF-8.
+  using ojson = nlohmann::ordered_json;
+  const std::vector<std::string> texts = {"plain",        "",
+                                          "\"q\" \\ /",   "tab\tnl\ncr\r\x01\x1f\x7f",
+                                          "caf\xc3\xa9",  std::string("a\xff\xfe") + "b\xe2\x82",
+                                          "\xf0\x9f\x98\x80 emoji"};
+  for (Endpoint ep : {Endpoint::Completions, Endpoint::ChatCompletions})
+    for (bool usage : {false, true}) {
+      ResponseMeta m = meta(ep, true, 2);
+      m.include_usage = usage;
+      m.id = "id \"with\" quotes";
+      ResponseRenderer r(m);
+      const bool chat = ep == Endpoint::ChatCompletions;
+      for (int index : {0, 1})
+        for (size_t t = 0; t < texts.size(); ++t) {
+          const bool role = chat && t == 0;  // a choice's first chat chunk carries the role
+          ojson c;
+          c["index"] = index;
+          if (chat) {
+            ojson delta = ojson::object();
+            if (role) delta["role"] = "assistant";
+            delta["content"] = texts[t];
+            c["delta"] = delta;
+          } else {
+            c["text"] = texts[t];
+          }
+          c["logprobs"] = nullptr;
+          c["finish_reason"] = nullptr;
+          ojson j;
+          j["id"] = m.id;
+          j["object"] = chat ? "chat.completion.chunk" : "text_completion";
+          j["created"] = m.created;
+          j["model"] = m.model;
+          j["system_fingerprint"] = m.fingerprint;
+          j["choices"] = ojson::array({c});
+          if (usage) j["usage"] = nullptr;
+          const std::string want =
+              "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n";
+          // An empty text goes out only as the role chunk (chat), never on its own.
+          if (texts[t].empty() && !role) continue;
+          CHECK(r.event({index, texts[t], {}, nullptr}) == want);
+        }
+    }
+}
