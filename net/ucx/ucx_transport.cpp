@@ -245,6 +245,10 @@ class UcxTransport final : public Transport {
 
   void set_spin(std::chrono::microseconds us) override { spin_ = us; }
 
+  bool peer_failed(int peer) const override {
+    return peer >= 0 && peer < size_ && peer != rank_ && peers_[size_t(peer)].failure != UCS_OK;
+  }
+
   void wait_some(std::chrono::milliseconds timeout) override {
     Clock::time_point start = Clock::now();
     liveness_.advance(start, false);
