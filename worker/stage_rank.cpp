@@ -55,7 +55,7 @@ StageRank::StageRank(Transport& t, int coord, const ModelSource& source, const S
 StageRank::~StageRank() = default;
 
 bool StageRank::load() {
-  auto b = recv_ctrl(t_, coord_, kCtrlCap, 600, "the stage assignment");
+  auto b = recv_ctrl(t_, coord_, kCtrlCap, o_.assign_timeout_s, "the stage assignment");
   Message m = decode_message(b, kCtrlCap);
   if (m.header.msg_type() == MsgType::Shutdown) return false;  // the coordinator gave up
   a_ = decode_assign(m, "Assign from rank 0");
@@ -98,8 +98,62 @@ bool StageRank::load() {
     ready.gemm_TFLOPs = be_->measure_gemm_TFLOPs(DType::F16);
   }
   send_blocking(t_, coord_, kTagCtrl, encode_ready(ready));
-  loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  // A standby taking a lost stage's layers starts its loop with the Recover that follows.
+  if (a_.epoch == 0) loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
   return true;
+}
+
+void StageRank::recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots) {
+  RWKVPP_CHECK(stage_ != nullptr, "StageRank::recover() before a successful load()");
+  const AssignMsg& n = m.assign;
+  if (n.first != a_.first || n.last != a_.last || n.embed != a_.embed || n.head != a_.head ||
+      n.max_slots != a_.max_slots || n.max_tokens != a_.max_tokens)
+    fail("Recover from rank {}: layers {}-{} with other limits, this rank (stage {}) holds layers {}-{}", coord_,
+         n.first, n.last - 1, a_.stage, a_.first, a_.last - 1);
+  if (loop_) {
+    loop_->abandon();
+    retired_.push_back(std::move(loop_));
+  }
+  a_ = n;
+  loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  loop_->restore(slots);
+}
+
+void StageRank::serve_recover(const Message& m) {
+  const RecoverMsg r = decode_recover(m, fmt::format("Recover from rank {}", coord_));
+  std::vector<uint8_t> body(r.body_bytes);
+  RequestId q = t_.post_recv(coord_, kTagRestore, body.data(), body.size());
+  Completion c;
+  const auto deadline = Clock::now() + std::chrono::seconds(600);
+  while (!t_.test(q, &c)) {
+    if (Clock::now() > deadline) {
+      t_.cancel(q);
+      throw PeerLost(coord_, "no Restore within 600 s of its Recover");
+    }
+    t_.wait_some(std::chrono::milliseconds(2));
+  }
+  const std::string what = fmt::format("Restore from rank {}", coord_);
+  std::vector<SlotRestore> slots = decode_restore(decode_message({body.data(), c.bytes}, body.size()), what);
+  if (slots.size() != r.restores) fail("{}: {} slots, its Recover announced {}", what, slots.size(), r.restores);
+  recover(r, slots);
+  fmt::print(stderr, "rank {} (stage {}, layers {}-{}): re-wired in epoch {} (previous rank {}, next rank {}), "
+             "{} slot(s) restored\n", t_.rank(), a_.stage, a_.first, a_.last - 1, a_.epoch, a_.prev_rank,
+             a_.next_rank, slots.size());
+  send_blocking(t_, coord_, kTagCtrl, encode_recovered());
+}
+
+void StageRank::heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq) {
+  if (req && !t_.test(req)) return;
+  req = 0;
+  const auto now = Clock::now();
+  if (now - hb_last_ < std::chrono::seconds(1)) return;
+  hb_last_ = now;
+  StatsMsg st;
+  st.stage = a_.stage;
+  st.first = a_.first;
+  st.last = a_.last;
+  buf = encode_heartbeat(++seq, st);
+  req = t_.post_send(coord_, kTagHeartbeat, buf.data(), buf.size());
 }
 
 std::string StageRank::trace_label() const {
@@ -108,18 +162,47 @@ std::string StageRank::trace_label() const {
 }
 
 void StageRank::serve() {
-  RWKVPP_CHECK(loop_ != nullptr, "StageRank::serve() before a successful load()");
-  std::vector<uint8_t> buf(kCtrlCap);
-  RequestId r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
+  RWKVPP_CHECK(stage_ != nullptr, "StageRank::serve() before a successful load()");
+  std::vector<uint8_t> buf(kCtrlCap), hb;
+  RequestId r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size()), hb_req = 0;
+  uint64_t hb_seq = 0;
   Completion c;
   for (;;) {
-    bool busy = loop_->poll();
+    bool busy = false;
+    if (loop_) {
+      try {
+        busy = loop_->poll();
+      } catch (const PeerLost& e) {
+        // A neighbour is gone: the coordinator recovers the pipeline (a Recover) or ends the
+        // job (Shutdown, or its abort). Only the coordinator's own loss ends this rank here.
+        if (e.peer() == coord_) throw;
+        fmt::print(stderr, "rank {} (stage {}): {}; waiting for the coordinator to recover the pipeline\n",
+                   t_.rank(), a_.stage, e.what());
+        loop_->abandon();
+        retired_.push_back(std::move(loop_));
+      }
+    } else {
+      heartbeat(hb, hb_req, hb_seq);
+    }
     if (t_.test(r, &c)) {
       Message m = decode_message({buf.data(), c.bytes}, kCtrlCap);
       if (m.header.msg_type() == MsgType::Shutdown) break;
+      if (m.header.msg_type() == MsgType::Hello && peek_ctrl(m, "a control message") == Ctrl::Recover) {
+        if (hb_req) {  // the new loop heartbeats from here on
+          t_.cancel(hb_req);
+          hb_req = 0;
+        }
+        serve_recover(m);
+      }
       r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
     }
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
+  }
+  if (hb_req) t_.cancel(hb_req);
+  if (!loop_) {  // a standby that was never used, or a stage whose loop was lost at the end
+    send_blocking(t_, coord_, kTagCtrl, encode_stats(StatsMsg{}));
+    if (trace::on()) send_trace(t_, coord_, trace_label());
+    return;
   }
   loop_->drain();
   send_blocking(t_, coord_, kTagCtrl, encode_stats(loop_->stats()));
@@ -128,7 +211,7 @@ void StageRank::serve() {
 
 int run_stage_rank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o) {
   StageRank stage(t, coord, source, o);
-  if (!stage.load()) return 1;
+  if (!stage.load()) return o.assign_timeout_s > 600 ? 0 : 1;  // a standby told to stop: done
   stage.serve();
   return 0;
 }

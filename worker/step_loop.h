@@ -31,6 +31,13 @@ class StepLoop {
   bool poll();
   // Waits until every send has completed (at shutdown).
   void drain();
+  // Recovery (coordinator/engine_recovery.cpp). abandon(): the pipeline this loop belongs to
+  // lost a rank; withdraws every request (receives cancelled, sends retired) and drops what
+  // was not sent. The loop must not be polled again; keep the object until the transport goes
+  // (a retired send may still read its buffer). restore(): sets slots' states, sampling
+  // parameters and penalty counts, before the loop's first step.
+  void abandon();
+  void restore(const std::vector<SlotRestore>& slots);
   StatsMsg stats() const;
 
  private:
@@ -65,6 +72,10 @@ class StepLoop {
   // Waits (driving the transport) for a credit from the next stage, or for its offer.
   void wait_share(bool credit);
   void heartbeat();  // to the coordinator, about once a second
+  // Sends the slot's state (and penalties) to the coordinator (SlotOpKind::Snapshot).
+  void send_snapshot(const SlotOp& op);
+  // t_.test() that zeroes `id` once the transport has retired it (completed, or PeerLost).
+  bool test_req(RequestId& id, Completion* c = nullptr);
   bool ready_to_send(const Outgoing& o);
   Outgoing outgoing(int peer, int tag, std::vector<uint8_t> msg) const;  // a plain message
   void send(int peer, int tag, std::vector<uint8_t> msg, uint64_t step = kUntraced);
@@ -87,6 +98,7 @@ class StepLoop {
   Transport& t_;
   Stage& stage_;
   AssignMsg a_;
+  const int tag_step_, tag_result_, tag_share_, tag_snapshot_;  // epoch_tag() of a_.epoch
   // Receives land in a ring of host buffers that the device copies from directly; a buffer is
   // posted again only after the upload from it has completed.
   static constexpr int kRecvBuffers = 3;
