@@ -179,6 +179,9 @@ bool Engine::schedule() {
         s.base = prefix->base;
         s.log = prefix->log;
         s.sampled = prefix->sampled;
+        s.no_base = prefix->no_base;
+      } else if (recovery_on_ && prefix_slot >= 0) {
+        s.no_base = true;
       }
       if (prefix_slot >= 0)
         m.ops.push_back({SlotOpKind::Clone, s.slot, prefix_slot, {}});

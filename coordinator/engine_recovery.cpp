@@ -81,6 +81,7 @@ bool Engine::poll_snapshots() {
     s.sampled.erase(s.sampled.begin(), s.sampled.begin() + std::ptrdiff_t(s.snap_sampled));
     s.pieces.clear();
     s.snap_serial = -1;
+    s.no_base = false;
     snap_owner_.erase(own);
   }
   return any;
@@ -258,7 +259,7 @@ bool Engine::recover(const PeerLost& e) {
   const size_t stage = size_t(pos - stage_ranks_.begin());
   fmt::print(stderr, "rwkvpp: {}\n", e.what());
   if (!snapshots_.empty() ||
-      std::any_of(seqs_.begin(), seqs_.end(), [](auto& p) { return !p.second->done && !p.second->req.snapshot_at.empty(); })) {
+      std::any_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->slot >= 0 && p.second->no_base; })) {
     fmt::print(stderr, "rwkvpp: cannot recover: prompt snapshots (rwkvpp serve's state cache) are not "
                        "recovered yet\n");
     return false;
@@ -294,15 +295,17 @@ bool Engine::recover(const PeerLost& e) {
   rep.standby = standby;
   rep.load_seconds = load_s;
   rep.sequences = int(per_stage.empty() ? 0 : per_stage[0].size());
+  if (!per_stage.empty())
+    for (const SlotRestore& r : per_stage[0]) rep.from_snapshots += r.fresh ? 0 : 1;
   rep.replayed_tokens = replayed;
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   recoveries_.push_back(rep);
   fmt::print(stderr,
              "rwkvpp: recovered from the loss of rank {} in {:.3f} s: standby rank {} took stage {} (layers {}-{}; "
-             "loaded in {:.3f} s), {} sequence slot(s) restored from their snapshots, {} token(s) replayed, epoch {}; "
+             "loaded in {:.3f} s), restored {} sequence slot(s) ({} from a snapshot), replayed {} token(s), epoch {}; "
              "resuming\n",
              lost, rep.seconds, standby, stage, plan_[stage].first, plan_[stage].last - 1, load_s, rep.sequences,
-             replayed, epoch_);
+             rep.from_snapshots, replayed, epoch_);
   std::fflush(stderr);
   return true;
 }

@@ -41,6 +41,9 @@ struct Engine::Seq {
   size_t snap_log = 0, snap_sampled = 0;
   int snap_have = 0;
   std::vector<SnapshotMsg> pieces;
+  // Cloned from a prompt snapshot (Request::snapshot_at), which has no base or log: not
+  // recoverable until its own first complete snapshot.
+  bool no_base = false;
 };
 
 
