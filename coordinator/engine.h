@@ -106,6 +106,7 @@ struct RecoveryReport {
   double seconds = 0;       // from the loss being seen to every sequence resuming
   double load_seconds = 0;  // of which the standby's load of the layers
   int sequences = 0;        // slots restored
+  int from_snapshots = 0;   // of which from a snapshot (the others: a fresh state)
   uint64_t replayed_tokens = 0;
 };
 
