@@ -99,7 +99,31 @@ bool StageRank::load() {
   }
   send_blocking(t_, coord_, kTagCtrl, encode_ready(ready));
   // A standby taking a lost stage's layers starts its loop with the Recover that follows.
-  if (a_.epoch == 0) loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  if (a_.epoch == 0) {
+    loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+    loop_->set_wait_hook(wait_hook_);
+  }
+  return true;
+}
+
+void StageRank::set_wait_hook(std::function<bool()> f) {
+  wait_hook_ = std::move(f);
+  if (loop_) loop_->set_wait_hook(wait_hook_);
+}
+
+bool StageRank::ctrl_arrived() {
+  if (ctrl_len_ >= 0) return true;
+  if (!ctrl_req_) return false;
+  Completion c;
+  try {
+    if (!t_.test(ctrl_req_, &c)) return false;
+  } catch (...) {
+    ctrl_req_ = 0;
+    hook_error_ = std::current_exception();
+    return true;
+  }
+  ctrl_req_ = 0;
+  ctrl_len_ = int64_t(c.bytes);
   return true;
 }
 
@@ -116,6 +140,7 @@ void StageRank::recover(const RecoverMsg& m, const std::vector<SlotRestore>& slo
   }
   a_ = n;
   loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  loop_->set_wait_hook(wait_hook_);
   loop_->restore(slots);
 }
 
@@ -163,13 +188,16 @@ std::string StageRank::trace_label() const {
 
 void StageRank::serve() {
   RWKVPP_CHECK(stage_ != nullptr, "StageRank::serve() before a successful load()");
-  std::vector<uint8_t> buf(kCtrlCap), hb;
-  RequestId r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size()), hb_req = 0;
+  std::vector<uint8_t> hb;
+  RequestId hb_req = 0;
   uint64_t hb_seq = 0;
-  Completion c;
+  ctrl_buf_.resize(kCtrlCap);
+  ctrl_req_ = t_.post_recv(coord_, kTagCtrl, ctrl_buf_.data(), ctrl_buf_.size());
+  // A step waiting for its neighbour gives up when the coordinator speaks (a Recover).
+  set_wait_hook([this] { return ctrl_arrived(); });
   for (;;) {
     bool busy = false;
-    if (loop_) {
+    if (loop_ && !loop_->interrupted()) {
       try {
         busy = loop_->poll();
       } catch (const PeerLost& e) {
@@ -184,8 +212,11 @@ void StageRank::serve() {
     } else {
       heartbeat(hb, hb_req, hb_seq);
     }
-    if (t_.test(r, &c)) {
-      Message m = decode_message({buf.data(), c.bytes}, kCtrlCap);
+    if (hook_error_) std::rethrow_exception(hook_error_);
+    if (ctrl_arrived()) {
+      if (hook_error_) std::rethrow_exception(hook_error_);
+      Message m = decode_message({ctrl_buf_.data(), size_t(ctrl_len_)}, kCtrlCap);
+      ctrl_len_ = -1;
       if (m.header.msg_type() == MsgType::Shutdown) break;
       if (m.header.msg_type() == MsgType::Hello && peek_ctrl(m, "a control message") == Ctrl::Recover) {
         if (hb_req) {  // the new loop heartbeats from here on
@@ -194,13 +225,14 @@ void StageRank::serve() {
         }
         serve_recover(m);
       }
-      r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
+      ctrl_req_ = t_.post_recv(coord_, kTagCtrl, ctrl_buf_.data(), ctrl_buf_.size());
     }
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
   }
   if (hb_req) t_.cancel(hb_req);
-  if (!loop_) {  // a standby that was never used, or a stage whose loop was lost at the end
-    send_blocking(t_, coord_, kTagCtrl, encode_stats(StatsMsg{}));
+  if (!loop_ || loop_->interrupted()) {  // a standby never used, or a loop lost at the very end
+    if (loop_) loop_->abandon();
+    send_blocking(t_, coord_, kTagCtrl, encode_stats(loop_ ? loop_->stats() : StatsMsg{}));
     if (trace::on()) send_trace(t_, coord_, trace_label());
     return;
   }

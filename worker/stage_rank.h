@@ -10,6 +10,8 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -59,6 +61,9 @@ class StageRank {
   // neighbours). Abandons the old loop (kept until this object goes: its retired sends may
   // still read their buffers), starts a new one and restores `slots` into it.
   void recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots);
+  // The wait hook of every loop this rank makes (StepLoop::set_wait_hook); serve() sets its
+  // own (a control message has arrived), the coordinator's own stage the engine's.
+  void set_wait_hook(std::function<bool()> f);
   // This rank's process label in the trace (protocol/trace_session.h).
   std::string trace_label() const;
   // A rank other than `coord`, after load(): runs steps until Shutdown arrives, then sends its
@@ -77,6 +82,14 @@ class StageRank {
   AssignMsg a_;
   // serve(): the Recover from the coordinator, with its restores (kTagRestore).
   void serve_recover(const Message& m);
+  // serve(): whether a control message has arrived (in ctrl_buf_, ctrl_len_ bytes); never
+  // throws (a PeerLost goes to hook_error_, rethrown by serve()).
+  bool ctrl_arrived();
+  std::function<bool()> wait_hook_;
+  std::vector<uint8_t> ctrl_buf_;
+  RequestId ctrl_req_ = 0;
+  int64_t ctrl_len_ = -1;
+  std::exception_ptr hook_error_;
   // serve(): heartbeats while there is no loop to send them (a neighbour was lost).
   void heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq);
   std::chrono::steady_clock::time_point hb_last_{};

@@ -173,9 +173,13 @@ void StepLoop::on_accept(const Message& msg) {
   else rx_.reset();  // declined: Steps carry their hidden vectors
 }
 
-void StepLoop::wait_share(bool credit) {
+bool StepLoop::wait_share(bool credit) {
   const auto w0 = Clock::now();
   while (credit ? !tx_->has_credit() : !next_offered_) {
+    if (wait_hook_ && wait_hook_()) {  // the owner must act (a lost rank, a Recover): give up
+      interrupted_ = true;
+      return false;
+    }
     if (poll_share()) continue;
     reap_sends();
     flush_ready();
@@ -183,6 +187,7 @@ void StepLoop::wait_share(bool credit) {
     t_.wait_some(std::chrono::milliseconds(1));
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
+  return true;
 }
 
 StepLoop::Outgoing StepLoop::outgoing(int peer, int tag, std::vector<uint8_t> msg) const {
@@ -334,6 +339,7 @@ void StepLoop::heartbeat() {
 }
 
 bool StepLoop::poll() {
+  if (interrupted_) return false;
   reap_sends();
   const bool shared = poll_share();
   flush_ready();
@@ -419,7 +425,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   // calls to a token's latency, in buffer 0 (the queue orders every use of it; one recording
   // per decode shape).
   const size_t hf = size_t(stage_.hidden_floats(n));
-  if (!a_.head && !next_offered_) wait_share(false);  // the next stage's offer decides the way out
+  // The next stage's offer decides the way out.
+  if (!a_.head && !next_offered_ && !wait_share(false)) return;
   // Hidden vectors in and out through shared slots (worker/shared_ring.h) are copied in order.
   const bool shared_in = s.shared_slot >= 0, shared_out = !a_.head && tx_;
   const bool side = side_ && hf * 4 >= side_min_bytes_ && !shared_in && !shared_out;
@@ -508,7 +515,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   if (shared_out) {
     // Into the next stage's slot on the device; the message leaves now, its device waits.
     if (out_slot < 0) {
-      wait_share(true);
+      if (!wait_share(true)) return;  // interrupted: the loop is abandoned next
       out_slot = tx_->put(h.x, hf * 4);
     }
     s.shared_slot = out_slot;

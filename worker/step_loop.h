@@ -38,6 +38,12 @@ class StepLoop {
   // parameters and penalty counts, before the loop's first step.
   void abandon();
   void restore(const std::vector<SlotRestore>& slots);
+  // Called while the loop waits inside a step (for the next stage's shared-slot offer or
+  // credit, which a neighbour that lost its own neighbour never sends); returning true gives
+  // the wait up: the step is left half done, interrupted() turns true, poll() does nothing
+  // more, and the owner must abandon() the loop (a recovery follows). The hook must not throw.
+  void set_wait_hook(std::function<bool()> f) { wait_hook_ = std::move(f); }
+  bool interrupted() const { return interrupted_; }
   StatsMsg stats() const;
 
  private:
@@ -70,7 +76,8 @@ class StepLoop {
   bool poll_share();
   void on_accept(const Message& msg);
   // Waits (driving the transport) for a credit from the next stage, or for its offer.
-  void wait_share(bool credit);
+  // False when the wait hook gave it up.
+  bool wait_share(bool credit);
   void heartbeat();  // to the coordinator, about once a second
   // Sends the slot's state (and penalties) to the coordinator (SlotOpKind::Snapshot).
   void send_snapshot(const SlotOp& op);
@@ -99,6 +106,8 @@ class StepLoop {
   Stage& stage_;
   AssignMsg a_;
   const int tag_step_, tag_result_, tag_share_, tag_snapshot_;  // epoch_tag() of a_.epoch
+  std::function<bool()> wait_hook_;
+  bool interrupted_ = false;
   // Receives land in a ring of host buffers that the device copies from directly; a buffer is
   // posted again only after the upload from it has completed.
   static constexpr int kRecvBuffers = 3;
