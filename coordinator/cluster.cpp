@@ -276,8 +276,9 @@ RecoveryOptions recovery_options(Transport& t, const ClusterOptions& opt, const 
       fmt::print(stderr, "rwkvpp: standby rank {} takes rank {}'s layers {}-{}\n", r, lost, a.first, a.last - 1);
       try {
         send_blocking(t, r, kTagCtrl, encode_assign(a));
-        Message m = decode_message(recv_ctrl(t, r, kCtrlCap, 3600, "its Ready (loading a lost stage's layers)"),
-                                   kCtrlCap);
+        // The bytes must outlive the Message, which points into them.
+        const std::vector<uint8_t> b = recv_ctrl(t, r, kCtrlCap, 3600, "its Ready (loading a lost stage's layers)");
+        Message m = decode_message(b, kCtrlCap);
         const std::string what = fmt::format("Ready from standby rank {}", r);
         if (m.header.msg_type() == MsgType::Error) {
           fmt::print(stderr, "rwkvpp: standby rank {} could not load them: {}\n", r, decode_error(m, what));
@@ -327,6 +328,9 @@ int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& 
                 lp ? std::function<bool()>([lp] { return lp->loop()->poll(); }) : nullptr);
   engine.set_numerics(pipeline_numerics(dtype, plan, readies));
   if (lp) engine.set_local_stats([lp] { return lp->loop()->stats(); });
+  // Stage 0 waiting for stage 1 (its shared-slot credit) must not wait for a stage that waits
+  // for a recovery: it gives up when a stage is lost, and the engine recovers.
+  if (lp && !standbys.empty()) lp->set_wait_hook([&engine] { return engine.stage_lost(); });
   if (!standbys.empty()) engine.enable_recovery(recovery_options(t, opt, cfg, dtype, lim, plan, readies, standbys,
                                                                  standby_hello, engine, lp));
   const int code = body(engine);

@@ -105,6 +105,7 @@ void Engine::release_prefix(int id) {
       if (!s->done && s->req.prefix == id) fail("release_prefix: prefix {} is still used by request {}", id, k);
     free_slots_.push_back(sn->second);
     snapshots_.erase(sn);
+    lineage_.erase(id);
     return;
   }
   auto it = seqs_.find(id);
@@ -138,6 +139,8 @@ void Engine::snapshot(Seq& s, StepMsg& m) {
   // cache may keep thousands).
   m.ops.push_back({SlotOpKind::Clone, slot, s.slot, {}});
   snapshots_.emplace(id, slot);
+  if (recovery_on_)  // the state after exactly the tokens fed so far
+    lineage_[id] = std::make_shared<const Lineage>(Lineage{s.base, s.log, s.sampled, s.req.sampling, s.no_base});
   if (s.req.on_snapshot) s.req.on_snapshot(p, id);
 }
 
@@ -180,8 +183,16 @@ bool Engine::schedule() {
         s.log = prefix->log;
         s.sampled = prefix->sampled;
         s.no_base = prefix->no_base;
-      } else if (recovery_on_ && prefix_slot >= 0) {
-        s.no_base = true;
+      } else if (recovery_on_ && prefix_slot >= 0) {  // a prompt snapshot's
+        auto l = lineage_.find(s.req.prefix);
+        if (l == lineage_.end()) {
+          s.no_base = true;
+        } else {
+          s.base = l->second->base;
+          s.log = l->second->log;
+          s.sampled = l->second->sampled;
+          s.no_base = l->second->no_base;
+        }
       }
       if (prefix_slot >= 0)
         m.ops.push_back({SlotOpKind::Clone, s.slot, prefix_slot, {}});
@@ -307,6 +318,21 @@ bool Engine::poll_results() {
 }
 
 void Engine::poll_heartbeats() {
+  std::string why;
+  const int r = lost_stage(&why);
+  if (r >= 0) throw PeerLost(r, why);
+}
+
+bool Engine::stage_lost() {
+  std::string why;
+  try {
+    return lost_stage(&why) >= 0;
+  } catch (const std::exception&) {
+    return false;  // a bad heartbeat or a lost request: the next poll_heartbeats() reports it
+  }
+}
+
+int Engine::lost_stage(std::string* why) {
   Completion c;
   while (t_.test(hreq_, &c)) {
     last_seen_[c.peer] = Clock::now();
@@ -319,19 +345,23 @@ void Engine::poll_heartbeats() {
   for (size_t s = 0; s < stage_ranks_.size(); ++s) {
     int r = stage_ranks_[s];
     if (r == t_.rank()) continue;
-    if (t_.peer_failed(r))
-      throw PeerLost(r, fmt::format("stage {} (layers {}-{}): the transport reports its connection failed", s,
-                                    plan_[s].first, plan_[s].last - 1));
+    if (t_.peer_failed(r)) {
+      *why = fmt::format("stage {} (layers {}-{}): the transport reports its connection failed", s, plan_[s].first,
+                         plan_[s].last - 1);
+      return r;
+    }
     auto it = last_seen_.find(r);
     if (it == last_seen_.end()) {
       last_seen_[r] = now;
       continue;
     }
-    if (now - it->second > peer_timeout_)
-      throw PeerLost(r, fmt::format("stage {} (layers {}-{}) sent nothing for {:.1f} s (liveness timeout, "
-                                    "RWKVPP_PEER_TIMEOUT_S)", s, plan_[s].first, plan_[s].last - 1,
-                                    std::chrono::duration<double>(peer_timeout_).count()));
+    if (now - it->second > peer_timeout_) {
+      *why = fmt::format("stage {} (layers {}-{}) sent nothing for {:.1f} s (liveness timeout, RWKVPP_PEER_TIMEOUT_S)",
+                         s, plan_[s].first, plan_[s].last - 1, std::chrono::duration<double>(peer_timeout_).count());
+      return r;
+    }
   }
+  return -1;
 }
 
 bool Engine::turn() {

@@ -182,6 +182,11 @@ class Engine {
   // the procedure above instead of PeerLost (which stays the outcome when it cannot recover).
   void enable_recovery(RecoveryOptions o);
   const std::vector<RecoveryReport>& recoveries() const { return recoveries_; }
+  // True when a stage is known lost (the transport says so, or it is silent past the liveness
+  // timeout); drains the stages' heartbeats. Never throws: the wait hook of the coordinator
+  // rank's own stage (StepLoop::set_wait_hook), so that it does not wait for a neighbour that
+  // waits for a recovery.
+  bool stage_lost();
   int32_t epoch() const { return epoch_; }
   const PipelineNumerics& numerics() const { return numerics_; }
 
@@ -204,6 +209,7 @@ class Engine {
   bool test_req(RequestId& id, Completion* c = nullptr);
   bool poll_results();
   void poll_heartbeats();
+  int lost_stage(std::string* why);  // the rank of a lost stage (and why), or -1
   void handle_result(const ResultMsg& r);
   void finish(Seq& s, Finish why);
   void snapshot(Seq& s, StepMsg& m);
@@ -248,6 +254,10 @@ class Engine {
   int32_t epoch_ = 0;
   int32_t next_serial_ = 0;
   std::map<int32_t, int> snap_owner_;  // snapshot number -> sequence id, while pending
+  // Per prompt snapshot (snapshots_), how its state came to be: its sequence's base and log at
+  // the Clone (engine_seq.h), so that a recovery restores it like a sequence.
+  struct Lineage;
+  std::map<int, std::shared_ptr<const Lineage>> lineage_;
   ByteBuffer sbuf_;
   RequestId sreq_ = 0;
   std::vector<std::vector<uint8_t>> graveyard_;  // buffers of sends retired by a recovery

@@ -5,7 +5,9 @@
 // every stage applies it at the same point of the stream and sends its piece (the slot's state
 // of its layers; the last stage also the penalty counts) to rank 0. Once every stage's piece is
 // in, it becomes the sequence's base and the log before it is dropped. A sequence cloned from a
-// prefix starts with the prefix's base and log (a prefix's state does not change once read).
+// prefix starts with the prefix's base and log (a prefix's state does not change once read);
+// a prompt snapshot (Request::snapshot_at, rwkvpp serve's state cache) keeps its sequence's
+// base and log at the Clone (Lineage), and is restored and replayed like a sequence.
 //
 // On a lost stage (turn() catches PeerLost): admission stops (all of this runs inside one
 // turn), the steps in flight are rolled back (their tokens go back to the front of each
@@ -116,30 +118,37 @@ void Engine::roll_back_in_flight() {
   snap_owner_.clear();
 }
 
-// Per stage, every resident slot: its base (or a fresh state), its sampling parameters, and on
-// the last stage the penalty counts of its base with every sample since applied as the sampler
-// applies them (kernels/sampling.cpp: decay every count, then count the id).
+// Per stage, every slot whose state a recovery rebuilds: each resident sequence's (running, or
+// a kept prefix) and each prompt snapshot's: its base (or a fresh state), its sampling
+// parameters, and on the last stage its penalty counts.
 std::vector<std::vector<SlotRestore>> Engine::restores() const {
   const size_t n = stage_ranks_.size();
   std::vector<std::vector<SlotRestore>> out(n);
-  for (const auto& [id, sp] : seqs_) {
-    const Seq& s = *sp;
-    if (s.slot < 0 || !s.admitted) continue;
+  auto add = [&](int slot, const SnapData* base, const std::vector<std::pair<int32_t, float>>& sampled,
+                 const SamplingParams& sampling) {
+    // The last stage's penalty counts: the base's, with every sample since applied as the
+    // sampler applies them (kernels/sampling.cpp: decay every count, then count the id).
     std::unordered_map<int32_t, float> counts;
-    if (s.base) counts.insert(s.base->penalty.begin(), s.base->penalty.end());
-    for (const auto& [tok, decay] : s.sampled) {
+    if (base) counts.insert(base->penalty.begin(), base->penalty.end());
+    for (const auto& [tok, decay] : sampled) {
       for (auto& [k, c] : counts) c *= decay;
       counts[tok] += 1.0f;
     }
     for (size_t st = 0; st < n; ++st) {
       SlotRestore r;
-      r.slot = s.slot;
-      r.fresh = s.base ? 0 : 1;
-      if (s.base) r.state = s.base->state[st];
-      r.sampling = s.req.sampling;
+      r.slot = slot;
+      r.fresh = base ? 0 : 1;
+      if (base) r.state = base->state[st];
+      r.sampling = sampling;
       if (st + 1 == n) r.penalty.assign(counts.begin(), counts.end());
       out[st].push_back(std::move(r));
     }
+  };
+  for (const auto& [id, sp] : seqs_)
+    if (sp->slot >= 0 && sp->admitted) add(sp->slot, sp->base.get(), sp->sampled, sp->req.sampling);
+  for (const auto& [id, slot] : snapshots_) {
+    const Lineage& l = *lineage_.at(id);
+    add(slot, l.base.get(), l.sampled, l.sampling);
   }
   return out;
 }
@@ -186,13 +195,16 @@ void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
 // no logits), up to --microbatches steps in flight; returns the tokens replayed.
 uint64_t Engine::replay() {
   struct Cursor {
-    Seq* s;
+    int slot;
+    const std::vector<int32_t>* log;
     size_t at = 0;
     bool busy = false;
   };
   std::vector<Cursor> cur;
   for (auto& [id, sp] : seqs_)
-    if (sp->slot >= 0 && sp->admitted && !sp->log.empty()) cur.push_back({sp.get()});
+    if (sp->slot >= 0 && sp->admitted && !sp->log.empty()) cur.push_back({sp->slot, &sp->log});
+  for (auto& [id, slot] : snapshots_)
+    if (!lineage_.at(id)->log.empty()) cur.push_back({slot, &lineage_.at(id)->log});
   struct Sent {
     std::vector<size_t> cursors;
     std::vector<uint8_t> msg;
@@ -210,13 +222,13 @@ uint64_t Engine::replay() {
       int tokens = 0;
       for (size_t i = 0; i < cur.size() && int(m.segs.size()) < lim_.max_batch && tokens < lim_.max_tokens; ++i) {
         Cursor& c = cur[i];
-        if (c.busy || c.at == c.s->log.size()) continue;
-        const int take = std::min<int>(int(c.s->log.size() - c.at), std::min(lim_.chunk, lim_.max_tokens - tokens));
-        m.segs.push_back({c.s->slot, int32_t(tokens), int32_t(take)});
+        if (c.busy || c.at == c.log->size()) continue;
+        const int take = std::min<int>(int(c.log->size() - c.at), std::min(lim_.chunk, lim_.max_tokens - tokens));
+        m.segs.push_back({c.slot, int32_t(tokens), int32_t(take)});
         m.want.push_back(kWantNothing);
         m.position.push_back(0);
-        m.tokens.insert(m.tokens.end(), c.s->log.begin() + std::ptrdiff_t(c.at),
-                        c.s->log.begin() + std::ptrdiff_t(c.at + size_t(take)));
+        m.tokens.insert(m.tokens.end(), c.log->begin() + std::ptrdiff_t(c.at),
+                        c.log->begin() + std::ptrdiff_t(c.at + size_t(take)));
         c.at += size_t(take);
         c.busy = true;
         out.cursors.push_back(i);
@@ -258,10 +270,12 @@ bool Engine::recover(const PeerLost& e) {
   if (pos == stage_ranks_.end() || lost == t_.rank()) return false;
   const size_t stage = size_t(pos - stage_ranks_.begin());
   fmt::print(stderr, "rwkvpp: {}\n", e.what());
-  if (!snapshots_.empty() ||
-      std::any_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->slot >= 0 && p.second->no_base; })) {
-    fmt::print(stderr, "rwkvpp: cannot recover: prompt snapshots (rwkvpp serve's state cache) are not "
-                       "recovered yet\n");
+  const bool unknown =
+      std::any_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->slot >= 0 && p.second->no_base; }) ||
+      std::any_of(snapshots_.begin(), snapshots_.end(),
+                  [this](auto& p) { return !lineage_.count(p.first) || lineage_.at(p.first)->no_base; });
+  if (unknown) {
+    fmt::print(stderr, "rwkvpp: cannot recover: a resident state was made before recovery was on\n");
     return false;
   }
   if (epoch_ >= kMaxEpoch) return false;

@@ -16,6 +16,16 @@ struct Engine::SnapData {
   std::vector<std::pair<int32_t, float>> penalty;
 };
 
+// A prompt snapshot's state (Request::snapshot_at): its sequence's base, log and samples when
+// the Clone was made, and that sequence's sampling parameters.
+struct Engine::Lineage {
+  std::shared_ptr<const SnapData> base;
+  std::vector<int32_t> log;
+  std::vector<std::pair<int32_t, float>> sampled;
+  SamplingParams sampling;
+  bool no_base = false;
+};
+
 struct Engine::Seq {
   int id = 0;
   Request req;
@@ -41,7 +51,7 @@ struct Engine::Seq {
   size_t snap_log = 0, snap_sampled = 0;
   int snap_have = 0;
   std::vector<SnapshotMsg> pieces;
-  // Cloned from a prompt snapshot (Request::snapshot_at), which has no base or log: not
+  // Its state is not known to the engine (a clone of a state it has no record of): not
   // recoverable until its own first complete snapshot.
   bool no_base = false;
 };
