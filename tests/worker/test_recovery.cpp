@@ -69,14 +69,15 @@ std::vector<std::string> worker(const std::string& addr, const std::string& key,
               " worker --join " + addr + " --cluster-key " + key + " --threads 1 --timeout 60"};
 }
 
-// Waits (bounded) until `out` has at least `lines` records, then SIGKILLs the process of
-// `pidfile`; exits 0 when it killed it while the job was still running, 1 otherwise.
-std::vector<std::string> killer(const std::string& out, int lines, const std::string& pidfile) {
+// Waits (bounded) until `out` has at least `lines` records, then sends `sig` (SIGKILL) to the
+// process of `pidfile`; exits 0 when it did while the job was still running, 1 otherwise.
+std::vector<std::string> killer(const std::string& out, int lines, const std::string& pidfile,
+                                const std::string& sig = "-9") {
   const std::string n = std::to_string(lines);
   return {"/bin/sh", "-c",
           "i=0; while [ $i -lt 1200 ]; do c=$(cat " + out + " 2>/dev/null | wc -l); [ \"$c\" -ge " + n +
               " ] && break; i=$((i+1)); sleep 0.05; done; [ \"$c\" -ge " + n + " ] && [ \"$c\" -lt " +
-              std::to_string(kRecords) + " ] && kill -9 $(cat " + pidfile + ") && echo \"killed at $c records\" && exit 0; "
+              std::to_string(kRecords) + " ] && kill " + sig + " $(cat " + pidfile + ") && echo \"killed at $c records\" && exit 0; "
               "echo \"not killed: $c records\"; exit 1"};
 }
 
@@ -131,6 +132,32 @@ TEST_CASE("a worker killed mid-job: a standby takes its layers and every record 
       CHECK(sorted_lines(out) == want);
     }
   }
+}
+
+TEST_CASE("a stopped worker is named by the liveness timeout and replaced; every record equals the single process",
+          "[ucx][recovery]") {
+  if (!have_ucx_transport()) {
+    WARN("SKIPPED: this build has no UCX transport");
+    return;
+  }
+  Job job;
+  const std::string ref = job.dir / "single.jsonl", out = job.dir / "cluster.jsonl";
+  REQUIRE(run(shell_line(job.batch_args(ref)), 300).exit_code == 0);
+  const std::string addr = "127.0.0.1:" + std::to_string(free_port());
+  std::vector<std::string> coord = job.batch_args(out);
+  for (const char* a : {"--listen", addr.c_str(), "--workers", "3", "--standby", "1", "--cluster-key", job.key.c_str(),
+                        "--join-timeout", "60", "--snapshot-tokens", "16"})
+    coord.push_back(a);
+  std::vector<std::vector<std::string>> procs = {coord};
+  for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.dir / ("w" + std::to_string(w) + ".pid"), 0.5 * w));
+  procs.push_back(killer(out, 24, job.dir / "w2.pid", "-STOP"));  // alive, silent: no UCX error
+  RankRun r = run_processes(procs, {{"RWKVPP_PEER_TIMEOUT_S=3"}, 240, 10});
+  INFO(r.all());
+  REQUIRE(r.exit_codes[5] == 0);
+  REQUIRE(r.exit_codes[0] == 0);
+  CHECK(contains(r.err[0], "rank 2 was lost: stage 2 (layers 2-2) sent nothing for 3.0 s"));
+  CHECK(contains(r.err[0], "recovered from the loss of rank 2"));
+  CHECK(sorted_lines(out) == sorted_lines(ref));
 }
 
 TEST_CASE("with no standby left, the next lost worker ends the job with PeerLost", "[ucx][recovery]") {
