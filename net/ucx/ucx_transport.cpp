@@ -223,8 +223,15 @@ class UcxTransport final : public Transport {
       // Before blaming the peer, harvest everything else: news from it may be waiting.
       poll_all();
       if (!r.done && is_doomed(r)) {
+        // Retired, as the contract says: a request left pending would make every later
+        // wait_some() return at once (any_doomed), i.e. spin, on a rank that goes on (recovery).
+        const std::string why = lost_reason(r);
+        const int peer = r.peer;
+        loop_.forget(id);
+        if (r.ucx) release(r.ucx, r.is_recv);
+        requests_.erase(it);
         lost_ = true;
-        throw PeerLost(r.peer, lost_reason(r));
+        throw PeerLost(peer, why);
       }
     }
     if (!r.done) return false;
