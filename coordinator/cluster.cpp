@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <map>
 
 #include "common/env.h"
 #include "common/trace.h"
@@ -83,10 +84,19 @@ void check_options(const ClusterOptions& opt, int size) {
          opt.limits.microbatches);
   if (opt.threads < 0)
     fail("--threads: {}; 0 (the host's cores shared among its ranks) or more", opt.threads);
+  if (opt.standby < 0 || opt.standby >= size)
+    fail("--standby: {} standby worker(s) of {} rank(s)", opt.standby, size);
+  if (opt.snapshot_tokens < 1) fail("--snapshot-tokens: {}; at least 1", opt.snapshot_tokens);
 }
 
-StageRankOptions stage_options(const ClusterOptions& o) {
+// The last `standby` ranks of a --listen job are standbys.
+bool is_standby(const ClusterOptions& o, int rank, int size) { return o.standby > 0 && rank >= size - o.standby; }
+
+StageRankOptions stage_options(const ClusterOptions& o, int rank = 0, int size = 1) {
   StageRankOptions s;
+  // A standby waits for a lost stage for as long as the job runs (bounded by the liveness of
+  // the coordinator, whose silence ends the wait with PeerLost).
+  if (is_standby(o, rank, size)) s.assign_timeout_s = 30 * 24 * 3600;
   s.device = o.device;
   s.threads = o.threads;
   s.batch_invariant = o.batch_invariant;
@@ -96,8 +106,26 @@ StageRankOptions stage_options(const ClusterOptions& o) {
   return s;
 }
 
-// Rank 0: every stage rank's Hello (checked against rank 0's protocol and model), the
-// partition, and every stage rank's Assign.
+// Rank 0: a rank's Hello, checked against rank 0's protocol and model (then, with --trace, its
+// clock exchange).
+HelloMsg recv_hello(Transport& t, int r, uint64_t fingerprint) {
+  Completion c;
+  auto b = recv_ctrl(t, r, kCtrlCap, 120, "its Hello", &c);
+  std::string what = fmt::format("Hello from rank {}", r);
+  Message m = decode_message(b, kCtrlCap);
+  if (m.header.msg_type() == MsgType::Error) fail("rank {}: {}", r, decode_error(m, what));
+  HelloMsg h = decode_hello(m, what);
+  if (h.protocol != kProtocolVersion)
+    fail("rank {} (host {}) speaks protocol version {}, rank 0 speaks {}: run the same rwkvpp on every rank", r,
+         h.host, h.protocol, kProtocolVersion);
+  if (h.fingerprint != fingerprint)
+    fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
+         "see the same model files", r, h.host, h.fingerprint, fingerprint);
+  if (trace::on() && r != t.rank()) serve_clock(t, r);
+  return h;
+}
+
+// Rank 0: every stage rank's Hello, the partition, and every stage rank's Assign.
 std::vector<StagePlan> plan_stages(Transport& t, const ClusterOptions& opt, const ModelConfig& cfg, DType dtype,
                                    const EngineLimits& lim, const std::vector<int>& stage_ranks,
                                    uint64_t fingerprint) {
@@ -107,22 +135,7 @@ std::vector<StagePlan> plan_stages(Transport& t, const ClusterOptions& opt, cons
   in.dtype = dtype;
   in.max_slots = lim.max_slots;
   in.ranks = stage_ranks;
-  for (int r : stage_ranks) {
-    Completion c;
-    auto b = recv_ctrl(t, r, kCtrlCap, 120, "its Hello", &c);
-    std::string what = fmt::format("Hello from rank {}", r);
-    Message m = decode_message(b, kCtrlCap);
-    if (m.header.msg_type() == MsgType::Error) fail("rank {}: {}", r, decode_error(m, what));
-    HelloMsg h = decode_hello(m, what);
-    if (h.protocol != kProtocolVersion)
-      fail("rank {} (host {}) speaks protocol version {}, rank 0 speaks {}: run the same rwkvpp on every rank", r,
-           h.host, h.protocol, kProtocolVersion);
-    if (h.fingerprint != fingerprint)
-      fail("rank {} (host {}) opened a different model (fingerprint {:016x}, rank 0 has {:016x}): every rank must "
-           "see the same model files", r, h.host, h.fingerprint, fingerprint);
-    in.free_memory.push_back(h.free_memory);
-    if (trace::on() && r != coord) serve_clock(t, r);
-  }
+  for (int r : stage_ranks) in.free_memory.push_back(recv_hello(t, r, fingerprint).free_memory);
   std::vector<StagePlan> plan = plan_partition(in, opt.layers);
   for (size_t s = 0; s < stage_ranks.size(); ++s) {
     AssignMsg a;
@@ -196,10 +209,12 @@ void print_stats(const Engine& engine, const std::vector<int>& stage_ranks, cons
 // writes the trace, hands the report over and prints --stats.
 void shut_down(Transport& t, const ClusterOptions& opt, const Engine& engine, StageRank* local,
                const std::vector<int>& stage_ranks, const std::vector<StagePlan>& plan,
-               const std::vector<ReadyMsg>& readies) {
+               const std::vector<ReadyMsg>& readies, const std::vector<int>& standbys) {
   const int coord = t.rank();
   for (int r : stage_ranks)
     if (r != coord) send_blocking(t, r, kTagCtrl, encode_shutdown());
+  for (int r : standbys)  // unused: still waiting for an Assign
+    if (!t.peer_failed(r)) send_blocking(t, r, kTagCtrl, encode_shutdown());
   std::vector<StatsMsg> stats;
   std::vector<std::string> traces;  // --trace: every other rank's events
   for (int r : stage_ranks) {
@@ -222,13 +237,74 @@ void shut_down(Transport& t, const ClusterOptions& opt, const Engine& engine, St
   if (opt.stats) print_stats(engine, stage_ranks, stats);
 }
 
+// Rank 0, with --standby: how the engine recovers a lost stage. `replace` hands the lost
+// layers to the first standby still there (its Assign; it loads them and answers Ready) and
+// takes it off `standbys`; a standby lost or failing on the way is skipped.
+RecoveryOptions recovery_options(Transport& t, const ClusterOptions& opt, const ModelConfig& cfg, DType dtype,
+                                 const EngineLimits& lim, const std::vector<StagePlan>& plan,
+                                 std::vector<ReadyMsg>& readies, std::vector<int>& standbys,
+                                 const std::map<int, HelloMsg>& hellos, const Engine& engine, StageRank* local) {
+  RecoveryOptions ro;
+  ro.snapshot_tokens = opt.snapshot_tokens;
+  ro.dtype = dtype;
+  uint64_t per_slot = 0;
+  for (const ReadyMsg& r : readies) per_slot = std::max<uint64_t>(per_slot, r.state_bytes / uint64_t(lim.max_slots));
+  ro.snapshot_capacity = kHeaderBytes + 4096 + size_t(per_slot) + size_t(cfg.vocab_size) * 8;
+  if (local)
+    ro.recover_local = [local](const RecoverMsg& m, const std::vector<SlotRestore>& s) { local->recover(m, s); };
+  ro.replace = [&t, &plan, &readies, &standbys, &hellos, &engine, lim, dtype](int lost, int stage) {
+    while (!standbys.empty()) {
+      const int r = standbys.front();
+      standbys.erase(standbys.begin());
+      if (t.peer_failed(r)) continue;
+      const uint64_t need = readies[size_t(stage)].weight_bytes + readies[size_t(stage)].state_bytes;
+      if (hellos.at(r).free_memory < need)
+        fmt::print(stderr, "rwkvpp: standby rank {} offers {:.2f} GB, the lost stage held {:.2f} GB; trying it\n", r,
+                   double(hellos.at(r).free_memory) / 1e9, double(need) / 1e9);
+      AssignMsg a;
+      a.stage = stage;
+      a.n_stages = int32_t(plan.size());
+      a.first = plan[size_t(stage)].first;
+      a.last = plan[size_t(stage)].last;
+      a.embed = plan[size_t(stage)].embed;
+      a.head = plan[size_t(stage)].head;
+      a.prev_rank = a.next_rank = a.coord_rank = t.rank();  // the Recover that follows wires it
+      a.max_slots = lim.max_slots;
+      a.max_tokens = lim.max_tokens;
+      a.dtype = dtype;
+      a.epoch = engine.epoch() + 1;
+      fmt::print(stderr, "rwkvpp: standby rank {} takes rank {}'s layers {}-{}\n", r, lost, a.first, a.last - 1);
+      try {
+        send_blocking(t, r, kTagCtrl, encode_assign(a));
+        // The bytes must outlive the Message, which points into them.
+        const std::vector<uint8_t> b = recv_ctrl(t, r, kCtrlCap, 3600, "its Ready (loading a lost stage's layers)");
+        Message m = decode_message(b, kCtrlCap);
+        const std::string what = fmt::format("Ready from standby rank {}", r);
+        if (m.header.msg_type() == MsgType::Error) {
+          fmt::print(stderr, "rwkvpp: standby rank {} could not load them: {}\n", r, decode_error(m, what));
+          send_blocking(t, r, kTagCtrl, encode_shutdown());
+          continue;
+        }
+        readies[size_t(stage)] = decode_ready(m, what);
+        return r;
+      } catch (const PeerLost& e) {
+        if (e.peer() != r) throw;
+        fmt::print(stderr, "rwkvpp: standby {}\n", e.what());
+      }
+    }
+    return -1;
+  };
+  return ro;
+}
+
 // Rank 0: plans the pipeline, loads stage 0 unless --coordinator-only, runs `body` on an
 // Engine and shuts the pipeline down.
 int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& source,
                     const std::function<int(Engine&)>& body) {
   const int coord = t.rank();
-  std::vector<int> stage_ranks;
-  for (int r = opt.coordinator_only ? 1 : 0; r < t.size(); ++r) stage_ranks.push_back(r);
+  std::vector<int> stage_ranks, standbys;
+  for (int r = opt.coordinator_only ? 1 : 0; r < t.size(); ++r)
+    (is_standby(opt, r, t.size()) ? standbys : stage_ranks).push_back(r);
   const ModelConfig cfg = source.get().config();
   const DType dtype = opt.dtype.empty() ? cfg.dtype : parse_dtype(opt.dtype);
   EngineLimits lim = opt.limits;
@@ -241,16 +317,24 @@ int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& 
   std::unique_ptr<StageRank> local;
   if (!opt.coordinator_only) local = std::make_unique<StageRank>(t, coord, source, stage_options(opt));
   const std::vector<StagePlan> plan = plan_stages(t, opt, cfg, dtype, lim, stage_ranks, source.fingerprint);
+  std::map<int, HelloMsg> standby_hello;  // checked now, so that a wrong standby stops the start
+  for (int r : standbys) standby_hello[r] = recv_hello(t, r, source.fingerprint);
   // A failed load has sent Error (to this rank), which wait_ready reports.
   if (local && !local->load()) local.reset();
-  const std::vector<ReadyMsg> readies = wait_ready(t, opt, stage_ranks, plan);
+  std::vector<ReadyMsg> readies = wait_ready(t, opt, stage_ranks, plan);
 
-  StepLoop* loop = local ? local->loop() : nullptr;
-  Engine engine(t, cfg, stage_ranks, plan, lim, loop ? std::function<bool()>([loop] { return loop->poll(); }) : nullptr);
+  StageRank* lp = local.get();  // its loop is replaced by a recovery: looked up on every poll
+  Engine engine(t, cfg, stage_ranks, plan, lim,
+                lp ? std::function<bool()>([lp] { return lp->loop()->poll(); }) : nullptr);
   engine.set_numerics(pipeline_numerics(dtype, plan, readies));
-  if (loop) engine.set_local_stats([loop] { return loop->stats(); });
+  if (lp) engine.set_local_stats([lp] { return lp->loop()->stats(); });
+  // Stage 0 waiting for stage 1 (its shared-slot credit) must not wait for a stage that waits
+  // for a recovery: it gives up when a stage is lost, and the engine recovers.
+  if (lp && !standbys.empty()) lp->set_wait_hook([&engine] { return engine.stage_lost(); });
+  if (!standbys.empty()) engine.enable_recovery(recovery_options(t, opt, cfg, dtype, lim, plan, readies, standbys,
+                                                                 standby_hello, engine, lp));
   const int code = body(engine);
-  shut_down(t, opt, engine, local.get(), stage_ranks, plan, readies);
+  shut_down(t, opt, engine, lp, engine.stage_ranks(), plan, readies, standbys);
   return code;
 }
 
@@ -274,7 +358,7 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     // The weights: a converted model (only its attributes now; layers after the assignment), or
     // random weights generated on each rank.
     const ModelSource source = open_model_source(opt.model, opt.synthetic, opt.synthetic_seed, opt.dtype);
-    if (rank != coord) return run_stage_rank(t, coord, source, stage_options(opt));
+    if (rank != coord) return run_stage_rank(t, coord, source, stage_options(opt, rank, size));
     return run_coordinator(t, opt, source, body);
   } catch (const PeerLost& e) {
     fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());

@@ -50,6 +50,11 @@ struct ClusterOptions {
   int workers = 0;
   std::string cluster_key;  // the key file (net/control/cluster_key.h)
   double join_timeout_s = 600;
+  // With --listen: this many more workers join as standbys (idle, nothing loaded); when a stage
+  // is lost, one takes its layers and the pipeline recovers from the stages' state snapshots,
+  // taken every snapshot_tokens tokens of each sequence (coordinator/engine.h, RecoveryOptions).
+  int standby = 0;
+  int snapshot_tokens = 1024;
   // A worker daemon: the most memory it offers for layers (bytes; 0: what its device has free).
   uint64_t memory_limit = 0;
   // A worker daemon: the transport it already joined through (else run_cluster makes one).

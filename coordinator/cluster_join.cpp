@@ -33,6 +33,20 @@ void add_listen_options(CLI::App* c, ClusterOptions& o) {
                 "with --listen: seconds to wait for every worker to join")
       ->needs(listen)
       ->capture_default_str();
+  auto* standby = c->add_option(
+      "--standby", o.standby,
+      "with --listen: wait for this many more workers, kept joined and idle (nothing loaded); when a "
+      "worker is lost, one takes its layers, every stage's state is restored from the snapshots and "
+      "the tokens since them are replayed, and the job goes on (clients see a pause); with none left, "
+      "the job ends as without --standby (docs/cluster.md)");
+  standby->needs(listen)->check(CLI::Range(0, 4096));
+  c->add_option("--snapshot-tokens", o.snapshot_tokens,
+                "with --standby: every stage sends rank 0 the state of each sequence's layers every this "
+                "many tokens of the sequence; a recovery replays at most about this many tokens per "
+                "sequence (docs/cluster.md, the choice of the default)")
+      ->needs(standby)
+      ->check(CLI::Range(1, 1 << 30))
+      ->capture_default_str();
 }
 
 std::unique_ptr<Transport> make_cluster_transport(const ClusterOptions& o) {
@@ -54,13 +68,14 @@ std::unique_ptr<Transport> make_cluster_transport(const ClusterOptions& o) {
   RendezvousConfig cfg;
   parse_host_port(o.listen, "--listen", cfg);
   cfg.rank = 0;
-  cfg.size = o.workers + 1;
+  if (o.standby < 0 || o.standby > 4096) fail("--standby {}: 0 to 4096", o.standby);
+  cfg.size = o.workers + o.standby + 1;
   cfg.timeout = std::chrono::milliseconds(int64_t(std::llround(o.join_timeout_s * 1000)));
   cfg.key = load_cluster_key(o.cluster_key);
   std::string job = job_to_json(o);
   cfg.job.assign(job.begin(), job.end());
-  fmt::print(stderr, "rwkvpp: waiting for {} worker(s) at {} (rwkvpp worker --join {} --cluster-key ...)\n",
-             o.workers, o.listen, o.listen);
+  fmt::print(stderr, "rwkvpp: waiting for {} worker(s){} at {} (rwkvpp worker --join {} --cluster-key ...)\n",
+             o.workers, o.standby ? fmt::format(" and {} standby(s)", o.standby) : "", o.listen, o.listen);
   return make_ucx_transport(cfg);
 #endif
 }
@@ -78,6 +93,9 @@ std::string job_to_json(const ClusterOptions& o) {
             {"stats", o.stats},
             {"trace", o.trace},
             {"trace_steps", o.trace_steps},
+            {"workers", o.workers},
+            {"standby", o.standby},
+            {"snapshot_tokens", o.snapshot_tokens},
             {"limits",
              {{"max_slots", o.limits.max_slots},
               {"max_batch", o.limits.max_batch},
@@ -126,6 +144,9 @@ void job_from_json(const std::string& text, ClusterOptions& o) {
   take(j, "stats", o.stats, where);
   take(j, "trace", o.trace, where);  // on the workers: whether to record (rank 0 writes the file)
   take(j, "trace_steps", o.trace_steps, where);
+  take(j, "workers", o.workers, where);
+  take(j, "standby", o.standby, where);  // ranks above workers are standbys
+  take(j, "snapshot_tokens", o.snapshot_tokens, where);
   const json& l = j["limits"];
   const std::string lw = where + " (limits)";
   take(l, "max_slots", o.limits.max_slots, lw);
@@ -168,8 +189,9 @@ int run_worker(const WorkerArgs& a) {
   o.device = a.device;
   o.threads = a.threads;
   o.memory_limit = uint64_t(a.memory_gb * 1e9);
-  fmt::print(stderr, "rwkvpp worker: joined {} as rank {} of {}; model {}\n", a.join, t->rank(),
-             t->size(), o.synthetic.empty() ? o.model : "synthetic " + o.synthetic);
+  fmt::print(stderr, "rwkvpp worker: joined {} as rank {} of {}{}; model {}\n", a.join, t->rank(), t->size(),
+             o.standby > 0 && t->rank() >= t->size() - o.standby ? " (a standby: idle until a stage is lost)" : "",
+             o.synthetic.empty() ? o.model : "synthetic " + o.synthetic);
   o.transport = [&t] { return std::move(t); };
   return run_cluster(o, [](Engine&) { return 0; });
 #endif

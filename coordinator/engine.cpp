@@ -5,6 +5,7 @@
 #include <deque>
 
 #include "common/trace.h"
+#include "coordinator/engine_seq.h"
 
 namespace rwkvpp {
 
@@ -18,21 +19,6 @@ const char* finish_name(Finish f) {
   }
   return "?";
 }
-
-struct Engine::Seq {
-  int id = 0;
-  Request req;
-  int slot = -1;
-  size_t fed = 0;                 // prompt tokens already sent
-  std::vector<int32_t> pending;   // tokens to feed next (prompt remainder or last sample)
-  int generated = 0;
-  bool in_flight = false, admitted = false, done = false;
-  bool is_prefix = false;  // a shared prefix: keeps its slot when done, until released
-  bool cancel = false;     // cancel() asked for it: ends at the next turn or when its step returns
-  bool cancelled = false;  // finished with Finish::Cancelled
-  int64_t logits_pos = 0;
-  size_t next_snapshot = 0;  // index into req.snapshot_at of the next one due
-};
 
 Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_ranks,
                std::vector<StagePlan> plan, EngineLimits lim, std::function<bool()> local_poll)
@@ -62,6 +48,18 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
 Engine::~Engine() {
   if (rreq_) t_.cancel(rreq_);
   if (hreq_) t_.cancel(hreq_);
+  if (sreq_) t_.cancel(sreq_);
+}
+
+bool Engine::test_req(RequestId& id, Completion* c) {
+  try {
+    if (!t_.test(id, c)) return false;
+  } catch (const PeerLost&) {
+    id = 0;  // test() retired it
+    throw;
+  }
+  id = 0;
+  return true;
 }
 
 int Engine::submit(Request r) {
@@ -107,6 +105,7 @@ void Engine::release_prefix(int id) {
       if (!s->done && s->req.prefix == id) fail("release_prefix: prefix {} is still used by request {}", id, k);
     free_slots_.push_back(sn->second);
     snapshots_.erase(sn);
+    lineage_.erase(id);
     return;
   }
   auto it = seqs_.find(id);
@@ -140,6 +139,8 @@ void Engine::snapshot(Seq& s, StepMsg& m) {
   // cache may keep thousands).
   m.ops.push_back({SlotOpKind::Clone, slot, s.slot, {}});
   snapshots_.emplace(id, slot);
+  if (recovery_on_)  // the state after exactly the tokens fed so far
+    lineage_[id] = std::make_shared<const Lineage>(Lineage{s.base, s.log, s.sampled, s.req.sampling, s.no_base});
   if (s.req.on_snapshot) s.req.on_snapshot(p, id);
 }
 
@@ -177,6 +178,22 @@ bool Engine::schedule() {
       free_slots_.pop_back();
       s.admitted = true;
       if (prefix) prefix_slot = prefix->slot;
+      if (recovery_on_ && prefix) {  // the prefix's state is final: its base and log are this one's
+        s.base = prefix->base;
+        s.log = prefix->log;
+        s.sampled = prefix->sampled;
+        s.no_base = prefix->no_base;
+      } else if (recovery_on_ && prefix_slot >= 0) {  // a prompt snapshot's
+        auto l = lineage_.find(s.req.prefix);
+        if (l == lineage_.end()) {
+          s.no_base = true;
+        } else {
+          s.base = l->second->base;
+          s.log = l->second->log;
+          s.sampled = l->second->sampled;
+          s.no_base = l->second->no_base;
+        }
+      }
       if (prefix_slot >= 0)
         m.ops.push_back({SlotOpKind::Clone, s.slot, prefix_slot, {}});
       else
@@ -186,6 +203,7 @@ bool Engine::schedule() {
     for (auto& at = s.req.snapshot_at; s.next_snapshot < at.size() && at[s.next_snapshot] <= s.fed;
          ++s.next_snapshot)
       if (at[s.next_snapshot] == s.fed) snapshot(s, m);
+    if (recovery_on_) add_snapshot_op(s, m);
     int take = std::min<int>(int(s.pending.size()), std::min(lim_.chunk, lim_.max_tokens - tokens));
     if (s.next_snapshot < s.req.snapshot_at.size())  // the chunk ends at the next snapshot
       take = std::min<int>(take, int(s.req.snapshot_at[s.next_snapshot] - s.fed));
@@ -202,36 +220,41 @@ bool Engine::schedule() {
     m.want.push_back(want);
     m.position.push_back(uint32_t(s.generated));
     m.tokens.insert(m.tokens.end(), s.pending.begin(), s.pending.begin() + take);
+    if (recovery_on_) s.log.insert(s.log.end(), s.pending.begin(), s.pending.begin() + take);
     s.pending.erase(s.pending.begin(), s.pending.begin() + take);
     s.fed += size_t(take);
     s.in_flight = true;
     f.seq_ids.push_back(s.id);
+    f.takes.push_back(take);
     tokens += take;
   }
   if (m.segs.empty()) return false;
   ++next_step_;
   tokens_ += uint64_t(tokens);
   f.keep.push_back(encode_step(m, nullptr, 0));
-  f.send = t_.post_send(stage_ranks_.front(), kTagStep, f.keep.back().data(), f.keep.back().size());
+  // In the map before the send is posted: a recovery rolls back every step there.
+  InFlight& in = inflight_.emplace(m.step, std::move(f)).first->second;
+  in.send = t_.post_send(stage_ranks_.front(), epoch_tag(kTagStep, epoch_), in.keep.back().data(),
+                         in.keep.back().size());
   if (trace::on()) {
-    const uint64_t t1 = f.posted_ns = trace::now_ns();
+    const uint64_t t1 = in.posted_ns = trace::now_ns();
     trace::span(trace::Track::Admission, "admit + post step", m.step, t0, t1);
     trace::counter("batch (sequences)", m.step, t1, double(m.segs.size()));
     trace::counter("tokens in step", m.step, t1, double(tokens));
     trace::counter("state slots in use", m.step, t1, double(lim_.max_slots - int(free_slots_.size())));
-    trace::counter("steps in flight", m.step, t1, double(inflight_.size() + 1));
+    trace::counter("steps in flight", m.step, t1, double(inflight_.size()));
   }
-  inflight_.emplace(m.step, std::move(f));
   return true;
 }
 
 void Engine::handle_result(const ResultMsg& r) {
   auto it = inflight_.find(r.step);
   if (it == inflight_.end()) fail("result for unknown step {} from rank {}", r.step, stage_ranks_.back());
+  // The step stays in flight (for a recovery to roll back) until its send is known complete.
+  while (it->second.send && !test_req(it->second.send)) t_.wait_some(std::chrono::milliseconds(1));
   InFlight f = std::move(it->second);
   inflight_.erase(it);
   if (trace::on()) trace::async_span(trace::Track::Hops, "step through the pipeline", r.step, f.posted_ns, trace::now_ns());
-  while (!t_.test(f.send)) t_.wait_some(std::chrono::milliseconds(1));
   if (r.segs.size() != f.seq_ids.size())
     fail("result for step {} has {} segments, the step had {}", r.step, r.segs.size(), f.seq_ids.size());
   for (size_t i = 0; i < r.segs.size(); ++i) {
@@ -250,6 +273,7 @@ void Engine::handle_result(const ResultMsg& r) {
     if (g.token >= 0) {
       ++s.generated;
       ++generated_;
+      if (recovery_on_) s.sampled.push_back({g.token, s.req.sampling.penalty_decay});
       bool go_on = s.req.on_token ? s.req.on_token(g.token, g.logprob) : true;
       bool stop = std::find(s.req.stop_ids.begin(), s.req.stop_ids.end(), g.token) != s.req.stop_ids.end();
       if (stop || !go_on) {
@@ -267,11 +291,11 @@ void Engine::handle_result(const ResultMsg& r) {
 
 bool Engine::poll_results() {
   Completion c;
-  if (!t_.test(rreq_, &c)) return false;
+  if (!test_req(rreq_, &c)) return false;
   const uint64_t arrived = trace::on() ? trace::now_ns() : 0;
   // Double buffering: the next result lands in the spare buffer while this one is handled.
   std::swap(rbuf_, rspare_);
-  rreq_ = t_.post_recv(stage_ranks_.back(), kTagResult, rbuf_.data(), rbuf_.size());
+  rreq_ = t_.post_recv(stage_ranks_.back(), epoch_tag(kTagResult, epoch_), rbuf_.data(), rbuf_.size());
   const ByteBuffer& cur = rspare_;
   last_seen_[c.peer] = Clock::now();
   std::string what = fmt::format("Result from rank {}", c.peer);
@@ -294,6 +318,21 @@ bool Engine::poll_results() {
 }
 
 void Engine::poll_heartbeats() {
+  std::string why;
+  const int r = lost_stage(&why);
+  if (r >= 0) throw PeerLost(r, why);
+}
+
+bool Engine::stage_lost() {
+  std::string why;
+  try {
+    return lost_stage(&why) >= 0;
+  } catch (const std::exception&) {
+    return false;  // a bad heartbeat or a lost request: the next poll_heartbeats() reports it
+  }
+}
+
+int Engine::lost_stage(std::string* why) {
   Completion c;
   while (t_.test(hreq_, &c)) {
     last_seen_[c.peer] = Clock::now();
@@ -306,19 +345,36 @@ void Engine::poll_heartbeats() {
   for (size_t s = 0; s < stage_ranks_.size(); ++s) {
     int r = stage_ranks_[s];
     if (r == t_.rank()) continue;
+    if (t_.peer_failed(r)) {
+      *why = fmt::format("stage {} (layers {}-{}): the transport reports its connection failed", s, plan_[s].first,
+                         plan_[s].last - 1);
+      return r;
+    }
     auto it = last_seen_.find(r);
     if (it == last_seen_.end()) {
       last_seen_[r] = now;
       continue;
     }
-    if (now - it->second > peer_timeout_)
-      throw PeerLost(r, fmt::format("stage {} (layers {}-{}) sent nothing for {:.1f} s (liveness timeout, "
-                                    "RWKVPP_PEER_TIMEOUT_S)", s, plan_[s].first, plan_[s].last - 1,
-                                    std::chrono::duration<double>(peer_timeout_).count()));
+    if (now - it->second > peer_timeout_) {
+      *why = fmt::format("stage {} (layers {}-{}) sent nothing for {:.1f} s (liveness timeout, RWKVPP_PEER_TIMEOUT_S)",
+                         s, plan_[s].first, plan_[s].last - 1, std::chrono::duration<double>(peer_timeout_).count());
+      return r;
+    }
   }
+  return -1;
 }
 
 bool Engine::turn() {
+  try {
+    return turn_once();
+  } catch (const PeerLost& e) {
+    // A PeerLost from inside the recovery (a second loss) ends the job, as without recovery.
+    if (!recovery_on_ || !recover(e)) throw;
+    return true;
+  }
+}
+
+bool Engine::turn_once() {
   // A stop cancels whatever is not in flight, cancel() what it named; what is in flight comes
   // back first (handle_result).
   if (stop_requested() || cancels_ > 0) {
@@ -333,6 +389,7 @@ bool Engine::turn() {
   while (schedule()) busy = true;
   if (local_poll_ && local_poll_()) busy = true;
   if (poll_results()) busy = true;
+  if (recovery_on_ && poll_snapshots()) busy = true;
   poll_heartbeats();
   return busy;
 }

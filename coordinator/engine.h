@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/byte_buffer.h"
+#include "common/dtype.h"
 #include "coordinator/partition.h"
 #include "net/transport.h"
 #include "protocol/protocol.h"
@@ -79,6 +80,34 @@ struct PipelineNumerics {
   std::string dtype;
   std::string layers;  // e.g. "0-11 cpu", or "0-5 cpu; 6-11 cuda NVIDIA H100 80GB HBM3 sm_90"
   bool batch_invariant = false;
+};
+
+// Recovery from a lost stage (coordinator/engine_recovery.cpp, docs/cluster.md): every stage
+// sends the coordinator a snapshot of each live sequence's state every `snapshot_tokens`
+// tokens, the engine keeps the tokens fed since each sequence's last complete snapshot, and
+// when a stage is lost it has `replace` give the stage's layers to a standby, restores every
+// stage's slots from the snapshots, replays the tokens since them through the whole pipeline
+// and resumes every sequence where it stopped.
+struct RecoveryOptions {
+  int snapshot_tokens = 1024;
+  size_t snapshot_capacity = 0;  // bytes of the largest snapshot piece a stage sends
+  DType dtype = DType::F32;      // the stages' compute dtype (their Assign)
+  // Gives stage `stage`'s layers (the lost rank's) to a standby; returns its rank once it has
+  // loaded them (its Ready), or -1 when no standby is left. Throws PeerLost when the standby
+  // is lost on the way.
+  std::function<int(int lost_rank, int stage)> replace;
+  // Re-wires the coordinator rank's own stage (when it holds one), in process.
+  std::function<void(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
+};
+
+// One recovery, as reported on stderr and to the caller.
+struct RecoveryReport {
+  int lost_rank = -1, stage = -1, standby = -1;
+  double seconds = 0;       // from the loss being seen to every sequence resuming
+  double load_seconds = 0;  // of which the standby's load of the layers
+  int sequences = 0;        // slots restored
+  int from_snapshots = 0;   // of which from a snapshot (the others: a fresh state)
+  uint64_t replayed_tokens = 0;
 };
 
 class Engine {
@@ -149,6 +178,16 @@ class Engine {
   const std::vector<int>& stage_ranks() const { return stage_ranks_; }
   const std::vector<StagePlan>& plan() const { return plan_; }
   void set_numerics(PipelineNumerics n) { numerics_ = std::move(n); }
+  // Turns recovery on (before the first submit()): snapshots, token logs, and on a lost stage
+  // the procedure above instead of PeerLost (which stays the outcome when it cannot recover).
+  void enable_recovery(RecoveryOptions o);
+  const std::vector<RecoveryReport>& recoveries() const { return recoveries_; }
+  // True when a stage is known lost (the transport says so, or it is silent past the liveness
+  // timeout); drains the stages' heartbeats. Never throws: the wait hook of the coordinator
+  // rank's own stage (StepLoop::set_wait_hook), so that it does not wait for a neighbour that
+  // waits for a recovery.
+  bool stage_lost();
+  int32_t epoch() const { return epoch_; }
   const PipelineNumerics& numerics() const { return numerics_; }
 
  private:
@@ -156,8 +195,21 @@ class Engine {
   struct Seq;
   bool schedule();
   bool turn();  // one turn of the loop (poll() and run()); true when it did work
+  bool turn_once();
+  // Recovery (engine_recovery.cpp).
+  struct SnapData;
+  void add_snapshot_op(Seq& s, StepMsg& m);
+  bool poll_snapshots();
+  bool recover(const PeerLost& e);  // false when it cannot (the caller rethrows)
+  void roll_back_in_flight();
+  std::vector<std::vector<SlotRestore>> restores() const;
+  void rewire(const std::vector<std::vector<SlotRestore>>& per_stage);
+  uint64_t replay();
+  // t_.test() that zeroes `id` once the transport has retired it (completed, or PeerLost).
+  bool test_req(RequestId& id, Completion* c = nullptr);
   bool poll_results();
   void poll_heartbeats();
+  int lost_stage(std::string* why);  // the rank of a lost stage (and why), or -1
   void handle_result(const ResultMsg& r);
   void finish(Seq& s, Finish why);
   void snapshot(Seq& s, StepMsg& m);
@@ -176,6 +228,7 @@ class Engine {
   uint64_t next_step_ = 1;
   struct InFlight {
     std::vector<int> seq_ids;
+    std::vector<int> takes;  // per sequence: its tokens in the step (recovery rolls them back)
     std::vector<std::vector<uint8_t>> keep;  // send buffer
     RequestId send = 0;
     uint64_t posted_ns = 0;  // --trace: when the Step was posted
@@ -195,6 +248,20 @@ class Engine {
   double run_s_ = 0;
   std::atomic<bool> stop_{false};
   std::vector<int> reap_;  // finished sequences to forget
+  // Recovery: off unless enable_recovery().
+  bool recovery_on_ = false;
+  RecoveryOptions recovery_;
+  int32_t epoch_ = 0;
+  int32_t next_serial_ = 0;
+  std::map<int32_t, int> snap_owner_;  // snapshot number -> sequence id, while pending
+  // Per prompt snapshot (snapshots_), how its state came to be: its sequence's base and log at
+  // the Clone (engine_seq.h), so that a recovery restores it like a sequence.
+  struct Lineage;
+  std::map<int, std::shared_ptr<const Lineage>> lineage_;
+  ByteBuffer sbuf_;
+  RequestId sreq_ = 0;
+  std::vector<std::vector<uint8_t>> graveyard_;  // buffers of sends retired by a recovery
+  std::vector<RecoveryReport> recoveries_;
 };
 
 }  // namespace rwkvpp

@@ -12,7 +12,9 @@
 // - Failure of a peer (process gone, connection closed, or no sign of life within the liveness
 //   timeout while a request to or from it is pending) is reported by test() throwing PeerLost,
 //   which names the peer; the transport then stays usable only for shutdown: report the error
-//   and call abort().
+//   and call abort(). Exception (UCX only): requests to and from the other peers go on working,
+//   which is what recovery builds on (docs/cluster.md); a request to or from the lost peer
+//   keeps throwing, and cancel() retires it.
 // - Liveness (MPI, UCX): a message or a transport heartbeat received from a peer is its sign of
 //   life. Every rank sends heartbeats to every other rank while it drives its transport
 //   (test(), wait_some()), every timeout/4, so a peer that is alive but has nothing to say is
@@ -87,6 +89,11 @@ class Transport {
   // short by default, so that ranks sharing cores stay polite; long on a rank that owns its
   // cores and whose stage hop latency matters (a GPU rank). Transports without naps ignore it.
   virtual void set_spin(std::chrono::microseconds) {}
+  // True once the transport knows `peer` is gone (UCX: its endpoint's error handler ran),
+  // whether or not a request to or from it is pending: how a coordinator learns of a lost rank
+  // it exchanges nothing with. Transports that cannot tell say false (the liveness rule and
+  // PeerLost still apply).
+  virtual bool peer_failed(int /*peer*/) const { return false; }
   // Tells every other rank to stop (best effort) and ends the job with `code`: the way out of
   // an unrecoverable error under mpirun, so that no rank hangs.
   [[noreturn]] virtual void abort(int code) = 0;

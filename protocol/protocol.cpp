@@ -49,6 +49,31 @@ SamplingParams get_sampling(ByteReader& r) {
   return p;
 }
 
+void put_assign_tail(ByteWriter& w, const AssignMsg& m) {
+  for (int32_t v : {m.prev_rank, m.next_rank, m.coord_rank, m.max_slots, m.max_tokens}) w.put_i32(v);
+  w.put_u8(uint8_t(m.dtype));
+  w.put_i32(m.epoch);
+}
+
+void put_penalty(ByteWriter& w, const std::vector<std::pair<int32_t, float>>& p) {
+  w.put_u32(uint32_t(p.size()));
+  for (auto& [id, c] : p) {
+    w.put_i32(id);
+    w.put_f32(c);
+  }
+}
+
+std::vector<std::pair<int32_t, float>> get_penalty(ByteReader& r, const std::string& what) {
+  const uint32_t n = r.get_u32();
+  if (n > r.remaining() / 8) fail("{}: {} penalty counts cannot fit the message", what, n);
+  std::vector<std::pair<int32_t, float>> p(n);
+  for (auto& [id, c] : p) {
+    id = r.get_i32();
+    c = r.get_f32();
+  }
+  return p;
+}
+
 }  // namespace
 
 size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots) {
@@ -79,8 +104,7 @@ std::vector<uint8_t> encode_assign(const AssignMsg& m) {
   for (int32_t v : {m.stage, m.n_stages, m.first, m.last}) w.put_i32(v);
   w.put_u8(m.embed);
   w.put_u8(m.head);
-  for (int32_t v : {m.prev_rank, m.next_rank, m.coord_rank, m.max_slots, m.max_tokens}) w.put_i32(v);
-  w.put_u8(uint8_t(m.dtype));
+  put_assign_tail(w, m);
   return w.finish();
 }
 
@@ -212,7 +236,7 @@ std::vector<uint8_t> encode_result(const ResultMsg& m) {
 Ctrl peek_ctrl(const Message& msg, const std::string& what) {
   if (msg.payload.empty()) fail("{}: empty control message", what);
   uint8_t k = msg.payload[0];
-  if (k < 1 || k > 6) fail("{}: unknown control message {}", what, int(k));
+  if (k < 1 || k > uint8_t(Ctrl::Restore)) fail("{}: unknown control message {}", what, int(k));
   return Ctrl(k);
 }
 
@@ -245,6 +269,8 @@ AssignMsg decode_assign(const Message& msg, const std::string& what) {
   uint8_t d = r.get_u8();
   if (d > uint8_t(DType::I4)) fail("{}: bad dtype {}", what, int(d));
   m.dtype = DType(d);
+  m.epoch = r.get_i32();
+  if (m.epoch < 0 || m.epoch > kMaxEpoch) fail("{}: epoch {} is outside 0..{}", what, m.epoch, kMaxEpoch);
   r.expect_end();
   return m;
 }
@@ -307,7 +333,7 @@ StepMsg decode_step(const Message& msg, const std::string& what, std::span<const
   for (uint32_t i = 0; i < nops; ++i) {
     SlotOp op;
     uint8_t k = r.get_u8();
-    if (k < 1 || k > 3) fail("{}: unknown slot operation {}", what, int(k));
+    if (k < 1 || k > 4) fail("{}: unknown slot operation {}", what, int(k));
     op.kind = SlotOpKind(k);
     op.slot = r.get_i32();
     op.src = r.get_i32();
@@ -427,6 +453,101 @@ std::string decode_trace(const Message& msg, const std::string& what, uint64_t m
   std::string s = r.get_string(size_t(max_bytes));
   r.expect_end();
   return s;
+}
+
+std::vector<uint8_t> encode_snapshot(const SnapshotMsg& m) {
+  auto w = ctrl(Ctrl::Snapshot);
+  for (int32_t v : {m.serial, m.stage, m.slot}) w.put_i32(v);
+  w.put_span(m.state);
+  put_penalty(w, m.penalty);
+  return w.finish();
+}
+
+SnapshotMsg decode_snapshot(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Snapshot, what);
+  SnapshotMsg m;
+  m.serial = r.get_i32();
+  m.stage = r.get_i32();
+  m.slot = r.get_i32();
+  m.state = r.get_vector<float>();
+  m.penalty = get_penalty(r, what);
+  r.expect_end();
+  return m;
+}
+
+std::vector<uint8_t> encode_recover(const RecoverMsg& m) {
+  auto w = ctrl(Ctrl::Recover);
+  const AssignMsg& a = m.assign;
+  for (int32_t v : {a.stage, a.n_stages, a.first, a.last}) w.put_i32(v);
+  w.put_u8(a.embed);
+  w.put_u8(a.head);
+  put_assign_tail(w, a);
+  w.put_u32(m.restores);
+  w.put_u64(m.body_bytes);
+  return w.finish();
+}
+
+RecoverMsg decode_recover(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Recover, what);
+  RecoverMsg m;
+  AssignMsg& a = m.assign;
+  a.stage = r.get_i32();
+  a.n_stages = r.get_i32();
+  a.first = r.get_i32();
+  a.last = r.get_i32();
+  a.embed = r.get_u8();
+  a.head = r.get_u8();
+  a.prev_rank = r.get_i32();
+  a.next_rank = r.get_i32();
+  a.coord_rank = r.get_i32();
+  a.max_slots = r.get_i32();
+  a.max_tokens = r.get_i32();
+  uint8_t d = r.get_u8();
+  if (d > uint8_t(DType::I4)) fail("{}: bad dtype {}", what, int(d));
+  a.dtype = DType(d);
+  a.epoch = r.get_i32();
+  if (a.epoch < 1 || a.epoch > kMaxEpoch) fail("{}: epoch {} is outside 1..{}", what, a.epoch, kMaxEpoch);
+  m.restores = r.get_u32();
+  m.body_bytes = r.get_u64();
+  r.expect_end();
+  return m;
+}
+
+std::vector<uint8_t> encode_restore(const std::vector<SlotRestore>& slots) {
+  auto w = ctrl(Ctrl::Restore);
+  w.put_u32(uint32_t(slots.size()));
+  for (const SlotRestore& s : slots) {
+    w.put_i32(s.slot);
+    w.put_u8(s.fresh);
+    w.put_span(s.state);
+    put_sampling(w, s.sampling);
+    put_penalty(w, s.penalty);
+  }
+  return w.finish();
+}
+
+std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& what) {
+  auto r = ctrl_reader(msg, Ctrl::Restore, what);
+  const uint32_t n = r.get_u32();
+  if (n > r.remaining()) fail("{}: {} slots cannot fit the message", what, n);
+  std::vector<SlotRestore> out(n);
+  for (SlotRestore& s : out) {
+    s.slot = r.get_i32();
+    s.fresh = r.get_u8();
+    s.state = r.get_vector<float>();
+    s.sampling = get_sampling(r);
+    s.penalty = get_penalty(r, what);
+  }
+  r.expect_end();
+  return out;
+}
+
+std::vector<uint8_t> encode_recovered() { return ctrl(Ctrl::Recovered).finish(); }
+
+void decode_recovered(const Message& msg, const std::string& what) {
+  if (msg.header.msg_type() == MsgType::Error) fail("{}", decode_error(msg, what));
+  auto r = ctrl_reader(msg, Ctrl::Recovered, what);
+  r.expect_end();
 }
 
 }  // namespace rwkvpp

@@ -39,9 +39,22 @@ inline constexpr int kTagStep = 2;       // Step messages down the pipeline
 inline constexpr int kTagResult = 3;     // Result messages to the coordinator
 inline constexpr int kTagHeartbeat = 4;  // liveness
 inline constexpr int kTagShare = 5;      // shared-slot offers and credits, to the previous stage
+inline constexpr int kTagSnapshot = 6;   // state snapshots, every stage to the coordinator (recovery)
+inline constexpr int kTagRestore = 7;    // the states a Recover restores, coordinator to a stage
+// The tags of a pipeline's data streams (Step, Result, Share, Snapshot) in its epoch: a
+// recovery (coordinator/engine_recovery.cpp) re-wires the stages in a new epoch, so that what
+// the old pipeline still had on the way is never taken for the new one's messages (it stays
+// unmatched). Ctrl, Heartbeat and Restore keep their tags. Tags stay below 32768 for 4000
+// epochs.
+inline constexpr int kEpochTagStride = 8;
+inline constexpr int32_t kMaxEpoch = 4000;
+inline int epoch_tag(int tag, int32_t epoch) { return tag + kEpochTagStride * int(epoch); }
 
 // Control message kinds inside MsgType::Hello / Shutdown / Error payloads.
-enum class Ctrl : uint8_t { Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6, Clock = 7, Trace = 8 };
+enum class Ctrl : uint8_t {
+  Hello = 1, Assign = 2, Ready = 3, Shutdown = 4, Stats = 5, Error = 6, Clock = 7, Trace = 8,
+  Recover = 9, Recovered = 10, Snapshot = 11, Restore = 12
+};
 
 struct HelloMsg {
   uint16_t protocol = kProtocolVersion;
@@ -59,6 +72,10 @@ struct AssignMsg {
   int32_t max_slots = 1;
   int32_t max_tokens = 1;       // most tokens one Step carries
   DType dtype = DType::F32;
+  // The pipeline's wiring generation: 0 at start, +1 at every recovery (epoch_tag()). A
+  // stage assigned at epoch > 0 (a standby taking a lost stage's layers) starts its steps only
+  // with the Recover that follows its Ready.
+  int32_t epoch = 0;
 };
 
 struct ReadyMsg {
@@ -98,12 +115,15 @@ struct StatsMsg {
   std::string backend;
 };
 
-enum class SlotOpKind : uint8_t { Reset = 1, Clone = 2, SetSampling = 3 };
+// Snapshot: the stage sends the slot's state of its layers (the last stage also its penalty
+// counts) to the coordinator as a SnapshotMsg numbered `src`, before the step's tokens, so that
+// every stage's piece is the state after the same tokens (coordinator/engine_recovery.cpp).
+enum class SlotOpKind : uint8_t { Reset = 1, Clone = 2, SetSampling = 3, Snapshot = 4 };
 
 struct SlotOp {
   SlotOpKind kind = SlotOpKind::Reset;
   int32_t slot = 0;
-  int32_t src = 0;          // Clone: copy state (and penalties) of `src` into `slot`
+  int32_t src = 0;          // Clone: copy state (and penalties) of `src` into `slot`; Snapshot: its number
   SamplingParams sampling;  // SetSampling
 };
 
@@ -164,6 +184,41 @@ struct ResultMsg {
 struct ClockMsg {
   uint64_t t0 = 0, t1 = 0, base = 0;
 };
+
+// Recovery (coordinator/engine_recovery.cpp). A stage's piece of a snapshot (tag
+// epoch_tag(kTagSnapshot)): the slot's state of the stage's layers, concatenated in layer order
+// (StatePool::read), and on the last stage its penalty counts (id, count).
+struct SnapshotMsg {
+  int32_t serial = 0, stage = 0, slot = 0;
+  std::vector<float> state;
+  std::vector<std::pair<int32_t, float>> penalty;
+};
+// Coordinator -> a stage (kTagCtrl): the new wiring (assign.prev_rank/next_rank/epoch; the
+// layers are the stage's own), then `restores` slots in one Restore message of `body_bytes`
+// bytes on kTagRestore. The stage drops its old step loop, restores the slots, starts a new
+// loop in the new epoch and answers Recovered.
+struct RecoverMsg {
+  AssignMsg assign;
+  uint32_t restores = 0;
+  uint64_t body_bytes = 0;
+};
+// One slot to restore: a fresh state (Reset) or `state` (the stage's floats of a snapshot),
+// its sampling parameters, and on the last stage its penalty counts.
+struct SlotRestore {
+  int32_t slot = 0;
+  uint8_t fresh = 1;
+  std::vector<float> state;
+  SamplingParams sampling;
+  std::vector<std::pair<int32_t, float>> penalty;
+};
+std::vector<uint8_t> encode_snapshot(const SnapshotMsg& m);
+SnapshotMsg decode_snapshot(const Message& msg, const std::string& what);
+std::vector<uint8_t> encode_recover(const RecoverMsg& m);
+RecoverMsg decode_recover(const Message& msg, const std::string& what);
+std::vector<uint8_t> encode_restore(const std::vector<SlotRestore>& slots);
+std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& what);
+std::vector<uint8_t> encode_recovered();
+void decode_recovered(const Message& msg, const std::string& what);
 
 // Capacities: the receive buffers both ends size from the model and the assignment.
 // Bytes a Step message may need for `max_tokens` tokens of a model with this config.

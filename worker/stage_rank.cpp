@@ -55,7 +55,7 @@ StageRank::StageRank(Transport& t, int coord, const ModelSource& source, const S
 StageRank::~StageRank() = default;
 
 bool StageRank::load() {
-  auto b = recv_ctrl(t_, coord_, kCtrlCap, 600, "the stage assignment");
+  auto b = recv_ctrl(t_, coord_, kCtrlCap, o_.assign_timeout_s, "the stage assignment");
   Message m = decode_message(b, kCtrlCap);
   if (m.header.msg_type() == MsgType::Shutdown) return false;  // the coordinator gave up
   a_ = decode_assign(m, "Assign from rank 0");
@@ -98,8 +98,87 @@ bool StageRank::load() {
     ready.gemm_TFLOPs = be_->measure_gemm_TFLOPs(DType::F16);
   }
   send_blocking(t_, coord_, kTagCtrl, encode_ready(ready));
-  loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  // A standby taking a lost stage's layers starts its loop with the Recover that follows.
+  if (a_.epoch == 0) {
+    loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+    loop_->set_wait_hook(wait_hook_);
+  }
   return true;
+}
+
+void StageRank::set_wait_hook(std::function<bool()> f) {
+  wait_hook_ = std::move(f);
+  if (loop_) loop_->set_wait_hook(wait_hook_);
+}
+
+bool StageRank::ctrl_arrived() {
+  if (ctrl_len_ >= 0) return true;
+  if (!ctrl_req_) return false;
+  Completion c;
+  try {
+    if (!t_.test(ctrl_req_, &c)) return false;
+  } catch (...) {
+    ctrl_req_ = 0;
+    hook_error_ = std::current_exception();
+    return true;
+  }
+  ctrl_req_ = 0;
+  ctrl_len_ = int64_t(c.bytes);
+  return true;
+}
+
+void StageRank::recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots) {
+  RWKVPP_CHECK(stage_ != nullptr, "StageRank::recover() before a successful load()");
+  const AssignMsg& n = m.assign;
+  if (n.first != a_.first || n.last != a_.last || n.embed != a_.embed || n.head != a_.head ||
+      n.max_slots != a_.max_slots || n.max_tokens != a_.max_tokens)
+    fail("Recover from rank {}: layers {}-{} with other limits, this rank (stage {}) holds layers {}-{}", coord_,
+         n.first, n.last - 1, a_.stage, a_.first, a_.last - 1);
+  if (loop_) {
+    loop_->abandon();
+    retired_.push_back(std::move(loop_));
+  }
+  a_ = n;
+  loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
+  loop_->set_wait_hook(wait_hook_);
+  loop_->restore(slots);
+}
+
+void StageRank::serve_recover(const Message& m) {
+  const RecoverMsg r = decode_recover(m, fmt::format("Recover from rank {}", coord_));
+  std::vector<uint8_t> body(r.body_bytes);
+  RequestId q = t_.post_recv(coord_, kTagRestore, body.data(), body.size());
+  Completion c;
+  const auto deadline = Clock::now() + std::chrono::seconds(600);
+  while (!t_.test(q, &c)) {
+    if (Clock::now() > deadline) {
+      t_.cancel(q);
+      throw PeerLost(coord_, "no Restore within 600 s of its Recover");
+    }
+    t_.wait_some(std::chrono::milliseconds(2));
+  }
+  const std::string what = fmt::format("Restore from rank {}", coord_);
+  std::vector<SlotRestore> slots = decode_restore(decode_message({body.data(), c.bytes}, body.size()), what);
+  if (slots.size() != r.restores) fail("{}: {} slots, its Recover announced {}", what, slots.size(), r.restores);
+  recover(r, slots);
+  fmt::print(stderr, "rank {} (stage {}, layers {}-{}): re-wired in epoch {} (previous rank {}, next rank {}), "
+             "{} slot(s) restored\n", t_.rank(), a_.stage, a_.first, a_.last - 1, a_.epoch, a_.prev_rank,
+             a_.next_rank, slots.size());
+  send_blocking(t_, coord_, kTagCtrl, encode_recovered());
+}
+
+void StageRank::heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq) {
+  if (req && !t_.test(req)) return;
+  req = 0;
+  const auto now = Clock::now();
+  if (now - hb_last_ < std::chrono::seconds(1)) return;
+  hb_last_ = now;
+  StatsMsg st;
+  st.stage = a_.stage;
+  st.first = a_.first;
+  st.last = a_.last;
+  buf = encode_heartbeat(++seq, st);
+  req = t_.post_send(coord_, kTagHeartbeat, buf.data(), buf.size());
 }
 
 std::string StageRank::trace_label() const {
@@ -108,18 +187,54 @@ std::string StageRank::trace_label() const {
 }
 
 void StageRank::serve() {
-  RWKVPP_CHECK(loop_ != nullptr, "StageRank::serve() before a successful load()");
-  std::vector<uint8_t> buf(kCtrlCap);
-  RequestId r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
-  Completion c;
+  RWKVPP_CHECK(stage_ != nullptr, "StageRank::serve() before a successful load()");
+  std::vector<uint8_t> hb;
+  RequestId hb_req = 0;
+  uint64_t hb_seq = 0;
+  ctrl_buf_.resize(kCtrlCap);
+  ctrl_req_ = t_.post_recv(coord_, kTagCtrl, ctrl_buf_.data(), ctrl_buf_.size());
+  // A step waiting for its neighbour gives up when the coordinator speaks (a Recover).
+  set_wait_hook([this] { return ctrl_arrived(); });
   for (;;) {
-    bool busy = loop_->poll();
-    if (t_.test(r, &c)) {
-      Message m = decode_message({buf.data(), c.bytes}, kCtrlCap);
+    bool busy = false;
+    if (loop_ && !loop_->interrupted()) {
+      try {
+        busy = loop_->poll();
+      } catch (const PeerLost& e) {
+        // A neighbour is gone: the coordinator recovers the pipeline (a Recover) or ends the
+        // job (Shutdown, or its abort). Only the coordinator's own loss ends this rank here.
+        if (e.peer() == coord_) throw;
+        fmt::print(stderr, "rank {} (stage {}): {}; waiting for the coordinator to recover the pipeline\n",
+                   t_.rank(), a_.stage, e.what());
+        loop_->abandon();
+        retired_.push_back(std::move(loop_));
+      }
+    } else {
+      heartbeat(hb, hb_req, hb_seq);
+    }
+    if (hook_error_) std::rethrow_exception(hook_error_);
+    if (ctrl_arrived()) {
+      if (hook_error_) std::rethrow_exception(hook_error_);
+      Message m = decode_message({ctrl_buf_.data(), size_t(ctrl_len_)}, kCtrlCap);
+      ctrl_len_ = -1;
       if (m.header.msg_type() == MsgType::Shutdown) break;
-      r = t_.post_recv(coord_, kTagCtrl, buf.data(), buf.size());
+      if (m.header.msg_type() == MsgType::Hello && peek_ctrl(m, "a control message") == Ctrl::Recover) {
+        if (hb_req) {  // the new loop heartbeats from here on
+          t_.cancel(hb_req);
+          hb_req = 0;
+        }
+        serve_recover(m);
+      }
+      ctrl_req_ = t_.post_recv(coord_, kTagCtrl, ctrl_buf_.data(), ctrl_buf_.size());
     }
     if (!busy) t_.wait_some(std::chrono::milliseconds(1));
+  }
+  if (hb_req) t_.cancel(hb_req);
+  if (!loop_ || loop_->interrupted()) {  // a standby never used, or a loop lost at the very end
+    if (loop_) loop_->abandon();
+    send_blocking(t_, coord_, kTagCtrl, encode_stats(loop_ ? loop_->stats() : StatsMsg{}));
+    if (trace::on()) send_trace(t_, coord_, trace_label());
+    return;
   }
   loop_->drain();
   send_blocking(t_, coord_, kTagCtrl, encode_stats(loop_->stats()));
@@ -128,7 +243,7 @@ void StageRank::serve() {
 
 int run_stage_rank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o) {
   StageRank stage(t, coord, source, o);
-  if (!stage.load()) return 1;
+  if (!stage.load()) return o.assign_timeout_s > 600 ? 0 : 1;  // a standby told to stop: done
   stage.serve();
   return 0;
 }

@@ -9,6 +9,9 @@
 // calls.
 #pragma once
 
+#include <chrono>
+#include <exception>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +34,9 @@ struct StageRankOptions {
   uint64_t memory_limit = 0;             // most bytes offered for layers; 0: the device's free memory
   bool measure_floors = false;           // measure the device's copy and GEMM rates for Ready
   ProgressMode progress = ProgressMode::Auto;  // loading progress (common/progress.h)
+  // How long to wait for the Assign: a standby (--standby) waits for as long as the job runs,
+  // i.e. until a stage is lost, the coordinator shuts down, or it is lost itself (liveness).
+  int assign_timeout_s = 600;
 };
 
 class StageRank {
@@ -48,8 +54,16 @@ class StageRank {
   // of an Assign, or loading failed (a rank other than `coord` has then also waited to be told
   // to stop, so that it never leaves rank 0 waiting for it).
   bool load();
-  // The step loop, after load() succeeded (null before, or after a failure).
+  // The step loop, after load() succeeded (null before, or after a failure; null too after
+  // the load of a standby's Assign, until its recover()).
   StepLoop* loop() { return loop_.get(); }
+  // Recovery: the pipeline is re-wired in a new epoch (m.assign: this stage's layers, new
+  // neighbours). Abandons the old loop (kept until this object goes: its retired sends may
+  // still read their buffers), starts a new one and restores `slots` into it.
+  void recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots);
+  // The wait hook of every loop this rank makes (StepLoop::set_wait_hook); serve() sets its
+  // own (a control message has arrived), the coordinator's own stage the engine's.
+  void set_wait_hook(std::function<bool()> f);
   // This rank's process label in the trace (protocol/trace_session.h).
   std::string trace_label() const;
   // A rank other than `coord`, after load(): runs steps until Shutdown arrives, then sends its
@@ -64,7 +78,21 @@ class StageRank {
   std::unique_ptr<Backend> be_;
   std::unique_ptr<Stage> stage_;
   std::unique_ptr<StepLoop> loop_;
+  std::vector<std::unique_ptr<StepLoop>> retired_;  // abandoned loops (see recover())
   AssignMsg a_;
+  // serve(): the Recover from the coordinator, with its restores (kTagRestore).
+  void serve_recover(const Message& m);
+  // serve(): whether a control message has arrived (in ctrl_buf_, ctrl_len_ bytes); never
+  // throws (a PeerLost goes to hook_error_, rethrown by serve()).
+  bool ctrl_arrived();
+  std::function<bool()> wait_hook_;
+  std::vector<uint8_t> ctrl_buf_;
+  RequestId ctrl_req_ = 0;
+  int64_t ctrl_len_ = -1;
+  std::exception_ptr hook_error_;
+  // serve(): heartbeats while there is no loop to send them (a neighbour was lost).
+  void heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq);
+  std::chrono::steady_clock::time_point hb_last_{};
   bool assigned_ = false;
 };
 

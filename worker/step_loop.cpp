@@ -60,10 +60,13 @@ ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logpr
 }  // namespace
 
 StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
-    : t_(t), stage_(stage), a_(a), sampling_(size_t(a.max_slots)), penalty_(size_t(a.max_slots)) {
+    : t_(t), stage_(stage), a_(a), tag_step_(epoch_tag(kTagStep, a.epoch)),
+      tag_result_(epoch_tag(kTagResult, a.epoch)), tag_share_(epoch_tag(kTagShare, a.epoch)),
+      tag_snapshot_(epoch_tag(kTagSnapshot, a.epoch)), sampling_(size_t(a.max_slots)),
+      penalty_(size_t(a.max_slots)) {
   const size_t cap = step_capacity(stage.config(), a.max_tokens, a.max_slots);
   for (auto& b : rbufs_) b = HostBuffer(&stage.backend(), cap);
-  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[0].data(), cap);
+  rreq_ = t_.post_recv(a_.prev_rank, tag_step_, rbufs_[0].data(), cap);
   last_heartbeat_ = idle_since_ = busy_until_ = Clock::now();
   stats_.stage = a.stage;
   stats_.first = a.first;
@@ -102,7 +105,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   share_ = !(share && std::string(share) == "0") && !stage.backend().share_kind().empty();
   if (!a.head) {
     share_buf_.resize(size_t(64) << 10);
-    share_req_ = t_.post_recv(a_.next_rank, kTagShare, share_buf_.data(), share_buf_.size());
+    share_req_ = t_.post_recv(a_.next_rank, tag_share_, share_buf_.data(), share_buf_.size());
   }
   if (!a.embed) {  // an offer, or one of no slots: the previous stage waits for either
     ShareMsg offer;
@@ -117,7 +120,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
         rx_.reset();
       }
     }
-    send(a_.prev_rank, kTagShare, encode_share(offer));
+    send(a_.prev_rank, tag_share_, encode_share(offer));
   }
 }
 
@@ -129,10 +132,10 @@ StepLoop::~StepLoop() {
 
 bool StepLoop::poll_share() {
   Completion c;
-  if (!share_req_ || !t_.test(share_req_, &c)) return false;
+  if (!share_req_ || !test_req(share_req_, &c)) return false;
   const std::string what = fmt::format("Share message from rank {} at stage {}", a_.next_rank, a_.stage);
   const ShareMsg m = decode_share(decode_message({share_buf_.data(), c.bytes}, share_buf_.size()), what);
-  share_req_ = t_.post_recv(a_.next_rank, kTagShare, share_buf_.data(), share_buf_.size());
+  share_req_ = t_.post_recv(a_.next_rank, tag_share_, share_buf_.data(), share_buf_.size());
   if (m.kind == ShareKind::Credit) {
     if (!tx_) fail("{}: a credit for slot {}, but no slots are shared", what, m.slot);
     tx_->credit(m.slot, what);
@@ -158,7 +161,7 @@ bool StepLoop::poll_share() {
                  t_.rank(), a_.stage, answer.why);
     }
   }
-  send(a_.next_rank, kTagStep, encode_share(answer));  // ahead of every Step that uses a slot
+  send(a_.next_rank, tag_step_, encode_share(answer));  // ahead of every Step that uses a slot
   return true;
 }
 
@@ -170,9 +173,13 @@ void StepLoop::on_accept(const Message& msg) {
   else rx_.reset();  // declined: Steps carry their hidden vectors
 }
 
-void StepLoop::wait_share(bool credit) {
+bool StepLoop::wait_share(bool credit) {
   const auto w0 = Clock::now();
   while (credit ? !tx_->has_credit() : !next_offered_) {
+    if (wait_hook_ && wait_hook_()) {  // the owner must act (a lost rank, a Recover): give up
+      interrupted_ = true;
+      return false;
+    }
     if (poll_share()) continue;
     reap_sends();
     flush_ready();
@@ -180,6 +187,7 @@ void StepLoop::wait_share(bool credit) {
     t_.wait_some(std::chrono::milliseconds(1));
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
+  return true;
 }
 
 StepLoop::Outgoing StepLoop::outgoing(int peer, int tag, std::vector<uint8_t> msg) const {
@@ -313,7 +321,7 @@ bool StepLoop::ready_to_send(const Outgoing& o) {
 }
 
 void StepLoop::reap_sends() {
-  while (!sends_.empty() && t_.test(sends_.front().req)) {
+  while (!sends_.empty() && test_req(sends_.front().req)) {
     if (tracing_ && sends_.front().step != kUntraced)
       trace::async_span(trace::Track::Hops, a_.head ? "Result to the coordinator" : "Step to the next stage",
                         sends_.front().step, sends_.front().posted_ns, trace::now_ns());
@@ -331,12 +339,13 @@ void StepLoop::heartbeat() {
 }
 
 bool StepLoop::poll() {
+  if (interrupted_) return false;
   reap_sends();
   const bool shared = poll_share();
   flush_ready();
   heartbeat();
   Completion c;
-  if (!t_.test(rreq_, &c)) return shared || !ready_.empty();
+  if (!test_req(rreq_, &c)) return shared || !ready_.empty();
   // Keep the received bytes, post the next receive into the next buffer of the ring (once the
   // device has read it), then compute: the next message can arrive meanwhile.
   const int cur = rcur_;
@@ -349,7 +358,7 @@ bool StepLoop::poll() {
     be.timer_release(std::exchange(rmark_[rcur_], 0));
   }
   stats_.ring_wait_s += std::chrono::duration<double>(Clock::now() - w0).count();
-  rreq_ = t_.post_recv(a_.prev_rank, kTagStep, rbufs_[rcur_].data(), rbufs_[rcur_].size());
+  rreq_ = t_.post_recv(a_.prev_rank, tag_step_, rbufs_[rcur_].data(), rbufs_[rcur_].size());
   if (tracing_) arrived_ns_ = trace::now_ns();
   auto t0 = step_started_ = Clock::now();
   stats_.wait_s += std::chrono::duration<double>(t0 - idle_since_).count();
@@ -394,6 +403,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
         sampling_[size_t(op.slot)] = sampling_[size_t(op.src)];
         break;
       case SlotOpKind::SetSampling: sampling_[size_t(op.slot)] = op.sampling; break;
+      case SlotOpKind::Snapshot: send_snapshot(op); break;
     }
   }
   const int64_t n = s.n_tokens();
@@ -403,8 +413,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   stats_.tokens += uint64_t(n);
   if (decode) stats_.decode_steps += 1;
   if (n == 0) {
-    if (!a_.head) send(a_.next_rank, kTagStep, encode_step(s, nullptr, 0), s.step);
-    else send(a_.coord_rank, kTagResult, encode_result(ResultMsg{s.step, {}}), s.step);
+    if (!a_.head) send(a_.next_rank, tag_step_, encode_step(s, nullptr, 0), s.step);
+    else send(a_.coord_rank, tag_result_, encode_result(ResultMsg{s.step, {}}), s.step);
     return;
   }
   Backend& be = stage_.backend();
@@ -415,7 +425,8 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   // calls to a token's latency, in buffer 0 (the queue orders every use of it; one recording
   // per decode shape).
   const size_t hf = size_t(stage_.hidden_floats(n));
-  if (!a_.head && !next_offered_) wait_share(false);  // the next stage's offer decides the way out
+  // The next stage's offer decides the way out.
+  if (!a_.head && !next_offered_ && !wait_share(false)) return;
   // Hidden vectors in and out through shared slots (worker/shared_ring.h) are copied in order.
   const bool shared_in = s.shared_slot >= 0, shared_out = !a_.head && tx_;
   const bool side = side_ && hf * 4 >= side_min_bytes_ && !shared_in && !shared_out;
@@ -448,7 +459,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     ShareMsg credit;
     credit.kind = ShareKind::Credit;
     credit.slot = uint32_t(s.shared_slot);
-    send_now(a_.prev_rank, kTagShare, encode_share(credit));  // not behind Results waiting for the device
+    send_now(a_.prev_rank, tag_share_, encode_share(credit));  // not behind Results waiting for the device
   } else {
     if (hidden_bytes.size() != hf * 4)
       fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
@@ -504,7 +515,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
   if (shared_out) {
     // Into the next stage's slot on the device; the message leaves now, its device waits.
     if (out_slot < 0) {
-      wait_share(true);
+      if (!wait_share(true)) return;  // interrupted: the loop is abandoned next
       out_slot = tx_->put(h.x, hf * 4);
     }
     s.shared_slot = out_slot;
@@ -517,7 +528,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     t.started = step_started_;
     t.step = s.step;
     timed_.push_back(t);
-    send(a_.next_rank, kTagStep, encode_step_head(s, 0), s.step);
+    send(a_.next_rank, tag_step_, encode_step_head(s, 0), s.step);
     return;
   }
   if (!a_.head) {
@@ -526,7 +537,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     std::vector<uint8_t> head = encode_step_head(s, hf);
     Outgoing o;
     o.peer = a_.next_rank;
-    o.tag = kTagStep;
+    o.tag = tag_step_;
     o.bytes = head.size() + hf * 4;
     o.buf = take_buffer(o.bytes);
     o.started = step_started_;
@@ -565,7 +576,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     const int64_t m = int64_t(rows.size());
     Outgoing o;
     o.peer = a_.coord_rank;
-    o.tag = kTagResult;
+    o.tag = tag_result_;
     o.buf = take_buffer(size_t(m) * 8);
     o.started = step_started_;
     stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
@@ -583,7 +594,7 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     return;
   }
   drop_marks();
-  send(a_.coord_rank, kTagResult, encode_result(host_result(s, h, rows)), s.step);
+  send(a_.coord_rank, tag_result_, encode_result(host_result(s, h, rows)), s.step);
 }
 
 // The last stage's Result when some row wants logits or is not plain greedy: the rows' logits
@@ -624,6 +635,59 @@ ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::ve
     res.segs[drawn[k]].logprob = draws[k].logprob;
   }
   return res;
+}
+
+bool StepLoop::test_req(RequestId& id, Completion* c) {
+  try {
+    if (!t_.test(id, c)) return false;
+  } catch (const PeerLost&) {
+    id = 0;  // test() retired it
+    throw;
+  }
+  id = 0;
+  return true;
+}
+
+void StepLoop::send_snapshot(const SlotOp& op) {
+  SnapshotMsg m;
+  m.serial = op.src;
+  m.stage = a_.stage;
+  m.slot = op.slot;
+  // The state after every earlier step of the slot (the device's queue orders the copy after
+  // them); the last stage's penalty counts include every sample the coordinator has seen.
+  m.state = stage_.state().read(op.slot);
+  if (a_.head)
+    for (const auto& [id, c] : penalty_[size_t(op.slot)].counts) m.penalty.push_back({id, c});
+  send(a_.coord_rank, tag_snapshot_, encode_snapshot(m));
+}
+
+void StepLoop::restore(const std::vector<SlotRestore>& slots) {
+  const int64_t floats = stage_.state().floats_per_slot();
+  for (const SlotRestore& r : slots) {
+    if (r.slot < 0 || r.slot >= a_.max_slots)
+      fail("Restore at stage {}: slot {} out of range (0..{})", a_.stage, r.slot, a_.max_slots - 1);
+    if (r.fresh) {
+      stage_.state().reset(r.slot);
+    } else {
+      if (int64_t(r.state.size()) != floats)
+        fail("Restore at stage {}: slot {} has {} state floats, the stage's layers {}-{} hold {}", a_.stage,
+             r.slot, r.state.size(), a_.first, a_.last - 1, floats);
+      stage_.state().write(r.slot, r.state);
+    }
+    sampling_[size_t(r.slot)] = r.sampling;
+    penalty_[size_t(r.slot)].counts = {r.penalty.begin(), r.penalty.end()};
+  }
+}
+
+void StepLoop::abandon() {
+  for (RequestId* r : {&rreq_, &share_req_})
+    if (*r) t_.cancel(std::exchange(*r, 0));
+  for (Outgoing& o : sends_)
+    if (o.req) t_.cancel(std::exchange(o.req, 0));
+  // Messages not posted yet are dropped; the buffers of posted ones stay with this object, which
+  // the caller keeps (a cancelled send may still read them).
+  ready_.clear();
+  timed_.clear();
 }
 
 void StepLoop::drain() {

@@ -31,6 +31,19 @@ class StepLoop {
   bool poll();
   // Waits until every send has completed (at shutdown).
   void drain();
+  // Recovery (coordinator/engine_recovery.cpp). abandon(): the pipeline this loop belongs to
+  // lost a rank; withdraws every request (receives cancelled, sends retired) and drops what
+  // was not sent. The loop must not be polled again; keep the object until the transport goes
+  // (a retired send may still read its buffer). restore(): sets slots' states, sampling
+  // parameters and penalty counts, before the loop's first step.
+  void abandon();
+  void restore(const std::vector<SlotRestore>& slots);
+  // Called while the loop waits inside a step (for the next stage's shared-slot offer or
+  // credit, which a neighbour that lost its own neighbour never sends); returning true gives
+  // the wait up: the step is left half done, interrupted() turns true, poll() does nothing
+  // more, and the owner must abandon() the loop (a recovery follows). The hook must not throw.
+  void set_wait_hook(std::function<bool()> f) { wait_hook_ = std::move(f); }
+  bool interrupted() const { return interrupted_; }
   StatsMsg stats() const;
 
  private:
@@ -63,8 +76,13 @@ class StepLoop {
   bool poll_share();
   void on_accept(const Message& msg);
   // Waits (driving the transport) for a credit from the next stage, or for its offer.
-  void wait_share(bool credit);
+  // False when the wait hook gave it up.
+  bool wait_share(bool credit);
   void heartbeat();  // to the coordinator, about once a second
+  // Sends the slot's state (and penalties) to the coordinator (SlotOpKind::Snapshot).
+  void send_snapshot(const SlotOp& op);
+  // t_.test() that zeroes `id` once the transport has retired it (completed, or PeerLost).
+  bool test_req(RequestId& id, Completion* c = nullptr);
   bool ready_to_send(const Outgoing& o);
   Outgoing outgoing(int peer, int tag, std::vector<uint8_t> msg) const;  // a plain message
   void send(int peer, int tag, std::vector<uint8_t> msg, uint64_t step = kUntraced);
@@ -87,6 +105,9 @@ class StepLoop {
   Transport& t_;
   Stage& stage_;
   AssignMsg a_;
+  const int tag_step_, tag_result_, tag_share_, tag_snapshot_;  // epoch_tag() of a_.epoch
+  std::function<bool()> wait_hook_;
+  bool interrupted_ = false;
   // Receives land in a ring of host buffers that the device copies from directly; a buffer is
   // posted again only after the upload from it has completed.
   static constexpr int kRecvBuffers = 3;

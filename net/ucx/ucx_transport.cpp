@@ -223,8 +223,15 @@ class UcxTransport final : public Transport {
       // Before blaming the peer, harvest everything else: news from it may be waiting.
       poll_all();
       if (!r.done && is_doomed(r)) {
+        // Retired, as the contract says: a request left pending would make every later
+        // wait_some() return at once (any_doomed), i.e. spin, on a rank that goes on (recovery).
+        const std::string why = lost_reason(r);
+        const int peer = r.peer;
+        loop_.forget(id);
+        if (r.ucx) release(r.ucx, r.is_recv);
+        requests_.erase(it);
         lost_ = true;
-        throw PeerLost(r.peer, lost_reason(r));
+        throw PeerLost(peer, why);
       }
     }
     if (!r.done) return false;
@@ -244,6 +251,10 @@ class UcxTransport final : public Transport {
   }
 
   void set_spin(std::chrono::microseconds us) override { spin_ = us; }
+
+  bool peer_failed(int peer) const override {
+    return peer >= 0 && peer < size_ && peer != rank_ && peers_[size_t(peer)].failure != UCS_OK;
+  }
 
   void wait_some(std::chrono::milliseconds timeout) override {
     Clock::time_point start = Clock::now();

@@ -53,6 +53,18 @@ void control(const Message& m) {
       else
         same_payload(m, encode_trace(decode_trace(m, who, 1 << 20)), "Trace re-encodes differently");
       break;
+    case Ctrl::Snapshot:
+      same_payload(m, encode_snapshot(decode_snapshot(m, who)), "Snapshot re-encodes differently");
+      break;
+    case Ctrl::Recover:
+      same_payload(m, encode_recover(decode_recover(m, who)), "Recover re-encodes differently");
+      break;
+    case Ctrl::Restore:
+      same_payload(m, encode_restore(decode_restore(m, who)), "Restore re-encodes differently");
+      break;
+    case Ctrl::Recovered:
+      decode_recovered(m, who);
+      break;
     case Ctrl::Shutdown:
       break;
   }
@@ -192,12 +204,34 @@ Seeds seeds_wire() {
   ShareMsg credit;
   credit.kind = ShareKind::Credit;
   credit.slot = 1;
+  SnapshotMsg snap;
+  snap.serial = 3;
+  snap.stage = 1;
+  snap.slot = 2;
+  snap.state = {0.5f, -1e30f, 2.0f};
+  snap.penalty = {{42, 1.5f}, {7, 0.25f}};
+  RecoverMsg recover;
+  recover.assign = assign;
+  recover.assign.epoch = 1;
+  recover.restores = 2;
+  recover.body_bytes = 200;
+  SlotRestore fresh, kept;
+  fresh.slot = 1;
+  kept.slot = 2;
+  kept.fresh = 0;
+  kept.state = {0.5f, 1.0f};
+  kept.sampling.temperature = 0.9f;
+  kept.penalty = {{5, 2.0f}};
   return {{"hello", str(encode_hello(hello))},
           {"assign", str(encode_assign(assign))},
           {"ready", str(encode_ready(ready))},
           {"stats", str(encode_stats(stats))},
           {"shutdown", str(encode_shutdown())},
           {"error", str(encode_error("stage 1: out of memory"))},
+          {"snapshot", str(encode_snapshot(snap))},
+          {"recover", str(encode_recover(recover))},
+          {"restore", str(encode_restore({fresh, kept}))},
+          {"recovered", str(encode_recovered())},
           {"heartbeat", str(encode_heartbeat(3, stats))},
           {"step", str(encode_step(st, hidden.data(), hidden.size()))},
           {"result", str(encode_result(res))},
