@@ -16,6 +16,7 @@
 // - ifma_kernel: fp32 weights and shapes the MMA kernels do not take: one thread per element, a
 //   plain fma chain over k in order, tiles of W and x staged in shared memory.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -340,9 +341,20 @@ void launch_imma(const Args& a, cudaStream_t s) {
   RWKVPP_CUDA_LAUNCHED("imma_kernel");
 }
 
+// RWKVPP_IMMA_TILE=128: the folding kernel on 128 x 128 tiles (warps of 64 x 32) instead of
+// 128 x 64 (32 x 32): more MMAs per barrier, more registers. The results are the same.
+bool wide_fold() {
+  static const bool on = [] {
+    const char* e = std::getenv("RWKVPP_IMMA_TILE");
+    return e && std::string(e) == "128";
+  }();
+  return on;
+}
+
 template <typename WT>
 void run_large(Cfg cfg, const Args& a, cudaStream_t s) {
   if (cfg == Cfg::Large) return launch_imma<WT, kLargeBM, 128, 2, 4, 3, false>(a, s);
+  if (wide_fold()) return launch_imma<WT, kLargeBM, 128, 2, 4, 3, true>(a, s);
   return launch_imma<WT, kLargeBM, 64, 4, 2, 4, true>(a, s);
 }
 
