@@ -11,8 +11,8 @@
 //   zeros); fp16/bf16 fragments come from ldmatrix, int8 ones are widened to fp16 from shared
 //   memory (exact). Every k tile belongs to one slice (imma_slices); each finished slice's sums
 //   times the slice's 2^-e join the block's total in slice order (FOLD: the block owns every
-//   slice), or a block owns one slice (blockIdx.z), writes its sums to the partials and the
-//   tile's last block adds them (imma_detail::fold_tile).
+//   slice), or a block owns one slice (blockIdx.z) and writes its sums to the partials, which
+//   imma_fold_kernel adds (imma_detail::fold_element, the order of fold_tile).
 // - ifma_kernel: fp32 weights and shapes the MMA kernels do not take: one thread per element, a
 //   plain fma chain over k in order, tiles of W and x staged in shared memory.
 #include <algorithm>
@@ -222,7 +222,16 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const Args a) {
         }
       }
   }
-  if (split) fold_tile<BM, BN>(a, jb, row0, col0, int(blockIdx.x * gridDim.y + blockIdx.y), kBf16);
+}
+
+// The partials of a split launch, added slice by slice in order, then the end (fold_element).
+__global__ void imma_fold_kernel(const Args a, bool bf16) {
+  pdl_begin();
+  const Job& j = a.job[0];
+  const int64_t count = int64_t(a.n) * j.R;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x)
+    fold_element(a, j, int(i / j.R), int(i % j.R), bf16);
 }
 
 // ---- the plain kernel -----------------------------------------------------------------------
@@ -304,7 +313,7 @@ Plan plan_for(const WeightView& W, int64_t n) {
   p.slice = int(((K + p.slices - 1) / p.slices + kBK - 1) / kBK * kBK);
   p.slices = int((K + p.slice - 1) / p.slice);
   const size_t split_part = p.slices > 1 ? size_t(p.slices) * size_t(p.nb) * size_t(R) * 4 : 0;
-  if (p.nb <= kImmaSmallColumns) {
+  if (p.nb <= kImmaSmallColumns && p.slice <= kImmaSmallMaxSlice) {
     p.cfg = Cfg::Small;
     p.row_tiles = int((R + imma_small_row_tile() - 1) / imma_small_row_tile());
     p.part_bytes = round256(split_part);
@@ -316,10 +325,7 @@ Plan plan_for(const WeightView& W, int64_t n) {
   static const int sms = sm_count_here();
   const int64_t tiles = ((R + kLargeBM - 1) / kLargeBM) * ((p.nb + 63) / 64);
   p.cfg = tiles >= 2 * sms || p.slices == 1 ? Cfg::LargeFold : Cfg::Large;
-  if (p.cfg == Cfg::Large) {
-    p.part_bytes = round256(split_part);
-    p.tickets = size_t((R + kLargeBM - 1) / kLargeBM) * size_t((p.nb + 127) / 128);
-  }
+  if (p.cfg == Cfg::Large) p.part_bytes = round256(split_part);
   return p;
 }
 
@@ -328,7 +334,7 @@ void launch_imma(const Args& a, cudaStream_t s) {
   constexpr int kRowA = std::is_same_v<WT, int8_t> ? kRow8 : kRow16;
   constexpr size_t smem = size_t(STAGES) * (BM * kRowA + BN * kRow16);
   auto kernel = imma_kernel<WT, BM, BN, WM, WN, STAGES, FOLD>;
-  if constexpr (smem > 48 * 1024) {
+  if constexpr (smem + 1024 > 48 * 1024) {  // (room for static shared memory)
     static const bool set = [&] {
       RWKVPP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
       return true;
@@ -410,7 +416,8 @@ int imma_slices(int64_t R, int64_t K) {
   // Depends on the shape only.
   const int64_t row_tiles = std::max<int64_t>(1, (R + 63) / 64);
   const int64_t want = std::max((512 + row_tiles - 1) / row_tiles, (K + 1023) / 1024);
-  return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, K / 256)));
+  const int64_t most = std::min<int64_t>(imma_detail::kMaxSlices, std::max<int64_t>(1, K / 256));
+  return int(std::clamp<int64_t>(want, 1, most));
 }
 
 ImmaNeeds imma_needs(const WeightView& W, int64_t n) {
@@ -447,11 +454,15 @@ void imma(const WeightView& W, const float* x, float* y, int64_t n, bool relu_sq
     RWKVPP_CUDA_LAUNCHED("convert_f16_kernel");
   }
   switch (W.dtype) {
-    case DType::F16: return run_large<__half>(p.cfg, a, s);
-    case DType::BF16: return run_large<__nv_bfloat16>(p.cfg, a, s);
-    case DType::I8: return run_large<int8_t>(p.cfg, a, s);
+    case DType::F16: run_large<__half>(p.cfg, a, s); break;
+    case DType::BF16: run_large<__nv_bfloat16>(p.cfg, a, s); break;
+    case DType::I8: run_large<int8_t>(p.cfg, a, s); break;
     case DType::F32:
     case DType::I4: break;
+  }
+  if (p.cfg == Cfg::Large && p.slices > 1) {
+    launch(imma_fold_kernel, grid_for(n * W.rows, 256), 256, 0, s, a, W.dtype == DType::BF16);
+    RWKVPP_CUDA_LAUNCHED("imma_fold_kernel");
   }
 }
 

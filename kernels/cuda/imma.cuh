@@ -57,6 +57,8 @@ void imma_group(const WeightView* const* W, const float* const* x, float* const*
 
 // Input columns (tokens, or twice that for bf16) up to which imma_small.cu runs the product.
 constexpr int kImmaSmallColumns = 32;
+// The longest slice it takes (it holds a slice of x in registers and shared memory).
+constexpr int kImmaSmallMaxSlice = 1024;
 
 }  // namespace rwkvpp::cuda
 

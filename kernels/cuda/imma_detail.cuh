@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/gemv.cuh"
@@ -133,9 +134,33 @@ __device__ __forceinline__ void finish(const Job& j, bool bf16, int t, int r, fl
   j.ep.store(j.y, int64_t(t) * j.R + r, v);
 }
 
+// Most slices a product is cut into (imma_slices): the fold keeps one value per slice in
+// registers, so that all of an element's loads are in flight at once.
+constexpr int kMaxSlices = 32;
+
+// The S slice sums of 4 consecutive rows (float4) or one row at p, p + stride, ..., added in
+// slice order. Every load is issued before the first add.
+template <typename V>
+__device__ __forceinline__ V sum_slices(const V* p, int64_t stride, int S) {
+  V v[kMaxSlices];
+#pragma unroll
+  for (int s = 0; s < kMaxSlices; ++s)
+    if (s < S) v[s] = __ldcg(p + s * stride);
+  V t = v[0];
+#pragma unroll
+  for (int s = 1; s < kMaxSlices; ++s)
+    if (s < S) {
+      if constexpr (std::is_same_v<V, float4>) t.x = t.x + v[s].x, t.y = t.y + v[s].y, t.z = t.z + v[s].z, t.w = t.w + v[s].w;
+      else t = t + v[s];
+    }
+  return t;
+}
+
 // A split launch's tile after its block wrote its slice's sums to j.part: the block that
 // arrives last (a ticket per tile) adds the S sums of each element in slice order, finishes
 // it and puts the ticket back to 0 for the next launch. Every thread of the block calls it.
+// Rows go four at a time (float4) where the tile's rows allow, so each thread has 4 x S
+// values in flight.
 template <int BM, int BN>
 __device__ __forceinline__ void fold_tile(const Args& a, const Job& j, int row0, int col0, int tile,
                                           bool bf16) {
@@ -149,17 +174,34 @@ __device__ __forceinline__ void fold_tile(const Args& a, const Job& j, int row0,
   const int cols = min(BN, a.nb - col0), tokens = bf16 ? cols / 2 : cols, t0 = bf16 ? col0 / 2 : col0;
   const int rows = min(BM, j.R - row0);
   const int64_t stride = int64_t(a.nb) * j.R;
-  for (int i = threadIdx.x; i < rows * tokens; i += blockDim.x) {
-    const int r = row0 + i % rows, t = t0 + i / rows, c = bf16 ? 2 * t : t;
+  const bool vec = rows % 4 == 0 && j.R % 4 == 0;
+  const int per = vec ? 4 : 1, groups = rows / per;
+  for (int i = threadIdx.x; i < groups * tokens; i += blockDim.x) {
+    const int r = row0 + (i % groups) * per, t = t0 + i / groups, c = bf16 ? 2 * t : t;
     const float* p = j.part + int64_t(c) * j.R + r;
-    float tot = __ldcg(p), lo = bf16 ? __ldcg(p + j.R) : 0.0f;
-    for (int s = 1; s < a.slices; ++s) {
-      tot = tot + __ldcg(p + s * stride);
-      if (bf16) lo = lo + __ldcg(p + s * stride + j.R);
+    if (vec) {
+      const float4 hi = sum_slices(reinterpret_cast<const float4*>(p), stride / 4, a.slices);
+      float4 lo = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (bf16) lo = sum_slices(reinterpret_cast<const float4*>(p + j.R), stride / 4, a.slices);
+      finish(j, bf16, t, r, hi.x, lo.x);
+      finish(j, bf16, t, r + 1, hi.y, lo.y);
+      finish(j, bf16, t, r + 2, hi.z, lo.z);
+      finish(j, bf16, t, r + 3, hi.w, lo.w);
+    } else {
+      const float hi = sum_slices(p, stride, a.slices);
+      finish(j, bf16, t, r, hi, bf16 ? sum_slices(p + j.R, stride, a.slices) : 0.0f);
     }
-    finish(j, bf16, t, r, tot, lo);
   }
   if (threadIdx.x == 0) j.tickets[tile] = 0;
+}
+
+// Element (t, r) of a split launch on many tokens (imma.cu's 128 x 128 tiles): the same adds in
+// the same order as fold_tile, over the whole grid instead of one block per tile.
+__device__ __forceinline__ void fold_element(const Args& a, const Job& j, int t, int r, bool bf16) {
+  const int c = bf16 ? 2 * t : t;
+  const int64_t stride = int64_t(a.nb) * j.R;
+  const float* p = j.part + int64_t(c) * j.R + r;
+  finish(j, bf16, t, r, sum_slices(p, stride, a.slices), bf16 ? sum_slices(p + j.R, stride, a.slices) : 0.0f);
 }
 
 }  // namespace rwkvpp::cuda::imma_detail

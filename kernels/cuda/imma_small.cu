@@ -29,34 +29,81 @@ constexpr int kSmallBM = 64, kSmallThreads = 128, kSmallStages = 6;
 // ldmatrix's eight rows on distinct banks.
 __host__ __device__ constexpr int slice_row_bytes(int slice) { return slice * 2 + 16; }
 
-// Column c of the block's input (global column gc): its slice, converted, into row c of sB.
-template <bool BF16, bool FP16SCALE>
-__device__ __forceinline__ void convert_column(const Args& a, const Job& j, int gc, int k0, int kl,
-                                               int kpad, unsigned char* row, float* inv) {
+// The slice's values of input column gc, read once into registers: lane l holds
+// x[k0 + 4 (l + 32 i) .. + 3] for i < kVec (float4 loads where x's rows are 16-byte aligned),
+// zeros past the slice and for columns past nb.
+constexpr int kVec = 8;  // float4 per lane: slices up to kImmaSmallMaxSlice
+static_assert(kVec * 4 * 32 == kImmaSmallMaxSlice, "a lane's registers hold the longest slice");
+
+struct Column {
+  float4 v[kVec];
+};
+
+__device__ __forceinline__ float4 relu2_4(float4 v, bool relu2) {
+  if (!relu2) return v;
+  auto f = [](float x) { const float r = fmaxf(x, 0.0f); return r * r; };
+  return make_float4(f(v.x), f(v.y), f(v.z), f(v.w));
+}
+
+__device__ __forceinline__ void load_column(const Args& a, const Job& j, int gc, int k0, int kl, bool bf16,
+                                            Column& col) {
   const int lane = threadIdx.x & 31;
-  if (gc >= a.nb) {
-    for (int k = lane; k < kpad; k += 32) reinterpret_cast<__half*>(row)[k] = __float2half_rn(0.0f);
-    if (lane == 0) *inv = 1.0f;
-    return;
-  }
-  const int t = BF16 ? gc / 2 : gc;
+  const bool valid = gc < a.nb;
+  const int t = bf16 ? gc / 2 : gc;
   const float* xr = j.x + int64_t(t) * a.K + k0;
+  const bool aligned = (reinterpret_cast<uintptr_t>(xr) & 15u) == 0;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int k = 4 * (lane + 32 * i);
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (valid && k < kl) {
+      if (aligned && k + 3 < kl) {
+        v = __ldg(reinterpret_cast<const float4*>(xr + k));
+      } else {
+        v.x = xr[k];
+        if (k + 1 < kl) v.y = xr[k + 1];
+        if (k + 2 < kl) v.z = xr[k + 2];
+        if (k + 3 < kl) v.w = xr[k + 3];
+      }
+    }
+    col.v[i] = relu2_4(v, a.relu2);
+  }
+}
+
+// Column c of the block's input, loaded by load_column: its scale (fp16 and int8: from the
+// slice's largest magnitude; bf16: hi and lo columns, no scale), converted into row c of sB
+// (zeros up to kpad).
+template <bool BF16>
+__device__ __forceinline__ void store_column(const Column& col, int gc, int kpad, unsigned char* row,
+                                             float* inv) {
+  const int lane = threadIdx.x & 31;
   float scale = 1.0f;
-  if constexpr (FP16SCALE) {
+  if constexpr (!BF16) {
     float m = 0.0f;
-    for (int k = lane; k < kl; k += 32) m = fmaxf(m, fabsf(input(xr, k, a.relu2)));
+#pragma unroll
+    for (int i = 0; i < kVec; ++i)
+      m = fmaxf(m, fmaxf(fmaxf(fabsf(col.v[i].x), fabsf(col.v[i].y)), fmaxf(fabsf(col.v[i].z), fabsf(col.v[i].w))));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     scale = scale_for(m);
   }
   if (lane == 0) *inv = 1.0f / scale;  // a power of two: exact
-  for (int k = lane; k < kpad; k += 32) {
-    const float v = k < kl ? input(xr, k, a.relu2) : 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int k = 4 * (lane + 32 * i);
+    if (k >= kpad) break;
+    const float4 v = col.v[i];
     if constexpr (BF16) {
-      const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-      reinterpret_cast<__nv_bfloat16*>(row)[k] = gc % 2 == 0 ? hi : __float2bfloat16_rn(v - __bfloat162float(hi));
+      auto part = [&](float x) {
+        const __nv_bfloat16 hi = __float2bfloat16_rn(x);
+        return gc % 2 == 0 ? hi : __float2bfloat16_rn(x - __bfloat162float(hi));
+      };
+      __nv_bfloat162 p0 = __halves2bfloat162(part(v.x), part(v.y)), p1 = __halves2bfloat162(part(v.z), part(v.w));
+      *reinterpret_cast<__nv_bfloat162*>(row + 2 * k) = p0;
+      *reinterpret_cast<__nv_bfloat162*>(row + 2 * k + 4) = p1;
     } else {
-      reinterpret_cast<__half*>(row)[k] = __float2half_rn(v * scale);
+      *reinterpret_cast<__half2*>(row + 2 * k) = __floats2half2_rn(v.x * scale, v.y * scale);
+      *reinterpret_cast<__half2*>(row + 2 * k + 4) = __floats2half2_rn(v.z * scale, v.w * scale);
     }
   }
 }
@@ -100,8 +147,15 @@ __global__ void __launch_bounds__(kSmallThreads) imma_small_kernel(const Args a)
     cp_async_commit();
   }
   pdl_begin();
-  for (int c = warp; c < BN; c += kSmallThreads / 32)
-    convert_column<kBf16, !kBf16>(a, j, col0 + c, k0, kl, tiles * kBK, sB + c * ldb, sInv + c);
+  // Two columns per warp at a time: both columns' loads are in flight together.
+  for (int c = warp; c < BN; c += 2 * (kSmallThreads / 32)) {
+    const int c2 = c + kSmallThreads / 32;
+    Column x0, x1;
+    load_column(a, j, col0 + c, k0, kl, kBf16, x0);
+    if (c2 < BN) load_column(a, j, col0 + c2, k0, kl, kBf16, x1);
+    store_column<kBf16>(x0, col0 + c, tiles * kBK, sB + c * ldb, sInv + c);
+    if (c2 < BN) store_column<kBf16>(x1, col0 + c2, tiles * kBK, sB + c2 * ldb, sInv + c2);
+  }
   __syncthreads();
 
   float acc[NT][4];
@@ -160,7 +214,7 @@ void launch_small(const Args& a, cudaStream_t s) {
   constexpr int kRowA = std::is_same_v<WT, int8_t> ? kRow8 : kRow16;
   const size_t smem = size_t(kSmallStages) * kSmallBM * kRowA + size_t(BN) * slice_row_bytes(a.slice);
   auto kernel = imma_small_kernel<WT, BN>;
-  static int allowed = 48 * 1024;
+  static int allowed = 47 * 1024;  // the default 48 KiB, less room for the static arrays
   if (int(smem) > allowed) {
     RWKVPP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     allowed = int(smem);
