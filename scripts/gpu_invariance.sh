@@ -4,7 +4,9 @@
 # and their cost (docs/perf.md). Runs the [cuda] tests (the invariant products and models among
 # them), then `rwkvpp bench` of each SHAPE with the invariant products (RWKVPP_INVARIANT=1) and the
 # fast ones (RWKVPP_INVARIANT=0) alternately, ROUNDS times, and prints the medians side by side.
-# Usage: scripts/gpu_invariance.sh [--no-tests] SHAPE[:ARGS]...   (env ROUNDS, default 2)
+# Usage: scripts/gpu_invariance.sh [--no-tests] SHAPE[:ARGS]...   (env ROUNDS, default 2;
+# VARIANT="VAR=value ...": a third mode, the invariant products with that environment, e.g.
+# VARIANT=RWKVPP_IMMA_TILE=128)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -27,17 +29,19 @@ for spec in "$@"; do
   args=""
   [[ "$spec" == *:* ]] && args=${spec#*:}
   for r in $(seq 1 "$ROUNDS"); do
-    for mode in 1 0; do
+    for mode in 1 0 ${VARIANT:+v}; do
       f="$OUT/inv-$shape-$mode-$r.json"
+      inv=$mode venv=""
+      [ "$mode" = v ] && inv=1 venv=${VARIANT}
       # shellcheck disable=SC2086
-      RWKVPP_INVARIANT=$mode timeout 280 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args \
+      env RWKVPP_INVARIANT=$inv $venv timeout 280 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args \
         -o "$f" > "$f.log" 2>&1 || { echo "bench $shape mode $mode rc=$?"; tail -3 "$f.log"; }
     done
   done
   python3 - "$OUT" "$shape" "$ROUNDS" <<'PY'
 import json, sys, statistics as st
 out, shape, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-runs = {m: [] for m in ("1", "0")}
+runs = {m: [] for m in ("1", "0", "v")}
 for m in runs:
     for r in range(1, rounds + 1):
         try: runs[m].append(json.load(open(f"{out}/inv-{shape}-{m}-{r}.json")))
@@ -48,9 +52,15 @@ def med(m, key, sel):
 print(f"== {shape}: invariant vs fast (median of {rounds}); floors {runs['0'][0]['floors']}")
 for i, x in enumerate(runs["0"][0]["decode"]):
     inv = med("1", 0, lambda d: d["decode"][i]["ms_per_step"]); fast = med("0", 0, lambda d: d["decode"][i]["ms_per_step"])
-    print(f"decode b{x['batch']:<4} invariant {inv:8.3f} ms  fast {fast:8.3f} ms  cost {100*(inv/fast-1):+6.1f} %")
+    line = f"decode b{x['batch']:<4} invariant {inv:8.3f} ms  fast {fast:8.3f} ms  cost {100*(inv/fast-1):+6.1f} %"
+    if runs["v"]:
+        v = med("v", 0, lambda d: d["decode"][i]["ms_per_step"]); line += f"  variant {v:8.3f} ms {100*(v/fast-1):+6.1f} %"
+    print(line)
 for i, x in enumerate(runs["0"][0]["prefill"]):
     inv = med("1", 0, lambda d: d["prefill"][i]["tokens_per_s"]); fast = med("0", 0, lambda d: d["prefill"][i]["tokens_per_s"])
-    print(f"prefill {x['prompt']:<5} invariant {inv:9.0f} tok/s  fast {fast:9.0f} tok/s  cost {100*(fast/inv-1):+6.1f} %")
+    line = f"prefill {x['prompt']:<5} invariant {inv:9.0f} tok/s  fast {fast:9.0f} tok/s  cost {100*(fast/inv-1):+6.1f} %"
+    if runs["v"]:
+        v = med("v", 0, lambda d: d["prefill"][i]["tokens_per_s"]); line += f"  variant {v:9.0f} tok/s {100*(fast/v-1):+6.1f} %"
+    print(line)
 PY
 done

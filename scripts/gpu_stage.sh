@@ -4,6 +4,8 @@
 # on a GPU machine reached through the device tool (carry=[".devshared"]). The GPU image has
 # CUDA but not the project's build dependencies, so we build here and carry the binaries.
 # Usage: scripts/gpu_stage.sh [build dir, default build-cuda]
+# WITH_NODE=1 also packs this machine's node (for scripts/bench_serve.sh there; the GPU image
+# has none) as .devshared/node.xz, which gpu_rwkvpp_env.sh unpacks and puts on PATH.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$ROOT/build-cuda}
@@ -17,4 +19,6 @@ ldd "$D/bin/rwkvpp" | awk '$3 ~ /^\// {print $3}' | sort -u |
   while read -r lib; do cp -L "$lib" "$D/rlib/"; done
 tar -C "$D/rlib" -cf - . | xz -T2 -6 > "$D/rlib.tar.xz"
 rm -rf "$D/rlib"
-du -sh "$D"/bin/rwkvpp "$D/rlib.tar.xz"
+rm -f "$D/node.xz"
+[ "${WITH_NODE:-0}" = 1 ] && xz -T2 -6 -c "$(readlink -f "$(command -v node)")" > "$D/node.xz"
+du -sh "$D"/bin/rwkvpp "$D/rlib.tar.xz" "$D"/node.xz 2>/dev/null

@@ -81,7 +81,7 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t e : spare_timers_) cudaEventDestroy(e);
     for (auto& [id, e] : marks_) cudaEventDestroy(e);
     for (void* p : {blas_ws_, static_cast<void*>(consts_), segs_.p, ids_.p, scratch_.p, argmax_.p,
-                    argmax_parts_.p, group_scratch_.p})
+                    argmax_parts_.p, group_scratch_.p, imma_tickets_.p})
       if (p) cudaFree(p);
     for (auto& [key, p] : group_ptrs_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
@@ -405,17 +405,7 @@ class CudaBackend final : public Backend {
   // Few tokens: one launch for the whole group; otherwise one product after another.
   void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
     use_device();
-    if (invariant_) {
-      for (int i = 0; i < count; ++i) {
-        cuda::GemvEpilogue g;
-        if (jobs[i].ep.accumulate || !gemv_epilogue(jobs[i].ep, g)) {
-          Backend::matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
-          continue;
-        }
-        invariant_product(*jobs[i].W, jobs[i].x, jobs[i].y, n, false, g);
-      }
-      return;
-    }
+    if (invariant_) return invariant_group(jobs, count, n);
     if (count >= 1 && count <= 3) {
       const WeightView* W[3];
       const float* x[3];
@@ -662,9 +652,42 @@ class CudaBackend final : public Backend {
   // The batch-invariant product (imma.cuh) with its epilogue.
   void invariant_product(const WeightView& W, const float* x, float* y, int64_t n, bool relu_square_x,
                          const cuda::GemvEpilogue& g) {
-    const size_t need = cuda::imma_scratch_bytes(W, n);
-    void* scratch = need ? grow(scratch_, need) : nullptr;
-    cuda::imma(W, x, y, n, relu_square_x, g, scratch, stream_);
+    const cuda::ImmaNeeds need = cuda::imma_needs(W, n);
+    void* scratch = need.scratch_bytes ? grow(scratch_, need.scratch_bytes) : nullptr;
+    int* tickets = need.tickets ? static_cast<int*>(grow(imma_tickets_, need.tickets * 4)) : nullptr;
+    cuda::imma(W, x, y, n, relu_square_x, g, scratch, tickets, stream_);
+  }
+
+  // Up to three invariant products in one launch where imma_group takes them (few tokens, one
+  // K), else one after another; every result is what it would be alone.
+  void invariant_group(const MatmulJob* jobs, int count, int64_t n) {
+    const WeightView* W[3];
+    const float* x[3];
+    float* y[3];
+    cuda::GemvEpilogue ep[3];
+    bool ok = count >= 2 && count <= 3;
+    for (int i = 0; ok && i < count; ++i) {
+      W[i] = jobs[i].W, x[i] = jobs[i].x, y[i] = jobs[i].y;
+      ok = !jobs[i].ep.accumulate && gemv_epilogue(jobs[i].ep, ep[i]);
+    }
+    if (ok && cuda::imma_group_takes(W, count, n)) {
+      size_t bytes = 0, tickets = 0;
+      for (int i = 0; i < count; ++i) {
+        const cuda::ImmaNeeds need = cuda::imma_needs(*W[i], n);
+        bytes += need.scratch_bytes, tickets += need.tickets;
+      }
+      void* scratch = bytes ? grow(scratch_, bytes) : nullptr;
+      int* t = tickets ? static_cast<int*>(grow(imma_tickets_, tickets * 4)) : nullptr;
+      return cuda::imma_group(W, x, y, ep, count, n, scratch, t, stream_);
+    }
+    for (int i = 0; i < count; ++i) {
+      cuda::GemvEpilogue g;
+      if (jobs[i].ep.accumulate || !gemv_epilogue(jobs[i].ep, g)) {
+        Backend::matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
+        continue;
+      }
+      invariant_product(*jobs[i].W, jobs[i].x, jobs[i].y, n, false, g);
+    }
   }
 
   void product(const WeightView& W, const float* x, float* y, int64_t n, const cuda::MatmulOpts& o) {
@@ -748,6 +771,9 @@ class CudaBackend final : public Backend {
   bool invariant_ = false;    // products by imma.cuh (RWKVPP_INVARIANT=1) or the fast paths
   float* consts_ = nullptr;  // cuda::kMatmulConsts floats for the cuBLAS paths (matmul.cuh)
   Scratch segs_, ids_, scratch_, argmax_, argmax_parts_, group_scratch_;
+  // The invariant products' tickets (cuda::imma_needs): zero-filled when allocated, and every
+  // launch leaves them 0, so growing drops nothing.
+  Scratch imma_tickets_;
   std::vector<Segment> segs_last_;  // what segs_ holds on the device
   static bool seg_cache() {
     static const bool on = [] {

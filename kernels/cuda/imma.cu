@@ -1,81 +1,64 @@
-// Batch-invariant products (see imma.cuh for the arithmetic contract).
+// Batch-invariant products (see imma.cuh for the arithmetic contract): the many-token kernels,
+// the plain kernel and the plans. Up to 32 input columns take imma_small.cu.
 //
 // Kernels:
-// - convert_*: one block per token row; its largest magnitude (a max: exact in any order) gives
-//   the row's power-of-two scale; the row is written as fp16 (or as bf16 hi/lo pairs).
+// - convert_*: one block per (token row, slice); the slice's largest magnitude (a max: exact in
+//   any order) gives its power-of-two scale; the slice is written as fp16 (or the row as bf16
+//   hi/lo pairs).
 // - imma_kernel: a block computes a BM x BN tile of W rows x input columns. Its warps form a
 //   WM x WN grid, each warp MT x NT tiles of m16n8k16. k tiles of 32 stream through STAGES
 //   shared-memory buffers by cp.async (16-byte copies; rows past R and k past K are filled with
 //   zeros); fp16/bf16 fragments come from ldmatrix, int8 ones are widened to fp16 from shared
-//   memory (exact). Every k tile belongs to one slice (imma_slices); the block folds each
-//   finished slice into its total (FOLD, or a block owning a single slice), and writes either
-//   the final values or its slice's sums to the partials for imma_fold_kernel.
-// - imma_fold_kernel: adds the partials of each element slice by slice, in order, then the end
-//   of the contract (scale, hi + lo, epilogue).
+//   memory (exact). Every k tile belongs to one slice (imma_slices); each finished slice's sums
+//   times the slice's 2^-e join the block's total in slice order (FOLD: the block owns every
+//   slice), or a block owns one slice (blockIdx.z) and writes its sums to the partials, which
+//   imma_fold_kernel adds (imma_detail::fold_element, the order of fold_tile).
 // - ifma_kernel: fp32 weights and shapes the MMA kernels do not take: one thread per element, a
 //   plain fma chain over k in order, tiles of W and x staged in shared memory.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/imma.cuh"
+#include "kernels/cuda/imma_detail.cuh"
 
 namespace rwkvpp::cuda {
 namespace {
 
-constexpr int kBK = 32;           // k per tile
-constexpr int kRow16 = 80;        // bytes per shared row of a 16-bit tile: 64 + 16 of padding
-constexpr int kRow8 = 48;         // bytes per shared row of an int8 tile: 32 + 16 of padding
-constexpr int kConvThreads = 256;
+using namespace imma_detail;
 
-// ---- conversion ---------------------------------------------------------------------------
+constexpr int kConvThreads = 128;
 
-__device__ __forceinline__ float block_max(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = lane < nwarps ? red[lane] : 0.0f;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
-  return t;
-}
-
-__device__ __forceinline__ float input(const float* x, int64_t i, bool relu2) {
-  const float v = x[i];
-  if (!relu2) return v;
-  const float r = fmaxf(v, 0.0f);
-  return r * r;
-}
-
-// Row t of x as fp16 times 2^e, its largest magnitude brought into [2^14, 2^15); inv[t] = 2^-e.
-__global__ void convert_f16_kernel(const float* x, int64_t K, bool relu2, __half* xh, float* inv) {
+// Slice s of row t of x as fp16 times 2^e, the slice's largest magnitude brought into
+// [2^14, 2^15); inv[t * S + s] = 2^-e.
+__global__ void convert_f16_kernel(const float* x, int K, int slice, bool relu2, __half* xh, float* inv) {
   pdl_begin();
-  __shared__ float red[32];
-  const int64_t t = blockIdx.x;
-  const float* xr = x + t * K;
+  __shared__ float red[kConvThreads / 32];
+  const int t = int(blockIdx.x), s = int(blockIdx.y), S = int(gridDim.y);
+  const int k0 = s * slice, k1 = min(K, k0 + slice);
+  const float* xr = x + int64_t(t) * K;
   float m = 0.0f;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) m = fmaxf(m, fabsf(input(xr, k, relu2)));
-  m = block_max(m, red);
-  int e = 0;
-  if (m > 0.0f && isfinite(m)) {
-    int ex;
-    frexpf(m, &ex);  // m = f * 2^ex, f in [0.5, 1)
-    e = max(-126, min(126, 15 - ex));
-  }
-  const float scale = ldexpf(1.0f, e);
-  if (threadIdx.x == 0) inv[t] = ldexpf(1.0f, -e);
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
-    xh[t * K + k] = __float2half_rn(input(xr, k, relu2) * scale);
+  for (int k = k0 + int(threadIdx.x); k < k1; k += kConvThreads) m = fmaxf(m, fabsf(input(xr, k, relu2)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = red[0];
+#pragma unroll
+  for (int w = 1; w < kConvThreads / 32; ++w) m = fmaxf(m, red[w]);
+  const float scale = scale_for(m);
+  if (threadIdx.x == 0) inv[int64_t(t) * S + s] = 1.0f / scale;
+  for (int k = k0 + int(threadIdx.x); k < k1; k += kConvThreads)
+    xh[int64_t(t) * K + k] = __float2half_rn(input(xr, k, relu2) * scale);
 }
 
 // Row t of x as two bf16 rows of the product's input: 2t = hi = bf16(x), 2t + 1 = lo = bf16(x - hi).
-__global__ void convert_bf16_kernel(const float* x, int64_t K, bool relu2, __nv_bfloat16* xb) {
+__global__ void convert_bf16_kernel(const float* x, int K, bool relu2, __nv_bfloat16* xb) {
   pdl_begin();
   const int64_t t = blockIdx.x;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+  for (int k = int(threadIdx.x); k < K; k += kConvThreads) {
     const float v = input(x, t * K + k, relu2);
     const __nv_bfloat16 hi = __float2bfloat16_rn(v);
     xb[(2 * t) * K + k] = hi;
@@ -85,83 +68,8 @@ __global__ void convert_bf16_kernel(const float* x, int64_t K, bool relu2, __nv_
 
 // ---- the MMA kernel ---------------------------------------------------------------------------
 
-struct ImmaArgs {
-  const void* W;         // [R, K]
-  const float* scales;   // int8: [R]; else null
-  int R, K;
-  const void* xb;        // [nb, K] fp16 or bf16
-  int nb, n;             // input columns (n, or 2n for bf16 hi/lo), tokens
-  const float* inv;      // [n]: 2^-e per token (fp16 and int8)
-  float* y;              // [n, R]
-  GemvEpilogue ep;
-  float* part;           // [S, nb, R] slice sums (blocks owning one slice of several)
-  int slice;             // k per slice (a multiple of kBK)
-  int slices;            // S
-};
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(p)));
-}
-
-template <bool BF16>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (BF16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
-// Two int8 values at p (k, k + 1 of one row) as an fp16 pair (exact).
-__device__ __forceinline__ uint32_t i8x2_to_h2(const int8_t* p) {
-  const __half2 h = __halves2half2(__int2half_rn(p[0]), __int2half_rn(p[1]));
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-// The end of the contract for element (token t, row r) from its total(s).
-__device__ __forceinline__ void finish(const ImmaArgs& a, bool bf16, int t, int r, float total,
-                                       float total_lo) {
-  float v;
-  if (bf16) {
-    v = total + total_lo;
-  } else {
-    v = total * a.inv[t];
-    if (a.scales) v = v * a.scales[r];
-  }
-  a.ep.store(a.y, int64_t(t) * a.R + r, v);
-}
-
 template <typename WT, int BM, int BN, int WM, int WN, int STAGES, bool FOLD>
-__global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
+__global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const Args a) {
   constexpr bool kI8 = std::is_same_v<WT, int8_t>;
   constexpr bool kBf16 = std::is_same_v<WT, __nv_bfloat16>;
   constexpr int kThreadsK = WM * WN * 32;
@@ -174,16 +82,17 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
   unsigned char* sA = smem;                                  // [STAGES][BM][kRowA]
   unsigned char* sB = smem + STAGES * BM * kRowA;            // [STAGES][BN][kRow16]
 
+  const Job& jb = a.job[0];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
   const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
-  const int K = a.K, R = a.R;
+  const int K = a.K, R = jb.R;
   const int tiles_all = (K + kBK - 1) / kBK, tiles_slice = a.slice / kBK;
   // The k tiles this block sums: every slice (FOLD), or slice blockIdx.z.
   const int j0 = FOLD ? 0 : int(blockIdx.z) * tiles_slice;
   const int j1 = FOLD ? tiles_all : min(tiles_all, j0 + tiles_slice);
-  const auto* W = static_cast<const unsigned char*>(a.W);
-  const auto* X = static_cast<const unsigned char*>(a.xb);
+  const auto* W = static_cast<const unsigned char*>(jb.W);
+  const auto* X = static_cast<const unsigned char*>(jb.xb);
 
   auto load_a = [&](int stage, int j) {
     const int k0 = j * kBK;
@@ -203,6 +112,11 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
       cp_async16(sB + (stage * BN + r) * kRow16 + c * 16, src, ok);
     }
   };
+  // 2^-e of input column c in slice s (bf16: 1).
+  auto inv_of = [&](int c, int s) -> float {
+    if constexpr (kBf16) return 1.0f;
+    return c < a.n ? jb.inv[int64_t(c) * a.slices + s] : 1.0f;
+  };
 
   // The weights are read by no kernel's writes: their first tiles are requested before the
   // wait for the previous kernel (pdl_begin), the inputs after it.
@@ -216,8 +130,8 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
     cp_async_commit();
   }
 
-  // acc: the slice being summed; tot: the slices finished so far (FOLD only: a block that
-  // sums one slice keeps it in acc).
+  // acc: the slice being summed; tot: the slices finished so far, each times its 2^-e (FOLD
+  // only: a block that sums one slice keeps it in acc).
   float acc[MT][NT][4], tot[FOLD ? MT : 1][FOLD ? NT : 1][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -226,6 +140,7 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;
   bool have_total = false;
+  const int g = lane >> 2, t4 = lane & 3;
 
   for (int j = j0; j < j1; ++j) {
     cp_async_wait<STAGES - 2>();
@@ -237,20 +152,7 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
     for (int kk = 0; kk < kBK; kk += 16) {
       uint32_t fa[MT][4], fb[NT][2];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int rbase = wm * WTM + mt * 16;
-        if constexpr (kI8) {
-          const int g = lane >> 2, t4 = lane & 3;
-          const auto* r0 = reinterpret_cast<const int8_t*>(tA + (rbase + g) * kRowA + kk + 2 * t4);
-          const auto* r1 = reinterpret_cast<const int8_t*>(tA + (rbase + g + 8) * kRowA + kk + 2 * t4);
-          fa[mt][0] = i8x2_to_h2(r0);
-          fa[mt][1] = i8x2_to_h2(r1);
-          fa[mt][2] = i8x2_to_h2(r0 + 8);
-          fa[mt][3] = i8x2_to_h2(r1 + 8);
-        } else {
-          ldmatrix_x4(fa[mt], tA + (rbase + (lane & 15)) * kRowA + (kk + (lane >> 4) * 8) * 2);
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt) load_a_frag<kI8, kRowA>(fa[mt], tA, wm * WTM + mt * 16, kk, lane);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int cbase = wn * WTN + nt * 8;
@@ -270,69 +172,66 @@ __global__ void __launch_bounds__(WM * WN * 32) imma_kernel(const ImmaArgs a) {
     }
     cp_async_commit();
     // A finished slice joins the total: the first as it is, later ones added in order.
-    const bool slice_end = j + 1 == j1 || (j + 1) % tiles_slice == 0;
-    if (FOLD && slice_end) {
+    if constexpr (FOLD) {
+      if (j + 1 == j1 || (j + 1) % tiles_slice == 0) {
+        const int s = j / tiles_slice;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+        for (int nt = 0; nt < NT; ++nt) {
+          const int c = col0 + wn * WTN + nt * 8 + 2 * t4;
+          const float i0 = inv_of(c, s), i1 = inv_of(c + 1, s);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+          for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            if constexpr (FOLD) {
-              tot[mt][nt][q] = have_total ? tot[mt][nt][q] + acc[mt][nt][q] : acc[mt][nt][q];
+            for (int q = 0; q < 4; ++q) {
+              const float v = acc[mt][nt][q] * (q & 1 ? i1 : i0);
+              tot[mt][nt][q] = have_total ? tot[mt][nt][q] + v : v;
               acc[mt][nt][q] = 0.0f;
             }
-          }
-      have_total = true;
+        }
+        have_total = true;
+      }
     }
   }
   cp_async_wait<0>();
 
   // Element (row, col) of the fragment: q = 0, 1: row g, cols 2 t4, 2 t4 + 1; q = 2, 3: row g + 8.
-  const int g = lane >> 2, t4 = lane & 3;
-  const bool partial = !FOLD && a.slices > 1;
+  const bool split = !FOLD && a.slices > 1;
+  const int s = FOLD ? 0 : int(blockIdx.z);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int nt = 0; nt < NT; ++nt) {
+    const int c = col0 + wn * WTN + nt * 8 + 2 * t4;  // even: c and c + 1
+    const float i0 = FOLD ? 1.0f : inv_of(c, s), i1 = FOLD ? 1.0f : inv_of(c + 1, s);
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = row0 + wm * WTM + mt * 16 + g + h * 8;
-        const int c = col0 + wn * WTN + nt * 8 + 2 * t4;  // even: c and c + 1
         if (r >= R) continue;
         float v0, v1;
         if constexpr (FOLD) v0 = tot[mt][nt][2 * h], v1 = tot[mt][nt][2 * h + 1];
-        else v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-        if (partial) {
-          float* p = a.part + (int64_t(blockIdx.z) * a.nb) * R;
+        else v0 = acc[mt][nt][2 * h] * i0, v1 = acc[mt][nt][2 * h + 1] * i1;
+        if (split) {
+          float* p = jb.part + int64_t(s) * a.nb * R;
           if (c < a.nb) p[int64_t(c) * R + r] = v0;
           if (c + 1 < a.nb) p[int64_t(c + 1) * R + r] = v1;
         } else if (kBf16) {
-          if (c + 1 < a.nb) finish(a, true, c / 2, r, v0, v1);
+          if (c + 1 < a.nb) finish(jb, true, c / 2, r, v0, v1);
         } else {
-          if (c < a.n) finish(a, false, c, r, v0, 0.0f);
-          if (c + 1 < a.n) finish(a, false, c + 1, r, v1, 0.0f);
+          if (c < a.n) finish(jb, false, c, r, v0, 0.0f);
+          if (c + 1 < a.n) finish(jb, false, c + 1, r, v1, 0.0f);
         }
       }
+  }
 }
 
-// Element (t, r): the partials of its column(s), slice by slice in order, then the end.
-__global__ void imma_fold_kernel(const ImmaArgs a, bool bf16) {
+// The partials of a split launch, added slice by slice in order, then the end (fold_element).
+__global__ void imma_fold_kernel(const Args a, bool bf16) {
   pdl_begin();
-  const int64_t count = int64_t(a.n) * a.R;
+  const Job& j = a.job[0];
+  const int64_t count = int64_t(a.n) * j.R;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int t = int(i / a.R), r = int(i % a.R);
-    const int c = bf16 ? 2 * t : t;
-    float tot = a.part[int64_t(c) * a.R + r], lo = 0.0f;
-    if (bf16) lo = a.part[int64_t(c + 1) * a.R + r];
-    for (int s = 1; s < a.slices; ++s) {
-      const float* p = a.part + int64_t(s) * a.nb * a.R;
-      tot = tot + p[int64_t(c) * a.R + r];
-      if (bf16) lo = lo + p[int64_t(c + 1) * a.R + r];
-    }
-    finish(a, bf16, t, r, tot, lo);
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    fold_element(a, j, int(i / j.R), int(i % j.R), bf16);
 }
 
 // ---- the plain kernel -----------------------------------------------------------------------
@@ -374,13 +273,15 @@ __global__ void __launch_bounds__(kFmaRows * kFmaTokens) ifma_kernel(const WT* W
 
 // ---- plans ----------------------------------------------------------------------------------
 
-enum class Cfg { Plain, Small8, Small16, Small32, Large, LargeFold };
+enum class Cfg { Plain, Small, Large, LargeFold };
 
 struct Plan {
   Cfg cfg = Cfg::Plain;
   int nb = 0;        // input columns
   int slice = 0, slices = 1;
   size_t xb_bytes = 0, inv_bytes = 0, part_bytes = 0;
+  size_t tickets = 0;
+  int row_tiles = 0;  // of the small kernel
 };
 
 size_t round256(size_t b) { return (b + 255) / 256 * 256; }
@@ -400,6 +301,8 @@ int sm_count_here() {
   return sms;
 }
 
+constexpr int kLargeBM = 128;
+
 Plan plan_for(const WeightView& W, int64_t n) {
   Plan p;
   if (!mma_takes(W)) return p;  // the plain kernel needs no scratch
@@ -409,46 +312,56 @@ Plan plan_for(const WeightView& W, int64_t n) {
   p.slices = imma_slices(R, K);
   p.slice = int(((K + p.slices - 1) / p.slices + kBK - 1) / kBK * kBK);
   p.slices = int((K + p.slice - 1) / p.slice);
-  p.xb_bytes = round256(size_t(p.nb) * size_t(K) * 2);
-  p.inv_bytes = bf16 ? 0 : round256(size_t(n) * 4);
-  if (p.nb <= 32) {
-    p.cfg = p.nb <= 8 ? Cfg::Small8 : p.nb <= 16 ? Cfg::Small16 : Cfg::Small32;
-  } else {
-    static const int sms = sm_count_here();
-    const int64_t tiles = ((R + 127) / 128) * ((p.nb + 63) / 64);
-    p.cfg = tiles >= 2 * sms || p.slices == 1 ? Cfg::LargeFold : Cfg::Large;
+  const size_t split_part = p.slices > 1 ? size_t(p.slices) * size_t(p.nb) * size_t(R) * 4 : 0;
+  if (p.nb <= kImmaSmallColumns && p.slice <= kImmaSmallMaxSlice) {
+    p.cfg = Cfg::Small;
+    p.row_tiles = int((R + imma_small_row_tile() - 1) / imma_small_row_tile());
+    p.part_bytes = round256(split_part);
+    p.tickets = p.slices > 1 ? size_t(p.row_tiles) : 0;  // one column tile: BN >= nb
+    return p;
   }
-  if (p.cfg != Cfg::LargeFold && p.slices > 1) p.part_bytes = size_t(p.slices) * size_t(p.nb) * size_t(R) * 4;
+  p.xb_bytes = round256(size_t(p.nb) * size_t(K) * 2);
+  p.inv_bytes = bf16 ? 0 : round256(size_t(n) * size_t(p.slices) * 4);
+  static const int sms = sm_count_here();
+  const int64_t tiles = ((R + kLargeBM - 1) / kLargeBM) * ((p.nb + 63) / 64);
+  p.cfg = tiles >= 2 * sms || p.slices == 1 ? Cfg::LargeFold : Cfg::Large;
+  if (p.cfg == Cfg::Large) p.part_bytes = round256(split_part);
   return p;
 }
 
 template <typename WT, int BM, int BN, int WM, int WN, int STAGES, bool FOLD>
-void launch_imma(const ImmaArgs& a, cudaStream_t s) {
+void launch_imma(const Args& a, cudaStream_t s) {
   constexpr int kRowA = std::is_same_v<WT, int8_t> ? kRow8 : kRow16;
   constexpr size_t smem = size_t(STAGES) * (BM * kRowA + BN * kRow16);
   auto kernel = imma_kernel<WT, BM, BN, WM, WN, STAGES, FOLD>;
-  if constexpr (smem > 48 * 1024) {
+  if constexpr (smem + 1024 > 48 * 1024) {  // (room for static shared memory)
     static const bool set = [&] {
       RWKVPP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
       return true;
     }();
     (void)set;
   }
-  const dim3 grid(unsigned((a.R + BM - 1) / BM), unsigned((a.nb + BN - 1) / BN), FOLD ? 1u : unsigned(a.slices));
+  const dim3 grid(unsigned((a.job[0].R + BM - 1) / BM), unsigned((a.nb + BN - 1) / BN),
+                  FOLD ? 1u : unsigned(a.slices));
   launch(kernel, grid, WM * WN * 32, smem, s, a);
   RWKVPP_CUDA_LAUNCHED("imma_kernel");
 }
 
+// RWKVPP_IMMA_TILE=128: the folding kernel on 128 x 128 tiles (warps of 64 x 32) instead of
+// 128 x 64 (32 x 32): more MMAs per barrier, more registers. The results are the same.
+bool wide_fold() {
+  static const bool on = [] {
+    const char* e = std::getenv("RWKVPP_IMMA_TILE");
+    return e && std::string(e) == "128";
+  }();
+  return on;
+}
+
 template <typename WT>
-void run_mma(Cfg cfg, const ImmaArgs& a, cudaStream_t s) {
-  switch (cfg) {
-    case Cfg::Small8: return launch_imma<WT, 64, 8, 4, 1, 4, false>(a, s);
-    case Cfg::Small16: return launch_imma<WT, 64, 16, 4, 1, 4, false>(a, s);
-    case Cfg::Small32: return launch_imma<WT, 64, 32, 4, 1, 4, false>(a, s);
-    case Cfg::Large: return launch_imma<WT, 128, 128, 2, 4, 3, false>(a, s);
-    case Cfg::LargeFold: return launch_imma<WT, 128, 64, 4, 2, 4, true>(a, s);
-    case Cfg::Plain: break;
-  }
+void run_large(Cfg cfg, const Args& a, cudaStream_t s) {
+  if (cfg == Cfg::Large) return launch_imma<WT, kLargeBM, 128, 2, 4, 3, false>(a, s);
+  if (wide_fold()) return launch_imma<WT, kLargeBM, 128, 2, 4, 3, true>(a, s);
+  return launch_imma<WT, kLargeBM, 64, 4, 2, 4, true>(a, s);
 }
 
 template <typename WT>
@@ -460,74 +373,135 @@ void run_plain(const WeightView& W, const float* x, float* y, int64_t n, bool re
   RWKVPP_CUDA_LAUNCHED("ifma_kernel");
 }
 
+void plain(const WeightView& W, const float* x, float* y, int64_t n, bool relu2, const GemvEpilogue& ep,
+           cudaStream_t s) {
+  switch (W.dtype) {
+    case DType::F32: return run_plain<float>(W, x, y, n, relu2, ep, s);
+    case DType::F16: return run_plain<__half>(W, x, y, n, relu2, ep, s);
+    case DType::BF16: return run_plain<__nv_bfloat16>(W, x, y, n, relu2, ep, s);
+    case DType::I8: return run_plain<int8_t>(W, x, y, n, relu2, ep, s);
+    case DType::I4: break;
+  }
+  fail_msg("imma: int4 weights are not supported on CUDA");
+}
+
+void check_shape(const WeightView& W, int64_t n) {
+  if (W.rows > INT32_MAX || W.cols > INT32_MAX || n > INT32_MAX / 2)
+    fail_msg("imma: shape [" + std::to_string(W.rows) + ", " + std::to_string(W.cols) + "] x " +
+             std::to_string(n) + " tokens is too large");
+}
+
+// Job i of `a` for product W (its scratch at `base`, laid out as plan p says).
+Job job_for(const Plan& p, const WeightView& W, const float* x, float* y, const GemvEpilogue& ep,
+            unsigned char* base, int* tickets) {
+  Job j{};
+  j.W = W.data;
+  j.scales = W.dtype == DType::I8 ? W.scales : nullptr;
+  j.x = x;
+  j.xb = base;
+  j.inv = reinterpret_cast<const float*>(base + p.xb_bytes);
+  j.y = y;
+  j.ep = ep;
+  j.part = p.part_bytes ? reinterpret_cast<float*>(base + p.xb_bytes + p.inv_bytes) : nullptr;
+  j.tickets = tickets;
+  j.R = int(W.rows);
+  return j;
+}
+
 }  // namespace
 
 int imma_slices(int64_t R, int64_t K) {
   // About 512 blocks of 64 rows at one token (enough to keep an H100's memory busy), slices of
-  // at least 256 k. Depends on the shape only.
+  // at least 256 k and at most 1024 (the small kernel keeps its slice of x in shared memory).
+  // Depends on the shape only.
   const int64_t row_tiles = std::max<int64_t>(1, (R + 63) / 64);
-  const int64_t want = (512 + row_tiles - 1) / row_tiles;
-  return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, K / 256)));
+  const int64_t want = std::max((512 + row_tiles - 1) / row_tiles, (K + 1023) / 1024);
+  const int64_t most = std::min<int64_t>(imma_detail::kMaxSlices, std::max<int64_t>(1, K / 256));
+  return int(std::clamp<int64_t>(want, 1, most));
 }
 
-size_t imma_scratch_bytes(const WeightView& W, int64_t n) {
+ImmaNeeds imma_needs(const WeightView& W, int64_t n) {
   const Plan p = plan_for(W, n);
-  return p.xb_bytes + p.inv_bytes + p.part_bytes;
+  return {p.xb_bytes + p.inv_bytes + p.part_bytes, p.tickets};
 }
 
 void imma(const WeightView& W, const float* x, float* y, int64_t n, bool relu_square_x,
-          const GemvEpilogue& ep, void* scratch, cudaStream_t s) {
+          const GemvEpilogue& ep, void* scratch, int* tickets, cudaStream_t s) {
   if (n <= 0 || W.rows == 0) return;
-  if (W.rows > INT32_MAX || W.cols > INT32_MAX || n > INT32_MAX / 2)
-    fail_msg("imma: shape [" + std::to_string(W.rows) + ", " + std::to_string(W.cols) + "] x " +
-             std::to_string(n) + " tokens is too large");
+  check_shape(W, n);
   const Plan p = plan_for(W, n);
-  if (p.cfg == Cfg::Plain) {
-    switch (W.dtype) {
-      case DType::F32: return run_plain<float>(W, x, y, n, relu_square_x, ep, s);
-      case DType::F16: return run_plain<__half>(W, x, y, n, relu_square_x, ep, s);
-      case DType::BF16: return run_plain<__nv_bfloat16>(W, x, y, n, relu_square_x, ep, s);
-      case DType::I8: return run_plain<int8_t>(W, x, y, n, relu_square_x, ep, s);
-      case DType::I4: break;
-    }
-    fail_msg("imma: int4 weights are not supported on CUDA");
-  }
+  if (p.cfg == Cfg::Plain) return plain(W, x, y, n, relu_square_x, ep, s);
   auto* base = static_cast<unsigned char*>(scratch);
-  ImmaArgs a{};
-  a.W = W.data;
-  a.scales = W.dtype == DType::I8 ? W.scales : nullptr;
-  a.R = int(W.rows);
+  Args a{};
+  a.job[0] = job_for(p, W, x, y, ep, base, tickets);
+  a.count = 1;
+  a.tile_base[0] = 0;
+  a.tile_base[1] = a.tile_base[2] = a.tile_base[3] = p.row_tiles;
   a.K = int(W.cols);
-  a.xb = base;
-  a.nb = p.nb;
   a.n = int(n);
-  a.inv = reinterpret_cast<const float*>(base + p.xb_bytes);
-  a.y = y;
-  a.ep = ep;
-  a.part = p.part_bytes ? reinterpret_cast<float*>(base + p.xb_bytes + p.inv_bytes) : nullptr;
+  a.nb = p.nb;
   a.slice = p.slice;
   a.slices = p.slices;
+  a.relu2 = relu_square_x;
+  if (p.cfg == Cfg::Small) return imma_small(a, W.dtype, s);
   if (W.dtype == DType::BF16) {
-    launch(convert_bf16_kernel, unsigned(n), kConvThreads, 0, s, x, W.cols, relu_square_x,
+    launch(convert_bf16_kernel, unsigned(n), kConvThreads, 0, s, x, int(W.cols), relu_square_x,
            static_cast<__nv_bfloat16*>(scratch));
     RWKVPP_CUDA_LAUNCHED("convert_bf16_kernel");
   } else {
-    launch(convert_f16_kernel, unsigned(n), kConvThreads, 0, s, x, W.cols, relu_square_x,
-           static_cast<__half*>(scratch), const_cast<float*>(a.inv));
+    launch(convert_f16_kernel, dim3(unsigned(n), unsigned(p.slices)), kConvThreads, 0, s, x, int(W.cols),
+           p.slice, relu_square_x, static_cast<__half*>(scratch), const_cast<float*>(a.job[0].inv));
     RWKVPP_CUDA_LAUNCHED("convert_f16_kernel");
   }
   switch (W.dtype) {
-    case DType::F16: run_mma<__half>(p.cfg, a, s); break;
-    case DType::BF16: run_mma<__nv_bfloat16>(p.cfg, a, s); break;
-    case DType::I8: run_mma<int8_t>(p.cfg, a, s); break;
+    case DType::F16: run_large<__half>(p.cfg, a, s); break;
+    case DType::BF16: run_large<__nv_bfloat16>(p.cfg, a, s); break;
+    case DType::I8: run_large<int8_t>(p.cfg, a, s); break;
     case DType::F32:
     case DType::I4: break;
   }
-  if (a.part) {
-    const int64_t count = n * W.rows;
-    launch(imma_fold_kernel, grid_for(count, 256), 256, 0, s, a, W.dtype == DType::BF16);
+  if (p.cfg == Cfg::Large && p.slices > 1) {
+    launch(imma_fold_kernel, grid_for(n * W.rows, 256), 256, 0, s, a, W.dtype == DType::BF16);
     RWKVPP_CUDA_LAUNCHED("imma_fold_kernel");
   }
+}
+
+bool imma_group_takes(const WeightView* const* W, int count, int64_t n) {
+  if (count < 2 || count > imma_detail::kMaxJobs || n <= 0) return false;
+  const Plan p0 = plan_for(*W[0], n);
+  if (p0.cfg != Cfg::Small) return false;
+  for (int i = 1; i < count; ++i) {
+    const Plan p = plan_for(*W[i], n);
+    if (p.cfg != Cfg::Small || W[i]->dtype != W[0]->dtype || W[i]->cols != W[0]->cols ||
+        p.slices != p0.slices || p.slice != p0.slice)
+      return false;
+  }
+  return true;
+}
+
+void imma_group(const WeightView* const* W, const float* const* x, float* const* y,
+                const GemvEpilogue* ep, int count, int64_t n, void* scratch, int* tickets,
+                cudaStream_t s) {
+  if (!imma_group_takes(W, count, n)) fail_msg("imma_group: these products cannot share a launch");
+  Args a{};
+  auto* base = static_cast<unsigned char*>(scratch);
+  int tile = 0;
+  for (int i = 0; i < count; ++i) {
+    check_shape(*W[i], n);
+    const Plan p = plan_for(*W[i], n);
+    a.job[i] = job_for(p, *W[i], x[i], y[i], ep[i], base, tickets);
+    base += p.xb_bytes + p.inv_bytes + p.part_bytes;
+    tickets += p.tickets;
+    a.tile_base[i] = tile;
+    tile += p.row_tiles;
+    if (i == 0) a.nb = p.nb, a.slice = p.slice, a.slices = p.slices;
+  }
+  for (int i = count; i <= imma_detail::kMaxJobs; ++i) a.tile_base[i] = tile;
+  a.count = count;
+  a.K = int(W[0]->cols);
+  a.n = int(n);
+  a.relu2 = false;
+  imma_small(a, W[0]->dtype, s);
 }
 
 }  // namespace rwkvpp::cuda

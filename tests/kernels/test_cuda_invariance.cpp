@@ -61,8 +61,11 @@ TEST_CASE("CUDA invariant products: any rows of a batch equal those rows of the 
     int64_t R, K;
   };
   // 2048 x 2048 and 64 x 4096 cut K into several slices; 129 x 1000 is the plain kernel's for
-  // int8 (K % 16 != 0); 77 x 24 for every dtype's MMA tail handling (one partial tile).
-  const std::vector<Shape> shapes = {{300, 256}, {129, 1000}, {2048, 2048}, {64, 4096}, {77, 24}};
+  // int8 (K % 16 != 0); 77 x 24 for every dtype's MMA tail handling (one partial tile);
+  // 8192 x 1024 takes, by row count, each of the three MMA kernels with several slices (the few
+  // tokens' launch up to 32 input columns, the split one at 33 and 64, the folding one at 257).
+  const std::vector<Shape> shapes = {{300, 256}, {129, 1000}, {2048, 2048}, {64, 4096}, {77, 24},
+                                     {8192, 1024}};
   const int64_t N = 257;
   for (const Shape& sh : shapes)
     for (DType dt : {DType::F16, DType::BF16, DType::I8, DType::F32}) {
@@ -97,7 +100,7 @@ TEST_CASE("CUDA invariant products: any rows of a batch equal those rows of the 
         INFO("kind " << kind);
         if (kind == 2) gx = gpu.put(x);  // relu_square_x may overwrite its input
         const auto full = product(0, N, kind);
-        for (int64_t n : {1, 7, 64})
+        for (int64_t n : {1, 7, 20, 33, 64})
           CHECK(same_rows(product(0, n, kind), 0, full, 0, size_t(n), size_t(sh.R)));
         CHECK(same_rows(product(100, 7, kind), 0, full, 100, 7, size_t(sh.R)));
         CHECK(same_rows(product(200, 1, kind), 0, full, 200, 1, size_t(sh.R)));
@@ -111,6 +114,46 @@ TEST_CASE("CUDA invariant products: any rows of a batch equal those rows of the 
         }
       }
     }
+}
+
+TEST_CASE("CUDA invariant products: a group of products in one launch equals each alone, bit for bit",
+          "[cuda][invariance]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu(true);
+  Rng rng(22);
+  const int64_t R = 2048, K = 2048, N = 40;
+  for (DType dt : {DType::F16, DType::BF16, DType::I8}) {
+    INFO(dtype_name(dt));
+    std::unique_ptr<DeviceBuffer> own[3];
+    WeightView W[3];
+    float *x[3], *y[3], *alone = gpu.zeros(size_t(N * R));
+    for (int i = 0; i < 3; ++i) {
+      const auto w = rng.uniform(size_t(R * K), -0.05f, 0.05f);
+      W[i] = gpu.be().load_weight(HostTensor::from_f32(w, {R, K}), dt, own[i]);
+      x[i] = gpu.put(rng.uniform(size_t(N * K), -3.0f, 3.0f));
+      y[i] = gpu.zeros(size_t(N * R));
+    }
+    for (int64_t n : {1, 5, 16, 40}) {
+      INFO("n " << n);
+      Backend::MatmulJob jobs[3];
+      for (int i = 0; i < 3; ++i) jobs[i] = {&W[i], x[i], y[i], {}};
+      jobs[1].ep.has_act = true;
+      jobs[1].ep.act = Unary::Sigmoid;  // one epilogue among plain products
+      gpu.be().matmul_group(jobs, 3, n);
+      for (int i = 0; i < 3; ++i) {
+        INFO("product " << i);
+        const auto grouped = gpu.get(y[i], size_t(n * R));
+        if (i == 1) gpu.be().matmul_ex(W[i], x[i], alone, n, jobs[1].ep, nullptr);
+        else gpu.be().matmul(W[i], x[i], alone, n);
+        CHECK(same_rows(grouped, 0, gpu.get(alone, size_t(n * R)), 0, size_t(n), size_t(R)));
+        // and the first row as in a batch of N
+        if (i != 1) {
+          gpu.be().matmul(W[i], x[i], alone, N);
+          CHECK(same_rows(grouped, 0, gpu.get(alone, size_t(N * R)), 0, 1, size_t(R)));
+        }
+      }
+    }
+  }
 }
 
 namespace {
