@@ -134,32 +134,25 @@ __device__ __forceinline__ void finish(const Job& j, bool bf16, int t, int r, fl
   j.ep.store(j.y, int64_t(t) * j.R + r, v);
 }
 
-// Most slices a product is cut into (imma_slices).
+// Most slices a product is cut into (imma_slices): the fold keeps one value per slice in
+// registers, so that all of an element's loads are in flight at once.
 constexpr int kMaxSlices = 32;
-constexpr int kFoldBatch = 8;  // slice sums in flight at once per element (registers)
 
 // The S slice sums of 4 consecutive rows (float4) or one row at p, p + stride, ..., added in
-// slice order; the loads go kFoldBatch at a time, each batch issued before its adds.
+// slice order. Every load is issued before the first add.
 template <typename V>
 __device__ __forceinline__ V sum_slices(const V* p, int64_t stride, int S) {
-  V t{};
-  for (int s0 = 0; s0 < S; s0 += kFoldBatch) {
-    V v[kFoldBatch];
+  V v[kMaxSlices];
 #pragma unroll
-    for (int i = 0; i < kFoldBatch; ++i)
-      if (s0 + i < S) v[i] = __ldcg(p + (s0 + i) * stride);
+  for (int s = 0; s < kMaxSlices; ++s)
+    if (s < S) v[s] = __ldcg(p + s * stride);
+  V t = v[0];
 #pragma unroll
-    for (int i = 0; i < kFoldBatch; ++i) {
-      if (s0 + i >= S) break;
-      if (s0 + i == 0) {
-        t = v[0];
-      } else if constexpr (std::is_same_v<V, float4>) {
-        t.x = t.x + v[i].x, t.y = t.y + v[i].y, t.z = t.z + v[i].z, t.w = t.w + v[i].w;
-      } else {
-        t = t + v[i];
-      }
+  for (int s = 1; s < kMaxSlices; ++s)
+    if (s < S) {
+      if constexpr (std::is_same_v<V, float4>) t.x = t.x + v[s].x, t.y = t.y + v[s].y, t.z = t.z + v[s].z, t.w = t.w + v[s].w;
+      else t = t + v[s];
     }
-  }
   return t;
 }
 

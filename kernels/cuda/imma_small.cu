@@ -109,7 +109,7 @@ __device__ __forceinline__ void store_column(const Column& col, int gc, int kpad
 }
 
 template <typename WT, int BN>
-__global__ void __launch_bounds__(kSmallThreads, 4) imma_small_kernel(const Args a) {
+__global__ void __launch_bounds__(kSmallThreads) imma_small_kernel(const Args a) {
   constexpr bool kI8 = std::is_same_v<WT, int8_t>;
   constexpr bool kBf16 = std::is_same_v<WT, __nv_bfloat16>;
   constexpr int kRowA = kI8 ? kRow8 : kRow16;
