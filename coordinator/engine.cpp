@@ -6,6 +6,7 @@
 
 #include "common/trace.h"
 #include "coordinator/engine_seq.h"
+#include "net/test_and_clear.h"
 
 namespace rwkvpp {
 
@@ -51,16 +52,7 @@ Engine::~Engine() {
   if (sreq_) t_.cancel(sreq_);
 }
 
-bool Engine::test_req(RequestId& id, Completion* c) {
-  try {
-    if (!t_.test(id, c)) return false;
-  } catch (const PeerLost&) {
-    id = 0;  // test() retired it
-    throw;
-  }
-  id = 0;
-  return true;
-}
+bool Engine::test_req(RequestId& id, Completion* c) { return test_and_clear(t_, id, c); }
 
 int Engine::submit(Request r) {
   if (r.prompt.empty()) fail("a request needs at least one prompt token");

@@ -7,6 +7,7 @@
 
 #include "common/memory_use.h"
 #include "common/trace.h"
+#include "net/test_and_clear.h"
 
 namespace rwkvpp {
 
@@ -637,16 +638,7 @@ ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::ve
   return res;
 }
 
-bool StepLoop::test_req(RequestId& id, Completion* c) {
-  try {
-    if (!t_.test(id, c)) return false;
-  } catch (const PeerLost&) {
-    id = 0;  // test() retired it
-    throw;
-  }
-  id = 0;
-  return true;
-}
+bool StepLoop::test_req(RequestId& id, Completion* c) { return test_and_clear(t_, id, c); }
 
 void StepLoop::send_snapshot(const SlotOp& op) {
   SnapshotMsg m;
