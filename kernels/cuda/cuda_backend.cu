@@ -402,10 +402,9 @@ class CudaBackend final : public Backend {
     product_ex(W, x, y, n, ep, scratch, true);
   }
 
-  // Few tokens: one launch for the whole group; otherwise one product after another.
+  // Few tokens: one launch for the group (invariant or fast); else the base, matmul_ex per job.
   void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
     use_device();
-    if (invariant_) return invariant_group(jobs, count, n);
     if (count >= 1 && count <= 3) {
       const WeightView* W[3];
       const float* x[3];
@@ -416,9 +415,10 @@ class CudaBackend final : public Backend {
         W[i] = jobs[i].W, x[i] = jobs[i].x, y[i] = jobs[i].y;
         ok = ok && !jobs[i].ep.accumulate && gemv_epilogue(jobs[i].ep, ep[i]);
       }
-      if (ok && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
-      if (ok && gemm_group(jobs, W, x, y, count, n)) return;
-      if (ok && count >= 2) {
+      if (ok && invariant_ && cuda::imma_group_takes(W, count, n)) return invariant_group(W, x, y, ep, count, n);
+      if (ok && !invariant_ && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
+      if (ok && !invariant_ && gemm_group(jobs, W, x, y, count, n)) return;
+      if (ok && !invariant_ && count >= 2) {
         void* scratch = grow(group_scratch_, cuda::gemm_group_scratch_bytes(count, n, W[0]->cols));
         if (cuda::gemm_jobs_f16(blas_, W, x, y, count, n, scratch, consts_, stream_)) {
           for (int i = 0; i < count; ++i) finish_epilogue(y[i], y[i], n * W[i]->rows, ep[i]);
@@ -658,36 +658,17 @@ class CudaBackend final : public Backend {
     cuda::imma(W, x, y, n, relu_square_x, g, scratch, tickets, stream_);
   }
 
-  // Up to three invariant products in one launch where imma_group takes them (few tokens, one
-  // K), else one after another; every result is what it would be alone.
-  void invariant_group(const MatmulJob* jobs, int count, int64_t n) {
-    const WeightView* W[3];
-    const float* x[3];
-    float* y[3];
-    cuda::GemvEpilogue ep[3];
-    bool ok = count >= 2 && count <= 3;
-    for (int i = 0; ok && i < count; ++i) {
-      W[i] = jobs[i].W, x[i] = jobs[i].x, y[i] = jobs[i].y;
-      ok = !jobs[i].ep.accumulate && gemv_epilogue(jobs[i].ep, ep[i]);
-    }
-    if (ok && cuda::imma_group_takes(W, count, n)) {
-      size_t bytes = 0, tickets = 0;
-      for (int i = 0; i < count; ++i) {
-        const cuda::ImmaNeeds need = cuda::imma_needs(*W[i], n);
-        bytes += need.scratch_bytes, tickets += need.tickets;
-      }
-      void* scratch = bytes ? grow(scratch_, bytes) : nullptr;
-      int* t = tickets ? static_cast<int*>(grow(imma_tickets_, tickets * 4)) : nullptr;
-      return cuda::imma_group(W, x, y, ep, count, n, scratch, t, stream_);
-    }
+  // 2-3 invariant products in one launch (imma_group_takes said yes), each as it is alone.
+  void invariant_group(const WeightView* const* W, const float* const* x, float* const* y,
+                       const cuda::GemvEpilogue* ep, int count, int64_t n) {
+    size_t bytes = 0, tickets = 0;
     for (int i = 0; i < count; ++i) {
-      cuda::GemvEpilogue g;
-      if (jobs[i].ep.accumulate || !gemv_epilogue(jobs[i].ep, g)) {
-        Backend::matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
-        continue;
-      }
-      invariant_product(*jobs[i].W, jobs[i].x, jobs[i].y, n, false, g);
+      const cuda::ImmaNeeds need = cuda::imma_needs(*W[i], n);
+      bytes += need.scratch_bytes, tickets += need.tickets;
     }
+    void* scratch = bytes ? grow(scratch_, bytes) : nullptr;
+    int* t = tickets ? static_cast<int*>(grow(imma_tickets_, tickets * 4)) : nullptr;
+    cuda::imma_group(W, x, y, ep, count, n, scratch, t, stream_);
   }
 
   void product(const WeightView& W, const float* x, float* y, int64_t n, const cuda::MatmulOpts& o) {
