@@ -209,7 +209,7 @@ void Backend::argmax_rows(const float* logits, int64_t m, int64_t vocab, int32_t
 void Backend::norm_shift_mix(const float* x, const float* w, const float* b, float eps, int64_t n,
                              int64_t d, const SegTable& segs, float* state, int64_t stride, int64_t off,
                              const float* const* mu, float* const* out, int nmix, float* xln, float* prev) {
-  RWKVPP_CHECK(nmix >= 1 && nmix <= 4, "norm_shift_mix: 1 to 4 mixes");
+  RWKVPP_CHECK(nmix >= 1 && nmix <= kMaxMixes, "norm_shift_mix: 1 to 6 mixes");
   layer_norm(x, w, b, xln, n, d, eps);
   token_shift(xln, d, segs, state, stride, off, prev);
   for (int j = 0; j < nmix; ++j) mix(xln, prev, mu[j], out[j], n, d);
@@ -239,6 +239,37 @@ void Backend::matmul_group(const MatmulJob* jobs, int count, int64_t n) {
     RWKVPP_CHECK(!jobs[i].ep.accumulate, "matmul_group: jobs do not accumulate");
     matmul_ex(*jobs[i].W, jobs[i].x, jobs[i].y, n, jobs[i].ep, nullptr);
   }
+}
+
+void Backend::rwkv7_mix(const Rwkv7Mix& p, const SegTable& segs, float* state, int64_t stride,
+                        int64_t off, int64_t n, int64_t H, int64_t N) {
+  const int64_t C = H * N, nc = n * C;
+  float *w = p.w_raw, *a = p.a_raw, *v = p.v;
+  binary_row(Binary::Add, w, p.w0, w, n, C);
+  unary(Unary::Sigmoid, w, w, nc);
+  binary_row(Binary::Mul, w, p.neg_decay, w, n, C);
+  unary(Unary::Exp, w, w, nc);
+  binary_row(Binary::Add, a, p.a0, a, n, C);
+  unary(Unary::Sigmoid, a, a, nc);
+  binary_row(Binary::Mul, p.k_raw, p.k_k, p.kk, n, C);
+  head_l2_normalize(p.kk, p.kk, n, H, N, p.l2_eps);
+  if (p.first_layer) {
+    copy(p.v_first, v, size_t(nc) * sizeof(float));
+  } else {
+    binary_row(Binary::Add, p.v_raw, p.v0, p.v_raw, n, C);
+    unary(Unary::Sigmoid, p.v_raw, p.v_raw, nc);
+    lerp(v, p.v_first, p.v_raw, v, nc);
+  }
+  // k = k_raw * (1 + (a - 1) * k_a) = mix(k_raw * a, k_raw, k_a), into v_raw's buffer (free now).
+  float* k = p.v_raw;
+  binary(Binary::Mul, p.k_raw, a, k, nc);
+  mix(k, p.k_raw, p.k_a, k, n, C);
+  binary(Binary::Mul, p.kk, a, a, nc);           // a := kk * a (the rule's b)
+  binary_row(Binary::Mul, p.kk, p.neg_one, p.kk, n, C);  // kk := -kk (the rule's a)
+  wkv7(p.r, w, k, v, p.kk, a, segs, state, stride, off, p.out, H, N);
+  group_norm(p.out, p.lnx_w, p.lnx_b, p.out, n, H, N, p.gn_eps);
+  head_dot_add(p.r, k, p.r_k, v, p.out, n, H, N);
+  binary(Binary::Mul, p.out, p.g, p.out, nc);
 }
 
 void Backend::wkv4_gated(const float* k, const float* v, const float* w, const float* u, const SegTable& segs,

@@ -346,15 +346,16 @@ class Backend {
   // backends that keep them are the plain ops' results, bit for bit.
 
   // layer_norm(x -> xln), token_shift(xln -> prev, through the state), then for j < nmix:
-  //   mix(xln, prev, mu[j] -> out[j]).  nmix is 1..4. xln and prev ([n, d]) are scratch: their
+  //   mix(xln, prev, mu[j] -> out[j]).  nmix is 1..kMaxMixes. xln and prev ([n, d]) are scratch: their
   // contents afterwards are unspecified. out[j] must not alias x, xln or prev.
+  static constexpr int kMaxMixes = 6;  // RWKV-7's r, w, k, v, a, g
   virtual void norm_shift_mix(const float* x, const float* w, const float* b, float eps, int64_t n,
                               int64_t d, const SegTable& segs, float* state, int64_t stride,
                               int64_t off, const float* const* mu, float* const* out, int nmix,
                               float* xln, float* prev);
 
   // What matmul_ex does with v = x W^T, elementwise over [n, W.rows]: v = act(v) when has_act
-  // (Sigmoid or ReluSquare), v = gate * v when gate is given ([n, W.rows]), then y = y + v
+  // (Sigmoid, Tanh or ReluSquare), v = gate * v when gate is given ([n, W.rows]), then y = y + v
   // when accumulate, else y = v.
   struct Epilogue {
     bool has_act = false;
@@ -375,22 +376,52 @@ class Backend {
                                        const Epilogue& ep, float* scratch);
   virtual bool folds_relu_square_x(const WeightView& W, int64_t n) const;
 
-  // Up to 3 independent products with the same input width (W.cols) and token count:
+  // Up to kMaxGroupJobs independent products with the same token count (any shapes):
   // y[i] = matmul_ex(W[i], x[i], ep[i]) for i < count, none accumulating. The default runs them
   // one after another; a device may run them as one launch (RWKV-4's k, v, r; FFN key and
-  // receptance).
+  // receptance; RWKV-7's seven products of the time mix's input, then its four low-rank
+  // second factors).
   struct MatmulJob {
     const WeightView* W;
     const float* x;
     float* y;
     Epilogue ep;
   };
+  static constexpr int kMaxGroupJobs = 8;
   virtual void matmul_group(const MatmulJob* jobs, int count, int64_t n);
 
   // wkv4, then out = gate * out (elementwise over [n_tokens, d]; RWKV-4's sigmoid(r) gate).
   virtual void wkv4_gated(const float* k, const float* v, const float* w, const float* u,
                           const SegTable& segs, float* state, int64_t stride, int64_t off_aa,
                           float* out, int64_t d, const float* gate);
+
+  // RWKV-7's time mix between its products and its output product (kernels/rwkv7.cpp), per
+  // token over [n, C] rows (C = H * N), vectors [C]:
+  //   w = exp(neg_decay * sigmoid(w0 + w_raw));  a = sigmoid(a0 + a_raw)
+  //   kk = head_l2_normalize(k_raw * k_k, l2_eps);  k = mix(k_raw * a, k_raw, k_a)
+  //   first layer: v_first = v;  otherwise v = lerp(v, v_first, sigmoid(v0 + v_raw))
+  //   wkv7(r, w, k, v, -kk, kk * a) through the state (S at off), then
+  //   out = g * (group_norm(wkv, lnx_w, lnx_b, gn_eps) + head_dot(r, k, r_k) v)
+  // neg_decay and neg_one are [C] vectors of -exp(-0.5) and -1 (the default composes plain
+  // ops, which take vectors). w_raw, k_raw, a_raw, v and v_raw (always [n, C] of backend memory,
+  // on the first layer only scratch) are overwritten; kk is scratch. The
+  // default runs the plain ops in that order (results bit for bit those of the ops); a device
+  // may run it all as one kernel.
+  struct Rwkv7Mix {
+    const float* r = nullptr;
+    float *w_raw = nullptr, *k_raw = nullptr, *a_raw = nullptr, *v = nullptr, *v_raw = nullptr;
+    const float* g = nullptr;
+    float* v_first = nullptr;  // [n, C]: written on the first layer, read on the others
+    bool first_layer = false;  // v_raw and v0 unused when set
+    const float *w0 = nullptr, *a0 = nullptr, *k_k = nullptr, *k_a = nullptr, *v0 = nullptr;
+    const float *r_k = nullptr, *lnx_w = nullptr, *lnx_b = nullptr;
+    const float *neg_decay = nullptr, *neg_one = nullptr;
+    float l2_eps = 1e-12f, gn_eps = 64e-5f;
+    float* kk = nullptr;  // [n, C] scratch
+    float* out = nullptr;  // [n, C]
+  };
+  virtual void rwkv7_mix(const Rwkv7Mix& p, const SegTable& segs, float* state, int64_t stride,
+                         int64_t off, int64_t n, int64_t n_head, int64_t head_size);
 
   // ---- ops added for RWKV-5/6/7 (kernels/rwkv5.cpp, rwkv6.cpp, rwkv7.cpp) ------------------
   // Elementwise interpolation with a per-element weight, for i < count:

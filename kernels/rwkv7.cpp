@@ -33,9 +33,13 @@ constexpr float kGroupNormEps = 64e-5f;
 // torch.nn.functional.normalize's default eps, used for kk.
 constexpr float kL2Eps = 1e-12f;
 
-// Workspace buffers: the six mixes, then the products and temporaries (18 in all).
-enum : int { kXln = kAtt0, kPrev, kMix0, kLow = kMix0 + 6, kR, kDecay, kK, kV, kA, kGate, kKk, kTmp, kOut };
-static_assert(int(kOut) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
+// Workspace buffers: the six mixes (free after the first products: xr's then holds the time
+// mix's output, xw's its scratch), then the products (18 in all).
+enum : int {
+  kXln = kAtt0, kPrev, kMix0, kLowW = kMix0 + 6, kLowA, kLowG, kLowV, kR, kWRaw, kKRaw, kV,
+  kARaw, kVRaw, kGate
+};
+static_assert(int(kGate) < int(kFfnXln), "the time mix's workspace buffers end before the channel mix's");
 
 class BlockV7 final : public Block {
  public:
@@ -47,7 +51,7 @@ class BlockV7 final : public Block {
            N_, C_);
     const LayerLoader ld(be, t, layer, dtype, keep_);
     auto low_rank = [&](const std::string& p, WeightView& m1, WeightView& m2) {
-      max_low_ = std::max(max_low_, ld.low_rank(p, C_, m1, m2));
+      ld.low_rank(p, C_, m1, m2);
     };
     nm_ = ld.norms(C_, true);
     static const char* kMix[6] = {"att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g"};
@@ -88,86 +92,71 @@ class BlockV7 final : public Block {
     float* prev = ws.get(kPrev, nc);
     float* xs[6];  // xr, xw, xk, xv, xa, xg
     for (int s = 0; s < 6; ++s) xs[s] = ws.get(kMix0 + s, nc);
-    float* low = ws.get(kLow, size_t(n * max_low_));
+    float* low_w = ws.get(kLowW, size_t(n * w1_.rows));
+    float* low_a = ws.get(kLowA, size_t(n * a1_.rows));
+    float* low_g = ws.get(kLowG, size_t(n * g1_.rows));
+    float* low_v = first_layer_ ? nullptr : ws.get(kLowV, size_t(n * v1_.rows));
     float* r = ws.get(kR, nc);
-    float* w = ws.get(kDecay, nc);
-    float* k = ws.get(kK, size_t(n * std::max(C, F_)));  // the channel mix's key too ([n, F])
-    float* v = ws.get(kV, nc);
-    float* a = ws.get(kA, nc);
+    Backend::Rwkv7Mix m;
+    m.r = r;
+    m.w_raw = ws.get(kWRaw, nc);
+    m.k_raw = ws.get(kKRaw, size_t(n * std::max(C, F_)));  // the channel mix's key too ([n, F])
+    m.v = ws.get(kV, nc);
+    m.a_raw = ws.get(kARaw, nc);
+    m.v_raw = ws.get(kVRaw, nc);
     float* g = ws.get(kGate, nc);
-    float* kk = ws.get(kKk, nc);
-    float* tmp = ws.get(kTmp, nc);
-    float* out = ws.get(kOut, nc);
+    m.g = g;
+    m.out = xs[0];  // xr and xw are free once the first products have run
+    m.kk = xs[1];
+    m.v_first = h.v_first;
+    m.first_layer = first_layer_;
+    m.w0 = w0_, m.a0 = a0_, m.k_k = k_k_, m.k_a = k_a_, m.v0 = v0_, m.r_k = r_k_;
+    m.lnx_w = nm_.lnx_w, m.lnx_b = nm_.lnx_b;
+    m.neg_decay = neg_decay_scale_, m.neg_one = neg_one_;
+    m.l2_eps = kL2Eps, m.gn_eps = kGroupNormEps;
+
+    // Time mix: one pass for ln1, the token shift and the six mixes; the seven products of the
+    // mixes as one group (w's and g's first factors with their activations), then the four
+    // second factors as another; the rest of the time mix up to its output product as one op.
+    be.norm_shift_mix(x, nm_.ln1_w, nm_.ln1_b, eps_, n, C, segs, state, S, 0, mu_, xs, 6, xln, prev);
+    Backend::Epilogue tanh_ep, sig_ep;
+    tanh_ep.has_act = sig_ep.has_act = true;
+    tanh_ep.act = Unary::Tanh;
+    sig_ep.act = Unary::Sigmoid;
     float *xr = xs[0], *xw = xs[1], *xk = xs[2], *xv = xs[3], *xa = xs[4], *xg = xs[5];
+    const Backend::MatmulJob first[7] = {
+        {&att_r_, xr, r, {}}, {&w1_, xw, low_w, tanh_ep},
+        {&att_k_, xk, m.k_raw, {}},                 {&att_v_, xv, m.v, {}},
+        {&a1_, xa, low_a, {}},                      {&g1_, xg, low_g, sig_ep},
+        {&v1_, xv, low_v, {}}};
+    be.matmul_group(first, first_layer_ ? 6 : 7, n);
+    const Backend::MatmulJob second[4] = {
+        {&w2_, low_w, m.w_raw, {}}, {&a2_, low_a, m.a_raw, {}}, {&g2_, low_g, g, {}},
+        {&v2_, low_v, m.v_raw, {}}};
+    be.matmul_group(second, first_layer_ ? 3 : 4, n);
+    be.rwkv7_mix(m, segs, state, S, 2 * C, n, H_, N_);
+    Backend::Epilogue add;
+    add.accumulate = true;
+    be.matmul_ex(att_o_, m.out, x, n, add, m.kk);  // x += O out
 
-    // Time mix.
-    be.layer_norm(x, nm_.ln1_w, nm_.ln1_b, xln, n, C, eps_);
-    be.token_shift(xln, C, segs, state, S, 0, prev);
-    for (int s = 0; s < 6; ++s) be.mix(xln, prev, mu_[s], xs[s], n, C);
-
-    be.matmul(att_r_, xr, r, n);
-    // w = exp(-e^-0.5 * sigmoid(w0 + tanh(xw @ w1) @ w2))
-    be.matmul(w1_, xw, low, n);
-    be.unary(Unary::Tanh, low, low, n * w1_.rows);
-    be.matmul(w2_, low, w, n);
-    be.binary_row(Binary::Add, w, w0_, w, n, C);
-    be.unary(Unary::Sigmoid, w, w, nc);
-    be.binary_row(Binary::Mul, w, neg_decay_scale_, w, n, C);
-    be.unary(Unary::Exp, w, w, nc);
-    be.matmul(att_k_, xk, tmp, n);  // raw k
-    be.matmul(att_v_, xv, v, n);
-    // a = sigmoid(a0 + xa @ a1 @ a2)
-    be.matmul(a1_, xa, low, n);
-    be.matmul(a2_, low, a, n);
-    be.binary_row(Binary::Add, a, a0_, a, n, C);
-    be.unary(Unary::Sigmoid, a, a, nc);
-    // g = sigmoid(xg @ g1) @ g2
-    be.matmul(g1_, xg, low, n);
-    be.unary(Unary::Sigmoid, low, low, n * g1_.rows);
-    be.matmul(g2_, low, g, n);
-
-    // kk = normalize(k * k_k); k = k * (1 + (a - 1) * k_a) = mix(k * a, k, k_a)
-    be.binary_row(Binary::Mul, tmp, k_k_, kk, n, C);
-    be.head_l2_normalize(kk, kk, n, H_, N_, kL2Eps);
-    be.binary(Binary::Mul, tmp, a, k, nc);
-    be.mix(k, tmp, k_a_, k, n, C);
-
-    // Value residual: layer 0 defines v_first, later layers pull v towards it.
-    if (first_layer_) {
-      be.copy(h.v_first, v, size_t(nc) * sizeof(float));
-    } else {
-      be.matmul(v1_, xv, low, n);
-      be.matmul(v2_, low, tmp, n);
-      be.binary_row(Binary::Add, tmp, v0_, tmp, n, C);
-      be.unary(Unary::Sigmoid, tmp, tmp, nc);
-      be.lerp(v, h.v_first, tmp, v, nc);
-    }
-
-    // Delta-rule recurrence with a = -kk, b = kk * a.
-    be.binary(Binary::Mul, kk, a, a, nc);
-    be.binary_row(Binary::Mul, kk, neg_one_, kk, n, C);
-    be.wkv7(r, w, k, v, kk, a, segs, state, S, 2 * C, out, H_, N_);
-    be.group_norm(out, nm_.lnx_w, nm_.lnx_b, out, n, H_, N_, kGroupNormEps);
-    be.head_dot_add(r, k, r_k_, v, out, n, H_, N_);
-    be.binary(Binary::Mul, out, g, out, nc);
-    be.matmul(att_o_, out, tmp, n);
-    be.binary(Binary::Add, x, tmp, x, nc);
-
-    // Channel mix.
-    be.layer_norm(x, nm_.ln2_w, nm_.ln2_b, xln, n, C, eps_);
-    be.token_shift(xln, C, segs, state, S, C, prev);
-    be.mix(xln, prev, ffn_mu_k_, xk, n, C);
-    be.matmul(ffn_k_, xk, k, n);
-    be.unary(Unary::ReluSquare, k, k, n * F_);
-    be.matmul(ffn_v_, k, v, n);
-    be.binary(Binary::Add, x, v, x, nc);
+    // Channel mix: x += Wv relu(Wk xk)^2, the square folded into the value product's input
+    // where the backend does that.
+    float* fk = m.k_raw;
+    be.norm_shift_mix(x, nm_.ln2_w, nm_.ln2_b, eps_, n, C, segs, state, S, C, &ffn_mu_k_, &xk, 1,
+                      xln, prev);
+    Backend::Epilogue relu2;
+    relu2.has_act = true;
+    relu2.act = Unary::ReluSquare;
+    const bool fold = be.folds_relu_square_x(ffn_v_, n);
+    be.matmul_ex(ffn_k_, xk, fk, n, fold ? Backend::Epilogue{} : relu2, nullptr);
+    if (fold) be.matmul_ex_relu_square_x(ffn_v_, fk, x, n, add, m.v);
+    else be.matmul_ex(ffn_v_, fk, x, n, add, m.v);
   }
 
  private:
   int64_t C_, F_, H_, N_;
   float eps_;
   bool first_layer_;
-  int64_t max_low_ = 0;  // widest low-rank dimension
   BlockNorms nm_;
   const float* mu_[6];                      // [C] 1 - x_{r,w,k,v,a,g}
   const float* ffn_mu_k_;                   // [C] 1 - ffn.x_k

@@ -6,11 +6,14 @@
 # fast ones (RWKVPP_INVARIANT=0) alternately, ROUNDS times, and prints the medians side by side.
 # Usage: scripts/gpu_invariance.sh [--no-tests] SHAPE[:ARGS]...   (env ROUNDS, default 2;
 # VARIANT="VAR=value ...": a third mode, the invariant products with that environment, e.g.
-# VARIANT=RWKVPP_IMMA_TILE=128)
+# VARIANT=RWKVPP_IMMA_TILE=128; AB=VAR: the switch compared instead of RWKVPP_INVARIANT, e.g.
+# AB=RWKVPP_V7_FUSED for the fused RWKV-7 time mix against its plain ops; the columns then read
+# "on" and "off" for VAR=1 and VAR=0)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-2}
+AB=${AB:-RWKVPP_INVARIANT}
 tests=1
 [ "${1:-}" = --no-tests ] && { tests=0; shift; }
 # shellcheck source=scripts/gpu_rwkvpp_env.sh
@@ -34,13 +37,14 @@ for spec in "$@"; do
       inv=$mode venv=""
       [ "$mode" = v ] && inv=1 venv=${VARIANT}
       # shellcheck disable=SC2086
-      env RWKVPP_INVARIANT=$inv $venv timeout 280 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args \
+      env "$AB=$inv" $venv timeout 280 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args \
         -o "$f" > "$f.log" 2>&1 || { echo "bench $shape mode $mode rc=$?"; tail -3 "$f.log"; }
     done
   done
-  python3 - "$OUT" "$shape" "$ROUNDS" <<'PY'
+  python3 - "$OUT" "$shape" "$ROUNDS" "$AB" <<'PY'
 import json, sys, statistics as st
 out, shape, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+on, off = ("invariant", "fast") if sys.argv[4] == "RWKVPP_INVARIANT" else ("on", "off")
 runs = {m: [] for m in ("1", "0", "v")}
 for m in runs:
     for r in range(1, rounds + 1):
@@ -49,16 +53,16 @@ for m in runs:
 if not runs["1"] or not runs["0"]: sys.exit(print(shape, "missing runs"))
 def med(m, key, sel):
     return st.median([sel(d) for d in runs[m]])
-print(f"== {shape}: invariant vs fast (median of {rounds}); floors {runs['0'][0]['floors']}")
+print(f"== {shape}: {sys.argv[4]} {on} vs {off} (median of {rounds}); floors {runs['0'][0]['floors']}")
 for i, x in enumerate(runs["0"][0]["decode"]):
     inv = med("1", 0, lambda d: d["decode"][i]["ms_per_step"]); fast = med("0", 0, lambda d: d["decode"][i]["ms_per_step"])
-    line = f"decode b{x['batch']:<4} invariant {inv:8.3f} ms  fast {fast:8.3f} ms  cost {100*(inv/fast-1):+6.1f} %"
+    line = f"decode b{x['batch']:<4} {on} {inv:8.3f} ms  {off} {fast:8.3f} ms  cost {100*(inv/fast-1):+6.1f} %"
     if runs["v"]:
         v = med("v", 0, lambda d: d["decode"][i]["ms_per_step"]); line += f"  variant {v:8.3f} ms {100*(v/fast-1):+6.1f} %"
     print(line)
 for i, x in enumerate(runs["0"][0]["prefill"]):
     inv = med("1", 0, lambda d: d["prefill"][i]["tokens_per_s"]); fast = med("0", 0, lambda d: d["prefill"][i]["tokens_per_s"])
-    line = f"prefill {x['prompt']:<5} invariant {inv:9.0f} tok/s  fast {fast:9.0f} tok/s  cost {100*(fast/inv-1):+6.1f} %"
+    line = f"prefill {x['prompt']:<5} {on} {inv:9.0f} tok/s  {off} {fast:9.0f} tok/s  cost {100*(fast/inv-1):+6.1f} %"
     if runs["v"]:
         v = med("v", 0, lambda d: d["prefill"][i]["tokens_per_s"]); line += f"  variant {v:9.0f} tok/s {100*(fast/v-1):+6.1f} %"
     print(line)

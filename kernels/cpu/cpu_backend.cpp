@@ -216,8 +216,8 @@ class CpuBackend final : public Backend {
   // are those of the plain ops, bit for bit). `scratch` holds v for an accumulating job.
   void run_jobs(const MatmulJob* jobs, int count, int64_t n, float* scratch) {
     if (n <= 0) return;
-    int64_t first[4] = {0, 0, 0, 0}, work = 0;
-    RWKVPP_CHECK(count >= 1 && count <= 3, "matmul_group: 1 to 3 jobs");
+    int64_t first[kMaxGroupJobs + 1] = {}, work = 0;
+    RWKVPP_CHECK(count >= 1 && count <= kMaxGroupJobs, "matmul_group: 1 to 8 jobs");
     for (int j = 0; j < count; ++j) {
       first[j + 1] = first[j] + cpu::row_blocks(jobs[j].W->rows);
       work += jobs[j].W->rows * jobs[j].W->cols * n;

@@ -405,11 +405,12 @@ class CudaBackend final : public Backend {
   // Few tokens: one launch for the group (invariant or fast); else the base, matmul_ex per job.
   void matmul_group(const MatmulJob* jobs, int count, int64_t n) override {
     use_device();
-    if (count >= 1 && count <= 3) {
-      const WeightView* W[3];
-      const float* x[3];
-      float* y[3];
-      cuda::GemvEpilogue ep[3];
+    static_assert(kMaxGroupJobs <= cuda::kGemvMaxJobs, "a full group fits one GEMV launch");
+    if (count >= 1 && count <= kMaxGroupJobs) {
+      const WeightView* W[kMaxGroupJobs];
+      const float* x[kMaxGroupJobs];
+      float* y[kMaxGroupJobs];
+      cuda::GemvEpilogue ep[kMaxGroupJobs];
       bool ok = true;
       for (int i = 0; i < count; ++i) {
         W[i] = jobs[i].W, x[i] = jobs[i].x, y[i] = jobs[i].y;
@@ -417,9 +418,9 @@ class CudaBackend final : public Backend {
       }
       if (ok && invariant_ && cuda::imma_group_takes(W, count, n)) return invariant_group(W, x, y, ep, count, n);
       if (ok && !invariant_ && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
-      if (ok && !invariant_ && gemm_group(jobs, W, x, y, count, n)) return;
+      if (ok && !invariant_ && count <= 3 && gemm_group(jobs, W, x, y, count, n)) return;
       if (ok && !invariant_ && count >= 2) {
-        void* scratch = grow(group_scratch_, cuda::gemm_group_scratch_bytes(count, n, W[0]->cols));
+        void* scratch = grow(group_scratch_, cuda::gemm_jobs_scratch_bytes(W, count, n));
         if (cuda::gemm_jobs_f16(blas_, W, x, y, count, n, scratch, consts_, stream_)) {
           for (int i = 0; i < count; ++i) finish_epilogue(y[i], y[i], n * W[i]->rows, ep[i]);
           return;
@@ -434,7 +435,7 @@ class CudaBackend final : public Backend {
                       int64_t d, const SegTable& segs, float* state, int64_t stride, int64_t off,
                       const float* const* mu, float* const* out, int nmix, float* xln,
                       float* prev) override {
-    if (segs.max_len == 1 && int64_t(segs.host.size()) == n && nmix >= 1 && nmix <= 4) {
+    if (segs.max_len == 1 && int64_t(segs.host.size()) == n && nmix >= 1 && nmix <= kMaxMixes) {
       use_device();
       cuda::MixOut m{};
       for (int j = 0; j < nmix; ++j) {
@@ -517,6 +518,17 @@ class CudaBackend final : public Backend {
     use_device();
     cuda::wkv7(r, w, k, v, a, b, segs.device, int64_t(segs.host.size()), state, stride, off, out,
                n_head, head_size, stream_);
+  }
+
+  // One kernel for head sizes 32 and 64 (RWKVPP_V7_FUSED=0: the plain ops, for comparisons).
+  void rwkv7_mix(const Rwkv7Mix& p, const SegTable& segs, float* state, int64_t stride, int64_t off,
+                 int64_t n, int64_t n_head, int64_t head_size) override {
+    use_device();
+    static const bool fused = cuda::switch_on("RWKVPP_V7_FUSED");
+    if (fused && cuda::rwkv7_mix(p, segs.device, int64_t(segs.host.size()), state, stride, off,
+                                 n_head, head_size, stream_))
+      return;
+    Backend::rwkv7_mix(p, segs, state, stride, off, n, n_head, head_size);
   }
 
   void lerp(const float* a, const float* b, const float* m, float* y, int64_t count) override {
@@ -703,7 +715,11 @@ class CudaBackend final : public Backend {
 
   // The GEMV's form of an epilogue; false for an activation it does not fuse.
   static bool gemv_epilogue(const Epilogue& ep, cuda::GemvEpilogue& g) {
-    g.act = !ep.has_act ? 0 : ep.act == Unary::Sigmoid ? 1 : ep.act == Unary::ReluSquare ? 2 : -1;
+    g.act = !ep.has_act                      ? 0
+            : ep.act == Unary::Sigmoid    ? 1
+            : ep.act == Unary::ReluSquare ? 2
+            : ep.act == Unary::Tanh       ? 3
+                                          : -1;
     g.gate = ep.gate;
     g.accumulate = ep.accumulate;
     return g.act >= 0;
@@ -718,10 +734,7 @@ class CudaBackend final : public Backend {
   // more are copied to the device.
   cuda::IdList indices(const int32_t* host, int64_t n) {
     cuda::IdList l;
-    static const bool inl = [] {
-      const char* e = std::getenv("RWKVPP_INLINE_IDS");
-      return !(e && std::strcmp(e, "0") == 0);
-    }();
+    static const bool inl = cuda::switch_on("RWKVPP_INLINE_IDS");
     if (inl && n <= cuda::IdList::kInlineIds) {
       std::copy(host, host + n, l.inl);
       return l;
@@ -757,10 +770,7 @@ class CudaBackend final : public Backend {
   Scratch imma_tickets_;
   std::vector<Segment> segs_last_;  // what segs_ holds on the device
   static bool seg_cache() {
-    static const bool on = [] {
-      const char* e = std::getenv("RWKVPP_SEG_CACHE");
-      return !(e && std::strcmp(e, "0") == 0);
-    }();
+    static const bool on = cuda::switch_on("RWKVPP_SEG_CACHE");
     return on;
   }
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays

@@ -99,13 +99,14 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
 // a gate multiply, and accumulation into y. Uniform across the grid, so the branches cost
 // nothing; the default stores v as it is.
 struct GemvEpilogue {
-  int act = 0;  // 0 none, 1 sigmoid, 2 relu then square
+  int act = 0;  // 0 none, 1 sigmoid, 2 relu then square, 3 tanh
   const float* gate = nullptr;  // [n, R], multiplies v
   bool accumulate = false;      // y += v instead of y = v
 
   __device__ __forceinline__ void store(float* y, int64_t i, float v) const {
     if (act == 1) v = 1.0f / (1.0f + expf(-v));
     else if (act == 2) v = v > 0.0f ? v * v : 0.0f;
+    else if (act == 3) v = tanhf(v);
     if (gate) v = gate[i] * v;
     y[i] = accumulate ? y[i] + v : v;
   }
@@ -255,11 +256,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(W, x, y, R, K, scales, ep);
 }
 
-// Several GEMVs with the same K (and dtype, token count) in one launch: blockIdx.y picks the
-// job, each with its own W, x, y, row count and epilogue; blocks past a job's rows exit. One
-// launch and one tail instead of several: RWKV-4's k, v, r products, its FFN key and
-// receptance. The jobs are selected with constant indices (no local copy of the parameters).
-constexpr int kGemvMaxJobs = 3;
+// Several GEMVs with the same token count and dtype in one launch: blockIdx.y picks the job,
+// each with its own W, x, y, shape and epilogue; blocks past a job's rows exit. One launch and
+// one tail instead of several: RWKV-4's k, v, r products, its FFN key and receptance, RWKV-7's
+// seven products of the time mix's input and its four low-rank second factors (each of its
+// own width K). The block copies its job out of the parameters with constant indices and
+// selects (no local copy of the parameters, one inlined body).
+constexpr int kGemvMaxJobs = 8;
 template <typename T>
 struct GemvJob {
   const T* W;
@@ -268,6 +271,7 @@ struct GemvJob {
   const float* scales;
   GemvEpilogue ep;
   int R;
+  int K;
 };
 template <typename T>
 struct GemvJobs {
@@ -275,16 +279,12 @@ struct GemvJobs {
 };
 
 template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs, int K) {
-  if (blockIdx.y == 0)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[0].W, jobs.j[0].x, jobs.j[0].y, jobs.j[0].R,
-                                                 K, jobs.j[0].scales, jobs.j[0].ep);
-  else if (blockIdx.y == 1)
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[1].W, jobs.j[1].x, jobs.j[1].y, jobs.j[1].R,
-                                                 K, jobs.j[1].scales, jobs.j[1].ep);
-  else
-    gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(jobs.j[2].W, jobs.j[2].x, jobs.j[2].y, jobs.j[2].R,
-                                                 K, jobs.j[2].scales, jobs.j[2].ep);
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_vec_group_kernel(GemvJobs<T> jobs) {
+  GemvJob<T> j = jobs.j[0];
+#pragma unroll
+  for (int i = 1; i < kGemvMaxJobs; ++i)
+    if (blockIdx.y == unsigned(i)) j = jobs.j[i];
+  gemv_vec_rows<T, NT, RPW, UNROLL, WPR, PIPE>(j.W, j.x, j.y, j.R, j.K, j.scales, j.ep);
 }
 
 // Scalar GEMV for shapes the vector kernel cannot take (K not a multiple of the pack, or
@@ -329,13 +329,13 @@ inline void launch_gemv_vec(const T* W, const float* x, float* y, int R, int K, 
 
 // `count` (1..kGemvMaxJobs) jobs of `jobs`; the grid covers the job with the most rows.
 template <typename T, int NT, int RPW, int UNROLL, int WPR = 1, bool PIPE = false>
-inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, int K, cudaStream_t s) {
+inline void launch_gemv_vec_group(const GemvJobs<T>& jobs, int count, cudaStream_t s) {
   const int rows_per_block = kGemvWarps / WPR * RPW;
   int R = 0;
   for (int i = 0; i < count; ++i) R = R > jobs.j[i].R ? R : jobs.j[i].R;
   launch(gemv_vec_group_kernel<T, NT, RPW, UNROLL, WPR, PIPE>,
          dim3(unsigned((R + rows_per_block - 1) / rows_per_block), unsigned(count)),
-         kGemvWarps * 32, 0, s, jobs, K);
+         kGemvWarps * 32, 0, s, jobs);
 }
 
 template <typename T, int NT>

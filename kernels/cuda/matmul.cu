@@ -173,16 +173,31 @@ void gemv(const T* W, const float* x, float* y, int R, int K, int n, cudaStream_
 // fixed order: the result does not depend on timing) and converts its share. A power-of-two
 // scale is exact, so the fp16 values are those of an unscaled rounding wherever that stays in
 // fp16's normal range. RELU2: the input is relu(x)^2, computed on the fly (as Unary::ReluSquare).
-constexpr int kConstAlpha = 0, kConstZero = 4, kConstOne = 5, kConstPartials = 64;
+constexpr int kConstAlpha = 0, kConstZero = kMaxConvJobs, kConstOne = kMaxConvJobs + 1, kConstPartials = 64;
 constexpr int kAmaxBlocks = 1024;  // most block maxima per input
 constexpr unsigned kConvertBlocks = 4096;  // most blocks per input of the conversion
-static_assert(kConstPartials + 3 * kAmaxBlocks <= kMatmulConsts);
+static_assert(kConstOne < kConstPartials && kConstPartials + kMaxConvJobs * kAmaxBlocks <= kMatmulConsts);
 
 struct ConvJobs {
-  const float* x[3];
-  __half* out[3];
-  int64_t count[3];
+  const float* x[kMaxConvJobs];
+  __half* out[kMaxConvJobs];
+  int64_t count[kMaxConvJobs];
 };
+
+// Job blockIdx.y's input, output and count, selected with constant indices (no local copy of
+// the parameters).
+struct ConvJob {
+  const float* x;
+  __half* out;
+  int64_t count;
+};
+__device__ __forceinline__ ConvJob conv_job(const ConvJobs& jobs) {
+  ConvJob c{jobs.x[0], jobs.out[0], jobs.count[0]};
+#pragma unroll
+  for (int i = 1; i < kMaxConvJobs; ++i)
+    if (blockIdx.y == unsigned(i)) c = {jobs.x[i], jobs.out[i], jobs.count[i]};
+  return c;
+}
 
 template <bool RELU2>
 __device__ __forceinline__ float conv_in(float v) {
@@ -222,8 +237,9 @@ template <bool RELU2>
 __global__ void amax_blocks_kernel(ConvJobs jobs, float* partials) {
   pdl_begin();
   const int j = blockIdx.y;
-  const float* x = j == 0 ? jobs.x[0] : j == 1 ? jobs.x[1] : jobs.x[2];
-  const int64_t count = j == 0 ? jobs.count[0] : j == 1 ? jobs.count[1] : jobs.count[2];
+  const ConvJob job = conv_job(jobs);
+  const float* x = job.x;
+  const int64_t count = job.count;
   float m = 0.0f;
   const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
   if (vec4_ok(x, nullptr, count)) {
@@ -259,9 +275,10 @@ __global__ void convert_f16_kernel(ConvJobs jobs, const float* partials, int G, 
     inv = ldexpf(1.0f, 14 - e);
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) alphas[j] = scale;
-  const float* x = j == 0 ? jobs.x[0] : j == 1 ? jobs.x[1] : jobs.x[2];
-  __half* out = j == 0 ? jobs.out[0] : j == 1 ? jobs.out[1] : jobs.out[2];
-  const int64_t count = j == 0 ? jobs.count[0] : j == 1 ? jobs.count[1] : jobs.count[2];
+  const ConvJob job = conv_job(jobs);
+  const float* x = job.x;
+  __half* out = job.out;
+  const int64_t count = job.count;
   const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
   if (vec4_ok(x, out, count)) {
     const auto* x4 = reinterpret_cast<const float4*>(x);
@@ -530,31 +547,34 @@ namespace {
 
 template <typename T, int NT>
 void launch_group_nt(const WeightView* const* W, const float* const* x, float* const* y,
-                     const GemvEpilogue* ep, int count, int K, cudaStream_t s) {
+                     const GemvEpilogue* ep, int count, cudaStream_t s) {
   GemvJobs<T> jobs{};
   int64_t rows = 0;
+  int K = 0;  // the shape is chosen for the widest job; the kernel walks each job's own K
   for (int i = 0; i < count; ++i) {
-    jobs.j[i] = {static_cast<const T*>(W[i]->data), x[i], y[i], W[i]->scales, ep[i], int(W[i]->rows)};
+    jobs.j[i] = {static_cast<const T*>(W[i]->data), x[i], y[i], W[i]->scales, ep[i],
+                 int(W[i]->rows), int(W[i]->cols)};
     rows += W[i]->rows;
+    K = std::max(K, int(W[i]->cols));
   }
   with_gemv_shape<T, NT>(rows, K, [&](auto u, auto w, auto p) {
     launch_gemv_vec_group<T, NT, gemv_rows<T>(NT), decltype(u)::value, decltype(w)::value,
-                          decltype(p)::value>(jobs, count, K, s);
+                          decltype(p)::value>(jobs, count, s);
   });
 }
 
 template <typename T>
 void launch_group(const WeightView* const* W, const float* const* x, float* const* y,
-                  const GemvEpilogue* ep, int count, int K, int n, cudaStream_t s) {
+                  const GemvEpilogue* ep, int count, int n, cudaStream_t s) {
   switch (n) {
-    case 1: launch_group_nt<T, 1>(W, x, y, ep, count, K, s); break;
-    case 2: launch_group_nt<T, 2>(W, x, y, ep, count, K, s); break;
-    case 3: launch_group_nt<T, 3>(W, x, y, ep, count, K, s); break;
-    case 4: launch_group_nt<T, 4>(W, x, y, ep, count, K, s); break;
-    case 5: launch_group_nt<T, 5>(W, x, y, ep, count, K, s); break;
-    case 6: launch_group_nt<T, 6>(W, x, y, ep, count, K, s); break;
-    case 7: launch_group_nt<T, 7>(W, x, y, ep, count, K, s); break;
-    case 8: launch_group_nt<T, 8>(W, x, y, ep, count, K, s); break;
+    case 1: launch_group_nt<T, 1>(W, x, y, ep, count, s); break;
+    case 2: launch_group_nt<T, 2>(W, x, y, ep, count, s); break;
+    case 3: launch_group_nt<T, 3>(W, x, y, ep, count, s); break;
+    case 4: launch_group_nt<T, 4>(W, x, y, ep, count, s); break;
+    case 5: launch_group_nt<T, 5>(W, x, y, ep, count, s); break;
+    case 6: launch_group_nt<T, 6>(W, x, y, ep, count, s); break;
+    case 7: launch_group_nt<T, 7>(W, x, y, ep, count, s); break;
+    case 8: launch_group_nt<T, 8>(W, x, y, ep, count, s); break;
     default: break;
   }
   RWKVPP_CUDA_LAUNCHED("gemv_vec_group_kernel");
@@ -566,19 +586,19 @@ bool gemv_group(const WeightView* const* W, const float* const* x, float* const*
                 const GemvEpilogue* ep, int count, int64_t n, cudaStream_t s) {
   if (count < 1 || count > kGemvMaxJobs || n < 1 || n > kGemvMaxTokens) return false;
   const DType dt = W[0]->dtype;
-  const int64_t K = W[0]->cols;
   const int pack = dt == DType::F32 ? 4 : dt == DType::I8 ? 16 : 8;
-  if (K == 0 || K % pack != 0 || K > INT32_MAX) return false;
   for (int i = 0; i < count; ++i) {
-    if (W[i]->dtype != dt || W[i]->cols != K || W[i]->rows > INT32_MAX || W[i]->rows < 1) return false;
+    const int64_t K = W[i]->cols;
+    if (K == 0 || K % pack != 0 || K > INT32_MAX) return false;
+    if (W[i]->dtype != dt || W[i]->rows > INT32_MAX || W[i]->rows < 1) return false;
     if (!aligned16(W[i]->data) || !aligned16(x[i])) return false;
     if (dt == DType::I8 && !W[i]->scales) return false;
   }
   switch (dt) {
-    case DType::F32: launch_group<float>(W, x, y, ep, count, int(K), int(n), s); break;
-    case DType::F16: launch_group<__half>(W, x, y, ep, count, int(K), int(n), s); break;
-    case DType::BF16: launch_group<__nv_bfloat16>(W, x, y, ep, count, int(K), int(n), s); break;
-    case DType::I8: launch_group<int8_t>(W, x, y, ep, count, int(K), int(n), s); break;
+    case DType::F32: launch_group<float>(W, x, y, ep, count, int(n), s); break;
+    case DType::F16: launch_group<__half>(W, x, y, ep, count, int(n), s); break;
+    case DType::BF16: launch_group<__nv_bfloat16>(W, x, y, ep, count, int(n), s); break;
+    case DType::I8: launch_group<int8_t>(W, x, y, ep, count, int(n), s); break;
     case DType::I4: return false;
   }
   return true;
@@ -613,25 +633,41 @@ bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* c
   return true;
 }
 
+size_t gemm_jobs_scratch_bytes(const WeightView* const* W, int count, int64_t n) {
+  size_t halves = 0;
+  for (int i = 0; i < count; ++i) halves += round256(size_t(n * W[i]->cols) * 2) / 2;
+  return halves * 2;
+}
+
 bool gemm_jobs_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
                    float* const* y, int count, int64_t n, void* scratch, float* consts,
                    cudaStream_t s) {
-  if (count < 2 || count > 3 || n <= kGemvMaxTokens || n > INT32_MAX) return false;
-  const int64_t K = W[0]->cols;
-  for (int i = 0; i < count; ++i)
-    if (W[i]->dtype != DType::F16 || W[i]->cols != K || W[i]->rows > INT32_MAX || W[i]->rows < 1) return false;
-  if (K == 0 || K > INT32_MAX) return false;
-  const int64_t cnt = n * K;
+  if (count < 2 || count > kMaxConvJobs || n <= kGemvMaxTokens || n > INT32_MAX) return false;
+  for (int i = 0; i < count; ++i) {
+    const int64_t K = W[i]->cols;
+    if (W[i]->dtype != DType::F16 || K < 1 || K > INT32_MAX || W[i]->rows > INT32_MAX || W[i]->rows < 1)
+      return false;
+  }
+  // Each input's fp16 copy starts 256-byte aligned (gemm_jobs_scratch_bytes), for cuBLAS.
+  ConvJobs j{};
   auto* xh = static_cast<__half*>(scratch);
-  convert_x_f16(scratch_jobs(x, count, cnt, xh), count, false, false, consts, s);
+  for (int i = 0; i < count; ++i) {
+    j.x[i] = x[i];
+    j.out[i] = xh;
+    j.count[i] = n * W[i]->cols;
+    xh += round256(size_t(j.count[i]) * 2) / 2;
+  }
+  convert_x_f16(j, count, false, false, consts, s);
   RWKVPP_CUBLAS_CHECK(cublasSetStream(h, s));
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-  for (int i = 0; i < count && st == CUBLAS_STATUS_SUCCESS; ++i)
-    st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(W[i]->rows), int(n), int(K),
-                      consts + kConstAlpha + i, W[i]->data, CUDA_R_16F, int(K), xh + i * cnt,
-                      CUDA_R_16F, int(K), consts + kConstZero, y[i], CUDA_R_32F, int(W[i]->rows),
-                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  for (int i = 0; i < count && st == CUBLAS_STATUS_SUCCESS; ++i) {
+    const int K = int(W[i]->cols);
+    st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(W[i]->rows), int(n), K,
+                      consts + kConstAlpha + i, W[i]->data, CUDA_R_16F, K, j.out[i], CUDA_R_16F, K,
+                      consts + kConstZero, y[i], CUDA_R_32F, int(W[i]->rows), CUBLAS_COMPUTE_32F,
+                      CUBLAS_GEMM_DEFAULT);
+  }
   RWKVPP_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   RWKVPP_CUBLAS_CHECK(st);
   return true;

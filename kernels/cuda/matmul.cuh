@@ -22,11 +22,11 @@ constexpr int64_t kBf16SplitMaxTokens = 128;
 // Bytes of device scratch that matmul() needs for n tokens (0 when none).
 size_t matmul_scratch_bytes(const WeightView& W, int64_t n);
 
-// Device floats the cuBLAS paths read and write ("consts" below): [0, 3) the scales of up to
-// three converted inputs (cuBLAS's alpha), [4] = 0 and [5] = 1 (beta), from index 64 the
+// Device floats the cuBLAS paths read and write ("consts" below): [0, 8) the scales of up to
+// eight converted inputs (cuBLAS's alpha), [8] = 0 and [9] = 1 (beta), from index 64 the
 // per-block maxima of the inputs being converted. Allocate them zero-filled, then call
 // init_matmul_consts once.
-constexpr int kMatmulConsts = 4096;
+constexpr int kMatmulConsts = 64 + 8 * 1024;
 void init_matmul_consts(float* consts, cudaStream_t s);
 
 // What matmul() may fold into a cuBLAS product: relu_square_x, the product reads relu(x)^2
@@ -70,8 +70,9 @@ void apply_epilogue(const float* v, float* y, int64_t count, const GemvEpilogue&
 // returns false (and does nothing) for shapes it does not take.
 bool gemv_with_epilogue(const WeightView& W, const float* x, float* y, int64_t n,
                         const GemvEpilogue& ep, cudaStream_t s);
-// count (<= 3) such products with one K, dtype and token count in one launch (gemv.cuh,
-// gemv_vec_group_kernel); false (nothing done) for what it does not take.
+// count (<= kGemvMaxJobs) such products with one dtype and token count (each of its own
+// shape) in one launch (gemv.cuh, gemv_vec_group_kernel); false (nothing done) for what it
+// does not take.
 bool gemv_group(const WeightView* const* W, const float* const* x, float* const* y,
                 const GemvEpilogue* ep, int count, int64_t n, cudaStream_t s);
 
@@ -85,10 +86,13 @@ size_t gemm_group_scratch_bytes(int count, int64_t n, int64_t K);
 bool gemm_group_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
                     float* const* y, int count, int64_t n, void* scratch, float* consts,
                     const void* const* dev_ptrs, cudaStream_t s);
-// Above kGemvMaxTokens: count (2..3) products with fp16 W of one width K but any rows (the FFN's
-// key and receptance): the inputs converted in one launch pair, each with its own scale, then
-// one cuBLAS GEMM each. Scratch as gemm_group_scratch_bytes. False (nothing done) for what it
-// does not take.
+// Above kGemvMaxTokens: count (2..kMaxConvJobs) products with fp16 W of any shapes (the FFN's
+// key and receptance; RWKV-7's seven products of the time mix's input and its four low-rank
+// second factors): the inputs converted in one launch pair, each with its own scale, into
+// consecutive parts of `scratch` (gemm_jobs_scratch_bytes), then one cuBLAS GEMM each. False
+// (nothing done) for what it does not take.
+constexpr int kMaxConvJobs = 8;
+size_t gemm_jobs_scratch_bytes(const WeightView* const* W, int count, int64_t n);
 bool gemm_jobs_f16(cublasHandle_t h, const WeightView* const* W, const float* const* x,
                    float* const* y, int count, int64_t n, void* scratch, float* consts,
                    cudaStream_t s);

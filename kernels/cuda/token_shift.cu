@@ -135,10 +135,10 @@ void norm_shift_mix_decode(const float* x, const float* w, const float* b, float
                            const Segment* segs, int64_t n_segs, float* state, int64_t stride,
                            int64_t off, const MixOut& mix, int nmix, cudaStream_t s) {
   if (n_segs == 0 || d == 0) return;
-  if (nmix < 1 || nmix > 4) fail_msg("norm_shift_mix: 1 to 4 mixes");
+  if (nmix < 1 || nmix > 6) fail_msg("norm_shift_mix: 1 to 6 mixes");
   constexpr decltype(&norm_shift_mix_kernel<1>) kernels[] = {
       norm_shift_mix_kernel<1>, norm_shift_mix_kernel<2>, norm_shift_mix_kernel<3>,
-      norm_shift_mix_kernel<4>};
+      norm_shift_mix_kernel<4>, norm_shift_mix_kernel<5>, norm_shift_mix_kernel<6>};
   const auto kernel = kernels[nmix - 1];
   const int threads = int(std::min<int64_t>(256, (d + 31) / 32 * 32));
   // Slices per token: enough blocks for the card when tokens are few, one per token otherwise.

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/wkv7.cuh"
+#include "kernels/cuda/wkv7_row.cuh"
 
 namespace rwkvpp::cuda {
 namespace {
@@ -37,13 +38,8 @@ __global__ void __launch_bounds__(N) wkv7_reg(const float* __restrict__ r, const
   const Segment sg = segs[blockIdx.y];
   const int64_t C = H * N;
   float* S = state + int64_t(sg.slot) * stride + off + int64_t(h) * N * N;
-  // Coalesced load: in round q, thread j reads S[q, j].
-#pragma unroll 8
-  for (int q = 0; q < N; ++q) tile[q][j] = S[q * N + j];
-  __syncthreads();
   float row[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) row[i] = tile[j][i];
+  wkv7_load_rows<N>(S, tile, row);
   // Token t + 1's inputs are loaded into registers while token t computes, so the global
   // load latency is paid once per segment rather than once per token.
   const int64_t t_end = int64_t(sg.start) + sg.len;
@@ -66,36 +62,9 @@ __global__ void __launch_bounds__(N) wkv7_reg(const float* __restrict__ r, const
       const int64_t q = o + C + j;
       nr = r[q], nw = w[q], nk = k[q], na = a[q], nb = b[q], nv = v[q];
     }
-    // Four partial sums break the dependency chain of the two dot products.
-    float p0 = 0, p1 = 0, p2 = 0, p3 = 0;
-#pragma unroll
-    for (int i = 0; i < N; i += 4) {
-      p0 += row[i] * sa[i];
-      p1 += row[i + 1] * sa[i + 1];
-      p2 += row[i + 2] * sa[i + 2];
-      p3 += row[i + 3] * sa[i + 3];
-    }
-    const float s_a = (p0 + p1) + (p2 + p3);
-    float y0 = 0, y1 = 0, y2 = 0, y3 = 0;
-#pragma unroll
-    for (int i = 0; i < N; i += 4) {
-      row[i] = row[i] * sw[i] + s_a * sb[i] + vj * sk[i];
-      row[i + 1] = row[i + 1] * sw[i + 1] + s_a * sb[i + 1] + vj * sk[i + 1];
-      row[i + 2] = row[i + 2] * sw[i + 2] + s_a * sb[i + 2] + vj * sk[i + 2];
-      row[i + 3] = row[i + 3] * sw[i + 3] + s_a * sb[i + 3] + vj * sk[i + 3];
-      y0 += row[i] * sr[i];
-      y1 += row[i + 1] * sr[i + 1];
-      y2 += row[i + 2] * sr[i + 2];
-      y3 += row[i + 3] * sr[i + 3];
-    }
-    out[o + j] = (y0 + y1) + (y2 + y3);
+    out[o + j] = wkv7_row_step<N>(row, sr, sw, sk, sa, sb, vj);
   }
-  __syncthreads();  // the tile is free again (other threads finished reading their rows)
-#pragma unroll
-  for (int i = 0; i < N; ++i) tile[j][i] = row[i];
-  __syncthreads();
-#pragma unroll 8
-  for (int q = 0; q < N; ++q) S[q * N + j] = tile[q][j];
+  wkv7_store_rows<N>(S, tile, row);
 }
 
 // Dynamic shared memory: 5 * N floats. blockDim.x = N rounded up to a warp.

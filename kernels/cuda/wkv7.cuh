@@ -16,4 +16,10 @@ void wkv7(const float* r, const float* w, const float* k, const float* v, const 
           const float* b, const Segment* segs, int64_t n_segs, float* state, int64_t stride,
           int64_t off, float* out, int64_t n_head, int64_t head_size, cudaStream_t s);
 
+// Backend::rwkv7_mix in one kernel (rwkv7_mix.cu): its elementwise work, kk's norm, the
+// recurrence, the group norm, the bonus and the gate, one block per (head, segment). Takes head
+// sizes 32 and 64; false (nothing done) for others.
+bool rwkv7_mix(const Backend::Rwkv7Mix& p, const Segment* segs, int64_t n_segs, float* state,
+               int64_t stride, int64_t off, int64_t n_head, int64_t head_size, cudaStream_t s);
+
 }  // namespace rwkvpp::cuda

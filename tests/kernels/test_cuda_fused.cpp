@@ -24,7 +24,7 @@ TEST_CASE("CUDA norm_shift_mix matches layer_norm + token_shift + mix on the CPU
   layouts.push_back(std::vector<int>(300, 1));
   for (const auto& lens : layouts)
     for (int64_t d : {1, 67, 768, 2048, 5120, 8448})
-      for (int nmix : {1, 2, 3, 4}) {
+      for (int nmix : {1, 2, 3, 4, 5, 6}) {
         const int n_slots = std::max<int>(12, int(lens.size()));
         auto segs = make_segments(lens, n_slots, rng);
         const int64_t n = total(segs), off = 5, stride = off + d + 3;
@@ -38,13 +38,13 @@ TEST_CASE("CUDA norm_shift_mix matches layer_norm + token_shift + mix on the CPU
           ref.emplace_back(size_t(n * d));
         }
         std::vector<float> cstate = state, xln(size_t(n * d)), prev(size_t(n * d));
-        const float* cmu[4];
-        float* cout[4];
+        const float* cmu[6];
+        float* cout[6];
         for (int j = 0; j < nmix; ++j) cmu[j] = mu[size_t(j)].data(), cout[j] = ref[size_t(j)].data();
         cpu->norm_shift_mix(x.data(), w.data(), b.data(), 1e-5f, n, d, cpu->stage_segments(segs), cstate.data(),
                             stride, off, cmu, cout, nmix, xln.data(), prev.data());
-        const float* gmu[4];
-        float* gout[4];
+        const float* gmu[6];
+        float* gout[6];
         for (int j = 0; j < nmix; ++j) gmu[j] = gpu.put(mu[size_t(j)]), gout[j] = gpu.poisoned(size_t(n * d));
         float *gx = gpu.put(x), *gs = gpu.put(state);
         gpu.be().norm_shift_mix(gx, gpu.put(w), gpu.put(b), 1e-5f, n, d, gpu.be().stage_segments(segs), gs, stride,
@@ -154,14 +154,20 @@ TEST_CASE("CUDA matmul_group (one launch for several products) matches the CPU",
   auto cpu = make_cpu_backend(1);
   Rng rng(14);
   Worst worst("matmul_group");
-  // Row counts differ within a group (FFN key 4C and receptance C); K is shared.
-  struct Group { std::vector<int64_t> rows; int64_t K; };
+  // Row counts differ within a group (FFN key 4C and receptance C); K is shared unless `ks`
+  // gives each job its own (RWKV-7's low-rank second factors). Up to 8 jobs (RWKV-7's seven
+  // products of the time mix's input).
+  struct Group { std::vector<int64_t> rows; int64_t K; std::vector<int64_t> ks = {}; };
   const std::vector<Group> groups = {{{64, 64, 64}, 64}, {{1024, 256}, 256}, {{67, 300, 5}, 144}, {{33}, 1000}, {{512, 512, 512}, 136},
-                                     {{300, 1200, 77}, 2048}};  // K split over warps (gemv.cuh, WPR)
+                                     {{300, 1200, 77}, 2048},  // K split over warps (gemv.cuh, WPR)
+                                     {{512, 96, 512, 512, 96, 160, 64}, 512},
+                                     {{100, 7, 64, 64, 3, 5, 9, 300}, 256},
+                                     {{512, 512, 512, 512}, 0, {96, 96, 160, 64}},
+                                     {{300, 40, 1024}, 0, {2048, 64, 512}}};
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
     for (const Group& g : groups)
       for (int64_t n : {1, 2, 5, 8, 9}) {
-        INFO(dtype_name(dt) << " K=" << g.K << " jobs " << g.rows.size() << " n=" << n);
+        INFO(dtype_name(dt) << " K=" << g.K << " (0: per job) jobs " << g.rows.size() << " n=" << n);
         const int count = int(g.rows.size());
         const size_t m = g.rows.size();
         std::vector<std::unique_ptr<DeviceBuffer>> own(2 * m);
@@ -170,16 +176,17 @@ TEST_CASE("CUDA matmul_group (one launch for several products) matches the CPU",
         std::vector<Backend::MatmulJob> cj(m), gj(m);
         std::vector<float*> gy(m);
         for (int i = 0; i < count; ++i) {
-          const int64_t R = g.rows[size_t(i)];
-          const float a = std::sqrt(3.0f / float(g.K));
-          HostTensor w = HostTensor::from_f32(rng.uniform(size_t(R * g.K), -a, a), {R, g.K});
+          const int64_t R = g.rows[size_t(i)], K = g.ks.empty() ? g.K : g.ks[size_t(i)];
+          const float a = std::sqrt(3.0f / float(K));
+          HostTensor w = HostTensor::from_f32(rng.uniform(size_t(R * K), -a, a), {R, K});
           cw[size_t(i)] = cpu->load_weight(w, dt, own[size_t(2 * i)]);
           gw[size_t(i)] = gpu.be().load_weight(w, dt, own[size_t(2 * i + 1)]);
-          x[size_t(i)] = rng.uniform(size_t(n * g.K), -1, 1);
+          x[size_t(i)] = rng.uniform(size_t(n * K), -1, 1);
           ref[size_t(i)].assign(size_t(n * R), 0.0f);
           Backend::Epilogue ep;
-          if (i % 3 == 1) ep.has_act = true, ep.act = Unary::Sigmoid;
-          if (i % 3 == 2) ep.has_act = true, ep.act = Unary::ReluSquare;
+          if (i % 4 == 1) ep.has_act = true, ep.act = Unary::Sigmoid;
+          if (i % 4 == 2) ep.has_act = true, ep.act = Unary::ReluSquare;
+          if (i % 4 == 3) ep.has_act = true, ep.act = Unary::Tanh;
           cj[size_t(i)] = {&cw[size_t(i)], x[size_t(i)].data(), ref[size_t(i)].data(), ep};
           gy[size_t(i)] = gpu.poisoned(size_t(n * R));
           gj[size_t(i)] = {&gw[size_t(i)], gpu.put(x[size_t(i)]), gy[size_t(i)], ep};
@@ -212,4 +219,84 @@ TEST_CASE("CUDA matmul_ex_relu_square_x (the square folded into the product's in
           // cuBLAS rounds the (squared, scaled) input to 16 bits: ~3e-4 of error expected.
           check_product(gpu, *cpu, rng, worst, s, dt, ep, variant == 1, true, range, 3e-3);
         }
+}
+
+namespace {
+
+// One rwkv7_mix over `segs` on the CPU (the plain ops) and the GPU, from the same inputs and
+// state; the state arrays carry over to the next call.
+struct Rwkv7MixCase {
+  int64_t H, N;
+  bool first_layer;
+};
+
+void check_rwkv7_mix(Gpu& gpu, Backend& cpu, Rng& rng, Worst& worst, const Rwkv7MixCase& c,
+                     const std::vector<Segment>& segs, int64_t stride, int64_t off,
+                     std::vector<float>& cstate, float* gstate) {
+  const int64_t C = c.H * c.N, n = total(segs);
+  const size_t nc = size_t(n * C);
+  // Raw inputs as RWKV-7's products give them; vectors as in a checkpoint.
+  std::map<std::string, std::vector<float>> in = {
+      {"r", rng.uniform(nc, -1, 1)},      {"w_raw", rng.uniform(nc, -3, 3)},
+      {"k_raw", rng.uniform(nc, -1, 1)},  {"a_raw", rng.uniform(nc, -3, 3)},
+      {"v", rng.uniform(nc, -1, 1)},      {"v_raw", rng.uniform(nc, -3, 3)},
+      {"g", rng.uniform(nc, -1, 1)},      {"v_first", rng.uniform(nc, -1, 1)}};
+  std::map<std::string, std::vector<float>> vec = {
+      {"w0", rng.uniform(size_t(C), -1, 1)},       {"a0", rng.uniform(size_t(C), -1, 1)},
+      {"k_k", rng.uniform(size_t(C), 0.5f, 1.5f)}, {"k_a", rng.uniform(size_t(C), 0, 1)},
+      {"v0", rng.uniform(size_t(C), -1, 1)},       {"r_k", rng.uniform(size_t(C), -1, 1)},
+      {"lnx_w", rng.uniform(size_t(C), 0.5f, 1.5f)}, {"lnx_b", rng.uniform(size_t(C), -0.2f, 0.2f)},
+      {"neg_decay", std::vector<float>(size_t(C), -float(std::exp(-0.5)))},
+      {"neg_one", std::vector<float>(size_t(C), -1.0f)}};
+  auto fill = [&](Backend::Rwkv7Mix& m, auto&& buf, auto&& cvec) {
+    m.r = buf("r"), m.w_raw = buf("w_raw"), m.k_raw = buf("k_raw"), m.a_raw = buf("a_raw");
+    m.v = buf("v"), m.v_raw = buf("v_raw"), m.g = buf("g"), m.v_first = buf("v_first");
+    m.first_layer = c.first_layer;
+    m.w0 = cvec("w0"), m.a0 = cvec("a0"), m.k_k = cvec("k_k"), m.k_a = cvec("k_a");
+    m.v0 = c.first_layer ? nullptr : cvec("v0"), m.r_k = cvec("r_k");
+    m.lnx_w = cvec("lnx_w"), m.lnx_b = cvec("lnx_b");
+    m.neg_decay = cvec("neg_decay"), m.neg_one = cvec("neg_one");
+  };
+  auto host = in;  // the CPU overwrites its inputs
+  std::vector<float> ref(nc), kk(nc);
+  Backend::Rwkv7Mix cm;
+  fill(cm, [&](const char* k) { return host[k].data(); }, [&](const char* k) { return vec[k].data(); });
+  cm.kk = kk.data(), cm.out = ref.data();
+  cpu.rwkv7_mix(cm, cpu.stage_segments(segs), cstate.data(), stride, off, n, c.H, c.N);
+
+  std::map<std::string, float*> dev;
+  for (auto& [k, v] : in) dev[k] = gpu.put(v);
+  Backend::Rwkv7Mix gm;
+  fill(gm, [&](const char* k) { return dev[k]; }, [&](const char* k) { return gpu.put(vec[k]); });
+  gm.kk = gpu.poisoned(nc), gm.out = gpu.poisoned(nc);
+  gpu.be().rwkv7_mix(gm, gpu.be().stage_segments(segs), gstate, stride, off, n, c.H, c.N);
+  worst.check("out", rel_err(gpu.get(gm.out, nc), ref), 1e-4);
+  worst.check("state", rel_err(gpu.get(gstate, cstate.size()), cstate), 1e-5);
+  worst.check("v_first", rel_err(gpu.get(dev["v_first"], nc), host["v_first"]), 1e-6);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA rwkv7_mix (RWKV-7's time mix as one kernel) matches the plain ops on the CPU", "[cuda]") {
+  RWKVPP_REQUIRE_CUDA();
+  Gpu gpu;
+  auto cpu = make_cpu_backend(1);
+  Rng rng(16);
+  Worst worst("rwkv7_mix");
+  const int n_slots = 8;
+  // Head sizes 64 and 32 take the kernel; 16 the plain ops (they must agree as well).
+  std::vector<std::vector<int>> layouts = kSegmentLayouts;
+  layouts.push_back(std::vector<int>(8, 1));
+  for (Rwkv7MixCase c : {Rwkv7MixCase{1, 64, false}, Rwkv7MixCase{3, 64, true}, Rwkv7MixCase{32, 64, false},
+                         Rwkv7MixCase{2, 32, false}, Rwkv7MixCase{2, 32, true}, Rwkv7MixCase{2, 16, false}}) {
+    const int64_t off = 3, stride = off + c.H * c.N * c.N + 2;
+    auto state = rng.uniform(size_t(n_slots * stride), -0.5f, 0.5f);
+    std::vector<float> cstate = state;
+    float* gs = gpu.put(state);
+    for (const auto& lens : layouts) {  // the state carries over from one layout to the next
+      auto segs = make_segments(lens, n_slots, rng);
+      INFO("H=" << c.H << " N=" << c.N << " first layer " << c.first_layer << " tokens " << total(segs));
+      check_rwkv7_mix(gpu, *cpu, rng, worst, c, segs, stride, off, cstate, gs);
+    }
+  }
 }
