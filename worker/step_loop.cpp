@@ -22,10 +22,10 @@ bool plain_greedy(const SamplingParams& p) {
 }
 
 // True when no segment wants logits and every sampled one is plain greedy.
-bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling) {
+bool device_greedy(const StepMsg& s, StatePool& pool) {
   for (size_t i = 0; i < s.segs.size(); ++i) {
     if (s.want[i] & (kWantLogitsAll | kWantLogitsLast)) return false;
-    if ((s.want[i] & kWantSample) && !plain_greedy(sampling[size_t(s.segs[i].slot)])) return false;
+    if ((s.want[i] & kWantSample) && !plain_greedy(pool.sampling(s.segs[i].slot))) return false;
   }
   return true;
 }
@@ -35,8 +35,7 @@ bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling
 // came back, instead of [rows, vocab] fp32. Equal to sample_token's results on the downloaded
 // logits (tests/kernels/test_cuda_sampling.cpp); the penalty state is updated as sample_token
 // does.
-ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logprobs,
-                        const std::vector<SamplingParams>& sampling, std::vector<PenaltyState>& penalty) {
+ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logprobs, StatePool& pool) {
   ResultMsg res;
   res.step = s.step;
   size_t at = 0;
@@ -48,8 +47,8 @@ ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logpr
       ++at;
       if (r.token < 0) fail("sampling: every logit is NaN or -inf");
       // sample_token's penalty update (kernels/sampling.h): decay every count, count the id.
-      const SamplingParams& p = sampling[size_t(s.segs[i].slot)];
-      PenaltyState& st = penalty[size_t(s.segs[i].slot)];
+      const SamplingParams& p = pool.sampling(s.segs[i].slot);
+      PenaltyState& st = pool.penalty(s.segs[i].slot);
       for (auto& [id, c] : st.counts) c *= p.penalty_decay;
       st.counts[r.token] += 1.0f;
     }
@@ -78,8 +77,7 @@ std::vector<int32_t> logit_rows(const StepMsg& s) {
 StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     : t_(t), stage_(stage), a_(a), tag_step_(epoch_tag(kTagStep, a.epoch)),
       tag_result_(epoch_tag(kTagResult, a.epoch)), tag_share_(epoch_tag(kTagShare, a.epoch)),
-      tag_snapshot_(epoch_tag(kTagSnapshot, a.epoch)), sampling_(size_t(a.max_slots)),
-      penalty_(size_t(a.max_slots)) {
+      tag_snapshot_(epoch_tag(kTagSnapshot, a.epoch)) {
   const size_t cap = step_capacity(stage.config(), a.max_tokens, a.max_slots);
   for (auto& b : rbufs_) b = HostBuffer(&stage.backend(), cap);
   rreq_ = t_.post_recv(a_.prev_rank, tag_step_, rbufs_[0].data(), cap);
@@ -434,17 +432,12 @@ void StepLoop::apply_slot_ops(const StepMsg& s, const std::string& what) {
   for (const SlotOp& op : s.ops) {
     if (op.slot < 0 || op.slot >= a_.max_slots) fail("{}: slot {} out of range", what, op.slot);
     switch (op.kind) {
-      case SlotOpKind::Reset:
-        stage_.state().reset(op.slot);
-        penalty_[size_t(op.slot)] = PenaltyState{};
-        break;
+      case SlotOpKind::Reset: stage_.state().reset(op.slot); break;
       case SlotOpKind::Clone:
         if (op.src < 0 || op.src >= a_.max_slots) fail("{}: clone source slot {} out of range", what, op.src);
         stage_.state().clone(op.src, op.slot);
-        penalty_[size_t(op.slot)] = penalty_[size_t(op.src)];
-        sampling_[size_t(op.slot)] = sampling_[size_t(op.src)];
         break;
-      case SlotOpKind::SetSampling: sampling_[size_t(op.slot)] = op.sampling; break;
+      case SlotOpKind::SetSampling: stage_.state().sampling(op.slot) = op.sampling; break;
       case SlotOpKind::Snapshot: send_snapshot(op); break;
     }
   }
@@ -622,7 +615,7 @@ void StepLoop::output_message(StepWork& w) {
 void StepLoop::output_result(StepWork& w) {
   Backend& be = stage_.backend();
   const std::vector<int32_t> rows = logit_rows(w.s);
-  if (!rows.empty() && device_greedy(w.s, sampling_)) {
+  if (!rows.empty() && device_greedy(w.s, stage_.state())) {
     // Ids and logprobs land in a message buffer by DMA; the Result is made and sent by
     // flush_ready() once the device has got there, while this rank takes the next step. (The
     // step's slots cannot change meanwhile: none is reused before its Result reaches rank 0.)
@@ -641,7 +634,7 @@ void StepLoop::output_result(StepWork& w) {
     o.step = w.s.step;
     o.make = [this, s = std::move(w.s), m](const uint8_t* p) {
       auto* ids = reinterpret_cast<const int32_t*>(p);
-      return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), sampling_, penalty_));
+      return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), stage_.state()));
     };
     ready_.push_back(std::move(o));
     return;
@@ -678,7 +671,7 @@ ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::ve
       r.logits.assign(logits + first * size_t(V), logits + (at + nrows) * size_t(V));
     }
     if (s.want[i] & kWantSample) {
-      draws.push_back({last, &sampling_[size_t(g.slot)], &penalty_[size_t(g.slot)], s.position[i]});
+      draws.push_back({last, &stage_.state().sampling(g.slot), &stage_.state().penalty(g.slot), s.position[i]});
       drawn.push_back(i);
     }
     at += nrows;
@@ -702,7 +695,7 @@ void StepLoop::send_snapshot(const SlotOp& op) {
   // them); the last stage's penalty counts include every sample the coordinator has seen.
   m.state = stage_.state().read(op.slot);
   if (a_.head)
-    for (const auto& [id, c] : penalty_[size_t(op.slot)].counts) m.penalty.push_back({id, c});
+    for (const auto& [id, c] : stage_.state().penalty(op.slot).counts) m.penalty.push_back({id, c});
   send(a_.coord_rank, tag_snapshot_, encode_snapshot(m));
 }
 
@@ -719,8 +712,8 @@ void StepLoop::restore(const std::vector<SlotRestore>& slots) {
              r.slot, r.state.size(), a_.first, a_.last - 1, floats);
       stage_.state().write(r.slot, r.state);
     }
-    sampling_[size_t(r.slot)] = r.sampling;
-    penalty_[size_t(r.slot)].counts = {r.penalty.begin(), r.penalty.end()};
+    stage_.state().sampling(r.slot) = r.sampling;
+    stage_.state().penalty(r.slot).counts = {r.penalty.begin(), r.penalty.end()};
   }
 }
 

@@ -200,8 +200,6 @@ class StepLoop {
   std::deque<Outgoing> sends_;  // posted to the transport
   std::vector<HostBuffer> bufs_;  // outgoing hidden messages, downloaded into directly
   std::vector<int> free_bufs_;
-  std::vector<SamplingParams> sampling_;
-  std::vector<PenaltyState> penalty_;
   HostBuffer logits_;    // the last stage's logits rows, [rows, vocab] fp32, grown as needed
   HostSampler sampler_;  // the rows that are not plain greedy (host_sampler.h)
   std::chrono::steady_clock::time_point last_heartbeat_, idle_since_, busy_until_;
