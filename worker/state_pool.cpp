@@ -7,6 +7,8 @@ namespace rwkvpp {
 StatePool::StatePool(Backend& be, const std::vector<const Block*>& blocks, int max_slots)
     : be_(be), max_slots_(max_slots) {
   RWKVPP_CHECK(max_slots > 0);
+  sampling_.resize(size_t(max_slots));
+  penalty_.resize(size_t(max_slots));
   for (const Block* b : blocks) {
     int64_t s = b->state_floats();
     sizes_.push_back(s);
@@ -38,6 +40,7 @@ void StatePool::reset(int slot) {
   check(slot);
   for (size_t i = 0; i < bufs_.size(); ++i)
     be_.copy(bufs_[i]->f32() + sizes_[i] * slot, init_[i]->f32(), size_t(sizes_[i]) * 4);
+  penalty_[size_t(slot)] = PenaltyState{};
 }
 
 void StatePool::clone(int from, int to) {
@@ -46,6 +49,18 @@ void StatePool::clone(int from, int to) {
   if (from == to) return;
   for (size_t i = 0; i < bufs_.size(); ++i)
     be_.copy(bufs_[i]->f32() + sizes_[i] * to, bufs_[i]->f32() + sizes_[i] * from, size_t(sizes_[i]) * 4);
+  penalty_[size_t(to)] = penalty_[size_t(from)];
+  sampling_[size_t(to)] = sampling_[size_t(from)];
+}
+
+SamplingParams& StatePool::sampling(int slot) {
+  check(slot);
+  return sampling_[size_t(slot)];
+}
+
+PenaltyState& StatePool::penalty(int slot) {
+  check(slot);
+  return penalty_[size_t(slot)];
 }
 
 std::vector<float> StatePool::read(int slot) {

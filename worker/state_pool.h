@@ -1,7 +1,8 @@
 // The recurrent state of one stage: for each of its layers, an array [max_slots, S_l] of fp32
 // in backend memory (S_l = that layer's Block::state_floats(), which depends on the RWKV
-// version). The pool is the one place that mutates state outside a forward pass: slot
-// operations (reset, clone) arrive in the step stream and are applied here in stream order.
+// version); and on the host, each slot's sampling parameters and penalty counts. The pool is the
+// one place that mutates a slot's state outside a forward pass and its sampling: slot operations
+// (reset, clone) arrive in the step stream and are applied here in stream order, to both.
 #pragma once
 
 #include <memory>
@@ -9,6 +10,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/block.h"
+#include "kernels/sampling.h"
 
 namespace rwkvpp {
 
@@ -22,8 +24,14 @@ class StatePool {
   int64_t floats_per_slot() const;  // all layers together
   size_t bytes() const;
 
-  void reset(int slot);                 // a fresh sequence
-  void clone(int from, int to);         // `to` continues exactly where `from` is
+  void reset(int slot);                 // a fresh sequence: fresh state, no penalty counts
+  // `to` continues exactly where `from` is: its state, sampling parameters and penalty counts.
+  void clone(int from, int to);
+  // The slot's sampling parameters (a SetSampling op sets them; reset() keeps them, a new
+  // sequence's SetSampling follows its Reset) and its penalty counts (kernels/sampling.h; only
+  // the last stage's sampling reads and updates them). Host memory; the reference stays valid.
+  SamplingParams& sampling(int slot);
+  PenaltyState& penalty(int slot);
   // Copies slot's state of every layer, concatenated in layer order, to/from host memory.
   std::vector<float> read(int slot);
   void write(int slot, const std::vector<float>& v);
@@ -35,6 +43,8 @@ class StatePool {
   std::vector<int64_t> sizes_;              // floats per slot, per layer
   std::vector<std::unique_ptr<DeviceBuffer>> init_;  // fresh state per layer (backend memory)
   std::vector<std::unique_ptr<DeviceBuffer>> bufs_;
+  std::vector<SamplingParams> sampling_;  // [max_slots]
+  std::vector<PenaltyState> penalty_;     // [max_slots]
 };
 
 }  // namespace rwkvpp

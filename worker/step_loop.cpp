@@ -22,10 +22,10 @@ bool plain_greedy(const SamplingParams& p) {
 }
 
 // True when no segment wants logits and every sampled one is plain greedy.
-bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling) {
+bool device_greedy(const StepMsg& s, StatePool& pool) {
   for (size_t i = 0; i < s.segs.size(); ++i) {
     if (s.want[i] & (kWantLogitsAll | kWantLogitsLast)) return false;
-    if ((s.want[i] & kWantSample) && !plain_greedy(sampling[size_t(s.segs[i].slot)])) return false;
+    if ((s.want[i] & kWantSample) && !plain_greedy(pool.sampling(s.segs[i].slot))) return false;
   }
   return true;
 }
@@ -35,8 +35,7 @@ bool device_greedy(const StepMsg& s, const std::vector<SamplingParams>& sampling
 // came back, instead of [rows, vocab] fp32. Equal to sample_token's results on the downloaded
 // logits (tests/kernels/test_cuda_sampling.cpp); the penalty state is updated as sample_token
 // does.
-ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logprobs,
-                        const std::vector<SamplingParams>& sampling, std::vector<PenaltyState>& penalty) {
+ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logprobs, StatePool& pool) {
   ResultMsg res;
   res.step = s.step;
   size_t at = 0;
@@ -48,8 +47,8 @@ ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logpr
       ++at;
       if (r.token < 0) fail("sampling: every logit is NaN or -inf");
       // sample_token's penalty update (kernels/sampling.h): decay every count, count the id.
-      const SamplingParams& p = sampling[size_t(s.segs[i].slot)];
-      PenaltyState& st = penalty[size_t(s.segs[i].slot)];
+      const SamplingParams& p = pool.sampling(s.segs[i].slot);
+      PenaltyState& st = pool.penalty(s.segs[i].slot);
       for (auto& [id, c] : st.counts) c *= p.penalty_decay;
       st.counts[r.token] += 1.0f;
     }
@@ -58,13 +57,27 @@ ResultMsg greedy_result(const StepMsg& s, const int32_t* ids, const float* logpr
   return res;
 }
 
+// The last stage's logit rows of a step: every token of a segment that wants all its logits, the
+// last token of one that is sampled or wants its last logits.
+std::vector<int32_t> logit_rows(const StepMsg& s) {
+  std::vector<int32_t> rows;
+  for (size_t i = 0; i < s.segs.size(); ++i) {
+    const Segment& g = s.segs[i];
+    if (s.want[i] & kWantLogitsAll) {
+      for (int32_t r = 0; r < g.len; ++r) rows.push_back(g.start + r);
+    } else if (s.want[i] & (kWantSample | kWantLogitsLast)) {
+      rows.push_back(g.start + g.len - 1);
+    }
+  }
+  return rows;
+}
+
 }  // namespace
 
 StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     : t_(t), stage_(stage), a_(a), tag_step_(epoch_tag(kTagStep, a.epoch)),
       tag_result_(epoch_tag(kTagResult, a.epoch)), tag_share_(epoch_tag(kTagShare, a.epoch)),
-      tag_snapshot_(epoch_tag(kTagSnapshot, a.epoch)), sampling_(size_t(a.max_slots)),
-      penalty_(size_t(a.max_slots)) {
+      tag_snapshot_(epoch_tag(kTagSnapshot, a.epoch)) {
   const size_t cap = step_capacity(stage.config(), a.max_tokens, a.max_slots);
   for (auto& b : rbufs_) b = HostBuffer(&stage.backend(), cap);
   rreq_ = t_.post_recv(a_.prev_rank, tag_step_, rbufs_[0].data(), cap);
@@ -379,198 +392,230 @@ bool StepLoop::poll() {
   return true;
 }
 
+// A Step's way through this stage, in stream order: its slot ops, then the way in (the
+// embedding of its ids, the hidden vectors of its message or of a shared slot), the layers and
+// the way out (a message to the next stage, the next stage's shared slot, or a Result to rank
+// 0). Each piece records its own device marks and fences.
 void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark) {
-  std::string what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
+  StepWork w;
+  w.what = fmt::format("Step from rank {} at stage {}", a_.prev_rank, a_.stage);
   Message msg = decode_message(bytes, rbufs_[0].size());
   traced_step_ = kUntraced;
   if (msg.header.msg_type() == MsgType::Share) return on_accept(msg);
-  if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", what, msg_type_name(msg.header.type));
-  std::span<const uint8_t> hidden_bytes;
-  StepMsg s = decode_step(msg, what, &hidden_bytes);
-  traced_step_ = s.step;
+  if (msg.header.msg_type() != MsgType::Step) fail("{}: unexpected message type {}", w.what, msg_type_name(msg.header.type));
+  w.s = decode_step(msg, w.what, &w.payload);
+  w.upload_fence = upload_fence;
+  w.upload_mark = upload_mark;
+  traced_step_ = w.s.step;
   input_ns_ = layers_ns_ = arrived_ns_;
 
+  apply_slot_ops(w.s, w.what);
+  w.n = w.s.n_tokens();
+  w.decode = w.n > 0 && std::all_of(w.s.segs.begin(), w.s.segs.end(), [](const Segment& g) { return g.len == 1; });
+  stats_.steps += 1;
+  stats_.tokens += uint64_t(w.n);
+  if (w.decode) stats_.decode_steps += 1;
+  if (w.n == 0) {
+    if (!a_.head) send(a_.next_rank, tag_step_, encode_step(w.s, nullptr, 0), w.s.step);
+    else send(a_.coord_rank, tag_result_, encode_result(ResultMsg{w.s.step, {}}), w.s.step);
+    return;
+  }
+  if (!begin_step(w)) return;
+  take_input(w);
+  run_layers(w);
+  if (w.shared_out) return output_shared(w);
+  if (!a_.head) return output_message(w);
+  output_result(w);
+}
+
+void StepLoop::apply_slot_ops(const StepMsg& s, const std::string& what) {
   for (const SlotOp& op : s.ops) {
     if (op.slot < 0 || op.slot >= a_.max_slots) fail("{}: slot {} out of range", what, op.slot);
     switch (op.kind) {
-      case SlotOpKind::Reset:
-        stage_.state().reset(op.slot);
-        penalty_[size_t(op.slot)] = PenaltyState{};
-        break;
+      case SlotOpKind::Reset: stage_.state().reset(op.slot); break;
       case SlotOpKind::Clone:
         if (op.src < 0 || op.src >= a_.max_slots) fail("{}: clone source slot {} out of range", what, op.src);
         stage_.state().clone(op.src, op.slot);
-        penalty_[size_t(op.slot)] = penalty_[size_t(op.src)];
-        sampling_[size_t(op.slot)] = sampling_[size_t(op.src)];
         break;
-      case SlotOpKind::SetSampling: sampling_[size_t(op.slot)] = op.sampling; break;
+      case SlotOpKind::SetSampling: stage_.state().sampling(op.slot) = op.sampling; break;
       case SlotOpKind::Snapshot: send_snapshot(op); break;
     }
   }
-  const int64_t n = s.n_tokens();
-  const bool decode = n > 0 && std::all_of(s.segs.begin(), s.segs.end(),
-                                           [](const Segment& g) { return g.len == 1; });
-  stats_.steps += 1;
-  stats_.tokens += uint64_t(n);
-  if (decode) stats_.decode_steps += 1;
-  if (n == 0) {
-    if (!a_.head) send(a_.next_rank, tag_step_, encode_step(s, nullptr, 0), s.step);
-    else send(a_.coord_rank, tag_result_, encode_result(ResultMsg{s.step, {}}), s.step);
-    return;
-  }
-  Backend& be = stage_.backend();
-  // Large payloads go by side copies, so that the upload overlaps the previous step's layers
-  // and the download the next one's; such steps alternate between two hidden buffers, each
-  // used once the device is done with it there (hidden_free_: the step before last's download,
-  // or its head). Small ones (a few sequences) go in order on the one queue, which adds fewer
-  // calls to a token's latency, in buffer 0 (the queue orders every use of it; one recording
-  // per decode shape).
-  const size_t hf = size_t(stage_.hidden_floats(n));
+}
+
+uint64_t StepLoop::step_mark() { return step_timed_ ? stage_.backend().timer_mark() : uint64_t(0); }
+
+// Chooses the ways in and out and the hidden buffer. Large payloads go by side copies, so that
+// the upload overlaps the previous step's layers and the download the next one's; such steps
+// alternate between two hidden buffers, each used once the device is done with it there
+// (hidden_free_: the step before last's download, or its head). Small ones (a few sequences) go
+// in order on the one queue, which adds fewer calls to a token's latency, in buffer 0 (the
+// queue orders every use of it; one recording per decode shape).
+bool StepLoop::begin_step(StepWork& w) {
+  w.floats = size_t(stage_.hidden_floats(w.n));
+  w.bytes = w.floats * 4;
   // The next stage's offer decides the way out.
-  if (!a_.head && !next_offered_ && !wait_share(false)) return;
+  if (!a_.head && !next_offered_ && !wait_share(false)) return false;
   // Hidden vectors in and out through shared slots (worker/shared_ring.h) are copied in order.
-  const bool shared_in = s.shared_slot >= 0, shared_out = !a_.head && tx_;
-  const bool side = side_ && hf * 4 >= side_min_bytes_ && !shared_in && !shared_out;
-  Stage::Hooks hooks;
-  const int b = side ? hcur_ : 0;
-  if (side) hcur_ ^= 1;
-  Hidden h = stage_.hidden(n, b);
+  w.shared_in = w.s.shared_slot >= 0;
+  w.shared_out = !a_.head && tx_;
+  w.side = side_ && w.bytes >= side_min_bytes_ && !w.shared_in && !w.shared_out;
+  w.b = w.side ? hcur_ : 0;
+  if (w.side) hcur_ ^= 1;
+  w.h = stage_.hidden(w.n, w.b);
   step_timed_ = timing_ && (device_times_ || trace_count_++ % trace_every_ == 0);
-  auto mark = [&] { return step_timed_ ? be.timer_mark() : uint64_t(0); };
-  uint64_t marks[5] = {0, 0, 0, 0, mark()};
-  const uint64_t free_at = hidden_free_[b];
+  w.marks[4] = step_mark();
+  w.free_at = hidden_free_[w.b];
+  return true;
+}
+
+// The way in: each waits for the device to be done with the hidden buffer (free_at), marks the
+// step's start (marks[0]) and fills the buffer.
+void StepLoop::take_input(StepWork& w) {
+  Backend& be = stage_.backend();
   if (a_.embed) {
-    be.wait_mark(free_at);  // ops in order after a side download of the buffer
-    marks[0] = mark();
-    stage_.embed(s.tokens.data(), n, h);
-  } else if (shared_in) {
-    if (!hidden_bytes.empty())
-      fail("{}: hidden vectors both in the message and in shared slot {}", what, s.shared_slot);
-    if (!rx_) fail("{}: hidden vectors in shared slot {}, but no slots are shared", what, s.shared_slot);
-    be.wait_mark(free_at);
-    marks[0] = mark();
-    // Inside the layers' recording where the device sequences the ring (not when timing: the
-    // layers' marks would take in the wait for the previous stage).
-    std::function<void()> op = rx_->take_op(s.shared_slot, h.x, hf * 4, what);
-    if (rx_->replayable(hf * 4) && !device_times_)
-      hooks.before = std::move(op);
-    else
-      op();
-    stats_.bytes_shared += hf * 4;
-    ShareMsg credit;
-    credit.kind = ShareKind::Credit;
-    credit.slot = uint32_t(s.shared_slot);
-    send_now(a_.prev_rank, tag_share_, encode_share(credit));  // not behind Results waiting for the device
+    be.wait_mark(w.free_at);  // ops in order after a side download of the buffer
+    w.marks[0] = step_mark();
+    stage_.embed(w.s.tokens.data(), w.n, w.h);
+  } else if (w.shared_in) {
+    input_shared(w);
   } else {
-    if (hidden_bytes.size() != hf * 4)
-      fail("{}: hidden payload has {} bytes, expected {} for {} tokens", what, hidden_bytes.size(), hf * 4, n);
-    if (side) {
-      // After the device is done with the buffer; where an in-order step used it last, after
-      // everything queued so far.
-      const uint64_t now = main_used_[b] ? be.timer_mark() : 0;
-      *upload_mark = be.upload_side(h.x, hidden_bytes.data(), hf * 4, now ? now : free_at);
-      be.timer_release(now);
-      be.wait_mark(*upload_mark);
-      marks[0] = mark();
-    } else {
-      be.wait_mark(free_at);
-      marks[0] = mark();
-      be.upload_async(h.x, hidden_bytes.data(), hf * 4);
-      *upload_fence = be.fence();
-    }
+    input_message(w);
   }
   // The waits took the mark as it was: a mark of this loop's own can go now.
-  if (free_owned_[b]) be.timer_release(free_at);
-  hidden_free_[b] = 0;
-  free_owned_[b] = false;
-  // The step's last use of the buffer is on the ops' queue: a large step marks it there (a
-  // later side upload into the buffer waits for that mark); a small one skips the call, and a
-  // side upload after it marks the queue as it is then (main_used_).
-  main_used_[b] = false;
-  auto own_free_mark = [&] {
-    if (side) {
-      hidden_free_[b] = be.timer_mark();
-      free_owned_[b] = true;
-    } else {
-      main_used_[b] = true;
-    }
-  };
+  if (free_owned_[w.b]) be.timer_release(w.free_at);
+  hidden_free_[w.b] = 0;
+  free_owned_[w.b] = false;
+  main_used_[w.b] = false;  // see own_free_mark()
   if (tracing_) input_ns_ = trace::now_ns();
-  marks[1] = mark();
+}
+
+// From the slot of our ring that the previous stage wrote; the slot goes back with a credit.
+void StepLoop::input_shared(StepWork& w) {
+  Backend& be = stage_.backend();
+  if (!w.payload.empty())
+    fail("{}: hidden vectors both in the message and in shared slot {}", w.what, w.s.shared_slot);
+  if (!rx_) fail("{}: hidden vectors in shared slot {}, but no slots are shared", w.what, w.s.shared_slot);
+  be.wait_mark(w.free_at);
+  w.marks[0] = step_mark();
+  // Inside the layers' recording where the device sequences the ring (not when timing: the
+  // layers' marks would take in the wait for the previous stage).
+  std::function<void()> op = rx_->take_op(w.s.shared_slot, w.h.x, w.bytes, w.what);
+  if (rx_->replayable(w.bytes) && !device_times_)
+    w.hooks.before = std::move(op);
+  else
+    op();
+  stats_.bytes_shared += w.bytes;
+  ShareMsg credit;
+  credit.kind = ShareKind::Credit;
+  credit.slot = uint32_t(w.s.shared_slot);
+  send_now(a_.prev_rank, tag_share_, encode_share(credit));  // not behind Results waiting for the device
+}
+
+// From the message's payload in the receive buffer, which is posted again once the upload's
+// fence (in order) or mark (side copy) has passed.
+void StepLoop::input_message(StepWork& w) {
+  Backend& be = stage_.backend();
+  if (w.payload.size() != w.bytes)
+    fail("{}: hidden payload has {} bytes, expected {} for {} tokens", w.what, w.payload.size(), w.bytes, w.n);
+  if (w.side) {
+    // After the device is done with the buffer; where an in-order step used it last, after
+    // everything queued so far.
+    const uint64_t now = main_used_[w.b] ? be.timer_mark() : 0;
+    *w.upload_mark = be.upload_side(w.h.x, w.payload.data(), w.bytes, now ? now : w.free_at);
+    be.timer_release(now);
+    be.wait_mark(*w.upload_mark);
+    w.marks[0] = step_mark();
+  } else {
+    be.wait_mark(w.free_at);
+    w.marks[0] = step_mark();
+    be.upload_async(w.h.x, w.payload.data(), w.bytes);
+    *w.upload_fence = be.fence();
+  }
+}
+
+// The layers, between marks[1] and marks[2].
+void StepLoop::run_layers(StepWork& w) {
+  w.marks[1] = step_mark();
   // Out through a device-sequenced ring: inside the recording too, when a slot is free now
   // (otherwise after the layers, once a credit has come: the layers need not wait for it).
-  int out_slot = -1;
-  if (shared_out && tx_->replayable(hf * 4) && !device_times_ && tx_->has_credit()) {
-    auto [slot, op] = tx_->put_op(h.x, hf * 4);
-    out_slot = slot;
-    hooks.after = std::move(op);
+  if (w.shared_out && tx_->replayable(w.bytes) && !device_times_ && tx_->has_credit()) {
+    auto [slot, op] = tx_->put_op(w.h.x, w.bytes);
+    w.out_slot = slot;
+    w.hooks.after = std::move(op);
   }
-  stage_.forward(s.segs, h, &hooks);
-  marks[2] = mark();
+  stage_.forward(w.s.segs, w.h, &w.hooks);
+  w.marks[2] = step_mark();
   if (tracing_) layers_ns_ = trace::now_ns();
-  // Marks of a step that sends no fenced message are not read.
-  auto drop_marks = [&] {
-    for (uint64_t& x : marks) be.timer_release(std::exchange(x, 0));
-  };
+}
 
-  if (shared_out) {
-    // Into the next stage's slot on the device; the message leaves now, its device waits.
-    if (out_slot < 0) {
-      if (!wait_share(true)) return;  // interrupted: the loop is abandoned next
-      out_slot = tx_->put(h.x, hf * 4);
-    }
-    s.shared_slot = out_slot;
-    own_free_mark();
-    marks[3] = mark();
-    Timed t;
-    std::copy(marks, marks + 5, t.marks);
-    t.decode = decode;
-    t.fence = be.fence();
-    t.started = step_started_;
-    t.step = s.step;
-    timed_.push_back(t);
-    send(a_.next_rank, tag_step_, encode_step_head(s, 0), s.step);
-    return;
+// The step's last use of the hidden buffer is on the ops' queue: a large step marks it there (a
+// later side upload into the buffer waits for that mark); a small one skips the call, and a
+// side upload after it marks the queue as it is then (main_used_).
+void StepLoop::own_free_mark(const StepWork& w) {
+  if (w.side) {
+    hidden_free_[w.b] = stage_.backend().timer_mark();
+    free_owned_[w.b] = true;
+  } else {
+    main_used_[w.b] = true;
   }
-  if (!a_.head) {
-    // The message head, then the hidden vectors downloaded behind it; sent by flush_ready()
-    // once the device has got there, while this rank already takes the next step.
-    std::vector<uint8_t> head = encode_step_head(s, hf);
-    Outgoing o;
-    o.peer = a_.next_rank;
-    o.tag = tag_step_;
-    o.bytes = head.size() + hf * 4;
-    o.buf = take_buffer(o.bytes);
-    o.started = step_started_;
-    uint8_t* p = bufs_[size_t(o.buf)].data();
-    std::memcpy(p, head.data(), head.size());
-    if (side) {
-      // The message's mark, released by flush_ready() once it has passed.
-      o.mark = hidden_free_[b] = be.download_side(p + head.size(), h.x, hf * 4);
-      if (step_timed_) marks[3] = o.mark;
-    } else {
-      be.download_async(p + head.size(), h.x, hf * 4);
-      own_free_mark();
-      marks[3] = mark();
-      o.fence = be.fence();
-    }
-    std::copy(marks, marks + 5, o.marks);
-    o.decode = decode;
-    o.step = s.step;
-    ready_.push_back(std::move(o));
-    return;
+}
+
+// Into the next stage's slot on the device; the message (the Step's head) leaves now, its
+// device waits. The step's times are counted once a fence after it has passed (timed_).
+void StepLoop::output_shared(StepWork& w) {
+  if (w.out_slot < 0) {
+    if (!wait_share(true)) return;  // interrupted: the loop is abandoned next
+    w.out_slot = tx_->put(w.h.x, w.bytes);
   }
-  // Last stage: logits for the rows that need them, then sampling.
-  std::vector<int32_t> rows;
-  for (size_t i = 0; i < s.segs.size(); ++i) {
-    const Segment& g = s.segs[i];
-    if (s.want[i] & kWantLogitsAll) {
-      for (int32_t r = 0; r < g.len; ++r) rows.push_back(g.start + r);
-    } else if (s.want[i] & (kWantSample | kWantLogitsLast)) {
-      rows.push_back(g.start + g.len - 1);
-    }
+  w.s.shared_slot = w.out_slot;
+  own_free_mark(w);
+  w.marks[3] = step_mark();
+  Timed t;
+  std::copy(w.marks, w.marks + 5, t.marks);
+  t.decode = w.decode;
+  t.fence = stage_.backend().fence();
+  t.started = step_started_;
+  t.step = w.s.step;
+  timed_.push_back(t);
+  send(a_.next_rank, tag_step_, encode_step_head(w.s, 0), w.s.step);
+}
+
+// The message head, then the hidden vectors downloaded behind it; sent by flush_ready() once the
+// device has got there, while this rank already takes the next step.
+void StepLoop::output_message(StepWork& w) {
+  Backend& be = stage_.backend();
+  std::vector<uint8_t> head = encode_step_head(w.s, w.floats);
+  Outgoing o;
+  o.peer = a_.next_rank;
+  o.tag = tag_step_;
+  o.bytes = head.size() + w.bytes;
+  o.buf = take_buffer(o.bytes);
+  o.started = step_started_;
+  uint8_t* p = bufs_[size_t(o.buf)].data();
+  std::memcpy(p, head.data(), head.size());
+  if (w.side) {
+    // The message's mark, released by flush_ready() once it has passed.
+    o.mark = hidden_free_[w.b] = be.download_side(p + head.size(), w.h.x, w.bytes);
+    if (step_timed_) w.marks[3] = o.mark;
+  } else {
+    be.download_async(p + head.size(), w.h.x, w.bytes);
+    own_free_mark(w);
+    w.marks[3] = step_mark();
+    o.fence = be.fence();
   }
-  if (!rows.empty() && device_greedy(s, sampling_)) {
+  std::copy(w.marks, w.marks + 5, o.marks);
+  o.decode = w.decode;
+  o.step = w.s.step;
+  ready_.push_back(std::move(o));
+}
+
+// Last stage: logits for the rows that need them, then sampling; on the device when every row
+// is plain greedy, else on the host.
+void StepLoop::output_result(StepWork& w) {
+  Backend& be = stage_.backend();
+  const std::vector<int32_t> rows = logit_rows(w.s);
+  if (!rows.empty() && device_greedy(w.s, stage_.state())) {
     // Ids and logprobs land in a message buffer by DMA; the Result is made and sent by
     // flush_ready() once the device has got there, while this rank takes the next step. (The
     // step's slots cannot change meanwhile: none is reused before its Result reaches rank 0.)
@@ -580,22 +625,23 @@ void StepLoop::handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, ui
     o.tag = tag_result_;
     o.buf = take_buffer(size_t(m) * 8);
     o.started = step_started_;
-    stage_.greedy_async(h, rows.data(), m, bufs_[size_t(o.buf)].data());
-    own_free_mark();
-    marks[3] = mark();
-    std::copy(marks, marks + 5, o.marks);
-    o.decode = decode;
+    stage_.greedy_async(w.h, rows.data(), m, bufs_[size_t(o.buf)].data());
+    own_free_mark(w);
+    w.marks[3] = step_mark();
+    std::copy(w.marks, w.marks + 5, o.marks);
+    o.decode = w.decode;
     o.fence = be.fence();
-    o.step = s.step;
-    o.make = [this, s = std::move(s), m](const uint8_t* p) {
+    o.step = w.s.step;
+    o.make = [this, s = std::move(w.s), m](const uint8_t* p) {
       auto* ids = reinterpret_cast<const int32_t*>(p);
-      return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), sampling_, penalty_));
+      return encode_result(greedy_result(s, ids, reinterpret_cast<const float*>(ids + m), stage_.state()));
     };
     ready_.push_back(std::move(o));
     return;
   }
-  drop_marks();
-  send(a_.coord_rank, tag_result_, encode_result(host_result(s, h, rows)), s.step);
+  // Marks of a step that sends no fenced message are not read.
+  for (uint64_t& x : w.marks) be.timer_release(std::exchange(x, 0));
+  send(a_.coord_rank, tag_result_, encode_result(host_result(w.s, w.h, rows)), w.s.step);
 }
 
 // The last stage's Result when some row wants logits or is not plain greedy: the rows' logits
@@ -625,7 +671,7 @@ ResultMsg StepLoop::host_result(const StepMsg& s, const Hidden& h, const std::ve
       r.logits.assign(logits + first * size_t(V), logits + (at + nrows) * size_t(V));
     }
     if (s.want[i] & kWantSample) {
-      draws.push_back({last, &sampling_[size_t(g.slot)], &penalty_[size_t(g.slot)], s.position[i]});
+      draws.push_back({last, &stage_.state().sampling(g.slot), &stage_.state().penalty(g.slot), s.position[i]});
       drawn.push_back(i);
     }
     at += nrows;
@@ -649,7 +695,7 @@ void StepLoop::send_snapshot(const SlotOp& op) {
   // them); the last stage's penalty counts include every sample the coordinator has seen.
   m.state = stage_.state().read(op.slot);
   if (a_.head)
-    for (const auto& [id, c] : penalty_[size_t(op.slot)].counts) m.penalty.push_back({id, c});
+    for (const auto& [id, c] : stage_.state().penalty(op.slot).counts) m.penalty.push_back({id, c});
   send(a_.coord_rank, tag_snapshot_, encode_snapshot(m));
 }
 
@@ -666,8 +712,8 @@ void StepLoop::restore(const std::vector<SlotRestore>& slots) {
              r.slot, r.state.size(), a_.first, a_.last - 1, floats);
       stage_.state().write(r.slot, r.state);
     }
-    sampling_[size_t(r.slot)] = r.sampling;
-    penalty_[size_t(r.slot)].counts = {r.penalty.begin(), r.penalty.end()};
+    stage_.state().sampling(r.slot) = r.sampling;
+    stage_.state().penalty(r.slot).counts = {r.penalty.begin(), r.penalty.end()};
   }
 }
 

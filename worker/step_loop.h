@@ -10,6 +10,8 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/sampling.h"
@@ -69,7 +71,42 @@ class StepLoop {
     uint64_t posted_ns = 0;      // --trace: when it was handed to the transport
   };
   static constexpr uint64_t kUntraced = ~uint64_t(0);
+  // One Step on its way through handle(): what its pieces share.
+  struct StepWork {
+    StepMsg s;
+    std::string what;                  // names the message in errors
+    std::span<const uint8_t> payload;  // the hidden vectors in the message (empty: none there)
+    // The receive buffer's fence and mark: an upload from it sets the one it needs.
+    uint64_t* upload_fence = nullptr;
+    uint64_t* upload_mark = nullptr;
+    int64_t n = 0;                     // tokens
+    size_t floats = 0, bytes = 0;      // of the hidden vectors, [carried, n, C] fp32
+    bool decode = false;               // one token per segment
+    bool shared_in = false, shared_out = false;  // through shared slots (copied in order)
+    bool side = false;                 // by side copies (Backend::upload_side/download_side)
+    int b = 0;                         // the hidden buffer (0 or 1; always 0 without side copies)
+    Hidden h;
+    Stage::Hooks hooks;                // the shared slots' copies inside the layers' recording
+    int out_slot = -1;                 // the next stage's slot, when put by hooks.after
+    uint64_t marks[5] = {};            // as Outgoing::marks
+    uint64_t free_at = 0;              // where the device is done with buffer b (hidden_free_)
+  };
+  // Handles one received message (a Step, or the previous stage's Accept) in pieces: the slot
+  // ops; the way in (embedding, message, shared slot); the layers; the way out (message, shared
+  // slot, Result). upload_fence/upload_mark: the receive buffer's (kept until the upload has read it).
   void handle(std::span<const uint8_t> bytes, uint64_t* upload_fence, uint64_t* upload_mark);
+  void apply_slot_ops(const StepMsg& s, const std::string& what);
+  bool begin_step(StepWork& w);  // false: the wait for the next stage's offer was given up
+  void take_input(StepWork& w);
+  void input_shared(StepWork& w);
+  void input_message(StepWork& w);
+  void run_layers(StepWork& w);
+  void output_shared(StepWork& w);
+  void output_message(StepWork& w);
+  void output_result(StepWork& w);
+  // Where the step is done with its hidden buffer: a mark (side copies), or main_used_.
+  void own_free_mark(const StepWork& w);
+  uint64_t step_mark();  // a device timing mark when this step is timed, else 0
   ResultMsg host_result(const StepMsg& s, const Hidden& h, const std::vector<int32_t>& rows);
   // Shared slots (worker/shared_ring.h): the successor's offers and credits (tag kTagShare);
   // returns true when one was handled. The predecessor's Accept arrives as a Step-tag message.
@@ -163,8 +200,6 @@ class StepLoop {
   std::deque<Outgoing> sends_;  // posted to the transport
   std::vector<HostBuffer> bufs_;  // outgoing hidden messages, downloaded into directly
   std::vector<int> free_bufs_;
-  std::vector<SamplingParams> sampling_;
-  std::vector<PenaltyState> penalty_;
   HostBuffer logits_;    // the last stage's logits rows, [rows, vocab] fp32, grown as needed
   HostSampler sampler_;  // the rows that are not plain greedy (host_sampler.h)
   std::chrono::steady_clock::time_point last_heartbeat_, idle_since_, busy_until_;
