@@ -521,12 +521,18 @@ class CudaBackend final : public Backend {
   }
 
   // One kernel for head sizes 32 and 64 (RWKVPP_V7_FUSED=0: the plain ops, for comparisons).
+  // Long segments (prompts) run the plain ops, whose elementwise passes are parallel over the
+  // tokens (the kernel was 8.8 % slower at a 4096-token prefill on an H100, docs/perf.md); the
+  // invariant mode always takes the kernel, so that a prompt in chunks and token by token give
+  // the same bits.
   void rwkv7_mix(const Rwkv7Mix& p, const SegTable& segs, float* state, int64_t stride, int64_t off,
                  int64_t n, int64_t n_head, int64_t head_size) override {
     use_device();
     static const bool fused = cuda::switch_on("RWKVPP_V7_FUSED");
-    if (fused && cuda::rwkv7_mix(p, segs.device, int64_t(segs.host.size()), state, stride, off,
-                                 n_head, head_size, stream_))
+    constexpr int32_t kFusedMaxLen = 16;
+    if (fused && (invariant_ || segs.max_len <= kFusedMaxLen) &&
+        cuda::rwkv7_mix(p, segs.device, int64_t(segs.host.size()), state, stride, off, n_head,
+                        head_size, stream_))
       return;
     Backend::rwkv7_mix(p, segs, state, stride, off, n, n_head, head_size);
   }

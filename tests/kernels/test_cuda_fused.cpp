@@ -279,23 +279,25 @@ void check_rwkv7_mix(Gpu& gpu, Backend& cpu, Rng& rng, Worst& worst, const Rwkv7
 
 TEST_CASE("CUDA rwkv7_mix (RWKV-7's time mix as one kernel) matches the plain ops on the CPU", "[cuda]") {
   RWKVPP_REQUIRE_CUDA();
-  Gpu gpu;
   auto cpu = make_cpu_backend(1);
   Rng rng(16);
   Worst worst("rwkv7_mix");
   const int n_slots = 8;
-  // Head sizes 64 and 32 take the kernel; 16 the plain ops (they must agree as well).
+  // Head sizes 64 and 32 take the kernel (segments of up to 16 tokens, and every segment in the
+  // invariant mode); 16 and long segments in the fast mode the plain ops (they must agree too).
   std::vector<std::vector<int>> layouts = kSegmentLayouts;
   layouts.push_back(std::vector<int>(8, 1));
+  for (bool invariant : {false, true})
   for (Rwkv7MixCase c : {Rwkv7MixCase{1, 64, false}, Rwkv7MixCase{3, 64, true}, Rwkv7MixCase{32, 64, false},
                          Rwkv7MixCase{2, 32, false}, Rwkv7MixCase{2, 32, true}, Rwkv7MixCase{2, 16, false}}) {
     const int64_t off = 3, stride = off + c.H * c.N * c.N + 2;
     auto state = rng.uniform(size_t(n_slots * stride), -0.5f, 0.5f);
     std::vector<float> cstate = state;
+    Gpu gpu(invariant);
     float* gs = gpu.put(state);
     for (const auto& lens : layouts) {  // the state carries over from one layout to the next
       auto segs = make_segments(lens, n_slots, rng);
-      INFO("H=" << c.H << " N=" << c.N << " first layer " << c.first_layer << " tokens " << total(segs));
+      INFO("invariant " << invariant << " H=" << c.H << " N=" << c.N << " first layer " << c.first_layer << " tokens " << total(segs));
       check_rwkv7_mix(gpu, *cpu, rng, worst, c, segs, stride, off, cstate, gs);
     }
   }
