@@ -223,7 +223,22 @@ void shut_down(Transport& t, const ClusterOptions& opt, const Engine& engine, St
       stats.push_back(local->loop()->stats());
       continue;
     }
-    auto b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
+    std::vector<uint8_t> b;
+    try {
+      b = recv_ctrl(t, r, kCtrlCap, 60, "its statistics at shutdown");
+    } catch (const PeerLost& e) {
+      // The work is done: with --standby (UCX, whose other peers keep working) a stage lost
+      // now, e.g. one cut off from this rank while the pipeline still ran through it, costs
+      // its statistics, not the job.
+      if (opt.standby == 0) throw;
+      fmt::print(stderr, "rwkvpp: {} (at shutdown: its statistics are missing)\n", e.what());
+      StatsMsg none;
+      none.stage = int32_t(stats.size());
+      none.first = plan[stats.size()].first;
+      none.last = plan[stats.size()].last;
+      stats.push_back(none);
+      continue;
+    }
     stats.push_back(decode_stats(decode_message(b, kCtrlCap), fmt::format("Stats from rank {}", r)));
     if (trace::on()) traces.push_back(recv_trace(t, r));
   }
@@ -362,6 +377,15 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     return run_coordinator(t, opt, source, body);
   } catch (const PeerLost& e) {
     fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());
+    if (rank != coord && e.peer() == coord && opt.standby > 0) {
+      // Cut off from the coordinator, which may have given this rank's layers to a standby and
+      // go on with the others (a cut link, not a dead box): leave without aborting them. If the
+      // coordinator is gone, every rank finds that out by itself.
+      fmt::print(stderr, "rwkvpp: rank {} leaves without stopping the others (--standby: the coordinator "
+                 "recovers without this rank)\n", rank);
+      std::fflush(stderr);
+      return 1;
+    }
     std::fflush(stderr);
     t.abort(1);
   } catch (const std::exception& e) {

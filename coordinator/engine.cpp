@@ -360,7 +360,8 @@ bool Engine::turn() {
   try {
     return turn_once();
   } catch (const PeerLost& e) {
-    // A PeerLost from inside the recovery (a second loss) ends the job, as without recovery.
+    // A loss during the recovery starts it again inside recover(); a PeerLost out of it (no
+    // standby left, the coordinator's own) ends the job, as without recovery.
     if (!recovery_on_ || !recover(e)) throw;
     return true;
   }

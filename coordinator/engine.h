@@ -100,13 +100,20 @@ struct RecoveryOptions {
   std::function<void(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
 };
 
-// One recovery, as reported on stderr and to the caller.
+// One recovery, as reported on stderr and to the caller. A loss seen while recovering (a stage,
+// or the standby being assigned) starts the recovery again in a new epoch (one more attempt),
+// so one recovery may replace several stages.
 struct RecoveryReport {
-  int lost_rank = -1, stage = -1, standby = -1;
-  double seconds = 0;       // from the loss being seen to every sequence resuming
-  double load_seconds = 0;  // of which the standby's load of the layers
-  int sequences = 0;        // slots restored
-  int from_snapshots = 0;   // of which from a snapshot (the others: a fresh state)
+  struct Replaced {
+    int lost_rank = -1, stage = -1, standby = -1;
+    double load_seconds = 0;  // the standby's load of the layers
+  };
+  std::vector<Replaced> replaced;  // in the order they were replaced
+  double seconds = 0;              // from the first loss being seen to every sequence resuming
+  int attempts = 1;                // re-wirings begun (each in a new epoch)
+  int32_t epoch = 0;               // the epoch the pipeline resumed in
+  int sequences = 0;               // slots restored
+  int from_snapshots = 0;          // of which from a snapshot (the others: a fresh state)
   uint64_t replayed_tokens = 0;
 };
 
@@ -200,7 +207,11 @@ class Engine {
   struct SnapData;
   void add_snapshot_op(Seq& s, StepMsg& m);
   bool poll_snapshots();
-  bool recover(const PeerLost& e);  // false when it cannot (the caller rethrows)
+  // false when it cannot start (the caller rethrows); throws PeerLost naming the rank whose
+  // layers no standby is left to take.
+  bool recover(const PeerLost& e);
+  void replace_lost(std::vector<PeerLost>& lost, RecoveryReport& rep);
+  void rewire_and_replay(RecoveryReport& rep);
   void roll_back_in_flight();
   std::vector<std::vector<SlotRestore>> restores() const;
   void rewire(const std::vector<std::vector<SlotRestore>>& per_stage);

@@ -186,8 +186,14 @@ void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
   }
   for (size_t st = 0; st < n; ++st) {
     if (stage_ranks_[st] == coord) continue;
-    auto b = recv_ctrl(t_, stage_ranks_[st], kCtrlCap, 600, "its Recovered (re-wiring after a loss)");
-    decode_recovered(decode_message(b, kCtrlCap), fmt::format("Recovered from rank {}", stage_ranks_[st]));
+    // A stage re-wired by an earlier attempt of this recovery answered that epoch too: skipped.
+    const std::string what = fmt::format("Recovered from rank {}", stage_ranks_[st]);
+    for (int skipped = 0;; ++skipped) {
+      auto b = recv_ctrl(t_, stage_ranks_[st], kCtrlCap, 600, "its Recovered (re-wiring after a loss)");
+      const int32_t e = decode_recovered(decode_message(b, kCtrlCap), what);
+      if (e == epoch_) break;
+      if (e > epoch_ || skipped >= kMaxEpoch) fail("{}: epoch {}, expected {}", what, e, epoch_);
+    }
   }
 }
 
@@ -211,6 +217,18 @@ uint64_t Engine::replay() {
     RequestId send = 0;
   };
   std::map<uint64_t, Sent> sent;
+  // A loss during the replay (the recovery starts again): the sends still posted may read
+  // their bytes until the transport goes.
+  struct Keep {
+    Engine& e;
+    std::map<uint64_t, Sent>& sent;
+    ~Keep() {
+      for (auto& [step, s] : sent) {
+        if (s.send) e.t_.cancel(s.send);
+        e.graveyard_.push_back(std::move(s.msg));
+      }
+    }
+  } keep{*this, sent};
   uint64_t replayed = 0;
   const int tag_step = epoch_tag(kTagStep, epoch_);
   for (;;) {
@@ -263,12 +281,62 @@ uint64_t Engine::replay() {
   return replayed;
 }
 
+// Gives every stage whose rank is lost (in `lost`, or marked failed by the transport: a second
+// loss seen before the re-wiring) to a standby. Throws the rank's PeerLost when none is left.
+void Engine::replace_lost(std::vector<PeerLost>& lost, RecoveryReport& rep) {
+  for (size_t st = 0; st < stage_ranks_.size(); ++st) {
+    const int r = stage_ranks_[st];
+    if (r == t_.rank()) continue;
+    auto known = std::find_if(lost.begin(), lost.end(), [r](const PeerLost& p) { return p.peer() == r; });
+    if (known == lost.end()) {
+      if (!t_.peer_failed(r)) continue;
+      lost.emplace_back(r, fmt::format("stage {} (layers {}-{}): the transport reports its connection failed", st,
+                                       plan_[st].first, plan_[st].last - 1));
+      fmt::print(stderr, "rwkvpp: {} (while recovering)\n", lost.back().what());
+      known = lost.end() - 1;
+    }
+    const auto l0 = Clock::now();
+    const int standby = recovery_.replace(r, int(st));
+    if (standby < 0) {
+      fmt::print(stderr,
+                 "rwkvpp: no standby worker is left to take layers {}-{} (stage {}) of lost rank {} (--standby): "
+                 "the job ends\n",
+                 plan_[st].first, plan_[st].last - 1, st, r);
+      throw PeerLost(*known);
+    }
+    rep.replaced.push_back({r, int(st), standby, std::chrono::duration<double>(Clock::now() - l0).count()});
+    stage_ranks_[st] = standby;
+  }
+}
+
+// One attempt: a new epoch (its receives posted before any stage can send), every stage
+// re-wired and restored, the logs replayed. Throws PeerLost when a stage is lost meanwhile.
+void Engine::rewire_and_replay(RecoveryReport& rep) {
+  if (epoch_ >= kMaxEpoch) fail("recovery: the pipeline has been re-wired {} times, the most the tags allow", epoch_);
+  ++epoch_;
+  rep.epoch = epoch_;
+  if (rreq_) t_.cancel(rreq_);
+  rreq_ = t_.post_recv(stage_ranks_.back(), epoch_tag(kTagResult, epoch_), rbuf_.data(), rbuf_.size());
+  if (sreq_) t_.cancel(sreq_);
+  sreq_ = t_.post_recv(kAnyPeer, epoch_tag(kTagSnapshot, epoch_), sbuf_.data(), sbuf_.size());
+  const auto per_stage = restores();
+  rep.sequences = int(per_stage.empty() ? 0 : per_stage[0].size());
+  rep.from_snapshots = 0;
+  if (!per_stage.empty())
+    for (const SlotRestore& r : per_stage[0]) rep.from_snapshots += r.fresh ? 0 : 1;
+  rewire(per_stage);
+  last_seen_.clear();
+  rep.replayed_tokens += replay();
+  last_seen_.clear();  // every stage is timed afresh from here
+}
+
 bool Engine::recover(const PeerLost& e) {
   const auto t0 = Clock::now();
-  const int lost = e.peer();
-  auto pos = std::find(stage_ranks_.begin(), stage_ranks_.end(), lost);
-  if (pos == stage_ranks_.end() || lost == t_.rank()) return false;
-  const size_t stage = size_t(pos - stage_ranks_.begin());
+  auto holds_stage = [this](int r) {
+    return r != t_.rank() && std::find(stage_ranks_.begin(), stage_ranks_.end(), r) != stage_ranks_.end();
+  };
+  if (!holds_stage(e.peer())) return false;
+  const size_t stage = size_t(std::find(stage_ranks_.begin(), stage_ranks_.end(), e.peer()) - stage_ranks_.begin());
   fmt::print(stderr, "rwkvpp: {}\n", e.what());
   const bool unknown =
       std::any_of(seqs_.begin(), seqs_.end(), [](auto& p) { return p.second->slot >= 0 && p.second->no_base; }) ||
@@ -278,48 +346,42 @@ bool Engine::recover(const PeerLost& e) {
     fmt::print(stderr, "rwkvpp: cannot recover: a resident state was made before recovery was on\n");
     return false;
   }
-  if (epoch_ >= kMaxEpoch) return false;
   fmt::print(stderr, "rwkvpp: recovering stage {} (layers {}-{}): admission paused\n", stage, plan_[stage].first,
              plan_[stage].last - 1);
   std::fflush(stderr);
   roll_back_in_flight();
-  const auto l0 = Clock::now();
-  const int standby = recovery_.replace(lost, int(stage));
-  if (standby < 0) {
-    fmt::print(stderr, "rwkvpp: no standby worker is left to take layers {}-{} (--standby): the job ends\n",
-               plan_[stage].first, plan_[stage].last - 1);
-    return false;
-  }
-  const double load_s = std::chrono::duration<double>(Clock::now() - l0).count();
-  stage_ranks_[stage] = standby;
-  ++epoch_;
-  // The old epoch's receives go; the new one's are posted before any stage can send.
-  if (rreq_) t_.cancel(rreq_);
-  rreq_ = t_.post_recv(stage_ranks_.back(), epoch_tag(kTagResult, epoch_), rbuf_.data(), rbuf_.size());
-  if (sreq_) t_.cancel(sreq_);
-  sreq_ = t_.post_recv(kAnyPeer, epoch_tag(kTagSnapshot, epoch_), sbuf_.data(), sbuf_.size());
-  const auto per_stage = restores();
-  rewire(per_stage);
-  last_seen_.clear();
-  const uint64_t replayed = replay();
-  last_seen_.clear();  // every stage is timed afresh from here
   RecoveryReport rep;
-  rep.lost_rank = lost;
-  rep.stage = int(stage);
-  rep.standby = standby;
-  rep.load_seconds = load_s;
-  rep.sequences = int(per_stage.empty() ? 0 : per_stage[0].size());
-  if (!per_stage.empty())
-    for (const SlotRestore& r : per_stage[0]) rep.from_snapshots += r.fresh ? 0 : 1;
-  rep.replayed_tokens = replayed;
+  rep.attempts = 0;
+  std::vector<PeerLost> lost{e};
+  // Bounded: every attempt but the last uses up a standby or ends the job (replace_lost).
+  for (;;) {
+    replace_lost(lost, rep);
+    ++rep.attempts;
+    rep.replayed_tokens = 0;
+    try {
+      rewire_and_replay(rep);
+      break;
+    } catch (const PeerLost& again) {
+      if (!holds_stage(again.peer())) throw;  // the coordinator's own, or a rank of no stage
+      fmt::print(stderr, "rwkvpp: {} (while recovering, epoch {}): recovering again\n", again.what(), epoch_);
+      std::fflush(stderr);
+      lost.push_back(again);
+    }
+  }
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   recoveries_.push_back(rep);
+  std::string took;
+  for (const RecoveryReport::Replaced& r : rep.replaced)
+    took += fmt::format("{}standby rank {} took stage {} (layers {}-{}; loaded in {:.3f} s)", took.empty() ? "" : ", ",
+                        r.standby, r.stage, plan_[size_t(r.stage)].first, plan_[size_t(r.stage)].last - 1,
+                        r.load_seconds);
+  std::string ranks;
+  for (const PeerLost& p : lost) ranks += fmt::format("{}{}", ranks.empty() ? "" : " and rank ", p.peer());
   fmt::print(stderr,
-             "rwkvpp: recovered from the loss of rank {} in {:.3f} s: standby rank {} took stage {} (layers {}-{}; "
-             "loaded in {:.3f} s), restored {} sequence slot(s) ({} from a snapshot), replayed {} token(s), epoch {}; "
-             "resuming\n",
-             lost, rep.seconds, standby, stage, plan_[stage].first, plan_[stage].last - 1, load_s, rep.sequences,
-             rep.from_snapshots, replayed, epoch_);
+             "rwkvpp: recovered from the loss of rank {} in {:.3f} s: {}, restored {} sequence slot(s) ({} from a "
+             "snapshot), replayed {} token(s), epoch {}{}; resuming\n",
+             ranks, rep.seconds, took, rep.sequences, rep.from_snapshots, rep.replayed_tokens, epoch_,
+             rep.attempts > 1 ? fmt::format(" ({} attempts)", rep.attempts) : "");
   std::fflush(stderr);
   return true;
 }

@@ -37,7 +37,7 @@ static_assert(std::endian::native == std::endian::little,
               "rwkvpp's wire format is little-endian and the codec assumes a little-endian host");
 
 inline constexpr uint32_t kMagic = 0x504B5752;  // bytes 'R','W','K','P' in little-endian order
-inline constexpr uint16_t kProtocolVersion = 6;
+inline constexpr uint16_t kProtocolVersion = 7;  // 7: Recovered names its epoch
 
 enum class MsgType : uint16_t {
   Hello = 1,      // first message between two ranks: versions, limits, roles

@@ -542,12 +542,19 @@ std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& w
   return out;
 }
 
-std::vector<uint8_t> encode_recovered() { return ctrl(Ctrl::Recovered).finish(); }
+std::vector<uint8_t> encode_recovered(int32_t epoch) {
+  auto w = ctrl(Ctrl::Recovered);
+  w.put_i32(epoch);
+  return w.finish();
+}
 
-void decode_recovered(const Message& msg, const std::string& what) {
+int32_t decode_recovered(const Message& msg, const std::string& what) {
   if (msg.header.msg_type() == MsgType::Error) fail("{}", decode_error(msg, what));
   auto r = ctrl_reader(msg, Ctrl::Recovered, what);
+  const int32_t epoch = r.get_i32();
+  if (epoch < 1 || epoch > kMaxEpoch) fail("{}: epoch {} is outside 1..{}", what, epoch, kMaxEpoch);
   r.expect_end();
+  return epoch;
 }
 
 }  // namespace rwkvpp

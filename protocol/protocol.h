@@ -196,7 +196,8 @@ struct SnapshotMsg {
 // Coordinator -> a stage (kTagCtrl): the new wiring (assign.prev_rank/next_rank/epoch; the
 // layers are the stage's own), then `restores` slots in one Restore message of `body_bytes`
 // bytes on kTagRestore. The stage drops its old step loop, restores the slots, starts a new
-// loop in the new epoch and answers Recovered.
+// loop in the new epoch and answers Recovered with that epoch (a recovery started again after
+// a second loss re-wires the stages that answered already: their older answer is skipped).
 struct RecoverMsg {
   AssignMsg assign;
   uint32_t restores = 0;
@@ -217,8 +218,8 @@ std::vector<uint8_t> encode_recover(const RecoverMsg& m);
 RecoverMsg decode_recover(const Message& msg, const std::string& what);
 std::vector<uint8_t> encode_restore(const std::vector<SlotRestore>& slots);
 std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& what);
-std::vector<uint8_t> encode_recovered();
-void decode_recovered(const Message& msg, const std::string& what);
+std::vector<uint8_t> encode_recovered(int32_t epoch);
+int32_t decode_recovered(const Message& msg, const std::string& what);  // the epoch
 
 // Capacities: the receive buffers both ends size from the model and the assignment.
 // Bytes a Step message may need for `max_tokens` tokens of a model with this config.

@@ -164,7 +164,7 @@ void StageRank::serve_recover(const Message& m) {
   fmt::print(stderr, "rank {} (stage {}, layers {}-{}): re-wired in epoch {} (previous rank {}, next rank {}), "
              "{} slot(s) restored\n", t_.rank(), a_.stage, a_.first, a_.last - 1, a_.epoch, a_.prev_rank,
              a_.next_rank, slots.size());
-  send_blocking(t_, coord_, kTagCtrl, encode_recovered());
+  send_blocking(t_, coord_, kTagCtrl, encode_recovered(a_.epoch));
 }
 
 void StageRank::heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq) {

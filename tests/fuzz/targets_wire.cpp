@@ -63,7 +63,7 @@ void control(const Message& m) {
       same_payload(m, encode_restore(decode_restore(m, who)), "Restore re-encodes differently");
       break;
     case Ctrl::Recovered:
-      decode_recovered(m, who);
+      same_payload(m, encode_recovered(decode_recovered(m, who)), "Recovered re-encodes differently");
       break;
     case Ctrl::Shutdown:
       break;
@@ -231,7 +231,7 @@ Seeds seeds_wire() {
           {"snapshot", str(encode_snapshot(snap))},
           {"recover", str(encode_recover(recover))},
           {"restore", str(encode_restore({fresh, kept}))},
-          {"recovered", str(encode_recovered())},
+          {"recovered", str(encode_recovered(2))},
           {"heartbeat", str(encode_heartbeat(3, stats))},
           {"step", str(encode_step(st, hidden.data(), hidden.size()))},
           {"result", str(encode_result(res))},

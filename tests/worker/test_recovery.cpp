@@ -8,7 +8,6 @@
 // the fixtures). Also: with no standby left, a second loss ends the job with PeerLost as
 // without recovery. Every wait is bounded and every process is killed at the end
 // (tests/launch_ranks.h).
-#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -20,68 +19,11 @@
 #include "helpers.h"
 #include "launch_ranks.h"
 #include "net/transports.h"
+#include "recovery_job.h"
 #include "small_model.h"
 
 using namespace rwkvpp;
 using namespace rwkvpp::test;
-
-namespace {
-
-constexpr int kRecords = 160;
-
-// The records, one per line, sorted (batch writes them in the order they finish).
-std::vector<std::string> sorted_lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<std::string> v;
-  for (std::string line; std::getline(f, line);)
-    if (!line.empty()) v.push_back(line);
-  std::sort(v.begin(), v.end());
-  return v;
-}
-
-struct Job {
-  TempDir dir;
-  std::string prompts = dir / "prompts.jsonl", prefix = dir / "prefix.txt", key = dir / "cluster.key";
-
-  Job() {
-    std::string text;
-    for (int i = 0; i < kRecords; ++i)
-      text += "{\"id\": " + std::to_string(i) + ", \"prompt\": \"The storyteller of the northern hills began tale " +
-              std::to_string(i) + ": once upon a time\", \"max_tokens\": " + std::to_string(100 + (i % 7) * 20) +
-              ", \"temperature\": 0.9, \"seed\": " + std::to_string(1000 + i) + "}\n";
-    write_file(prompts, text);
-    write_file(prefix, "A shared preamble that every prompt continues, read once into a prefix state. ");
-    REQUIRE(run(rwkvpp_binary() + " keygen " + key, 30).exit_code == 0);
-  }
-
-  std::vector<std::string> batch_args(const std::string& out) const {
-    return {rwkvpp_binary(), "batch", "-m", small_sharded_model(), "--tokenizer", "bytes", "--input", prompts,
-            "--output", out, "--prefix-file", prefix, "--presence-penalty", "0.4", "--frequency-penalty", "0.3",
-            "--threads", "1", "--max-batch", "8", "--token-ids", "--progress", "none"};
-  }
-};
-
-// A worker daemon that writes its pid first (exec keeps it), so that a killer can name it.
-std::vector<std::string> worker(const std::string& addr, const std::string& key, const std::string& pidfile,
-                                double delay_s) {
-  return {"/bin/sh", "-c",
-          "sleep " + std::to_string(delay_s) + "; echo $$ > " + pidfile + "; exec " + rwkvpp_binary() +
-              " worker --join " + addr + " --cluster-key " + key + " --threads 1 --timeout 60"};
-}
-
-// Waits (bounded) until `out` has at least `lines` records, then sends `sig` (SIGKILL) to the
-// process of `pidfile`; exits 0 when it did while the job was still running, 1 otherwise.
-std::vector<std::string> killer(const std::string& out, int lines, const std::string& pidfile,
-                                const std::string& sig = "-9") {
-  const std::string n = std::to_string(lines);
-  return {"/bin/sh", "-c",
-          "i=0; while [ $i -lt 1200 ]; do c=$(cat " + out + " 2>/dev/null | wc -l); [ \"$c\" -ge " + n +
-              " ] && break; i=$((i+1)); sleep 0.05; done; [ \"$c\" -ge " + n + " ] && [ \"$c\" -lt " +
-              std::to_string(kRecords) + " ] && kill " + sig + " $(cat " + pidfile + ") && echo \"killed at $c records\" && exit 0; "
-              "echo \"not killed: $c records\"; exit 1"};
-}
-
-}  // namespace
 
 TEST_CASE("a worker killed mid-job: a standby takes its layers and every record equals the single process",
           "[ucx][recovery]") {
@@ -100,14 +42,11 @@ TEST_CASE("a worker killed mid-job: a standby takes its layers and every record 
   for (int victim : {2, 3}) {  // a middle stage, and the last stage (the sampler)
     DYNAMIC_SECTION("killing the worker of rank " << victim) {
       const std::string addr = "127.0.0.1:" + std::to_string(free_port());
-      std::vector<std::string> coord = job.batch_args(out);
-      for (const char* a : {"--listen", addr.c_str(), "--workers", "3", "--standby", "1", "--cluster-key",
-                            job.key.c_str(), "--join-timeout", "60", "--snapshot-tokens", "16"})
-        coord.push_back(a);
+      const std::vector<std::string> coord = job.coordinator_args(out, addr, 3, 1);
       // Joined in this order (half a second apart): ranks 1, 2, 3, then the standby (rank 4).
       std::vector<std::vector<std::string>> procs = {coord};
-      for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.dir / ("w" + std::to_string(w) + ".pid"), 0.5 * w));
-      procs.push_back(killer(out, 24, job.dir / ("w" + std::to_string(victim) + ".pid")));
+      for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.pidfile(w), 0.5 * w));
+      procs.push_back(killer(out, 24, job.pidfile(victim)));
       RankRun r = run_processes(procs, {{"RWKVPP_PEER_TIMEOUT_S=10"}, 240, 20});
       INFO(r.all());
       REQUIRE(r.exit_codes[5] == 0);  // the kill happened mid-job
@@ -144,13 +83,10 @@ TEST_CASE("a stopped worker is named by the liveness timeout and replaced; every
   const std::string ref = job.dir / "single.jsonl", out = job.dir / "cluster.jsonl";
   REQUIRE(run(shell_line(job.batch_args(ref)), 300).exit_code == 0);
   const std::string addr = "127.0.0.1:" + std::to_string(free_port());
-  std::vector<std::string> coord = job.batch_args(out);
-  for (const char* a : {"--listen", addr.c_str(), "--workers", "3", "--standby", "1", "--cluster-key", job.key.c_str(),
-                        "--join-timeout", "60", "--snapshot-tokens", "16"})
-    coord.push_back(a);
+  const std::vector<std::string> coord = job.coordinator_args(out, addr, 3, 1);
   std::vector<std::vector<std::string>> procs = {coord};
-  for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.dir / ("w" + std::to_string(w) + ".pid"), 0.5 * w));
-  procs.push_back(killer(out, 24, job.dir / "w2.pid", "-STOP"));  // alive, silent: no UCX error
+  for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.pidfile(w), 0.5 * w));
+  procs.push_back(killer(out, 24, job.pidfile(2), "-STOP"));  // alive, silent: no UCX error
   RankRun r = run_processes(procs, {{"RWKVPP_PEER_TIMEOUT_S=3"}, 240, 10});
   INFO(r.all());
   REQUIRE(r.exit_codes[5] == 0);
@@ -168,14 +104,11 @@ TEST_CASE("with no standby left, the next lost worker ends the job with PeerLost
   Job job;
   const std::string out = job.dir / "cluster.jsonl";
   const std::string addr = "127.0.0.1:" + std::to_string(free_port());
-  std::vector<std::string> coord = job.batch_args(out);
-  for (const char* a : {"--listen", addr.c_str(), "--workers", "3", "--standby", "1", "--cluster-key", job.key.c_str(),
-                        "--join-timeout", "60", "--snapshot-tokens", "16"})
-    coord.push_back(a);
+  const std::vector<std::string> coord = job.coordinator_args(out, addr, 3, 1);
   std::vector<std::vector<std::string>> procs = {coord};
-  for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.dir / ("w" + std::to_string(w) + ".pid"), 0.5 * w));
-  procs.push_back(killer(out, 16, job.dir / "w1.pid"));  // rank 1: the standby takes it
-  procs.push_back(killer(out, 48, job.dir / "w4.pid"));  // then the former standby: none is left
+  for (int w = 1; w <= 4; ++w) procs.push_back(worker(addr, job.key, job.pidfile(w), 0.5 * w));
+  procs.push_back(killer(out, 16, job.pidfile(1)));  // rank 1: the standby takes it
+  procs.push_back(killer(out, 48, job.pidfile(4)));  // then the former standby: none is left
   RankRun r = run_processes(procs, {{"RWKVPP_PEER_TIMEOUT_S=10"}, 240, 20});
   INFO(r.all());
   REQUIRE(r.exit_codes[5] == 0);
