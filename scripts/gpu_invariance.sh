@@ -8,7 +8,8 @@
 # VARIANT="VAR=value ...": a third mode, the invariant products with that environment, e.g.
 # VARIANT=RWKVPP_IMMA_TILE=128; AB=VAR: the switch compared instead of RWKVPP_INVARIANT, e.g.
 # AB=RWKVPP_V7_FUSED for the fused RWKV-7 time mix against its plain ops; the columns then read
-# "on" and "off" for VAR=1 and VAR=0)
+# "on" and "off" for VAR=1 and VAR=0; VARIANT_BIN=path: the third mode runs that binary with
+# VAR=1, e.g. the build of an earlier commit)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -32,12 +33,14 @@ for spec in "$@"; do
   args=""
   [[ "$spec" == *:* ]] && args=${spec#*:}
   for r in $(seq 1 "$ROUNDS"); do
-    for mode in 1 0 ${VARIANT:+v}; do
+    third=${VARIANT:+v}
+    [ -n "${VARIANT_BIN:-}" ] && third=v
+    for mode in 1 0 $third; do
       f="$OUT/inv-$shape-$mode-$r.json"
-      inv=$mode venv=""
-      [ "$mode" = v ] && inv=1 venv=${VARIANT}
+      inv=$mode venv="" bin=$D/bin/rwkvpp
+      [ "$mode" = v ] && inv=1 venv=${VARIANT:-} bin=${VARIANT_BIN:-$bin}
       # shellcheck disable=SC2086
-      env "$AB=$inv" $venv timeout 280 "$D/bin/rwkvpp" bench --synthetic "$shape" --device cuda $args \
+      env "$AB=$inv" $venv timeout 280 "$bin" bench --synthetic "$shape" --device cuda $args \
         -o "$f" > "$f.log" 2>&1 || { echo "bench $shape mode $mode rc=$?"; tail -3 "$f.log"; }
     done
   done
