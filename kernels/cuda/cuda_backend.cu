@@ -348,7 +348,8 @@ class CudaBackend final : public Backend {
       // Decode steps mostly repeat the last table (the same sequences, one token each). Nothing
       // but this upload writes the device copy, so an equal table is not uploaded again: a
       // pageable host-to-device copy less in the step's path (RWKVPP_SEG_CACHE=0: always).
-      const bool same = seg_cache() && segs_.bytes == had && segs.size() == segs_last_.size() &&
+      static const bool seg_cache = cuda::switch_on("RWKVPP_SEG_CACHE");
+      const bool same = seg_cache && segs_.bytes == had && segs.size() == segs_last_.size() &&
                         std::memcmp(segs.data(), segs_last_.data(), segs.size_bytes()) == 0;
       if (!same) {
         upload(d, segs.data(), segs.size_bytes());
@@ -418,13 +419,15 @@ class CudaBackend final : public Backend {
       }
       if (ok && invariant_ && cuda::imma_group_takes(W, count, n)) return invariant_group(W, x, y, ep, count, n);
       if (ok && !invariant_ && cuda::gemv_group(W, x, y, ep, count, n, stream_)) return;
-      if (ok && !invariant_ && count <= 3 && gemm_group(jobs, W, x, y, count, n)) return;
-      if (ok && !invariant_ && count >= 2) {
-        void* scratch = grow(group_scratch_, cuda::gemm_jobs_scratch_bytes(W, count, n));
-        if (cuda::gemm_jobs_f16(blas_, W, x, y, count, n, scratch, consts_, stream_)) {
-          for (int i = 0; i < count; ++i) finish_epilogue(y[i], y[i], n * W[i]->rows, ep[i]);
-          return;
-        }
+      // Many tokens: one batched GEMM for products of one shape, else a GEMM per job after one
+      // conversion of all inputs; then each job's epilogue.
+      if (ok && !invariant_ && count >= 2 &&
+          (gemm_group(W, x, y, count, n) ||
+           cuda::gemm_jobs_f16(blas_, W, x, y, count, n,
+                               grow(group_scratch_, cuda::gemm_jobs_scratch_bytes(W, count, n)),
+                               consts_, stream_))) {
+        for (int i = 0; i < count; ++i) finish_epilogue(y[i], y[i], n * W[i]->rows, ep[i]);
+        return;
       }
     }
     Backend::matmul_group(jobs, count, n);
@@ -520,20 +523,12 @@ class CudaBackend final : public Backend {
                n_head, head_size, stream_);
   }
 
-  // One kernel for head sizes 32 and 64 (RWKVPP_V7_FUSED=0: the plain ops, for comparisons).
-  // Long segments (prompts) run the plain ops, whose elementwise passes are parallel over the
-  // tokens (the kernel was 8.8 % slower at a 4096-token prefill on an H100, docs/perf.md); the
-  // invariant mode always takes the kernel, so that a prompt in chunks and token by token give
-  // the same bits.
   void rwkv7_mix(const Rwkv7Mix& p, const SegTable& segs, float* state, int64_t stride, int64_t off,
                  int64_t n, int64_t n_head, int64_t head_size) override {
     use_device();
-    static const bool fused = cuda::switch_on("RWKVPP_V7_FUSED");
-    constexpr int32_t kFusedMaxLen = 16;
-    if (fused && (invariant_ || segs.max_len <= kFusedMaxLen) &&
-        cuda::rwkv7_mix(p, segs.device, int64_t(segs.host.size()), state, stride, off, n_head,
-                        head_size, stream_))
-      return;
+    if (cuda::rwkv7_mix(p, segs.device, int64_t(segs.host.size()), segs.max_len, invariant_, state,
+                        stride, off, n_head, head_size, stream_))
+      return;  // one kernel where it takes the layout (wkv7.cuh), else the plain ops
     Backend::rwkv7_mix(p, segs, state, stride, off, n, n_head, head_size);
   }
 
@@ -624,12 +619,12 @@ class CudaBackend final : public Backend {
     return s.p;
   }
 
-  // Many tokens, fp16 W of one shape: one batched cuBLAS GEMM (cuda::gemm_group_f16), then
-  // the activations. The 9 device pointers it reads are kept per (W, scratch, y) combination,
-  // made on the first (uncaptured) step of a shape, so a recorded step finds them ready.
-  bool gemm_group(const MatmulJob* jobs, const WeightView* const* W, const float* const* x,
-                  float* const* y, int count, int64_t n) {
-    if (count < 2 || n <= cuda::kGemvMaxTokens || W[0]->dtype != DType::F16) return false;
+  // Many tokens, 2-3 fp16 W of one shape: one batched cuBLAS GEMM (cuda::gemm_group_f16; the
+  // caller runs the epilogues). The 9 device pointers it reads are kept per (W, scratch, y)
+  // combination, made on the first (uncaptured) step of a shape, so a recorded one finds them.
+  bool gemm_group(const WeightView* const* W, const float* const* x, float* const* y, int count,
+                  int64_t n) {
+    if (count < 2 || count > 3 || n <= cuda::kGemvMaxTokens || W[0]->dtype != DType::F16) return false;
     for (int i = 0; i < count; ++i)
       if (W[i]->rows != W[0]->rows || W[i]->cols != W[0]->cols || W[i]->dtype != DType::F16) return false;
     const int64_t K = W[0]->cols, cnt = n * K;
@@ -656,15 +651,8 @@ class CudaBackend final : public Backend {
       upload(d, host, sizeof host);
       it = group_ptrs_.emplace(key, d).first;
     }
-    if (!cuda::gemm_group_f16(blas_, W, x, y, count, n, scratch, consts_,
-                              static_cast<const void* const*>(it->second), stream_))
-      return false;
-    for (int i = 0; i < count; ++i) {
-      cuda::GemvEpilogue g;
-      gemv_epilogue(jobs[i].ep, g);  // the caller checked that it converts
-      finish_epilogue(y[i], y[i], n * W[i]->rows, g);
-    }
-    return true;
+    return cuda::gemm_group_f16(blas_, W, x, y, count, n, scratch, consts_,
+                                static_cast<const void* const*>(it->second), stream_);
   }
 
   // The batch-invariant product (imma.cuh) with its epilogue.
@@ -775,10 +763,6 @@ class CudaBackend final : public Backend {
   // launch leaves them 0, so growing drops nothing.
   Scratch imma_tickets_;
   std::vector<Segment> segs_last_;  // what segs_ holds on the device
-  static bool seg_cache() {
-    static const bool on = cuda::switch_on("RWKVPP_SEG_CACHE");
-    return on;
-  }
   std::unordered_map<uint64_t, void*> group_ptrs_;  // gemm_group's device pointer arrays
   // Recorded layer loops by the caller's key; a few per batch size are plenty.
   static constexpr size_t kMaxGraphs = 256;
