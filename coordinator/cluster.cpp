@@ -266,7 +266,7 @@ RecoveryOptions recovery_options(Transport& t, const ClusterOptions& opt, const 
   for (const ReadyMsg& r : readies) per_slot = std::max<uint64_t>(per_slot, r.state_bytes / uint64_t(lim.max_slots));
   ro.snapshot_capacity = kHeaderBytes + 4096 + size_t(per_slot) + size_t(cfg.vocab_size) * 8;
   if (local)
-    ro.recover_local = [local](const RecoverMsg& m, const std::vector<SlotRestore>& s) { local->recover(m, s); };
+    ro.recover_local = [local](const RecoverMsg& m, const std::vector<SlotRestore>& s) { return local->recover(m, s); };
   ro.replace = [&t, &plan, &readies, &standbys, &hellos, &engine, lim, dtype](int lost, int stage) {
     while (!standbys.empty()) {
       const int r = standbys.front();

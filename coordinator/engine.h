@@ -96,8 +96,9 @@ struct RecoveryOptions {
   // loaded them (its Ready), or -1 when no standby is left. Throws PeerLost when the standby
   // is lost on the way.
   std::function<int(int lost_rank, int stage)> replace;
-  // Re-wires the coordinator rank's own stage (when it holds one), in process.
-  std::function<void(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
+  // Re-wires the coordinator rank's own stage (when it holds one), in process; returns its
+  // Ready as it is then (StageRank::recover).
+  std::function<ReadyMsg(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
 };
 
 // One recovery, as reported on stderr and to the caller. A loss seen while recovering (a stage,

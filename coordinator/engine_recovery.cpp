@@ -190,7 +190,7 @@ void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
     const std::string what = fmt::format("Recovered from rank {}", stage_ranks_[st]);
     for (int skipped = 0;; ++skipped) {
       auto b = recv_ctrl(t_, stage_ranks_[st], kCtrlCap, 600, "its Recovered (re-wiring after a loss)");
-      const int32_t e = decode_recovered(decode_message(b, kCtrlCap), what);
+      const int32_t e = decode_recovered(decode_message(b, kCtrlCap), what).epoch;
       if (e == epoch_) break;
       if (e > epoch_ || skipped >= kMaxEpoch) fail("{}: epoch {}, expected {}", what, e, epoch_);
     }
