@@ -60,7 +60,8 @@ void Stage::extend(TensorSource& src, const StageSpec& wider, const std::functio
   blocks_ = std::move(before);
   std::vector<const Block*> raw;
   for (auto& b : blocks_) raw.push_back(b.get());
-  pool_.reset();  // every slot is restored after: the old states are not needed
+  be_.fence_wait(be_.fence());  // nothing queued before (an abandoned step) may still use the old pool
+  pool_.reset();                // every slot is restored after: the old states are not needed
   pool_ = std::make_unique<StatePool>(be_, raw, wider.max_slots);
   spec_ = wider;
   graph_seen_.clear();
