@@ -128,14 +128,14 @@ HelloMsg recv_hello(Transport& t, int r, uint64_t fingerprint) {
 // Rank 0: every stage rank's Hello, the partition, and every stage rank's Assign.
 std::vector<StagePlan> plan_stages(Transport& t, const ClusterOptions& opt, const ModelConfig& cfg, DType dtype,
                                    const EngineLimits& lim, const std::vector<int>& stage_ranks,
-                                   uint64_t fingerprint) {
+                                   uint64_t fingerprint, std::map<int, HelloMsg>& hellos) {
   const int coord = t.rank();
   PlanInputs in;
   in.cfg = cfg;
   in.dtype = dtype;
   in.max_slots = lim.max_slots;
   in.ranks = stage_ranks;
-  for (int r : stage_ranks) in.free_memory.push_back(recv_hello(t, r, fingerprint).free_memory);
+  for (int r : stage_ranks) in.free_memory.push_back((hellos[r] = recv_hello(t, r, fingerprint)).free_memory);
   std::vector<StagePlan> plan = plan_partition(in, opt.layers);
   for (size_t s = 0; s < stage_ranks.size(); ++s) {
     AssignMsg a;
@@ -230,7 +230,7 @@ void shut_down(Transport& t, const ClusterOptions& opt, const Engine& engine, St
       // The work is done: with --standby (UCX, whose other peers keep working) a stage lost
       // now, e.g. one cut off from this rank while the pipeline still ran through it, costs
       // its statistics, not the job.
-      if (opt.standby == 0) throw;
+      if (opt.standby == 0 && !opt.repartition) throw;
       fmt::print(stderr, "rwkvpp: {} (at shutdown: its statistics are missing)\n", e.what());
       StatsMsg none;
       none.stage = int32_t(stats.size());
@@ -252,22 +252,29 @@ void shut_down(Transport& t, const ClusterOptions& opt, const Engine& engine, St
   if (opt.stats) print_stats(engine, stage_ranks, stats);
 }
 
-// Rank 0, with --standby: how the engine recovers a lost stage. `replace` hands the lost
-// layers to the first standby still there (its Assign; it loads them and answers Ready) and
-// takes it off `standbys`; a standby lost or failing on the way is skipped.
+// Rank 0, with --standby or --repartition: how the engine recovers a lost stage. `replace` hands
+// the lost layers to the first standby still there (its Assign; it loads them and answers Ready)
+// and takes it off `standbys`; a standby lost or failing on the way is skipped. `hellos`: every
+// stage's and standby's Hello (what each offered, for a re-partition). The engine keeps
+// `readies` in step with its stages.
 RecoveryOptions recovery_options(Transport& t, const ClusterOptions& opt, const ModelConfig& cfg, DType dtype,
-                                 const EngineLimits& lim, const std::vector<StagePlan>& plan,
-                                 std::vector<ReadyMsg>& readies, std::vector<int>& standbys,
+                                 const EngineLimits& lim, std::vector<ReadyMsg>& readies, std::vector<int>& standbys,
                                  const std::map<int, HelloMsg>& hellos, const Engine& engine, StageRank* local) {
   RecoveryOptions ro;
   ro.snapshot_tokens = opt.snapshot_tokens;
   ro.dtype = dtype;
   uint64_t per_slot = 0;
   for (const ReadyMsg& r : readies) per_slot = std::max<uint64_t>(per_slot, r.state_bytes / uint64_t(lim.max_slots));
+  // A re-partitioned stage may hold up to every layer.
+  if (opt.repartition) per_slot = std::max<uint64_t>(per_slot, layer_state_bytes(cfg) * uint64_t(cfg.n_layer));
   ro.snapshot_capacity = kHeaderBytes + 4096 + size_t(per_slot) + size_t(cfg.vocab_size) * 8;
+  ro.repartition = opt.repartition;
+  for (const auto& [r, h] : hellos) ro.offered[r] = h.free_memory;
+  ro.readies = &readies;
   if (local)
-    ro.recover_local = [local](const RecoverMsg& m, const std::vector<SlotRestore>& s) { local->recover(m, s); };
-  ro.replace = [&t, &plan, &readies, &standbys, &hellos, &engine, lim, dtype](int lost, int stage) {
+    ro.recover_local = [local](const RecoverMsg& m, const std::vector<SlotRestore>& s) { return local->recover(m, s); };
+  ro.replace = [&t, &readies, &standbys, &hellos, &engine, lim, dtype](int lost, int stage) {
+    const std::vector<StagePlan>& plan = engine.plan();  // as a re-partition left it
     while (!standbys.empty()) {
       const int r = standbys.front();
       standbys.erase(standbys.begin());
@@ -331,9 +338,10 @@ int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& 
   // Stage 0 on this rank: its Hello now (to itself), its Assign after the plan.
   std::unique_ptr<StageRank> local;
   if (!opt.coordinator_only) local = std::make_unique<StageRank>(t, coord, source, stage_options(opt));
-  const std::vector<StagePlan> plan = plan_stages(t, opt, cfg, dtype, lim, stage_ranks, source.fingerprint);
-  std::map<int, HelloMsg> standby_hello;  // checked now, so that a wrong standby stops the start
-  for (int r : standbys) standby_hello[r] = recv_hello(t, r, source.fingerprint);
+  std::map<int, HelloMsg> hellos;  // every rank's: what it offered (a re-partition's memory)
+  const std::vector<StagePlan> plan = plan_stages(t, opt, cfg, dtype, lim, stage_ranks, source.fingerprint, hellos);
+  // The standbys' now, so that a wrong standby stops the start.
+  for (int r : standbys) hellos[r] = recv_hello(t, r, source.fingerprint);
   // A failed load has sent Error (to this rank), which wait_ready reports.
   if (local && !local->load()) local.reset();
   std::vector<ReadyMsg> readies = wait_ready(t, opt, stage_ranks, plan);
@@ -345,11 +353,12 @@ int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& 
   if (lp) engine.set_local_stats([lp] { return lp->loop()->stats(); });
   // Stage 0 waiting for stage 1 (its shared-slot credit) must not wait for a stage that waits
   // for a recovery: it gives up when a stage is lost, and the engine recovers.
-  if (lp && !standbys.empty()) lp->set_wait_hook([&engine] { return engine.stage_lost(); });
-  if (!standbys.empty()) engine.enable_recovery(recovery_options(t, opt, cfg, dtype, lim, plan, readies, standbys,
-                                                                 standby_hello, engine, lp));
+  const bool recovery = !standbys.empty() || opt.repartition;
+  if (lp && recovery) lp->set_wait_hook([&engine] { return engine.stage_lost(); });
+  if (recovery)
+    engine.enable_recovery(recovery_options(t, opt, cfg, dtype, lim, readies, standbys, hellos, engine, lp));
   const int code = body(engine);
-  shut_down(t, opt, engine, lp, engine.stage_ranks(), plan, readies, standbys);
+  shut_down(t, opt, engine, lp, engine.stage_ranks(), engine.plan(), readies, standbys);
   return code;
 }
 
@@ -377,12 +386,12 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     return run_coordinator(t, opt, source, body);
   } catch (const PeerLost& e) {
     fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());
-    if (rank != coord && e.peer() == coord && opt.standby > 0) {
+    if (rank != coord && e.peer() == coord && (opt.standby > 0 || opt.repartition)) {
       // Cut off from the coordinator, which may have given this rank's layers to a standby and
       // go on with the others (a cut link, not a dead box): leave without aborting them. If the
       // coordinator is gone, every rank finds that out by itself.
-      fmt::print(stderr, "rwkvpp: rank {} leaves without stopping the others (--standby: the coordinator "
-                 "recovers without this rank)\n", rank);
+      fmt::print(stderr, "rwkvpp: rank {} leaves without stopping the others ({}: the coordinator "
+                 "recovers without this rank)\n", rank, opt.standby > 0 ? "--standby" : "--repartition");
       std::fflush(stderr);
       return 1;
     }

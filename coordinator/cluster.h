@@ -54,6 +54,11 @@ struct ClusterOptions {
   // is lost, one takes its layers and the pipeline recovers from the stages' state snapshots,
   // taken every snapshot_tokens tokens of each sequence (coordinator/engine.h, RecoveryOptions).
   int standby = 0;
+  // With --listen: when a stage is lost and no standby is left, its layers go to the
+  // neighbouring stages where the memory their ranks offered allows (the pipeline goes on with
+  // one stage fewer; coordinator/partition.h, plan_repartition). Turns the snapshots on also
+  // without standbys.
+  bool repartition = false;
   int snapshot_tokens = 1024;
   // A worker daemon: the most memory it offers for layers (bytes; 0: what its device has free).
   uint64_t memory_limit = 0;

@@ -38,13 +38,21 @@ void add_listen_options(CLI::App* c, ClusterOptions& o) {
       "with --listen: wait for this many more workers, kept joined and idle (nothing loaded); when a "
       "worker is lost, one takes its layers, every stage's state is restored from the snapshots and "
       "the tokens since them are replayed, and the job goes on (clients see a pause); with none left, "
-      "the job ends as without --standby (docs/cluster.md)");
+      "the job ends as without --standby, unless --repartition (docs/cluster.md)");
   standby->needs(listen)->check(CLI::Range(0, 4096));
+  c->add_flag("--repartition", o.repartition,
+              "with --listen: when a worker is lost and no standby is left (or none was asked for), give "
+              "its layers to the neighbouring stages if the memory their workers offered (--memory, or "
+              "what their device has free) can hold them: they read those layers themselves, every "
+              "stage's state is restored from the snapshots, the tokens since are replayed and the job "
+              "goes on with one stage fewer; else the job ends naming the rank and the memory missing. "
+              "Turns on the snapshots of --snapshot-tokens (docs/cluster.md)")
+      ->needs(listen);
   c->add_option("--snapshot-tokens", o.snapshot_tokens,
-                "with --standby: every stage sends rank 0 the state of each sequence's layers every this "
-                "many tokens of the sequence; a recovery replays at most about this many tokens per "
-                "sequence (docs/cluster.md, the choice of the default)")
-      ->needs(standby)
+                "with --standby or --repartition: every stage sends rank 0 the state of each sequence's "
+                "layers every this many tokens of the sequence; a recovery replays at most about this "
+                "many tokens per sequence (docs/cluster.md, the choice of the default)")
+      ->needs(listen)
       ->check(CLI::Range(1, 1 << 30))
       ->capture_default_str();
 }
@@ -95,6 +103,7 @@ std::string job_to_json(const ClusterOptions& o) {
             {"trace_steps", o.trace_steps},
             {"workers", o.workers},
             {"standby", o.standby},
+            {"repartition", o.repartition},
             {"snapshot_tokens", o.snapshot_tokens},
             {"limits",
              {{"max_slots", o.limits.max_slots},
@@ -146,6 +155,7 @@ void job_from_json(const std::string& text, ClusterOptions& o) {
   take(j, "trace_steps", o.trace_steps, where);
   take(j, "workers", o.workers, where);
   take(j, "standby", o.standby, where);  // ranks above workers are standbys
+  take(j, "repartition", o.repartition, where);  // a worker cut off from rank 0 leaves quietly
   take(j, "snapshot_tokens", o.snapshot_tokens, where);
   const json& l = j["limits"];
   const std::string lw = where + " (limits)";
@@ -215,7 +225,9 @@ void add_worker_command(CLI::App& app, Action& run) {
       ->capture_default_str();
   c->add_option("--threads", a->threads, "CPU threads (0: all of this host's cores)");
   c->add_option("--memory", a->memory_gb,
-                "most gigabytes of weights and states to hold (0: what the device has free)");
+                "most gigabytes of weights and states to hold (0: what the device has free); the "
+                "coordinator sizes this worker's layers by it, and a re-partition after a lost worker "
+                "(--repartition) gives it more layers only within it");
   c->add_option("--model,-m", a->model,
                 "this box's copy of the model (default: the coordinator's path, e.g. on a shared "
                 "file system); it must be the same model");

@@ -85,19 +85,28 @@ struct PipelineNumerics {
 // Recovery from a lost stage (coordinator/engine_recovery.cpp, docs/cluster.md): every stage
 // sends the coordinator a snapshot of each live sequence's state every `snapshot_tokens`
 // tokens, the engine keeps the tokens fed since each sequence's last complete snapshot, and
-// when a stage is lost it has `replace` give the stage's layers to a standby, restores every
-// stage's slots from the snapshots, replays the tokens since them through the whole pipeline
-// and resumes every sequence where it stopped.
+// when a stage is lost it has `replace` give the stage's layers to a standby (or, with none
+// left and `repartition` on, gives them to the neighbouring stages where the memory their ranks
+// offered allows: plan_repartition), restores every stage's slots from the snapshots, replays
+// the tokens since them through the whole pipeline and resumes every sequence where it stopped.
 struct RecoveryOptions {
   int snapshot_tokens = 1024;
-  size_t snapshot_capacity = 0;  // bytes of the largest snapshot piece a stage sends
+  size_t snapshot_capacity = 0;  // bytes of the largest snapshot piece a stage sends (may send)
   DType dtype = DType::F32;      // the stages' compute dtype (their Assign)
   // Gives stage `stage`'s layers (the lost rank's) to a standby; returns its rank once it has
   // loaded them (its Ready), or -1 when no standby is left. Throws PeerLost when the standby
   // is lost on the way.
   std::function<int(int lost_rank, int stage)> replace;
-  // Re-wires the coordinator rank's own stage (when it holds one), in process.
-  std::function<void(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
+  // With no standby left: re-partition over the survivors (else the job ends). `offered`: per
+  // stage rank, the bytes it offered at its Hello (--memory, or its device's free memory).
+  bool repartition = false;
+  std::map<int, uint64_t> offered;
+  // Per stage, the stages' Ready messages (may be null): a re-partition drops the lost stage's
+  // and every re-wiring puts each stage's Ready as it answered (Recovered) in its place.
+  std::vector<ReadyMsg>* readies = nullptr;
+  // Re-wires the coordinator rank's own stage (when it holds one), in process; returns its
+  // Ready as it is then (StageRank::recover).
+  std::function<ReadyMsg(const RecoverMsg&, const std::vector<SlotRestore>&)> recover_local;
 };
 
 // One recovery, as reported on stderr and to the caller. A loss seen while recovering (a stage,
@@ -106,12 +115,22 @@ struct RecoveryOptions {
 struct RecoveryReport {
   struct Replaced {
     int lost_rank = -1, stage = -1, standby = -1;
+    int first = 0, last = 0;  // the layers [first, last) it took
     double load_seconds = 0;  // the standby's load of the layers
   };
+  // A re-partition: rank `rank` took layers [first, last) of lost rank `lost_rank`.
+  struct Taken {
+    int lost_rank = -1, rank = -1;
+    int first = 0, last = 0;
+  };
   std::vector<Replaced> replaced;  // in the order they were replaced
+  std::vector<Taken> taken;        // in the order they were given
+  // Per rank that took layers: the time it spent reading them (the Readys of its Recovereds).
+  std::map<int, double> taken_load_seconds;
   double seconds = 0;              // from the first loss being seen to every sequence resuming
   int attempts = 1;                // re-wirings begun (each in a new epoch)
   int32_t epoch = 0;               // the epoch the pipeline resumed in
+  int stages = 0;                  // stages the pipeline resumed with
   int sequences = 0;               // slots restored
   int from_snapshots = 0;          // of which from a snapshot (the others: a fresh state)
   uint64_t replayed_tokens = 0;
@@ -211,10 +230,13 @@ class Engine {
   // layers no standby is left to take.
   bool recover(const PeerLost& e);
   void replace_lost(std::vector<PeerLost>& lost, RecoveryReport& rep);
+  // No standby for stage `st`: its layers to its neighbours, or a PeerLost of `lost` ends the job.
+  void repartition(size_t st, const PeerLost& lost, RecoveryReport& rep);
+  void print_recovered(const RecoveryReport& rep, const std::vector<PeerLost>& lost) const;
   void rewire_and_replay(RecoveryReport& rep);
   void roll_back_in_flight();
   std::vector<std::vector<SlotRestore>> restores() const;
-  void rewire(const std::vector<std::vector<SlotRestore>>& per_stage);
+  void rewire(const std::vector<std::vector<SlotRestore>>& per_stage, RecoveryReport& rep);
   uint64_t replay();
   // t_.test() that zeroes `id` once the transport has retired it (completed, or PeerLost).
   bool test_req(RequestId& id, Completion* c = nullptr);

@@ -11,7 +11,9 @@
 //
 // On a lost stage (turn() catches PeerLost): admission stops (all of this runs inside one
 // turn), the steps in flight are rolled back (their tokens go back to the front of each
-// sequence's pending tokens), `replace` gives the lost layers to a standby, every stage is
+// sequence's pending tokens), `replace` gives the lost layers to a standby (with none left and
+// --repartition, the neighbouring stages take them on where their ranks' memory allows:
+// plan_repartition; the pipeline has one stage fewer and they read the layers), every stage is
 // re-wired in a new epoch (epoch_tag(): what the old pipeline still had on the way is never
 // matched), every resident slot is restored on every stage (its base, or a fresh state), the
 // logs are replayed through the whole pipeline without sampling, and the engine goes on. The
@@ -76,7 +78,16 @@ bool Engine::poll_snapshots() {
     if (size_t(s.snap_have) < s.pieces.size()) continue;
     // Complete: the new base; the log and samples before it are no longer needed.
     auto d = std::make_shared<SnapData>();
-    for (SnapshotMsg& piece : s.pieces) d->state.push_back(std::move(piece.state));
+    const size_t layer_floats = size_t(layer_state_bytes(cfg_) / 4);
+    d->state.reserve(size_t(cfg_.n_layer) * layer_floats);
+    for (size_t st = 0; st < s.pieces.size(); ++st) {
+      const std::vector<float>& piece = s.pieces[st].state;
+      const size_t layers = size_t(plan_[st].last - plan_[st].first);
+      if (piece.size() != layers * layer_floats)
+        fail("Snapshot from rank {}: {} state floats for layers {}-{}, which hold {}", stage_ranks_[st], piece.size(),
+             plan_[st].first, plan_[st].last - 1, layers * layer_floats);
+      d->state.insert(d->state.end(), piece.begin(), piece.end());
+    }
     d->penalty = std::move(s.pieces.back().penalty);
     s.base = std::move(d);
     s.log.erase(s.log.begin(), s.log.begin() + std::ptrdiff_t(s.snap_log));
@@ -123,6 +134,7 @@ void Engine::roll_back_in_flight() {
 // parameters, and on the last stage its penalty counts.
 std::vector<std::vector<SlotRestore>> Engine::restores() const {
   const size_t n = stage_ranks_.size();
+  const size_t layer_floats = size_t(layer_state_bytes(cfg_) / 4);
   std::vector<std::vector<SlotRestore>> out(n);
   auto add = [&](int slot, const SnapData* base, const std::vector<std::pair<int32_t, float>>& sampled,
                  const SamplingParams& sampling) {
@@ -138,7 +150,9 @@ std::vector<std::vector<SlotRestore>> Engine::restores() const {
       SlotRestore r;
       r.slot = slot;
       r.fresh = base ? 0 : 1;
-      if (base) r.state = base->state[st];
+      if (base)  // this stage's layers of the snapshot (of every layer)
+        r.state.assign(base->state.begin() + std::ptrdiff_t(size_t(plan_[st].first) * layer_floats),
+                       base->state.begin() + std::ptrdiff_t(size_t(plan_[st].last) * layer_floats));
       r.sampling = sampling;
       if (st + 1 == n) r.penalty.assign(counts.begin(), counts.end());
       out[st].push_back(std::move(r));
@@ -153,10 +167,17 @@ std::vector<std::vector<SlotRestore>> Engine::restores() const {
   return out;
 }
 
-// Every stage (the new one included) in the new epoch: its neighbours, then its slots.
-void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
+// Every stage (the new one included) in the new epoch: its neighbours (and after a re-partition
+// its wider layers), then its slots; then every stage's answer, with its Ready.
+void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage, RecoveryReport& rep) {
   const int coord = t_.rank();
   const size_t n = stage_ranks_.size();
+  // A stage's Ready as it answered: in the stages' list, and the time it spent reading the
+  // layers a re-partition gave it into the report.
+  auto answered = [&](size_t st, const ReadyMsg& ready, bool current) {
+    if (ready.load_seconds > 0) rep.taken_load_seconds[stage_ranks_[st]] += ready.load_seconds;
+    if (current && recovery_.readies && st < recovery_.readies->size()) (*recovery_.readies)[st] = ready;
+  };
   for (size_t st = 0; st < n; ++st) {
     RecoverMsg m;
     AssignMsg& a = m.assign;
@@ -176,7 +197,7 @@ void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
     m.restores = uint32_t(per_stage[st].size());
     if (stage_ranks_[st] == coord) {
       RWKVPP_CHECK(recovery_.recover_local != nullptr, "a local stage without recover_local");
-      recovery_.recover_local(m, per_stage[st]);
+      answered(st, recovery_.recover_local(m, per_stage[st]), true);
       continue;
     }
     const std::vector<uint8_t> body = encode_restore(per_stage[st]);
@@ -190,9 +211,14 @@ void Engine::rewire(const std::vector<std::vector<SlotRestore>>& per_stage) {
     const std::string what = fmt::format("Recovered from rank {}", stage_ranks_[st]);
     for (int skipped = 0;; ++skipped) {
       auto b = recv_ctrl(t_, stage_ranks_[st], kCtrlCap, 600, "its Recovered (re-wiring after a loss)");
-      const int32_t e = decode_recovered(decode_message(b, kCtrlCap), what);
-      if (e == epoch_) break;
-      if (e > epoch_ || skipped >= kMaxEpoch) fail("{}: epoch {}, expected {}", what, e, epoch_);
+      const Message msg = decode_message(b, kCtrlCap);
+      if (msg.header.msg_type() == MsgType::Error)
+        fail("recovery: rank {} could not be re-wired as stage {} (layers {}-{}): {}", stage_ranks_[st], st,
+             plan_[st].first, plan_[st].last - 1, decode_error(msg, what));
+      const RecoveredMsg got = decode_recovered(msg, what);
+      answered(st, got.ready, got.epoch == epoch_);
+      if (got.epoch == epoch_) break;
+      if (got.epoch > epoch_ || skipped >= kMaxEpoch) fail("{}: epoch {}, expected {}", what, got.epoch, epoch_);
     }
   }
 }
@@ -282,14 +308,17 @@ uint64_t Engine::replay() {
 }
 
 // Gives every stage whose rank is lost (in `lost`, or marked failed by the transport: a second
-// loss seen before the re-wiring) to a standby. Throws the rank's PeerLost when none is left.
+// loss seen before the re-wiring) to a standby, or with none left re-partitions over the
+// survivors (repartition()). Throws the rank's PeerLost when neither can take it.
 void Engine::replace_lost(std::vector<PeerLost>& lost, RecoveryReport& rep) {
-  for (size_t st = 0; st < stage_ranks_.size(); ++st) {
+  for (size_t st = 0; st < stage_ranks_.size();) {
     const int r = stage_ranks_[st];
-    if (r == t_.rank()) continue;
     auto known = std::find_if(lost.begin(), lost.end(), [r](const PeerLost& p) { return p.peer() == r; });
+    if (r == t_.rank() || (known == lost.end() && !t_.peer_failed(r))) {
+      ++st;
+      continue;
+    }
     if (known == lost.end()) {
-      if (!t_.peer_failed(r)) continue;
       lost.emplace_back(r, fmt::format("stage {} (layers {}-{}): the transport reports its connection failed", st,
                                        plan_[st].first, plan_[st].last - 1));
       fmt::print(stderr, "rwkvpp: {} (while recovering)\n", lost.back().what());
@@ -298,15 +327,53 @@ void Engine::replace_lost(std::vector<PeerLost>& lost, RecoveryReport& rep) {
     const auto l0 = Clock::now();
     const int standby = recovery_.replace(r, int(st));
     if (standby < 0) {
-      fmt::print(stderr,
-                 "rwkvpp: no standby worker is left to take layers {}-{} (stage {}) of lost rank {} (--standby): "
-                 "the job ends\n",
-                 plan_[st].first, plan_[st].last - 1, st, r);
-      throw PeerLost(*known);
+      repartition(st, PeerLost(*known), rep);  // stage st is gone: the next one is at st now
+      continue;
     }
-    rep.replaced.push_back({r, int(st), standby, std::chrono::duration<double>(Clock::now() - l0).count()});
+    rep.replaced.push_back({r, int(st), standby, plan_[st].first, plan_[st].last,
+                            std::chrono::duration<double>(Clock::now() - l0).count()});
     stage_ranks_[st] = standby;
+    ++st;
   }
+}
+
+void Engine::repartition(size_t st, const PeerLost& lost, RecoveryReport& rep) {
+  const StagePlan gone = plan_[st];
+  const int r = stage_ranks_[st];
+  if (!recovery_.repartition) {
+    fmt::print(stderr,
+               "rwkvpp: no standby worker is left to take layers {}-{} (stage {}) of lost rank {} (--standby): "
+               "the job ends\n",
+               gone.first, gone.last - 1, st, r);
+    throw lost;
+  }
+  PlanInputs in;
+  in.cfg = cfg_;
+  in.dtype = recovery_.dtype;
+  in.max_slots = lim_.max_slots;
+  in.ranks = stage_ranks_;
+  for (int k : stage_ranks_) in.free_memory.push_back(recovery_.offered.count(k) ? recovery_.offered.at(k) : 0);
+  const Repartition p = plan_repartition(in, plan_, int(st));
+  if (p.plan.empty()) {
+    fmt::print(stderr, "rwkvpp: no standby worker is left and no re-partition over the survivors fits "
+               "(--repartition): {}: the job ends\n", p.why);
+    throw lost;
+  }
+  std::string given;
+  auto give = [&](size_t to, int first, int last) {
+    if (first >= last) return;
+    rep.taken.push_back({r, stage_ranks_[to], first, last});
+    given += fmt::format("{}rank {} takes layers {}-{}", given.empty() ? "" : ", ", stage_ranks_[to], first, last - 1);
+  };
+  if (st > 0) give(st - 1, gone.first, p.cut);
+  if (st + 1 < stage_ranks_.size()) give(st + 1, p.cut, gone.last);
+  stage_ranks_.erase(stage_ranks_.begin() + std::ptrdiff_t(st));
+  plan_ = p.plan;
+  if (recovery_.readies && st < recovery_.readies->size())
+    recovery_.readies->erase(recovery_.readies->begin() + std::ptrdiff_t(st));
+  fmt::print(stderr, "rwkvpp: no standby worker is left: re-partition over the survivors: {} of lost rank {}; "
+             "{} stage(s): {}\n", given, r, plan_.size(), describe(plan_));
+  std::fflush(stderr);
 }
 
 // One attempt: a new epoch (its receives posted before any stage can send), every stage
@@ -324,7 +391,8 @@ void Engine::rewire_and_replay(RecoveryReport& rep) {
   rep.from_snapshots = 0;
   if (!per_stage.empty())
     for (const SlotRestore& r : per_stage[0]) rep.from_snapshots += r.fresh ? 0 : 1;
-  rewire(per_stage);
+  rep.stages = int(stage_ranks_.size());
+  rewire(per_stage, rep);
   last_seen_.clear();
   rep.replayed_tokens += replay();
   last_seen_.clear();  // every stage is timed afresh from here
@@ -353,7 +421,8 @@ bool Engine::recover(const PeerLost& e) {
   RecoveryReport rep;
   rep.attempts = 0;
   std::vector<PeerLost> lost{e};
-  // Bounded: every attempt but the last uses up a standby or ends the job (replace_lost).
+  // Bounded: every attempt but the last uses up a standby, removes a stage (a re-partition) or
+  // ends the job (replace_lost).
   for (;;) {
     replace_lost(lost, rep);
     ++rep.attempts;
@@ -370,20 +439,43 @@ bool Engine::recover(const PeerLost& e) {
   }
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   recoveries_.push_back(rep);
+  print_recovered(rep, lost);
+  return true;
+}
+
+void Engine::print_recovered(const RecoveryReport& rep, const std::vector<PeerLost>& lost) const {
   std::string took;
   for (const RecoveryReport::Replaced& r : rep.replaced)
     took += fmt::format("{}standby rank {} took stage {} (layers {}-{}; loaded in {:.3f} s)", took.empty() ? "" : ", ",
-                        r.standby, r.stage, plan_[size_t(r.stage)].first, plan_[size_t(r.stage)].last - 1,
-                        r.load_seconds);
+                        r.standby, r.stage, r.first, r.last - 1, r.load_seconds);
+  // Per rank that took layers (in the order of its first), what it took and its reads of them.
+  std::vector<int> takers;
+  for (const RecoveryReport::Taken& k : rep.taken)
+    if (std::find(takers.begin(), takers.end(), k.rank) == takers.end()) takers.push_back(k.rank);
+  if (!takers.empty()) took += fmt::format("{}re-partitioned over the survivors: ", took.empty() ? "" : ", ");
+  for (size_t i = 0; i < takers.size(); ++i) {
+    std::string what;
+    for (const RecoveryReport::Taken& k : rep.taken)
+      if (k.rank == takers[i])
+        what += fmt::format("{}layers {}-{} of rank {}", what.empty() ? "" : " and ", k.first, k.last - 1, k.lost_rank);
+    const auto load = rep.taken_load_seconds.find(takers[i]);
+    took += fmt::format("{}rank {} took {} (loaded in {:.3f} s)", i ? ", " : "", takers[i], what,
+                        load == rep.taken_load_seconds.end() ? 0.0 : load->second);
+  }
   std::string ranks;
   for (const PeerLost& p : lost) ranks += fmt::format("{}{}", ranks.empty() ? "" : " and rank ", p.peer());
+  std::string stages;
+  if (!rep.taken.empty()) {
+    for (size_t st = 0; st < stage_ranks_.size(); ++st)
+      stages += fmt::format("{}rank {}: {}-{}", st ? ", " : "", stage_ranks_[st], plan_[st].first, plan_[st].last - 1);
+    stages = fmt::format(", {} stage(s) now ({})", stage_ranks_.size(), stages);
+  }
   fmt::print(stderr,
              "rwkvpp: recovered from the loss of rank {} in {:.3f} s: {}, restored {} sequence slot(s) ({} from a "
-             "snapshot), replayed {} token(s), epoch {}{}; resuming\n",
-             ranks, rep.seconds, took, rep.sequences, rep.from_snapshots, rep.replayed_tokens, epoch_,
+             "snapshot), replayed {} token(s), epoch {}{}{}; resuming\n",
+             ranks, rep.seconds, took, rep.sequences, rep.from_snapshots, rep.replayed_tokens, epoch_, stages,
              rep.attempts > 1 ? fmt::format(" ({} attempts)", rep.attempts) : "");
   std::fflush(stderr);
-  return true;
 }
 
 }  // namespace rwkvpp

@@ -9,10 +9,13 @@
 
 namespace rwkvpp {
 
-// A complete snapshot of a sequence: per stage, the slot's state of its layers (floats in layer
-// order, StatePool::read), and the last stage's penalty counts.
+// A complete snapshot of a sequence: the slot's state of every layer of the model in layer
+// order (every stage's piece, StatePool::read, one after the other), and the last stage's
+// penalty counts. Every layer of a model holds the same number of state floats
+// (layer_state_bytes), so a restore cuts it along the stages it restores into, which a
+// re-partition may have changed since.
 struct Engine::SnapData {
-  std::vector<std::vector<float>> state;  // [stages][floats of that stage's layers]
+  std::vector<float> state;  // [n_layer, layer floats]
   std::vector<std::pair<int32_t, float>> penalty;
 };
 

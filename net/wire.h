@@ -37,7 +37,9 @@ static_assert(std::endian::native == std::endian::little,
               "rwkvpp's wire format is little-endian and the codec assumes a little-endian host");
 
 inline constexpr uint32_t kMagic = 0x504B5752;  // bytes 'R','W','K','P' in little-endian order
-inline constexpr uint16_t kProtocolVersion = 7;  // 7: Recovered names its epoch
+// 7: Recovered names its epoch. 8: a Recover may widen a stage's layers (re-partition over the
+// survivors); Recovered carries the stage's Ready, Error may answer a Recover.
+inline constexpr uint16_t kProtocolVersion = 8;
 
 enum class MsgType : uint16_t {
   Hello = 1,      // first message between two ranks: versions, limits, roles

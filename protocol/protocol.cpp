@@ -74,6 +74,42 @@ std::vector<std::pair<int32_t, float>> get_penalty(ByteReader& r, const std::str
   return p;
 }
 
+// A Ready's fields (the Ready message, and the Recovered that answers a Recover).
+void put_ready(ByteWriter& w, const ReadyMsg& m) {
+  w.put_u64(m.weight_bytes);
+  w.put_u64(m.state_bytes);
+  w.put_u64(m.bytes_read);
+  w.put_u64(m.files.size());
+  for (auto& f : m.files) w.put_string(f);
+  w.put_raw(&m.load_seconds, 8);
+  w.put_raw(&m.copy_GBps, 8);
+  w.put_raw(&m.read_GBps, 8);
+  w.put_raw(&m.gemm_TFLOPs, 8);
+  w.put_u64(m.peak_rss_bytes);
+  w.put_string(m.numerics);
+  w.put_u8(m.batch_invariant);
+  w.put_string(m.backend);
+}
+
+ReadyMsg get_ready(ByteReader& r, const std::string& what) {
+  ReadyMsg m;
+  m.weight_bytes = r.get_u64();
+  m.state_bytes = r.get_u64();
+  m.bytes_read = r.get_u64();
+  uint64_t n = r.get_u64();
+  if (n > 4096) fail("{}: too many files ({})", what, n);
+  for (uint64_t i = 0; i < n; ++i) m.files.push_back(r.get_string(4096));
+  r.get_raw(&m.load_seconds, 8);
+  r.get_raw(&m.copy_GBps, 8);
+  r.get_raw(&m.read_GBps, 8);
+  r.get_raw(&m.gemm_TFLOPs, 8);
+  m.peak_rss_bytes = r.get_u64();
+  m.numerics = r.get_string(256);
+  m.batch_invariant = r.get_u8();
+  m.backend = r.get_string(256);
+  return m;
+}
+
 }  // namespace
 
 size_t step_capacity(const ModelConfig& cfg, int max_tokens, int max_slots) {
@@ -110,19 +146,7 @@ std::vector<uint8_t> encode_assign(const AssignMsg& m) {
 
 std::vector<uint8_t> encode_ready(const ReadyMsg& m) {
   auto w = ctrl(Ctrl::Ready);
-  w.put_u64(m.weight_bytes);
-  w.put_u64(m.state_bytes);
-  w.put_u64(m.bytes_read);
-  w.put_u64(m.files.size());
-  for (auto& f : m.files) w.put_string(f);
-  w.put_raw(&m.load_seconds, 8);
-  w.put_raw(&m.copy_GBps, 8);
-  w.put_raw(&m.read_GBps, 8);
-  w.put_raw(&m.gemm_TFLOPs, 8);
-  w.put_u64(m.peak_rss_bytes);
-  w.put_string(m.numerics);
-  w.put_u8(m.batch_invariant);
-  w.put_string(m.backend);
+  put_ready(w, m);
   return w.finish();
 }
 
@@ -277,21 +301,7 @@ AssignMsg decode_assign(const Message& msg, const std::string& what) {
 
 ReadyMsg decode_ready(const Message& msg, const std::string& what) {
   auto r = ctrl_reader(msg, Ctrl::Ready, what);
-  ReadyMsg m;
-  m.weight_bytes = r.get_u64();
-  m.state_bytes = r.get_u64();
-  m.bytes_read = r.get_u64();
-  uint64_t n = r.get_u64();
-  if (n > 4096) fail("{}: too many files ({})", what, n);
-  for (uint64_t i = 0; i < n; ++i) m.files.push_back(r.get_string(4096));
-  r.get_raw(&m.load_seconds, 8);
-  r.get_raw(&m.copy_GBps, 8);
-  r.get_raw(&m.read_GBps, 8);
-  r.get_raw(&m.gemm_TFLOPs, 8);
-  m.peak_rss_bytes = r.get_u64();
-  m.numerics = r.get_string(256);
-  m.batch_invariant = r.get_u8();
-  m.backend = r.get_string(256);
+  ReadyMsg m = get_ready(r, what);
   r.expect_end();
   return m;
 }
@@ -542,19 +552,22 @@ std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& w
   return out;
 }
 
-std::vector<uint8_t> encode_recovered(int32_t epoch) {
+std::vector<uint8_t> encode_recovered(const RecoveredMsg& m) {
   auto w = ctrl(Ctrl::Recovered);
-  w.put_i32(epoch);
+  w.put_i32(m.epoch);
+  put_ready(w, m.ready);
   return w.finish();
 }
 
-int32_t decode_recovered(const Message& msg, const std::string& what) {
+RecoveredMsg decode_recovered(const Message& msg, const std::string& what) {
   if (msg.header.msg_type() == MsgType::Error) fail("{}", decode_error(msg, what));
   auto r = ctrl_reader(msg, Ctrl::Recovered, what);
-  const int32_t epoch = r.get_i32();
-  if (epoch < 1 || epoch > kMaxEpoch) fail("{}: epoch {} is outside 1..{}", what, epoch, kMaxEpoch);
+  RecoveredMsg m;
+  m.epoch = r.get_i32();
+  if (m.epoch < 1 || m.epoch > kMaxEpoch) fail("{}: epoch {} is outside 1..{}", what, m.epoch, kMaxEpoch);
+  m.ready = get_ready(r, what);
   r.expect_end();
-  return epoch;
+  return m;
 }
 
 }  // namespace rwkvpp

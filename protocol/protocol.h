@@ -193,11 +193,15 @@ struct SnapshotMsg {
   std::vector<float> state;
   std::vector<std::pair<int32_t, float>> penalty;
 };
-// Coordinator -> a stage (kTagCtrl): the new wiring (assign.prev_rank/next_rank/epoch; the
-// layers are the stage's own), then `restores` slots in one Restore message of `body_bytes`
-// bytes on kTagRestore. The stage drops its old step loop, restores the slots, starts a new
-// loop in the new epoch and answers Recovered with that epoch (a recovery started again after
-// a second loss re-wires the stages that answered already: their older answer is skipped).
+// Coordinator -> a stage (kTagCtrl): the new wiring (assign.prev_rank/next_rank/epoch, and the
+// stage's number and the stage count, which a re-partition lowers), then `restores` slots in one
+// Restore message of `body_bytes` bytes on kTagRestore. The layers are the stage's own or, when
+// a neighbouring stage was lost with no standby left (a re-partition), a wider range that
+// contains them (and may add the embedding or the head): the stage reads the layers it does not
+// hold yet from its own shards first. The stage drops its old step loop, restores the slots,
+// starts a new loop in the new epoch and answers Recovered with that epoch (a recovery started
+// again after a second loss re-wires the stages that answered already: their older answer is
+// skipped), or Error when it could not load the new layers.
 struct RecoverMsg {
   AssignMsg assign;
   uint32_t restores = 0;
@@ -218,8 +222,16 @@ std::vector<uint8_t> encode_recover(const RecoverMsg& m);
 RecoverMsg decode_recover(const Message& msg, const std::string& what);
 std::vector<uint8_t> encode_restore(const std::vector<SlotRestore>& slots);
 std::vector<SlotRestore> decode_restore(const Message& msg, const std::string& what);
-std::vector<uint8_t> encode_recovered(int32_t epoch);
-int32_t decode_recovered(const Message& msg, const std::string& what);  // the epoch
+// A stage's answer to a Recover: the epoch it is wired in now, and its Ready as it is now (its
+// weight and state bytes, the files it opened, its numerics); `ready.load_seconds` is the time
+// it spent reading the layers a re-partition added, 0 when it read none.
+struct RecoveredMsg {
+  int32_t epoch = 0;
+  ReadyMsg ready;
+};
+std::vector<uint8_t> encode_recovered(const RecoveredMsg& m);
+// Throws the stage's message when it answered Error.
+RecoveredMsg decode_recovered(const Message& msg, const std::string& what);
 
 // Capacities: the receive buffers both ends size from the model and the assignment.
 // Bytes a Step message may need for `max_tokens` tokens of a model with this config.

@@ -28,6 +28,46 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec, const std::f
   pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
 }
 
+void Stage::extend(TensorSource& src, const StageSpec& wider, const std::function<void(int, int)>& on_layer) {
+  if (wider.first > spec_.first || wider.last < spec_.last || wider.last > cfg_.n_layer || wider.first < 0 ||
+      (spec_.embed && !wider.embed) || (spec_.head && !wider.head) || wider.dtype != spec_.dtype ||
+      wider.max_slots != spec_.max_slots)
+    fail("a stage holding layers [{}, {}) cannot become one holding [{}, {}) with other slots, dtype, "
+         "embedding or head: it can only take on more",
+         spec_.first, spec_.last, wider.first, wider.last);
+  // Read everything first, so that a failed read leaves the stage as it was.
+  std::unique_ptr<Head> head;
+  std::unique_ptr<Embedder> embedder;
+  if (wider.head && !head_)
+    head = std::make_unique<Head>(be_, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
+                                  src.tensor("head.weight"), wider.dtype);
+  if (wider.embed && !embedder_)
+    embedder = std::make_unique<Embedder>(be_, cfg_, src.tensor("emb.weight"), src.tensor("blocks.0.ln0.weight"),
+                                          src.tensor("blocks.0.ln0.bias"), wider.dtype);
+  std::vector<std::unique_ptr<Block>> before, after;
+  const int total = (spec_.first - wider.first) + (wider.last - spec_.last);
+  int done = 0;
+  auto read = [&](int i, std::vector<std::unique_ptr<Block>>& into) {
+    into.push_back(make_block(be_, cfg_, i, src.layer(i), wider.dtype));
+    if (on_layer) on_layer(++done, total);
+  };
+  for (int i = wider.first; i < spec_.first; ++i) read(i, before);
+  for (int i = spec_.last; i < wider.last; ++i) read(i, after);
+  if (head) head_ = std::move(head);
+  if (embedder) embedder_ = std::move(embedder);
+  for (auto& b : blocks_) before.push_back(std::move(b));
+  for (auto& b : after) before.push_back(std::move(b));
+  blocks_ = std::move(before);
+  std::vector<const Block*> raw;
+  for (auto& b : blocks_) raw.push_back(b.get());
+  be_.fence_wait(be_.fence());  // nothing queued before (an abandoned step) may still use the old pool
+  pool_.reset();                // every slot is restored after: the old states are not needed
+  pool_ = std::make_unique<StatePool>(be_, raw, wider.max_slots);
+  spec_ = wider;
+  graph_seen_.clear();
+  ++layout_;
+}
+
 size_t Stage::weight_bytes() const {
   size_t n = 0;
   for (auto& b : blocks_) n += b->weight_bytes();
@@ -68,10 +108,11 @@ void Stage::forward(std::span<const Segment> segs, Hidden& h, const Hooks* hooks
       fail("state slot {} is out of range (this stage has {} slots)", s.slot, spec_.max_slots);
   if (graphs_ && !blocks_.empty() && h.n <= kGraphMaxTokens && st.max_len == 1) {
     // What the recorded kernels bake in: this stage (its weights, state and workspace, whose
-    // reallocation frees memory and so drops every recording), the batch size (== segments),
-    // the hidden buffer, and the segment table's device copy, refilled above before a replay.
+    // reallocation frees memory and so drops every recording) and its layers (extend()), the
+    // batch size (== segments), the hidden buffer, and the segment table's device copy, refilled
+    // above before a replay.
     uint64_t key = 1469598103934665603ull;
-    for (uint64_t v : {uint64_t(reinterpret_cast<uintptr_t>(this)), uint64_t(h.n),
+    for (uint64_t v : {uint64_t(reinterpret_cast<uintptr_t>(this)), layout_, uint64_t(h.n),
                        uint64_t(reinterpret_cast<uintptr_t>(h.x)),
                        uint64_t(reinterpret_cast<uintptr_t>(h.v_first)),
                        uint64_t(reinterpret_cast<uintptr_t>(st.device)),

@@ -31,6 +31,14 @@ class Stage {
   // last - first (progress).
   Stage(Backend& be, TensorSource& src, const StageSpec& spec, const std::function<void(int done, int total)>& on_layer = {});
 
+  // A re-partition after a neighbouring stage was lost: this stage takes on more layers.
+  // `wider` must contain the layers held now (the embedding and head it holds stay) and keep
+  // dtype and slots; reads only what is not held yet (layers before and after, the embedding or
+  // the head), then makes a fresh state pool for all its layers: every slot is fresh and is
+  // restored next (StepLoop::restore). Nothing changes when a read fails. Recordings of decode
+  // steps made before are never replayed after.
+  void extend(TensorSource& src, const StageSpec& wider, const std::function<void(int done, int total)>& on_layer = {});
+
   const StageSpec& spec() const { return spec_; }
   const ModelConfig& config() const { return cfg_; }
   StatePool& state() { return *pool_; }
@@ -79,6 +87,7 @@ class Stage {
   std::unique_ptr<DeviceBuffer> hidden_[2];
   bool graphs_ = true;
   std::unordered_set<uint64_t> graph_seen_;  // keys of decode shapes run once already
+  uint64_t layout_ = 0;  // +1 at every extend(): part of the recordings' key
 
   void run_layers(const SegTable& st, Hidden& h);
 };

@@ -80,18 +80,7 @@ bool StageRank::load() {
     if (rank != coord_) recv_ctrl(t_, coord_, kCtrlCap, 3600, "shutdown after an error");
     return false;
   }
-  ReadyMsg ready;
-  ready.weight_bytes = stage_->weight_bytes();
-  ready.state_bytes = stage_->state().bytes();
-  if (source_.reader) {
-    ready.bytes_read = source_.reader->bytes_read();
-    ready.files.assign(source_.reader->files_opened().begin(), source_.reader->files_opened().end());
-  }
-  ready.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  ready.backend = be_->name();
-  ready.peak_rss_bytes = peak_resident_bytes();
-  ready.numerics = be_->numerics();
-  ready.batch_invariant = be_->batch_invariant() ? 1 : 0;
+  ReadyMsg ready = ready_msg(std::chrono::duration<double>(Clock::now() - t0).count());
   if (o_.measure_floors) {
     ready.copy_GBps = be_->measure_copy_GBps();
     ready.read_GBps = be_->measure_read_GBps();
@@ -104,6 +93,22 @@ bool StageRank::load() {
     loop_->set_wait_hook(wait_hook_);
   }
   return true;
+}
+
+ReadyMsg StageRank::ready_msg(double load_seconds) const {
+  ReadyMsg ready;
+  ready.weight_bytes = stage_->weight_bytes();
+  ready.state_bytes = stage_->state().bytes();
+  if (source_.reader) {
+    ready.bytes_read = source_.reader->bytes_read();
+    ready.files.assign(source_.reader->files_opened().begin(), source_.reader->files_opened().end());
+  }
+  ready.load_seconds = load_seconds;
+  ready.backend = be_->name();
+  ready.peak_rss_bytes = peak_resident_bytes();
+  ready.numerics = be_->numerics();
+  ready.batch_invariant = be_->batch_invariant() ? 1 : 0;
+  return ready;
 }
 
 void StageRank::set_wait_hook(std::function<bool()> f) {
@@ -127,21 +132,39 @@ bool StageRank::ctrl_arrived() {
   return true;
 }
 
-void StageRank::recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots) {
+ReadyMsg StageRank::recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots) {
   RWKVPP_CHECK(stage_ != nullptr, "StageRank::recover() before a successful load()");
   const AssignMsg& n = m.assign;
-  if (n.first != a_.first || n.last != a_.last || n.embed != a_.embed || n.head != a_.head ||
-      n.max_slots != a_.max_slots || n.max_tokens != a_.max_tokens)
-    fail("Recover from rank {}: layers {}-{} with other limits, this rank (stage {}) holds layers {}-{}", coord_,
-         n.first, n.last - 1, a_.stage, a_.first, a_.last - 1);
+  const bool wider = n.first != a_.first || n.last != a_.last || n.embed != a_.embed || n.head != a_.head;
+  if (n.first > a_.first || n.last < a_.last || (a_.embed && !n.embed) || (a_.head && !n.head) ||
+      n.max_slots != a_.max_slots || n.max_tokens != a_.max_tokens || n.dtype != a_.dtype)
+    fail("Recover from rank {}: layers {}-{} with other limits, this rank (stage {}) holds layers {}-{}: a "
+         "recovery may only add layers to a stage",
+         coord_, n.first, n.last - 1, a_.stage, a_.first, a_.last - 1);
   if (loop_) {
     loop_->abandon();
     retired_.push_back(std::move(loop_));
+  }
+  double load_s = 0;
+  if (wider) {  // a re-partition: this stage takes on layers of a lost neighbour
+    const auto t0 = Clock::now();
+    const ModelConfig& cfg = source_.get().config();
+    const int more = (a_.first - n.first) + (n.last - a_.last);
+    const uint64_t per_layer = layer_weight_bytes(cfg, a_.dtype);
+    WorkProgress progress(o_.progress, fmt::format("rank {} stage {}: loading {} more layer(s) (to hold {}-{})",
+                                                   t_.rank(), n.stage, more, n.first, n.last - 1),
+                          per_layer * uint64_t(more), uint64_t(more), "layers");
+    StageSpec spec{n.first, n.last, n.embed != 0, n.head != 0, n.dtype, n.max_slots};
+    stage_->extend(source_.get(), spec,
+                   [&](int done, int) { progress.update(per_layer * uint64_t(done), uint64_t(done)); });
+    progress.finish();
+    load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   }
   a_ = n;
   loop_ = std::make_unique<StepLoop>(t_, *stage_, a_);
   loop_->set_wait_hook(wait_hook_);
   loop_->restore(slots);
+  return ready_msg(load_s);
 }
 
 void StageRank::serve_recover(const Message& m) {
@@ -160,11 +183,29 @@ void StageRank::serve_recover(const Message& m) {
   const std::string what = fmt::format("Restore from rank {}", coord_);
   std::vector<SlotRestore> slots = decode_restore(decode_message({body.data(), c.bytes}, body.size()), what);
   if (slots.size() != r.restores) fail("{}: {} slots, its Recover announced {}", what, slots.size(), r.restores);
-  recover(r, slots);
+  const int first = a_.first, last = a_.last;
+  RecoveredMsg done;
+  try {
+    done.ready = recover(r, slots);
+  } catch (const PeerLost&) {
+    throw;
+  } catch (const std::exception& e) {
+    // E.g. a layer this rank's copy of the model cannot give: the coordinator ends the job with
+    // this message (the old loop is gone; this rank waits to be told to stop).
+    fmt::print(stderr, "rank {}: cannot take layers {}-{} (epoch {}): {}\n", t_.rank(), r.assign.first,
+               r.assign.last - 1, r.assign.epoch, e.what());
+    send_blocking(t_, coord_, kTagCtrl, encode_error(e.what()));
+    return;
+  }
+  done.epoch = a_.epoch;
   fmt::print(stderr, "rank {} (stage {}, layers {}-{}): re-wired in epoch {} (previous rank {}, next rank {}), "
-             "{} slot(s) restored\n", t_.rank(), a_.stage, a_.first, a_.last - 1, a_.epoch, a_.prev_rank,
-             a_.next_rank, slots.size());
-  send_blocking(t_, coord_, kTagCtrl, encode_recovered(a_.epoch));
+             "{} slot(s) restored{}\n", t_.rank(), a_.stage, a_.first, a_.last - 1, a_.epoch, a_.prev_rank,
+             a_.next_rank, slots.size(),
+             first != a_.first || last != a_.last
+                 ? fmt::format("; re-partition: held layers {}-{}, loaded the others in {:.3f} s", first, last - 1,
+                               done.ready.load_seconds)
+                 : "");
+  send_blocking(t_, coord_, kTagCtrl, encode_recovered(done));
 }
 
 void StageRank::heartbeat(std::vector<uint8_t>& buf, RequestId& req, uint64_t& seq) {

@@ -57,10 +57,13 @@ class StageRank {
   // The step loop, after load() succeeded (null before, or after a failure; null too after
   // the load of a standby's Assign, until its recover()).
   StepLoop* loop() { return loop_.get(); }
-  // Recovery: the pipeline is re-wired in a new epoch (m.assign: this stage's layers, new
-  // neighbours). Abandons the old loop (kept until this object goes: its retired sends may
-  // still read their buffers), starts a new one and restores `slots` into it.
-  void recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots);
+  // Recovery: the pipeline is re-wired in a new epoch (m.assign: this stage's layers, or after a
+  // re-partition more layers around them, which it reads first: Stage::extend; new neighbours).
+  // Abandons the old loop (kept until this object goes: its retired sends may still read their
+  // buffers), starts a new one and restores `slots` into it. Returns the stage's Ready as it is
+  // now (load_seconds: of the added layers, 0 when none). Throws when the layers cannot be read
+  // or the Recover asks for fewer layers or other limits.
+  ReadyMsg recover(const RecoverMsg& m, const std::vector<SlotRestore>& slots);
   // The wait hook of every loop this rank makes (StepLoop::set_wait_hook); serve() sets its
   // own (a control message has arrived), the coordinator's own stage the engine's.
   void set_wait_hook(std::function<bool()> f);
@@ -80,6 +83,7 @@ class StageRank {
   std::unique_ptr<StepLoop> loop_;
   std::vector<std::unique_ptr<StepLoop>> retired_;  // abandoned loops (see recover())
   AssignMsg a_;
+  ReadyMsg ready_msg(double load_seconds) const;
   // serve(): the Recover from the coordinator, with its restores (kTagRestore).
   void serve_recover(const Message& m);
   // serve(): whether a control message has arrived (in ctrl_buf_, ctrl_len_ bytes); never

@@ -231,7 +231,7 @@ Seeds seeds_wire() {
           {"snapshot", str(encode_snapshot(snap))},
           {"recover", str(encode_recover(recover))},
           {"restore", str(encode_restore({fresh, kept}))},
-          {"recovered", str(encode_recovered(2))},
+          {"recovered", str(encode_recovered({2, ready}))},
           {"heartbeat", str(encode_heartbeat(3, stats))},
           {"step", str(encode_step(st, hidden.data(), hidden.size()))},
           {"result", str(encode_result(res))},

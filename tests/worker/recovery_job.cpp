@@ -54,10 +54,11 @@ std::vector<std::string> Job::coordinator_args(const std::string& out, const std
 }
 
 std::vector<std::string> worker(const std::string& addr, const std::string& key, const std::string& pidfile,
-                                double delay_s) {
+                                double delay_s, const std::string& extra) {
   return {"/bin/sh", "-c",
           "sleep " + std::to_string(delay_s) + "; echo $$ > " + pidfile + "; exec " + rwkvpp_binary() +
-              " worker --join " + addr + " --cluster-key " + key + " --threads 1 --timeout 60"};
+              " worker --join " + addr + " --cluster-key " + key + " --threads 1 --timeout 60" +
+              (extra.empty() ? "" : " " + extra)};
 }
 
 std::string wait_for_records(const std::string& out, int lines) {

@@ -36,9 +36,10 @@ struct Job {
 };
 
 // A worker daemon that writes its pid first (exec keeps it), so that a killer can name it;
-// started `delay_s` after the others (the join order gives the ranks).
+// started `delay_s` after the others (the join order gives the ranks); `extra`: more of its
+// options (e.g. "--memory 0.5").
 std::vector<std::string> worker(const std::string& addr, const std::string& key, const std::string& pidfile,
-                                double delay_s);
+                                double delay_s, const std::string& extra = "");
 
 // Shell text: waits (bounded, 60 s) until `out` has at least `lines` records; leaves $c = the
 // count and fails (exit 1) when the job ended first or did not get there.
