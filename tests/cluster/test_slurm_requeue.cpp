@@ -73,15 +73,20 @@ TEST_CASE(
   const std::string out_a = d / "a.jsonl", out_b = d / "b.jsonl";
 
   // The standard job through both templates, 3 ranks: a worker rank will be killed in each.
-  std::string a = slurm.submit("-n 3 --ntasks-per-node=3 -o " + d / "a.log " + one_node + " " +
-                               job + " -o " + out_a);
+  // When a rank dies or aborts, mpirun waits 2 x its sigkill timeout before the last kill (the
+  // template's 5 s are for rank 0's last steps at a time limit): 1 s here.
+  const std::string quick_abort = "OMPI_MCA_odls_base_sigkill_timeout=1";
+  std::string a = slurm.submit(
+      "-n 3 --ntasks-per-node=3 -o " + d / "a.log " + one_node + " " + job + " -o " + out_a,
+      quick_abort);
   std::string b = slurm.submit("-N 1 -n 3 --ntasks-per-node=3 -o " + d / "b.log " + multi_node +
                                " " + job + " -o " + out_b);
   // The same job with a typo in its model path, through both templates: refused (exit 2).
   std::string bad_job = job;
   bad_job.replace(bad_job.find(byte_model()), byte_model().size(), d / "no-such-model");
   std::string bad_a = slurm.submit("-n 2 --ntasks-per-node=2 -o " + d / "bad-a.log " + one_node +
-                                   " " + bad_job + " -o " + d / "bad-a.jsonl");
+                                       " " + bad_job + " -o " + d / "bad-a.jsonl",
+                                   quick_abort);
   std::string bad_b = slurm.submit("-N 1 -n 2 --ntasks-per-node=2 -o " + d / "bad-b.log " +
                                    multi_node + " " + bad_job + " -o " + d / "bad-b.jsonl");
   // A "rank" that dies of SIGKILL on every run, as on a node that keeps failing.
@@ -96,7 +101,7 @@ TEST_CASE(
     INFO(k.out << "\n" << read_file(d / "a.log") << "\n" << read_file(d / "b.log"));
     REQUIRE(k.exit_code == 0);
   }
-  {  // the refused command: no requeue (mpirun ends the ranks after 2 x its sigkill timeout)
+  {  // the refused command: no requeue
     std::string sa = slurm.wait(bad_a, 60), sb = slurm.wait(bad_b, 60);
     const std::string la = read_file(d / "bad-a.log"), lb = read_file(d / "bad-b.log");
     INFO(la << "\n" << lb);
