@@ -58,6 +58,12 @@ template <typename... Args>
   throw Error(fmt::format(f, std::forward<Args>(args)...));
 }
 
+// fail() for what the command was given (an InputError).
+template <typename... Args>
+[[noreturn]] void fail_input(fmt::format_string<Args...> f, Args&&... args) {
+  throw InputError(fmt::format(f, std::forward<Args>(args)...));
+}
+
 [[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
 
 }  // namespace rwkvpp
