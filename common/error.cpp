@@ -3,8 +3,8 @@
 namespace rwkvpp {
 
 void check_failed(const char* expr, const char* file, int line, const std::string& msg) {
-  throw Error(fmt::format("internal error: check `{}` failed at {}:{}{}{}", expr, file, line,
-                          msg.empty() ? "" : ": ", msg));
+  throw InternalError(fmt::format("internal error: check `{}` failed at {}:{}{}{}", expr, file,
+                                  line, msg.empty() ? "" : ": ", msg));
 }
 
 }  // namespace rwkvpp

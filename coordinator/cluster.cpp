@@ -376,12 +376,13 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
   // coordinator, which may be finishing a job gracefully (rwkvpp batch), sends Shutdown.
   if (rank != coord) std::signal(SIGTERM, SIG_IGN);
   try {
-    check_options(opt, size);
+    as_input_error([&] { check_options(opt, size); });
     if (rank == coord && opt.on_coordinator_start) opt.on_coordinator_start();
     if (!opt.trace.empty()) trace::start(opt.trace_steps);
     // The weights: a converted model (only its attributes now; layers after the assignment), or
-    // random weights generated on each rank.
-    const ModelSource source = open_model_source(opt.model, opt.synthetic, opt.synthetic_seed, opt.dtype);
+    // random weights generated on each rank. A model that cannot be opened is the command's.
+    const ModelSource source = as_input_error(
+        [&] { return open_model_source(opt.model, opt.synthetic, opt.synthetic_seed, opt.dtype); });
     if (rank != coord) return run_stage_rank(t, coord, source, stage_options(opt, rank, size));
     return run_coordinator(t, opt, source, body);
   } catch (const PeerLost& e) {
@@ -401,7 +402,8 @@ int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& bo
     if (size == 1) throw;
     fmt::print(stderr, "rwkvpp: error on rank {}: {}\n", rank, e.what());
     std::fflush(stderr);
-    t.abort(1);
+    // The code every rank ends with (mpirun and srun pass it on): see kExitBadInput.
+    t.abort(dynamic_cast<const InputError*>(&e) ? kExitBadInput : 1);
   }
   return 1;  // not reached: abort() does not return
 }

@@ -29,11 +29,11 @@ struct BenchArgs {
 std::vector<int> parse_list(const std::string& s, const char* flag, int max) {
   std::vector<int> v;
   for_each_number(s, [&](const std::string& item, std::optional<long long> x) {
-    if (!x) fail("{}: '{}' is not a whole number", flag, item);
-    if (*x < 1 || *x > max) fail("{}: {} is out of range (1 to {})", flag, item, max);
+    if (!x) fail_input("{}: '{}' is not a whole number", flag, item);
+    if (*x < 1 || *x > max) fail_input("{}: {} is out of range (1 to {})", flag, item, max);
     v.push_back(int(*x));
   });
-  if (v.empty()) fail("{}: no sizes given", flag);
+  if (v.empty()) fail_input("{}: no sizes given", flag);
   return v;
 }
 
@@ -145,15 +145,17 @@ void add_bench_command(CLI::App& app, Action& run) {
   add_cluster_tuning_options(c, a->cluster);
   c->callback([a, &run] {
     run = [a] {
-      if (a->cluster.model.empty() && a->cluster.synthetic.empty()) fail("bench needs --model or --synthetic");
-      if (!a->cluster.synthetic.empty()) a->cluster.synthetic = synthetic_shape_name(a->cluster.synthetic, a->version);
+      if (a->cluster.model.empty() && a->cluster.synthetic.empty()) fail_input("bench needs --model or --synthetic");
+      if (!a->cluster.synthetic.empty())
+        a->cluster.synthetic =
+            as_input_error([&] { return synthetic_shape_name(a->cluster.synthetic, a->version); });
       auto batches = parse_list(a->batches, "--batch", 1 << 16);
       auto prompts = parse_list(a->prompts, "--prompt", 1 << 24);
       auto contexts =
           a->contexts.empty() ? std::vector<int>{} : parse_list(a->contexts, "--context", 1 << 24);
-      if (a->gen < 1) fail("--gen: {} tokens; at least 1 is needed to time a decode step", a->gen);
+      if (a->gen < 1) fail_input("--gen: {} tokens; at least 1 is needed to time a decode step", a->gen);
       if (!(a->temperature >= 0 && a->temperature <= 100))
-        fail("--temperature: {} is out of range (0 to 100)", a->temperature);
+        fail_input("--temperature: {} is out of range (0 to 100)", a->temperature);
       ClusterOptions opt = a->cluster;
       opt.measure_floors = true;
       int max_b = *std::max_element(batches.begin(), batches.end());
@@ -176,7 +178,7 @@ void add_bench_command(CLI::App& app, Action& run) {
         // at once rather than after a long run.
         if (!a->out.empty()) {
           out_file.open(a->out);
-          if (!out_file) fail("--out: cannot write '{}'", a->out);
+          if (!out_file) fail_input("--out: cannot write '{}'", a->out);
         }
         cfg = e.config();
         time_decode(e, 1, 4, 0);  // warm-up: first-touch allocations, workspaces, graphs

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
   }
   try {
     return run ? run() : 0;
+  } catch (const rwkvpp::InputError& e) {  // what the command was given: rerunning fails the same way
+    fmt::print(stderr, "rwkvpp: error: {}\n", e.what());
+    return rwkvpp::kExitBadInput;
   } catch (const std::exception& e) {
     fmt::print(stderr, "rwkvpp: error: {}\n", e.what());
     return 1;

@@ -70,16 +70,28 @@ ordered_json sampling_json(const BatchOptions& o) {
   return d;
 }
 
-int batch_body(Engine& e, const BatchOptions& o) {
-  if (stop_requested()) return kBatchStopped;
-  auto tok = tokenizer_for(o.cluster.model, o.tokenizer);
-  const uint64_t fingerprint = ModelReader(o.cluster.model).fingerprint();
+// What the job reads before it runs anything: the tokenizer, the prefix, the scanned input and
+// the journal (the output, this job's from now on).
+struct JobInput {
+  std::unique_ptr<Tokenizer> tok;
+  uint64_t fingerprint = 0;  // the model's
+  std::vector<int32_t> shared_ids;  // the --prefix-file's tokens
+  InputScan scan;
+  std::string rejects_path;
+  std::unique_ptr<Journal> journal;  // null: a signal stopped the scan
+};
 
-  std::vector<int32_t> shared_ids;
+// Opens the job; its errors are the command's (as_input_error in batch_body).
+JobInput open_job(Engine& e, const BatchOptions& o) {
+  JobInput in;
+  in.tok = tokenizer_for(o.cluster.model, o.tokenizer);
+  in.fingerprint = ModelReader(o.cluster.model).fingerprint();
+  std::vector<int32_t>& shared_ids = in.shared_ids;
+  const Tokenizer& tok = *in.tok;
   ordered_json prefix_meta = nullptr;
   if (!o.prefix_file.empty()) {
     std::string text = read_text_file(o.prefix_file, "--prefix-file");
-    shared_ids = tok->encode(text);
+    shared_ids = tok.encode(text);
     prefix_meta = {{"path", o.prefix_file},
                    {"bytes", text.size()},
                    {"fnv1a64", hex64(fnv1a64(text.data(), text.size()))},
@@ -87,7 +99,8 @@ int batch_body(Engine& e, const BatchOptions& o) {
   }
 
   // Scan and validate the input; bad lines go to the rejects file (rewritten on every run).
-  const std::string rejects_path = o.rejects.empty() ? o.output + ".rejects.jsonl" : o.rejects;
+  in.rejects_path = o.rejects.empty() ? o.output + ".rejects.jsonl" : o.rejects;
+  const std::string& rejects_path = in.rejects_path;
   // Written beside and renamed into place once the journal is ours (another job may hold it).
   const std::string rejects_tmp = rejects_path + ".tmp";
   std::ofstream rejects(rejects_tmp, std::ios::binary | std::ios::trunc);
@@ -101,7 +114,7 @@ int batch_body(Engine& e, const BatchOptions& o) {
   }
   BatchDefaults defaults = o.defaults;
   defaults.vocab_size = e.config().vocab_size;
-  InputScan scan = scan_input(
+  in.scan = scan_input(
       o.input, defaults,
       [&](const Reject& r) {
         if (format == InputFormat::OpenAI) {
@@ -117,8 +130,9 @@ int batch_body(Engine& e, const BatchOptions& o) {
   if (!rejects) fail("cannot write --rejects '{}'", rejects_tmp);
   if (stop_requested()) {
     std::remove(rejects_tmp.c_str());
-    return kBatchStopped;
+    return in;
   }
+  const InputScan& scan = in.scan;
   if (scan.rejected > 0)
     fmt::print(stderr,
                "batch: {} bad line(s) skipped; each is in '{}' with its line number and reason\n",
@@ -131,8 +145,8 @@ int batch_body(Engine& e, const BatchOptions& o) {
                    {"bytes", scan.bytes},
                    {"fnv1a64", hex64(scan.hash)},
                    {"format", format_name(format)}};
-  meta["model"] = {{"path", o.cluster.model}, {"fingerprint", hex64(fingerprint)}};
-  meta["tokenizer"] = {{"kind", tok->kind()}, {"flag", o.tokenizer}};
+  meta["model"] = {{"path", o.cluster.model}, {"fingerprint", hex64(in.fingerprint)}};
+  meta["tokenizer"] = {{"kind", tok.kind()}, {"flag", o.tokenizer}};
   meta["prefix"] = prefix_meta;
   meta["defaults"] = sampling_json(o);
   // What decides the records' arithmetic: a resume on other devices or another compute dtype
@@ -145,16 +159,27 @@ int batch_body(Engine& e, const BatchOptions& o) {
                "records are reproducible only by an identical run, and a resumed job will differ "
                "from an uninterrupted one\n",
                num.layers);
-  std::unique_ptr<Journal> journal_owner;
   try {
-    journal_owner = std::make_unique<Journal>(o.output, meta, o.fsync_interval_s);
+    in.journal = std::make_unique<Journal>(o.output, meta, o.fsync_interval_s);
   } catch (...) {
     std::remove(rejects_tmp.c_str());
     throw;
   }
-  Journal& journal = *journal_owner;
   if (std::rename(rejects_tmp.c_str(), rejects_path.c_str()) != 0)
     fail("cannot rename '{}' to --rejects '{}'", rejects_tmp, rejects_path);
+  return in;
+}
+
+int batch_body(Engine& e, const BatchOptions& o) {
+  if (stop_requested()) return kBatchStopped;
+  // What the command was given: an error here fails the same way when rerun (kExitBadInput).
+  JobInput in = as_input_error([&] { return open_job(e, o); });
+  if (!in.journal) return kBatchStopped;
+  const Tokenizer& tok = *in.tok;
+  const InputScan& scan = in.scan;
+  const std::string& rejects_path = in.rejects_path;
+  const PipelineNumerics& num = e.numerics();
+  Journal& journal = *in.journal;
 
   // The records already there that belong to the input: one pass over them (not over every
   // sample the input asks for, which may be many).
@@ -179,14 +204,14 @@ int batch_body(Engine& e, const BatchOptions& o) {
   uint64_t abandoned = 0, saved = 0, states = 0;
   OpenAIOutput openai;
   openai.input_hash = scan.hash;
-  openai.fingerprint = system_fingerprint(fingerprint, num.dtype, num.layers);
-  openai.tok = tok.get();
+  openai.fingerprint = system_fingerprint(in.fingerprint, num.dtype, num.layers);
+  openai.tok = &tok;
   openai.stop_ids = o.stop_ids;
-  for (int32_t id : end_of_text_ids(*tok))  // as the server stops
+  for (int32_t id : end_of_text_ids(tok))  // as the server stops
     if (std::find(openai.stop_ids.begin(), openai.stop_ids.end(), id) == openai.stop_ids.end())
       openai.stop_ids.push_back(id);
   if (done < scan.samples) {
-    BatchRunner runner(e, *tok, o, scan, journal, progress, shared_ids, openai);
+    BatchRunner runner(e, tok, o, scan, journal, progress, in.shared_ids, openai);
     try {
       runner.run();
       abandoned = runner.abandoned();
@@ -235,7 +260,9 @@ uint64_t record_seed(uint64_t job_seed, const std::string& id_key, int index) {
   return splitmix64(splitmix64(job_seed ^ fnv1a64(id_key.data(), id_key.size())) + uint64_t(index));
 }
 
-int run_batch(const BatchOptions& o) {
+namespace {
+
+void check_batch_options(const BatchOptions& o) {
   if (o.input.empty() || o.output.empty()) fail("give --input and --output");
   if (o.defaults.n < 1 || o.defaults.n > kMaxSamples)
     fail("--n must be in [1, {}] (got {})", kMaxSamples, o.defaults.n);
@@ -248,6 +275,12 @@ int run_batch(const BatchOptions& o) {
     fail("--auto-prefix-min must be at least 1 (got {})", o.auto_prefix_min);
   if (o.auto_prefix_states < 1 || o.auto_prefix_states > 4096)
     fail("--auto-prefix-states must be in [1, 4096] (got {})", o.auto_prefix_states);
+}
+
+}  // namespace
+
+int run_batch(const BatchOptions& o) {
+  as_input_error([&] { check_batch_options(o); });
   install_stop_handlers();  // run_cluster makes worker ranks ignore SIGTERM
   ClusterOptions cluster = o.cluster;
   // The shared states' slots, on every stage beside those of the running sequences.

@@ -6,69 +6,14 @@
 // ranks, says where it listens, answers a completion, and on Slurm's SIGTERM stops with exit 0.
 // The test skips (passes with a warning) only when slurmctld cannot be started at all (not
 // root, no slurm-wlm/munge); it stops Slurm at the end.
-#include <fmt/format.h>
-#include <unistd.h>
-
-#include <filesystem>
-#include <regex>
+#include <string>
 
 #include "catch.h"
+#include "cluster/local_slurm.h"
 #include "coordinator/batch_fixture.h"
 #include "helpers.h"
 
 using namespace rwkvpp::test;
-
-namespace {
-
-std::string repo_root() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().string();
-}
-
-// The environment of every Slurm command: our own cluster's config, and what the jobs need.
-struct LocalSlurm {
-  std::string dir, env, script;
-  bool up = false;
-  LocalSlurm() {
-    // Under /tmp directly: munged wants every directory above its socket to be searchable.
-    dir = fmt::format("/tmp/rwkvpp-slurm-test-{}", getpid());
-    int port = 20000 + 2 * (getpid() % 5000);
-    script = repo_root() + "/cluster/local-slurm.sh";
-    env = fmt::format(
-        "export RWKVPP_SLURM_DIR={} RWKVPP_SLURM_PORT={} SLURM_CONF={}/slurm.conf RWKVPP={} "
-        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; ",
-        dir, port, dir, rwkvpp_binary());
-  }
-  ~LocalSlurm() {
-    if (up) run(env + script + " stop", 120);
-  }
-  // Submits `args` with sbatch (`vars`: the submitting shell's extra environment); returns the
-  // job id.
-  std::string submit(const std::string& args, const std::string& vars = {}) {
-    auto r = run(env + vars + " sbatch --parsable " + args, 60);
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    std::string id = r.out.substr(0, r.out.find_first_not_of("0123456789"));
-    REQUIRE(!id.empty());
-    return id;
-  }
-  // Waits for the job to end; returns "STATE exit" (e.g. "COMPLETED 0:0").
-  std::string wait(const std::string& id, int timeout_s = 240) {
-    auto r = run(
-        env + fmt::format("for i in $(seq 1 {}); do s=$(scontrol show job {} -o); "
-                          "st=$(echo \"$s\" | sed -n 's/.*JobState=\\([A-Z_]*\\).*/\\1/p'); "
-                          "case $st in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY) "
-                          "echo \"$st $(echo \"$s\" | sed -n 's/.* "
-                          "ExitCode=\\([0-9:]*\\).*/\\1/p')\"; exit 0;; esac; "
-                          "sleep 0.25; done; echo TIMEOUT-WAITING",
-                          timeout_s * 4, id),
-        timeout_s + 30);
-    std::string s = r.out;
-    while (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
-};
-
-}  // namespace
 
 TEST_CASE(
     "batch jobs under a one-node Slurm (sbatch + mpirun, sbatch + srun --mpi=pmix) equal a run "
@@ -76,14 +21,7 @@ TEST_CASE(
     "[slurm]") {
   const auto& ref = standard_reference();  // before Slurm starts: the two share the cores
   LocalSlurm slurm;
-  auto start = run(slurm.env + slurm.script + " start", 180);
-  if (start.exit_code == 3) {
-    WARN("SKIPPED: slurmctld cannot be started here: " << start.err);
-    return;
-  }
-  slurm.up = true;  // stop (and clean up) even when only part of it came up
-  INFO(start.out << start.err);
-  REQUIRE(start.exit_code == 0);
+  if (!slurm.start()) return;  // skipped: slurmctld cannot start here
 
   TempDir d;
   write_standard_prompts(d / "in.jsonl");

@@ -199,7 +199,7 @@ TEST_CASE("--n and --max-tokens beyond their bounds are refused at once", "[batc
   for (const char* flags : {"--n 2147483647", "--n 100001", "--n 0", "-n 16777217"}) {
     INFO(flags);
     auto r = run(batch(d.path(), flags), 60);
-    CHECK(r.exit_code != 0);
+    CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
     CHECK(r.err.find(std::string(flags).substr(0, 3) == "--n"
                          ? "--n must be in [1, 100000]"
                          : "--max-tokens must be in [0, 16777216]") != std::string::npos);
@@ -219,7 +219,7 @@ TEST_CASE("an output made from another input, model or defaults is refused with 
              "{\"id\": 1, \"prompt\": \"abc\"}\n{\"id\": 2, \"prompt\": \"xyz\"}\n");
   auto r = run(rwkvpp_binary() + " batch -m " + byte_model() + " -i " + d / "in2.jsonl" + " -o " +
                d / "out.jsonl -n 3");
-  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
   CHECK(r.err.find("the input has changed") != std::string::npos);
 
   // Another model: the same weights stored as fp16 have another fingerprint.
@@ -228,18 +228,18 @@ TEST_CASE("an output made from another input, model or defaults is refused with 
               .exit_code == 0);
   r = run(rwkvpp_binary() + " batch -m " + d / "m16" + " -i " + d / "in.jsonl" + " -o " +
           d / "out.jsonl -n 3");
-  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
   CHECK(r.err.find("the model is not the one") != std::string::npos);
 
   r = run(batch(d.path(), "-n 3 --temperature 0.7"));
-  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
   CHECK(r.err.find("the default 'temperature' differs") != std::string::npos);
 
   // Other arithmetic: the model's fp32 matrices computed as int8 would not continue the
   // same records. The meta names what the output was made with.
   CHECK(read_file(d / "out.jsonl.meta.json").find("\"layers\": \"0-3 cpu\"") != std::string::npos);
   r = run(batch(d.path(), "-n 3 --compute-dtype int8"));
-  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
   CHECK(r.err.find("the arithmetic differs") != std::string::npos);
   CHECK(r.err.find("int8") != std::string::npos);
 
@@ -247,10 +247,32 @@ TEST_CASE("an output made from another input, model or defaults is refused with 
   write_file(d / "other.jsonl", "{\"something\": 1}\n");
   r = run(rwkvpp_binary() + " batch -m " + byte_model() + " -i " + d / "in.jsonl" + " -o " +
           d / "other.jsonl");
-  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code == 2);  // kExitBadInput: rerunning cannot help
   CHECK(r.err.find("not written by rwkvpp batch") != std::string::npos);
 
   CHECK(read_file(d / "out.jsonl") == before);  // refusals touch nothing
+}
+
+TEST_CASE("a model or input that cannot be opened exits 2, as a refused value does", "[batch]") {
+  // cluster/*.sbatch requeue a job after a failure but never after exit 2 (or CLI11's 100-127).
+  TempDir d;
+  write_file(d / "in.jsonl", "{\"id\": 1, \"prompt\": \"p\"}\n");
+  auto r = run(rwkvpp_binary() + " batch -m " + d / "no-model" + " -i " + d / "in.jsonl" + " -o " +
+               d / "out.jsonl");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("no-model' does not exist") != std::string::npos);
+  r = run(batch(d.path(), "--temprature 1"));  // a typo in a flag: CLI11's codes, 100-127
+  INFO(r.err);
+  CHECK(r.exit_code >= 100);
+  CHECK(r.exit_code <= 127);
+  r = run(rwkvpp_binary() + " batch -m " + byte_model() + " -i " + d / "missing.jsonl" + " -o " +
+          d / "out.jsonl");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("cannot open --input") != std::string::npos);
+  r = run(batch(d.path(), "--max-batch 0"));
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("--max-batch: 0 sequences per step") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(d / "out.jsonl"));
 }
 
 TEST_CASE("a torn last line is dropped and the missing records are redone identically", "[batch]") {

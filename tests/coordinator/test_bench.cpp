@@ -95,13 +95,13 @@ struct Refusal {
   const char* message;
 };
 
-// `command` + each case's args must fail with exit code 1, the message on stderr and no
-// measurement on stdout.
+// `command` + each case's args must be refused (exit code 2, kExitBadInput: the command cannot
+// run as given), with the message on stderr and no measurement on stdout.
 void check_refused(const std::string& command, std::initializer_list<Refusal> cases) {
   for (const Refusal& c : cases) {
     auto r = run(command + c.args, 60);
     INFO(c.args << "\n" << r.err);
-    CHECK(r.exit_code == 1);
+    CHECK(r.exit_code == 2);
     CHECK(r.err.find(c.message) != std::string::npos);
     CHECK(r.out.find("decode") == std::string::npos);  // failed before any measurement
   }
