@@ -1,6 +1,7 @@
 // The RWKVPP_* tuning switches (common/env_options.h): the defaults, every variable's values as
 // its former reader took them, the warnings for tolerated malformed text, the errors for refused
-// values, and the once-parsed process options with their override and reload hooks.
+// values, that every variable is in docs/environment.md, and the once-parsed process options
+// with their override and reload hooks.
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -167,6 +168,11 @@ TEST_CASE("env options: refused values are errors naming every such variable", "
   });
   CHECK(contains(both, "RWKVPP_UCX_ERRORS"));
   CHECK(contains(both, "RWKVPP_SAMPLE_THREADS"));
+}
+
+TEST_CASE("env options: every variable is documented in docs/environment.md", "[common]") {
+  const std::string doc = read_file(std::string(RWKVPP_SOURCE_DIR) + "/docs/environment.md");
+  for (const std::string& n : variable_names()) CHECK(contains(doc, "`" + n + "`"));
 }
 
 TEST_CASE("env options: parsed once; override and reload for what rewrote the environment",
