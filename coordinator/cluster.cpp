@@ -365,7 +365,8 @@ int run_coordinator(Transport& t, const ClusterOptions& opt, const ModelSource& 
 }  // namespace
 
 int run_cluster(const ClusterOptions& opt, const std::function<int(Engine&)>& body) {
-  // The transport reads RWKVPP_PEER_TIMEOUT_S when it is made, so the stretch comes first.
+  // The transport takes its liveness timeout (RWKVPP_PEER_TIMEOUT_S, env_options()) when it is
+  // made, so the stretch comes first.
   if (!opt.transport && opt.listen.empty() &&
       env_int({"RWKVPP_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0) != 0)
     stretch_worker_timeout();

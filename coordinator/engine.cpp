@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <deque>
 
+#include "common/env_options.h"
 #include "common/trace.h"
 #include "coordinator/engine_seq.h"
 #include "net/test_and_clear.h"
@@ -41,9 +42,9 @@ Engine::Engine(Transport& t, const ModelConfig& cfg, std::vector<int> stage_rank
   hreq_ = t_.post_recv(kAnyPeer, kTagHeartbeat, hbuf_.data(), hbuf_.size());
   // The same liveness timeout as the transport's (net/liveness.h): a stage that sent nothing,
   // not even a heartbeat, for this long while steps are in flight is named as lost.
-  double timeout = 20;
-  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && std::atof(e) > 0) timeout = std::atof(e);
-  peer_timeout_ = std::chrono::milliseconds(int64_t(timeout * 1000));
+  // RWKVPP_PEER_TIMEOUT_S=0 turns the transports' check off, not this one: it keeps 20 s.
+  const double s = env_options().net.peer_timeout_s;
+  peer_timeout_ = std::chrono::milliseconds(int64_t((s > 0 ? s : 20) * 1000));
 }
 
 Engine::~Engine() {

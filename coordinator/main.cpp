@@ -2,6 +2,7 @@
 // error ends here as one line on stderr and a non-zero exit code.
 #include <fmt/format.h>
 
+#include "common/env_options.h"
 #include "common/error.h"
 #include "coordinator/cluster_join.h"
 #include "coordinator/commands.h"
@@ -34,6 +35,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    // The RWKVPP_* switches, parsed before any command runs: a malformed one ends here, named,
+    // instead of deep inside a stage (docs/environment.md).
+    rwkvpp::env_options();
     return run ? run() : 0;
   } catch (const rwkvpp::InputError& e) {  // what the command was given: rerunning fails the same way
     fmt::print(stderr, "rwkvpp: error: {}\n", e.what());

@@ -3,23 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
-#include "common/error.h"
+#include "common/env_options.h"
 
 namespace rwkvpp {
 
 std::chrono::milliseconds peer_timeout_from_env() {
-  constexpr std::chrono::milliseconds kDefault{20000};
-  const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S");
-  if (!e || !*e) return kDefault;
-  char* end = nullptr;
-  double s = std::strtod(e, &end);
-  if (end == e || *end != '\0' || !std::isfinite(s) || s < 0 || s > 1e7)
-    fail("RWKVPP_PEER_TIMEOUT_S='{}' is not a number of seconds (0 disables the liveness check)",
-         e);
-  return std::chrono::milliseconds(int64_t(std::llround(s * 1000)));
+  return std::chrono::milliseconds(int64_t(std::llround(env_options().net.peer_timeout_s * 1000)));
 }
 
 Liveness::Liveness(int n_peers, std::chrono::milliseconds timeout, Clock::time_point now)

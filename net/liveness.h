@@ -17,8 +17,9 @@
 
 namespace rwkvpp {
 
-// The liveness timeout from RWKVPP_PEER_TIMEOUT_S (seconds, fractional allowed; default 20).
-// "0" disables liveness checks. A malformed value is an Error naming the variable.
+// The liveness timeout: env_options().net.peer_timeout_s, i.e. RWKVPP_PEER_TIMEOUT_S (seconds,
+// fractional allowed; default 20; 1.5x on a stage rank, stretch_worker_timeout). "0" disables
+// liveness checks. A malformed value is an Error naming the variable (common/env_options.h).
 std::chrono::milliseconds peer_timeout_from_env();
 
 class Liveness {

@@ -2,27 +2,21 @@
 #include "worker/host_sampler.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <thread>
 
-#include "common/error.h"
+#include "common/env_options.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace rwkvpp {
 
 HostSampler::HostSampler(int threads) {
   threads_ = std::clamp(int(std::thread::hardware_concurrency()) - 2, 1, 16);
-  if (threads > 0) {
+  if (threads > 0)
     threads_ = threads;
-    return;
-  }
-  if (const char* e = std::getenv("RWKVPP_SAMPLE_THREADS"); e && *e) {
-    const long v = std::atol(e);
-    if (v < 1 || v > 1024) fail("RWKVPP_SAMPLE_THREADS='{}': give a thread count from 1 to 1024", e);
-    threads_ = int(v);
-  }
+  else if (const int v = env_options().stage.sample_threads; v > 0)  // RWKVPP_SAMPLE_THREADS
+    threads_ = v;
 }
 
 HostSampler::~HostSampler() = default;

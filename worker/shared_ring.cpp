@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 
+#include "common/env_options.h"
 #include "common/error.h"
 
 namespace rwkvpp {
@@ -13,13 +14,7 @@ namespace {
 // Device-sequenced rings (hops inside the layers' recording) only with RWKVPP_SHARE_GRAPH=1:
 // faster by ~8 us per hop in their first form (docs/perf.md, seventh session, item 6), not yet
 // run on a GPU in this one.
-bool rings_wanted() {
-  static const bool on = [] {
-    const char* e = std::getenv("RWKVPP_SHARE_GRAPH");
-    return e && std::string(e) == "1";
-  }();
-  return on;
-}
+bool rings_wanted() { return env_options().stage.share_graph; }
 
 std::unique_ptr<SharedRing> make_ring(Backend& be, bool receive,
                                       const std::vector<std::unique_ptr<SharedBuffer>>& slots,

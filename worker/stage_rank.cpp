@@ -5,10 +5,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <thread>
 
 #include "common/env.h"
+#include "common/env_options.h"
 #include "common/memory_use.h"
 #include "common/trace.h"
 #include "protocol/ctrl_io.h"
@@ -44,7 +44,7 @@ StageRank::StageRank(Transport& t, int coord, const ModelSource& source, const S
   if (o_.batch_invariant != "auto") be_->set_batch_invariant(o_.batch_invariant == "on");
   // A GPU rank owns its host cores: poll for the next step instead of napping, so a stage
   // hop adds microseconds, not a scheduler tick (RWKVPP_SPIN_US overrides; docs/perf-log.md).
-  if (!be_->host_memory()) t_.set_spin(std::chrono::microseconds(env_int({"RWKVPP_SPIN_US"}, 50000)));
+  if (!be_->host_memory()) t_.set_spin(std::chrono::microseconds(env_options().stage.spin_us));
   uint64_t offer = uint64_t(be_->free_memory());
   if (o_.memory_limit > 0) offer = std::min(offer, o_.memory_limit);
   HelloMsg h{kProtocolVersion, source_.fingerprint, offer, be_->name(), this_host()};
@@ -290,10 +290,7 @@ int run_stage_rank(Transport& t, int coord, const ModelSource& source, const Sta
 }
 
 void stretch_worker_timeout() {
-  double base = 20;
-  if (const char* e = std::getenv("RWKVPP_PEER_TIMEOUT_S"); e && *e) base = std::atof(e);
-  if (base <= 0) return;  // disabled
-  setenv("RWKVPP_PEER_TIMEOUT_S", fmt::format("{:.3f}", base * 1.5).c_str(), 1);
+  override_env_options([](EnvOptions& o) { o.net.peer_timeout_s *= 1.5; });  // 0 (off) stays 0
 }
 
 }  // namespace rwkvpp

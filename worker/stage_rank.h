@@ -105,8 +105,9 @@ class StageRank {
 int run_stage_rank(Transport& t, int coord, const ModelSource& source, const StageRankOptions& o);
 
 // Ranks other than 0 wait 1.5x longer than the coordinator before declaring a silent peer
-// lost, so that the coordinator, which knows every stage, is the one that names it. Sets
-// RWKVPP_PEER_TIMEOUT_S for the transport made next; call it on a stage rank before that.
+// lost, so that the coordinator, which knows every stage, is the one that names it. Stretches
+// env_options().net.peer_timeout_s (RWKVPP_PEER_TIMEOUT_S) for the transport made next; call it
+// on a stage rank before that.
 void stretch_worker_timeout();
 
 }  // namespace rwkvpp

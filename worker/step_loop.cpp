@@ -5,6 +5,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/env_options.h"
 #include "common/memory_use.h"
 #include "common/trace.h"
 #include "net/test_and_clear.h"
@@ -86,12 +87,10 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
   stats_.first = a.first;
   stats_.last = a.last;
   stats_.backend = stage.backend().name();
-  const char* side = std::getenv("RWKVPP_SIDE_COPIES");
-  const std::string sv = side ? side : "";
-  side_ = sv != "0";
-  side_min_bytes_ = sv == "all" ? 0 : kSideCopyMinBytes;
-  const char* times = std::getenv("RWKVPP_DEVICE_TIMES");
-  timing_ = device_times_ = times && std::string(times) == "1";
+  const EnvOptions::Stage& env = env_options().stage;
+  side_ = env.side_copies != SideCopies::Off;
+  side_min_bytes_ = env.side_copies == SideCopies::All ? 0 : kSideCopyMinBytes;
+  timing_ = device_times_ = env.device_times;
   tracing_ = trace::on();
   if (tracing_) {
     // The device's marks give its spans (CUDA events, read once they have passed). A device
@@ -102,12 +101,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     be.timer_release(probe);
     if (!sync_device_) {
       timing_ = true;
-      if (const char* e = std::getenv("RWKVPP_TRACE_DEVICE_EVERY"); e && *e) {
-        const long v = std::atol(e);
-        if (v < 1 || v > 1000000)
-          fail("RWKVPP_TRACE_DEVICE_EVERY='{}': mark every N-th step on the device, N >= 1", e);
-        trace_every_ = uint64_t(v);
-      }
+      trace_every_ = env.trace_device_every;
       be.fence_wait(be.fence());  // once, at start: the anchor is recorded on an idle device
       anchor_ns_ = trace::now_ns();
       anchor_mark_ = be.timer_mark();
@@ -115,8 +109,7 @@ StepLoop::StepLoop(Transport& t, Stage& stage, const AssignMsg& a)
     idle_ns_ = trace::now_ns();
   }
   // Shared slots: offered to the previous stage; the next stage's offer is awaited (poll_share).
-  const char* share = std::getenv("RWKVPP_SHARE");
-  share_ = !(share && std::string(share) == "0") && !stage.backend().share_kind().empty();
+  share_ = env.share && !stage.backend().share_kind().empty();
   if (!a.head) {
     share_buf_.resize(size_t(64) << 10);
     share_req_ = t_.post_recv(a_.next_rank, tag_share_, share_buf_.data(), share_buf_.size());

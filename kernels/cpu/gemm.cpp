@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/env_options.h"
 #include "common/error.h"
 #include "kernels/quantize.h"
 
@@ -208,8 +209,7 @@ bool isa_supported(Isa isa) {
 namespace {
 
 Isa choose_isa() {
-  if (const char* e = std::getenv("RWKVPP_CPU_ISA"); e && *e) {
-    const std::string s = e;
+  if (const std::string& s = env_options().cpu.isa; !s.empty()) {
     for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
       if (s == isa_name(i)) {
         if (!isa_supported(i)) fail("RWKVPP_CPU_ISA={}: this CPU (or build) lacks it", s);

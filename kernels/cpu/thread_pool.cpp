@@ -1,7 +1,8 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <chrono>
-#include <cstdlib>
+
+#include "common/env_options.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -20,8 +21,7 @@ int64_t now_ns() {
 }
 }  // namespace
 
-ThreadPool::ThreadPool(int threads) {
-  if (const char* e = std::getenv("RWKVPP_CPU_SPIN_US"); e && *e) spin_ns_ = std::atoll(e) * 1000;
+ThreadPool::ThreadPool(int threads) : spin_ns_(env_options().cpu.spin_us * 1000) {
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
 }
 

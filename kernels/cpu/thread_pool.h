@@ -48,7 +48,7 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable wake_;
-  int64_t spin_ns_ = 200000;
+  int64_t spin_ns_;  // spin before sleeping (RWKVPP_CPU_SPIN_US)
 };
 
 }  // namespace rwkvpp::cpu

@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/env_options.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/cuda_common.cuh"
@@ -68,8 +69,7 @@ class CudaBackend final : public Backend {
     // Batch-invariant products (imma.cuh) with RWKVPP_INVARIANT=1 (or set_batch_invariant); the
     // fast paths otherwise. Opt-in until the [cuda][invariance] tests and the cost measurement
     // have run on a GPU (docs/perf.md).
-    const char* inv = std::getenv("RWKVPP_INVARIANT");
-    invariant_ = inv && std::string(inv) == "1";
+    invariant_ = env_options().cuda.invariant;
   }
 
   ~CudaBackend() override {
@@ -348,8 +348,8 @@ class CudaBackend final : public Backend {
       // Decode steps mostly repeat the last table (the same sequences, one token each). Nothing
       // but this upload writes the device copy, so an equal table is not uploaded again: a
       // pageable host-to-device copy less in the step's path (RWKVPP_SEG_CACHE=0: always).
-      static const bool seg_cache = cuda::switch_on("RWKVPP_SEG_CACHE");
-      const bool same = seg_cache && segs_.bytes == had && segs.size() == segs_last_.size() &&
+      const bool same = env_options().cuda.seg_cache && segs_.bytes == had &&
+                        segs.size() == segs_last_.size() &&
                         std::memcmp(segs.data(), segs_last_.data(), segs.size_bytes()) == 0;
       if (!same) {
         upload(d, segs.data(), segs.size_bytes());
@@ -728,8 +728,7 @@ class CudaBackend final : public Backend {
   // more are copied to the device.
   cuda::IdList indices(const int32_t* host, int64_t n) {
     cuda::IdList l;
-    static const bool inl = cuda::switch_on("RWKVPP_INLINE_IDS");
-    if (inl && n <= cuda::IdList::kInlineIds) {
+    if (env_options().cuda.inline_ids && n <= cuda::IdList::kInlineIds) {
       std::copy(host, host + n, l.inl);
       return l;
     }

@@ -1,9 +1,6 @@
 // Turns CUDA and cuBLAS status codes into rwkvpp::Error (see cuda_check.h).
 #include "kernels/cuda/cuda_check.h"
 
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/cublas_lazy.h"
 #include <cuda_runtime.h>
 
@@ -24,10 +21,5 @@ void fail_cublas(int status, const char* what, const char* file, int line) {
 }
 
 void fail_msg(const std::string& msg) { fail("{}", msg); }
-
-bool switch_on(const char* name) {
-  const char* e = std::getenv(name);
-  return !(e && std::strcmp(e, "0") == 0);
-}
 
 }  // namespace rwkvpp::cuda

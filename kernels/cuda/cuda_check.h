@@ -14,7 +14,4 @@ namespace rwkvpp::cuda {
 // Throws Error(msg): for invalid arguments a user can cause (bad token id, unsupported dtype).
 [[noreturn]] void fail_msg(const std::string& msg);
 
-// A switch of the RWKVPP_* environment that is on by default: false only when `name` is "0".
-bool switch_on(const char* name);
-
 }  // namespace rwkvpp::cuda

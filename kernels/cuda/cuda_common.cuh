@@ -11,6 +11,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/env_options.h"
 #include "kernels/cuda/cuda_check.h"
 
 // Checks a CUDA runtime call; throws rwkvpp::Error with the CUDA error string on failure.
@@ -50,8 +51,7 @@ __device__ __forceinline__ void pdl_begin() {
 // "0". Read once per process (from the device current at the first launch).
 inline bool pdl_allowed() {
   static const bool on = [] {
-    const char* e = std::getenv("RWKVPP_PDL");
-    if (e && std::strcmp(e, "0") == 0) return false;
+    if (!rwkvpp::env_options().cuda.pdl) return false;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) return false;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)

@@ -20,6 +20,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/env_options.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/imma.cuh"
 #include "kernels/cuda/imma_detail.cuh"
@@ -349,13 +350,7 @@ void launch_imma(const Args& a, cudaStream_t s) {
 
 // RWKVPP_IMMA_TILE=128: the folding kernel on 128 x 128 tiles (warps of 64 x 32) instead of
 // 128 x 64 (32 x 32): more MMAs per barrier, more registers. The results are the same.
-bool wide_fold() {
-  static const bool on = [] {
-    const char* e = std::getenv("RWKVPP_IMMA_TILE");
-    return e && std::string(e) == "128";
-  }();
-  return on;
-}
+bool wide_fold() { return env_options().cuda.imma_tile == 128; }
 
 template <typename WT>
 void run_large(Cfg cfg, const Args& a, cudaStream_t s) {

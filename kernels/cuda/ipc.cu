@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/env_options.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/ipc.cuh"
@@ -154,11 +155,7 @@ class FlagSignal final : public SharedSignal {
 // events on 2 H200s, docs/perf.md), unless RWKVPP_SHARE_SIGNAL=event. The opening side follows
 // the kind the creating side chose (the handle's first byte).
 bool use_flags() {
-  static const bool on = [] {
-    const char* e = std::getenv("RWKVPP_SHARE_SIGNAL");
-    if (e && std::strcmp(e, "event") == 0) return false;
-    return memops().wait != nullptr;
-  }();
+  static const bool on = !env_options().cuda.share_events && memops().wait != nullptr;
   return on;
 }
 
@@ -216,13 +213,7 @@ __global__ void __launch_bounds__(kShareThreads)
   if (threadIdx.x == 0) store_release_sys(done, done_value);
 }
 
-size_t share_fused_max() {
-  static const size_t max = [] {
-    const char* e = std::getenv("RWKVPP_SHARE_KERNEL");
-    return e && std::strcmp(e, "0") == 0 ? size_t(0) : size_t(64) << 10;
-  }();
-  return max;
-}
+size_t share_fused_max() { return env_options().cuda.share_kernel ? size_t(64) << 10 : size_t(0); }
 
 // A ring's hop (SharedRing): which slot, and how many hops each slot has seen, are read from
 // `state` in device memory ([0] next slot, [1 + i] hops through slot i) and advanced by the hop

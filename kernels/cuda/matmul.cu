@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/env_options.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemv.cuh"
@@ -68,16 +69,8 @@ int sm_count() {
   return cached[dev];
 }
 
-int env_int(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : fallback;
-}
-
 int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, int unroll) {
-  static const int forced = [] {
-    const int r = env_int("RWKVPP_GEMV_WPR", 0);
-    return (r == 1 || r == 2 || r == 4 || r == 8) ? r : 0;
-  }();
+  const int forced = env_options().cuda.gemv_wpr;  // 0, or 1, 2, 4 or 8
   const int64_t nchunk = K / pack;
   auto fits = [&](int w) { return nchunk >= int64_t(32) * w * unroll; };
   int wpr = forced ? forced : nt == 2 ? 4 : row_scaled ? 2 : 1;
@@ -95,7 +88,7 @@ int gemv_wpr(int nt, bool row_scaled, int64_t rows, int K, int pack, int rpw, in
 // for the others (1.5B fp16: 1.36 / 1.36 ms against 1.31 / 1.32; two chunks pipelined, twice
 // the registers, lost everywhere: docs/perf.md, sixth session). RWKVPP_GEMV_PIPE=0|1 fixes it.
 bool gemv_pipelined(bool row_scaled) {
-  static const int forced = env_int("RWKVPP_GEMV_PIPE", -1);
+  const int forced = env_options().cuda.gemv_pipe;  // -1, 0 or 1
   return forced == 0 || forced == 1 ? forced == 1 : row_scaled;
 }
 

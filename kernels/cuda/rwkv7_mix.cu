@@ -12,6 +12,7 @@
 // computes.
 #include <algorithm>
 
+#include "common/env_options.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/wkv7.cuh"
 #include "kernels/cuda/wkv7_row.cuh"
@@ -108,8 +109,8 @@ bool rwkv7_mix(const Backend::Rwkv7Mix& p, const Segment* segs, int64_t n_segs, 
                bool any_length, float* state, int64_t stride, int64_t off, int64_t H, int64_t N,
                cudaStream_t s) {
   constexpr int32_t kMaxLen = 16;
-  static const bool on = switch_on("RWKVPP_V7_FUSED");
-  if (!on || (N != 32 && N != 64) || (!any_length && max_len > kMaxLen)) return false;
+  if (!env_options().cuda.v7_fused || (N != 32 && N != 64) || (!any_length && max_len > kMaxLen))
+    return false;
   if (n_segs == 0 || H == 0) return true;
   for (int64_t s0 = 0; s0 < n_segs; s0 += 65535) {
     const dim3 grid(unsigned(H), unsigned(std::min<int64_t>(n_segs - s0, 65535)));

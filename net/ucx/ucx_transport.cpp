@@ -32,6 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/env_options.h"
 #include "net/liveness.h"
 #include "net/loopback.h"
 #include "net/transport.h"
@@ -69,12 +70,7 @@ struct WorkerFree {
 using UcpContext = std::unique_ptr<std::remove_pointer_t<ucp_context_h>, ContextFree>;
 using UcpWorker = std::unique_ptr<std::remove_pointer_t<ucp_worker_h>, WorkerFree>;
 
-bool peer_errors_from_env() {
-  const char* e = std::getenv("RWKVPP_UCX_ERRORS");
-  if (!e || !*e || std::strcmp(e, "peer") == 0) return true;
-  if (std::strcmp(e, "none") == 0) return false;
-  fail("RWKVPP_UCX_ERRORS='{}': 'peer' (default: UCX reports a lost peer) or 'none'", e);
-}
+bool peer_errors_from_env() { return env_options().net.ucx_peer_errors; }  // RWKVPP_UCX_ERRORS
 
 // The transports of an endpoint's lanes ("tcp", "sysv", "cma"), from ucp_ep_print_info(): UCX
 // 1.13 has no query for them. Empty when the format is not understood.

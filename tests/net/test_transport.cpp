@@ -8,6 +8,7 @@
 #include <string>
 
 #include "catch.h"
+#include "common/env_options.h"
 #include "net/liveness.h"
 #include "net/transport.h"
 #include "transport_contract.h"
@@ -17,7 +18,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Sets an environment variable for the scope of one test, restoring the old value after.
+// Sets an environment variable for the scope of one test, restoring the old value after. The
+// RWKVPP_* switches are parsed once per process (common/env_options.h), so each change is
+// followed by reload_env_options(), the hook for tests that set variables in-process.
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
@@ -26,12 +29,14 @@ class ScopedEnv {
       setenv(name, value, 1);
     else
       unsetenv(name);
+    reload_env_options();
   }
   ~ScopedEnv() {
     if (had_)
       setenv(name_.c_str(), old_.c_str(), 1);
     else
       unsetenv(name_.c_str());
+    reload_env_options();
   }
 
  private:
