@@ -100,7 +100,7 @@ bool connection_error(const beast::error_code& ec) {
          ec == http::error::partial_message;
 }
 
-class Session : public std::enable_shared_from_this<Session>, public Wakeable {
+class Session final : public std::enable_shared_from_this<Session>, public Wakeable {
  public:
   Session(tcp::socket&& s, HttpServer::Impl& srv) : stream_(std::move(s)), srv_(srv) {}
   ~Session() {
