@@ -13,19 +13,29 @@ Stage::Stage(Backend& be, TensorSource& src, const StageSpec& spec, const std::f
   // The head and the embedding first: they are the largest tensors, and each is read whole
   // into host memory before it is stored, so loading them while little else is resident keeps
   // the peak near the stage's weight bytes (a layer's tensors, read later, are small).
-  if (spec.head)
-    head_ = std::make_unique<Head>(be, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
-                                   src.tensor("head.weight"), spec.dtype);
-  if (spec.embed)
-    embedder_ = std::make_unique<Embedder>(be, cfg_, src.tensor("emb.weight"), src.tensor("blocks.0.ln0.weight"),
-                                           src.tensor("blocks.0.ln0.bias"), spec.dtype);
-  std::vector<const Block*> raw;
+  if (spec.head) head_ = read_head(src, spec.dtype);
+  if (spec.embed) embedder_ = read_embedder(src, spec.dtype);
   for (int i = spec.first; i < spec.last; ++i) {
     blocks_.push_back(make_block(be, cfg_, i, src.layer(i), spec.dtype));
-    raw.push_back(blocks_.back().get());
     if (on_layer) on_layer(i - spec.first + 1, spec.last - spec.first);
   }
-  pool_ = std::make_unique<StatePool>(be, raw, spec.max_slots);
+  pool_ = make_pool(spec.max_slots);
+}
+
+std::unique_ptr<Head> Stage::read_head(TensorSource& src, DType dtype) const {
+  return std::make_unique<Head>(be_, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
+                                src.tensor("head.weight"), dtype);
+}
+
+std::unique_ptr<Embedder> Stage::read_embedder(TensorSource& src, DType dtype) const {
+  return std::make_unique<Embedder>(be_, cfg_, src.tensor("emb.weight"), src.tensor("blocks.0.ln0.weight"),
+                                    src.tensor("blocks.0.ln0.bias"), dtype);
+}
+
+std::unique_ptr<StatePool> Stage::make_pool(int slots) const {
+  std::vector<const Block*> raw;
+  for (auto& b : blocks_) raw.push_back(b.get());
+  return std::make_unique<StatePool>(be_, raw, slots);
 }
 
 void Stage::extend(TensorSource& src, const StageSpec& wider, const std::function<void(int, int)>& on_layer) {
@@ -38,12 +48,8 @@ void Stage::extend(TensorSource& src, const StageSpec& wider, const std::functio
   // Read everything first, so that a failed read leaves the stage as it was.
   std::unique_ptr<Head> head;
   std::unique_ptr<Embedder> embedder;
-  if (wider.head && !head_)
-    head = std::make_unique<Head>(be_, cfg_, src.tensor("ln_out.weight"), src.tensor("ln_out.bias"),
-                                  src.tensor("head.weight"), wider.dtype);
-  if (wider.embed && !embedder_)
-    embedder = std::make_unique<Embedder>(be_, cfg_, src.tensor("emb.weight"), src.tensor("blocks.0.ln0.weight"),
-                                          src.tensor("blocks.0.ln0.bias"), wider.dtype);
+  if (wider.head && !head_) head = read_head(src, wider.dtype);
+  if (wider.embed && !embedder_) embedder = read_embedder(src, wider.dtype);
   std::vector<std::unique_ptr<Block>> before, after;
   const int total = (spec_.first - wider.first) + (wider.last - spec_.last);
   int done = 0;
@@ -58,11 +64,9 @@ void Stage::extend(TensorSource& src, const StageSpec& wider, const std::functio
   for (auto& b : blocks_) before.push_back(std::move(b));
   for (auto& b : after) before.push_back(std::move(b));
   blocks_ = std::move(before);
-  std::vector<const Block*> raw;
-  for (auto& b : blocks_) raw.push_back(b.get());
   be_.fence_wait(be_.fence());  // nothing queued before (an abandoned step) may still use the old pool
   pool_.reset();                // every slot is restored after: the old states are not needed
-  pool_ = std::make_unique<StatePool>(be_, raw, wider.max_slots);
+  pool_ = make_pool(wider.max_slots);
   spec_ = wider;
   graph_seen_.clear();
   ++layout_;

@@ -76,6 +76,12 @@ class Stage {
   void greedy_async(const Hidden& h, const int32_t* rows, int64_t m, void* host_out);
 
  private:
+  // The head's and the embedding's tensors of `src`, read and stored as `dtype`.
+  std::unique_ptr<Head> read_head(TensorSource& src, DType dtype) const;
+  std::unique_ptr<Embedder> read_embedder(TensorSource& src, DType dtype) const;
+  // A fresh state pool for blocks_ and `slots` slots.
+  std::unique_ptr<StatePool> make_pool(int slots) const;
+
   Backend& be_;
   StageSpec spec_;
   ModelConfig cfg_;
